@@ -1,0 +1,1 @@
+"""Experts, demonstration datasets, imitation and RL trainers, closed-loop evaluation and rollouts."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments (MuJoCo lane keeping), registered on import under the ``LTC/`` namespace."""

@@ -1,0 +1,1 @@
+"""Recurrent cells: LTC, CfC and baselines behind one contract."""

@@ -1,0 +1,1 @@
+"""Neuron-level inspection: recorder, plots, saliency, perturbation and reports."""

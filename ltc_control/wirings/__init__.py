@@ -1,0 +1,1 @@
+"""Wirings: immutable sparse connectivity with polarity and neuron roles."""
