@@ -1,0 +1,589 @@
+"""Fast LTC paths: a fused C kernel over the sparse synapse list, and a pure-PyTorch edge-list fallback.
+
+Why this is fast. The reference LTC (and ``ncps``) evaluates every solver unfold as a handful of dense tensor ops
+over a masked ``(B, N, N)`` synapse tensor, so one batch-1 step of the 19-neuron lane-keeping NCP costs tens of
+PyTorch dispatches for about 540 synapse evaluations. Here:
+
+* the wiring's adjacency is turned once into an edge list (``src -> dst``), so cost grows with the number of
+  synapses, not with ``N ** 2``;
+* all ``K`` unfolds of all ``T`` steps run inside one C call (``csrc/ltc_kernel.c``) with the batch as the
+  vectorised inner loop, and the backward pass is a hand-written BPTT through the unfolds that replays the
+  per-unfold states stored by the forward pass (``T * K * N * B`` values, far less than the ``(B, N, N)``
+  intermediates autograd keeps for the reference);
+* a batch-1 control step (no gradient) is one ctypes call with the constrained parameters cached between calls
+  (the cache is keyed on every parameter's storage and version counter, so optimizer steps invalidate it).
+
+Paths (``implementation_name`` says which one ran last):
+
+* ``"c-kernel"``: the compiled kernel, CPU tensors in float32 / float64.
+* ``"torch-edges"``: pure PyTorch over the edge list (gather + ``index_add``), any device and dtype. Used for CUDA
+  tensors, for other dtypes, and when the kernel cannot be built (no compiler, failed build). In that last case one
+  :class:`LTCKernelUnavailableWarning` is issued per process naming the cause and the fix.
+
+Building. The kernel is plain C99 (no torch headers), compiled lazily on first use with the system C compiler
+(``$LTC_CONTROL_CC``, else ``$CC``, else ``cc``/``gcc``/``clang`` on ``PATH``) into
+``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``); the file name
+carries a hash of the sources, the compiler flags, the compiler, the torch version and the CPU, so a changed
+source or machine rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place, so
+concurrent builds from several processes never expose a half-written library. ``LTC_CONTROL_DISABLE_KERNEL=1``
+forces the PyTorch path without a warning.
+
+Example:
+    >>> import torch
+    >>> from ltc_control.cells.ltc_fast import EdgeList, ltc_sequence
+    >>> # see LTCCell(wiring, implementation="fast") for the usual entry point
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "PARAM_NAMES",
+    "EdgeList",
+    "LTCKernelUnavailableWarning",
+    "kernel_available",
+    "kernel_status",
+    "load_kernel",
+    "ltc_sequence",
+    "ltc_sequence_kernel",
+    "ltc_sequence_torch",
+]
+
+#: Order of the (constrained) parameter tensors every function here takes.
+PARAM_NAMES: tuple[str, ...] = (
+    "gleak",
+    "vleak",
+    "cm",
+    "w",
+    "sigma",
+    "mu",
+    "erev",
+    "sensory_w",
+    "sensory_sigma",
+    "sensory_mu",
+    "sensory_erev",
+)
+
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = ("ltc_kernel.c", "ltc_kernel_body.h")
+_ABI = 1
+# First flag set that compiles wins: -march=native vectorises the batch lanes with the CPU's widest units; the
+# plain -O3 set is the fallback for compilers that reject it.
+_FLAG_SETS: tuple[tuple[str, ...], ...] = (
+    ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99"),
+    ("-O3", "-fPIC", "-shared", "-std=c99"),
+)
+
+
+class LTCKernelUnavailableWarning(RuntimeWarning):
+    """The compiled LTC kernel could not be built or loaded; the pure-PyTorch fast path is used instead."""
+
+
+# ---------------------------------------------------------------------------------------------- build + load
+class _Kernel:
+    """The loaded shared library with typed entry points for float32 and float64."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.lib = lib
+        self.path = path
+        p, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+        self.forward: dict[torch.dtype, Any] = {}
+        self.backward: dict[torch.dtype, Any] = {}
+        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+            fwd = getattr(lib, f"ltc_forward_{suffix}")
+            fwd.argtypes = [i64p, p, p, p, p, p, p, p, ctypes.c_double, p, p, p]
+            fwd.restype = ctypes.c_int
+            bwd = getattr(lib, f"ltc_backward_{suffix}")
+            bwd.argtypes = [i64p, p, p, p, p, p, p, ctypes.c_double, p, p, p, p, p, p, p]
+            bwd.restype = ctypes.c_int
+            self.forward[dtype] = fwd
+            self.backward[dtype] = bwd
+
+
+_KERNEL_LOCK = threading.Lock()
+_KERNEL: _Kernel | None = None
+_KERNEL_TRIED = False
+_KERNEL_STATUS = "not built yet (built lazily on first use)"
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("LTC_CONTROL_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "ltc_control"
+
+
+def _compiler() -> list[str]:
+    """The compiler command: $LTC_CONTROL_CC, else $CC, else the first of cc/gcc/clang on PATH."""
+    for var in ("LTC_CONTROL_CC", "CC"):
+        value = os.environ.get(var)
+        if value:
+            return shlex.split(value)
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    raise FileNotFoundError("no C compiler found on PATH (looked for cc, gcc, clang)")
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native output is only valid on the CPU that built it; a shared home directory must not reuse it
+    # on another CPU model.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return hashlib.sha256(line.encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _source_hash(compiler: Sequence[str], flags: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((_CSRC / name).read_bytes())
+    for part in (
+        " ".join(compiler),
+        " ".join(flags),
+        torch.__version__,
+        platform.machine(),
+        platform.system(),
+        _cpu_fingerprint(),
+        str(_ABI),
+    ):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:20]
+
+
+def _try_load(path: Path) -> _Kernel | None:
+    try:
+        lib = ctypes.CDLL(str(path))
+        if int(lib.ltc_kernel_abi()) != _ABI:
+            return None
+        return _Kernel(lib, path)
+    except (OSError, AttributeError):
+        return None
+
+
+def _build() -> _Kernel:
+    """Loads the cached library or compiles it; raises RuntimeError/FileNotFoundError naming the cause."""
+    compiler = _compiler()
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    for flags in _FLAG_SETS:
+        target = cache / f"ltc_kernel_{_source_hash(compiler, flags)}.so"
+        if target.exists():
+            kernel = _try_load(target)
+            if kernel is not None:
+                return kernel
+            # a corrupt or foreign file under our name: rebuild it (os.replace below swaps it atomically)
+        fd, tmp_name = tempfile.mkstemp(prefix=".ltc_kernel_", suffix=".so.tmp", dir=cache)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        cmd = [*compiler, *flags, "-o", str(tmp), str(_CSRC / "ltc_kernel.c"), "-lm"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, FileNotFoundError):
+                raise FileNotFoundError(f"C compiler {compiler[0]!r} not found ({exc})") from exc
+            errors.append(f"{' '.join(cmd)}: {exc}")
+            continue
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            errors.append(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
+            continue
+        os.replace(tmp, target)
+        kernel = _try_load(target)
+        if kernel is not None:
+            return kernel
+        errors.append(f"built {target} but could not load it")
+    raise RuntimeError("compiling the LTC kernel failed:\n" + "\n".join(errors))
+
+
+def load_kernel() -> _Kernel | None:
+    """Returns the compiled kernel, building it on first use; ``None`` when it is unavailable.
+
+    The first failure issues one :class:`LTCKernelUnavailableWarning` (cause and fix) and is remembered for the
+    rest of the process; :func:`kernel_status` repeats the reason.
+    """
+    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
+    if _KERNEL_TRIED:
+        return _KERNEL
+    with _KERNEL_LOCK:
+        if _KERNEL_TRIED:
+            return _KERNEL
+        if os.environ.get("LTC_CONTROL_DISABLE_KERNEL", "") not in ("", "0"):
+            _KERNEL_STATUS = "disabled by LTC_CONTROL_DISABLE_KERNEL"
+        else:
+            try:
+                _KERNEL = _build()
+                _KERNEL_STATUS = f"loaded {_KERNEL.path}"
+            except Exception as exc:  # noqa: BLE001 - any build failure must degrade to the PyTorch path
+                _KERNEL_STATUS = f"unavailable: {exc}"
+                warnings.warn(
+                    "ltc_control: the compiled LTC kernel is unavailable, so the fast LTC runs on its pure-PyTorch "
+                    f"path (slower, same numbers). Cause: {exc}. Fix: install a C compiler (e.g. "
+                    "'apt-get install gcc') or point LTC_CONTROL_CC at one; set LTC_CONTROL_DISABLE_KERNEL=1 to "
+                    "silence this warning.",
+                    LTCKernelUnavailableWarning,
+                    stacklevel=3,
+                )
+        _KERNEL_TRIED = True
+        return _KERNEL
+
+
+def kernel_available() -> bool:
+    """Whether the compiled kernel is (or can be) loaded; builds it on first call."""
+    return load_kernel() is not None
+
+
+def kernel_status() -> str:
+    """A one-line description of the kernel's state (path loaded, or why it is unavailable)."""
+    return _KERNEL_STATUS
+
+
+def _reset_kernel_for_tests() -> None:
+    """Forgets the loaded kernel so that the next use rebuilds/reloads it (tests of the fallback only)."""
+    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
+    with _KERNEL_LOCK:
+        _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS = None, False, "not built yet (built lazily on first use)"
+
+
+# ---------------------------------------------------------------------------------------------- edge list
+@dataclass(frozen=True)
+class EdgeList:
+    """The synapses of a wiring as index lists (the only structure the fast paths read).
+
+    Attributes:
+        src: ``(E,)`` int64 presynaptic neuron of each recurrent synapse.
+        dst: ``(E,)`` int64 postsynaptic neuron.
+        sensory_src: ``(ES,)`` int64 input feature of each sensory synapse.
+        sensory_dst: ``(ES,)`` int64 postsynaptic neuron.
+        packed: ``(2, E)`` int32 ``[src; dst]`` for the C kernel.
+        sensory_packed: ``(2, ES)`` int32 ``[sensory_src; sensory_dst]`` for the C kernel.
+        units: number of neurons ``N``.
+        input_size: number of input features ``S``.
+    """
+
+    src: Tensor
+    dst: Tensor
+    sensory_src: Tensor
+    sensory_dst: Tensor
+    packed: Tensor
+    sensory_packed: Tensor
+    units: int
+    input_size: int
+
+    @classmethod
+    def from_masks(cls, mask: Tensor, sensory_mask: Tensor) -> EdgeList:
+        """Builds the edge list from the 0/1 sparsity masks ``(N, N)`` and ``(S, N)`` (row = source).
+
+        Raises:
+            ValueError: if a mask has the wrong shape or holds values other than 0 and 1.
+        """
+        if mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+            raise ValueError(f"sparsity_mask must be (N, N), got {tuple(mask.shape)}")
+        if sensory_mask.dim() != 2 or sensory_mask.shape[1] != mask.shape[0]:
+            raise ValueError(f"sensory_sparsity_mask must be (S, N={mask.shape[0]}), got {tuple(sensory_mask.shape)}")
+        for name, m in (("sparsity_mask", mask), ("sensory_sparsity_mask", sensory_mask)):
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError(f"{name} must hold only 0 and 1 (|adjacency|); the fast LTC reads it as an edge list")
+        src, dst = torch.nonzero(mask.detach().cpu(), as_tuple=True)
+        ssrc, sdst = torch.nonzero(sensory_mask.detach().cpu(), as_tuple=True)
+        return cls(
+            src=src,
+            dst=dst,
+            sensory_src=ssrc,
+            sensory_dst=sdst,
+            packed=torch.stack([src, dst]).to(torch.int32).contiguous(),
+            sensory_packed=torch.stack([ssrc, sdst]).to(torch.int32).contiguous(),
+            units=int(mask.shape[0]),
+            input_size=int(sensory_mask.shape[0]),
+        )
+
+    @property
+    def num_synapses(self) -> int:
+        """Recurrent plus sensory synapses."""
+        return int(self.src.numel() + self.sensory_src.numel())
+
+    def to(self, device: torch.device) -> EdgeList:
+        """The same edge list with the int64 index tensors on ``device`` (the packed int32 ones stay on CPU)."""
+        if self.src.device == device:
+            return self
+        return EdgeList(
+            self.src.to(device),
+            self.dst.to(device),
+            self.sensory_src.to(device),
+            self.sensory_dst.to(device),
+            self.packed,
+            self.sensory_packed,
+            self.units,
+            self.input_size,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- kernel path
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _dt_strides(dt: Tensor, batch: int, steps: int) -> tuple[int, int]:
+    """Element strides of a ``dt``/``starts`` tensor broadcast to ``(B, T)`` (0 = broadcast)."""
+    sb, st = dt.stride()
+    return (sb if dt.shape[0] == batch and batch > 1 else 0), (st if dt.shape[1] == steps and steps > 1 else 0)
+
+
+class _FusedLTCFunction(torch.autograd.Function):
+    """Autograd wrapper of the C kernel: forward stores per-unfold states, backward replays them (BPTT)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        kernel: _Kernel,
+        edges: EdgeList,
+        unfolds: int,
+        epsilon: float,
+        x: Tensor,
+        h0: Tensor,
+        dt: Tensor,
+        starts: Tensor | None,
+        *params: Tensor,
+    ) -> Tensor:
+        b, t, s = x.shape
+        n = h0.shape[1]
+        dtype = x.dtype
+        need_grad = any(ctx.needs_input_grad[4:])
+        x = x.contiguous()
+        h0 = h0.contiguous()
+        params_c = [p.contiguous() for p in params]
+        states = torch.empty(b, t, n, dtype=dtype)
+        vstore = torch.empty(t * unfolds * n * b, dtype=dtype) if need_grad else None
+        dsb, dst = _dt_strides(dt, b, t)
+        ssb, sst = _dt_strides(starts, b, t) if starts is not None else (0, 0)
+        dims = (ctypes.c_int64 * 12)(b, t, s, n, unfolds, edges.src.numel(), edges.sensory_src.numel(), 0, dsb, dst, ssb, sst)
+        pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in params_c], None, None, None, None)
+        rc = kernel.forward[dtype](
+            dims,
+            pp,
+            edges.packed.data_ptr(),
+            edges.sensory_packed.data_ptr(),
+            x.data_ptr(),
+            h0.data_ptr(),
+            dt.data_ptr(),
+            _ptr(starts),
+            float(epsilon),
+            states.data_ptr(),
+            None,
+            _ptr(vstore),
+        )
+        if rc != 0:
+            raise MemoryError("the LTC kernel could not allocate its scratch memory")
+        if need_grad:
+            ctx.save_for_backward(x, dt, *(params_c + ([starts] if starts is not None else [])))
+            ctx.extras = (kernel, edges, unfolds, epsilon, states, vstore, starts is not None, (dsb, dst, ssb, sst))
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, gstates: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        kernel, edges, unfolds, epsilon, states, vstore, has_starts, strides = ctx.extras
+        saved = ctx.saved_tensors
+        x, dt = saved[0], saved[1]
+        params = list(saved[2:13])
+        starts = saved[13] if has_starts else None
+        b, t, s = x.shape
+        n = states.shape[2]
+        dtype = x.dtype
+        gstates = gstates.contiguous()
+        gx = torch.empty_like(x)
+        gh0 = torch.empty(b, n, dtype=dtype)
+        need_dt = ctx.needs_input_grad[6]
+        gdt = torch.zeros(b, t, dtype=dtype) if need_dt else None
+        gparams = [torch.zeros_like(p) for p in params]
+        dims = (ctypes.c_int64 * 12)(b, t, s, n, unfolds, edges.src.numel(), edges.sensory_src.numel(), 0, *strides)
+        pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in params], None, None, None, None)
+        gp = (ctypes.c_void_p * 11)(*[g.data_ptr() for g in gparams])
+        rc = kernel.backward[dtype](
+            dims,
+            pp,
+            edges.packed.data_ptr(),
+            edges.sensory_packed.data_ptr(),
+            x.data_ptr(),
+            dt.data_ptr(),
+            _ptr(starts),
+            float(epsilon),
+            states.data_ptr(),
+            vstore.data_ptr(),
+            gstates.data_ptr(),
+            gx.data_ptr(),
+            gh0.data_ptr(),
+            _ptr(gdt),
+            gp,
+        )
+        if rc != 0:
+            raise MemoryError("the LTC kernel could not allocate its scratch memory")
+        if gdt is not None:
+            gdt = _reduce_to(gdt, dt.shape)
+        needs = ctx.needs_input_grad
+        out: list[Tensor | None] = [None, None, None, None]
+        out.append(gx if needs[4] else None)
+        out.append(gh0 if needs[5] else None)
+        out.append(gdt)
+        out.append(None)
+        out.extend(g if needs[8 + i] else None for i, g in enumerate(gparams))
+        return tuple(out)
+
+
+def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sums a ``(B, T)`` gradient down to a broadcast ``dt`` shape ``(1 | B, 1 | T)``."""
+    if grad.shape[0] != shape[0]:
+        grad = grad.sum(0, keepdim=True)
+    if grad.shape[1] != shape[1]:
+        grad = grad.sum(1, keepdim=True)
+    return grad
+
+
+def ltc_sequence_kernel(
+    x: Tensor,
+    h0: Tensor,
+    dt: Tensor,
+    starts: Tensor | None,
+    params: Sequence[Tensor],
+    edges: EdgeList,
+    unfolds: int,
+    epsilon: float,
+    kernel: _Kernel | None = None,
+) -> Tensor:
+    """Runs the LTC over a sequence with the compiled kernel (CPU, float32/float64), differentiable.
+
+    Args:
+        x: mapped inputs ``(B, T, S)`` (after the input mapping).
+        h0: initial state ``(B, N)``.
+        dt: elapsed time per step, ``(B, T)``, ``(1, T)``, ``(B, 1)`` or ``(1, 1)``, > 0 (broadcast to ``(B, T)``).
+        starts: episode-start flags ``(B, T)`` / broadcastable like ``dt`` (1 resets the state to zero before the
+            step) or ``None``.
+        params: the 11 constrained parameters in :data:`PARAM_NAMES` order (``w`` etc. after softplus).
+        edges: the wiring's :class:`EdgeList`.
+        unfolds: solver unfolds ``K`` per step.
+        epsilon: added to the denominator of the fused update.
+        kernel: the loaded kernel (default :func:`load_kernel`).
+
+    Returns:
+        every state ``(B, T, N)``.
+
+    Raises:
+        RuntimeError: if the kernel is unavailable.
+    """
+    kernel = kernel or load_kernel()
+    if kernel is None:
+        raise RuntimeError(f"the compiled LTC kernel is unavailable ({kernel_status()}); use ltc_sequence_torch")
+    if dt.dim() != 2 or starts is not None and starts.dim() != 2:
+        raise ValueError("dt and starts must be 2-D (broadcastable to (B, T))")
+    return _FusedLTCFunction.apply(kernel, edges, int(unfolds), float(epsilon), x, h0, dt, starts, *params)
+
+
+# ---------------------------------------------------------------------------------------------- torch path
+def ltc_sequence_torch(
+    x: Tensor,
+    h0: Tensor,
+    dt: Tensor,
+    starts: Tensor | None,
+    params: Sequence[Tensor],
+    edges: EdgeList,
+    unfolds: int,
+    epsilon: float,
+) -> Tensor:
+    """Pure-PyTorch LTC over the edge list (any device/dtype); same arguments and result as
+    :func:`ltc_sequence_kernel`.
+
+    The sensory synapses of all ``T`` steps are evaluated in one batch of ops (they do not depend on the state);
+    each unfold is then a gather of the presynaptic states, one sigmoid over the ``E`` synapses and one
+    ``index_add`` that scatters numerator and denominator together.
+    """
+    gleak, vleak, cm, w, sigma, mu, erev, sw, ssigma, smu, serev = params
+    b, t, _ = x.shape
+    n = h0.shape[1]
+    edges = edges.to(x.device)
+    src, dst, ssrc, sdst = edges.src, edges.dst, edges.sensory_src, edges.sensory_dst
+    # per-synapse parameters (gathered once per call)
+    ew, esig, emu, eerev = w[src, dst], sigma[src, dst], mu[src, dst], erev[src, dst]
+    sw_e, ssig_e, smu_e, serev_e = sw[ssrc, sdst], ssigma[ssrc, sdst], smu[ssrc, sdst], serev[ssrc, sdst]
+    s_sens = sw_e * torch.sigmoid(ssig_e * (x[:, :, ssrc] - smu_e))  # (B, T, ES)
+    sens = torch.zeros(b, t, n, 2, dtype=x.dtype, device=x.device).index_add(
+        2, sdst, torch.stack([s_sens * serev_e, s_sens], dim=-1)
+    )  # (B, T, N, [num, den])
+    cm_t_all = cm / (dt.expand(b, t) / unfolds).unsqueeze(-1)  # (B, T, N)
+    leak_num = gleak * vleak
+    eerev_pair = torch.stack([eerev, torch.ones_like(eerev)], dim=-1)  # (E, 2)
+    states = []
+    v = h0
+    for step in range(t):
+        if starts is not None:
+            v = v * (1 - starts.expand(b, t)[:, step : step + 1])
+        cm_t = cm_t_all[:, step]
+        num0 = leak_num + sens[:, step, :, 0]
+        den0 = cm_t + gleak + sens[:, step, :, 1]
+        for _ in range(unfolds):
+            s = ew * torch.sigmoid(esig * (v[:, src] - emu))  # (B, E)
+            acc = torch.zeros(b, n, 2, dtype=x.dtype, device=x.device).index_add(1, dst, s.unsqueeze(-1) * eerev_pair)
+            v = (cm_t * v + num0 + acc[..., 0]) / (den0 + acc[..., 1] + epsilon)
+        states.append(v)
+    return torch.stack(states, dim=1)
+
+
+def ltc_sequence(
+    x: Tensor,
+    h0: Tensor,
+    dt: Tensor,
+    starts: Tensor | None,
+    params: Sequence[Tensor],
+    edges: EdgeList,
+    unfolds: int,
+    epsilon: float,
+) -> tuple[Tensor, str]:
+    """Runs the fastest available path; returns ``(states (B, T, N), path name)``.
+
+    The kernel path is used for CPU float32/float64 tensors when the kernel is available and no parameter needs
+    a second derivative; otherwise the PyTorch edge-list path (same numbers to float tolerance).
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        kernel = load_kernel()
+        if kernel is not None:
+            return ltc_sequence_kernel(x, h0, dt, starts, params, edges, unfolds, epsilon, kernel), "c-kernel"
+    return ltc_sequence_torch(x, h0, dt, starts, params, edges, unfolds, epsilon), "torch-edges"
+
+
+def softplus_constrained(raw: dict[str, Tensor], constraint: str) -> list[Tensor]:
+    """The 11 parameters in :data:`PARAM_NAMES` order with the cell's positivity constraint applied.
+
+    Args:
+        raw: the cell's raw parameters by name.
+        constraint: ``"softplus"`` (softplus on gleak, cm, w, sensory_w) or ``"clamp"`` (used raw).
+    """
+    positive = {"gleak", "cm", "w", "sensory_w"}
+    if constraint == "softplus":
+        return [F.softplus(raw[k]) if k in positive else raw[k] for k in PARAM_NAMES]
+    return [raw[k] for k in PARAM_NAMES]
