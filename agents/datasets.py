@@ -27,10 +27,10 @@ seeded generator; ``split_road_seeds`` splits by road seed so that validation ro
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 from ltc_control.agents.experts import ExpertConfig, NoiseConfig, NoisyAgent, SteeringNoise, make_expert
+
+from ltc_control.runs import atomic_write_bytes
 
 __all__ = [
     "FORMAT_NAME",
@@ -73,22 +75,6 @@ _INFO_PREFIX = "info__"
 
 class DatasetError(RuntimeError):
     """A dataset folder or file is missing, corrupt, truncated or inconsistent (the message names it)."""
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: Path) -> str:
@@ -293,17 +279,9 @@ class DatasetWriter:
         for key in self.manifest["info_keys"]:
             arrays[_INFO_PREFIX + key] = np.concatenate([e.info[key] for e in episodes])
         path = self.root / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+        atomic_write_bytes(path, buffer.getvalue())
         entry = {
             "file": name,
             "num_steps": int(arrays["images"].shape[0]),
@@ -320,7 +298,7 @@ class DatasetWriter:
             ],
         }
         self.manifest["chunks"].append(entry)
-        _atomic_write_bytes(self.root / MANIFEST_NAME, json.dumps(self.manifest, indent=1).encode())
+        atomic_write_bytes(self.root / MANIFEST_NAME, json.dumps(self.manifest, indent=1).encode())
 
     def close(self) -> None:
         """Flush the last partial chunk."""
@@ -731,11 +709,10 @@ def env_dt(env: Any) -> float:
 
 
 def make_env(spec: EnvSpec) -> Any:
-    """Build the env described by ``spec`` (importing ``ltc_control.envs`` registers the ``LTC/`` ids)."""
-    import gymnasium
-    import ltc_control.envs  # noqa: F401  (registers the LTC/ ids)
+    """Build the env described by ``spec`` (``LTC/`` ids are registered on the way)."""
+    from ltc_control.agents.evaluation import make_env as _make_env
 
-    return gymnasium.make(spec.id, **dict(spec.kwargs))
+    return _make_env(spec.id, spec.kwargs)
 
 
 def _info_arrays(infos: list[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, np.ndarray]:
