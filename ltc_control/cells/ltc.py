@@ -1,0 +1,708 @@
+"""The liquid time-constant (LTC) cell with its reference solver and an implementation registry.
+
+Dynamics (conductance form, Hasani et al. 2021; equations and parameter names as ``ncps.torch.LTCCell``)::
+
+    cm_j dv_j/dt = gleak_j (vleak_j - v_j) + sum_i s_ij(v_i) (erev_ij - v_j)
+                   + sum_k r_kj(x_k) (sensory_erev_kj - v_j)
+    s_ij(v_i)  = w_ij * sigmoid(sigma_ij * (v_i - mu_ij)) * mask_ij
+    r_kj(x_k)  = sensory_w_kj * sigmoid(sensory_sigma_kj * (x_k - sensory_mu_kj)) * sensory_mask_kj
+
+One input step of length ``dt`` is ``K = ode_unfolds`` fused semi-implicit Euler steps of size ``h = dt / K``
+(input held constant over the step, sensory terms computed once)::
+
+    v_j <- (cm_j/h v_j + gleak_j vleak_j + sum_i s_ij erev_ij + sum_k r_kj sensory_erev_kj)
+           / (cm_j/h + gleak_j + sum_i s_ij + sum_k r_kj + epsilon)
+
+Implementation registry (for fast paths)
+----------------------------------------
+The math of one input step lives in :func:`reference_step` (and :func:`reference_sequence` for whole
+sequences), a plain function of the *effective* parameters. A fast implementation is any object with
+
+``available(device: torch.device) -> bool``
+    whether it can run on ``device`` (e.g. a compiled extension loaded, CUDA present).
+``step(params, x_mapped, v, dt, unfolds, eps) -> v_new``
+    ``params``: ``dict[str, Tensor]`` from :meth:`LTCCell.effective_parameters` (see below); ``x_mapped``:
+    ``(B, S)`` inputs after the input mapping; ``v``: ``(B, N)`` state; ``dt``: ``(B, 1)`` step length (> 0);
+    ``unfolds``: int K; ``eps``: float. Returns the new state ``(B, N)``; must support autograd through every
+    tensor argument when gradients are enabled (or not claim availability when it cannot).
+``sequence(params, x_mapped, v0, dt, reset, unfolds, eps) -> states`` (optional)
+    ``x_mapped``: ``(B, T, S)``; ``v0``: ``(B, N)``; ``dt``: ``(B, T, 1)``; ``reset``: ``(B, T, 1)`` 0/1 or
+    ``None``, where 1 sets the state to zero (the initial state) *before* step t (``v = (1 - d) * v``).
+    Returns all states ``(B, T, N)``. Without it the cell loops over ``step``.
+``dtypes`` (optional attribute)
+    a collection of supported ``torch.dtype``; ``"auto"`` skips the implementation for other dtypes.
+
+Register it with ``register_implementation("name", impl, priority=10)``. ``LTCCell(implementation="auto")``
+(the default) picks, per device and dtype, the available registered implementation with the highest priority,
+else ``"reference"``; ``implementation="name"`` forces one (error if unavailable);
+``cell.implementation_name`` reports which one ran last. ``"auto"`` imports ``ltc_control.cells.ltc_fast``
+once (if it exists) so that its implementations register themselves.
+
+``params`` keys (all tensors on the cell's device/dtype; effective = constraint applied):
+``gleak (N)`` >= 0, ``vleak (N)``, ``cm (N)`` >= 0, ``sigma (N,N)``, ``mu (N,N)``, ``w (N,N)`` >= 0 with the
+sparsity mask already multiplied in, ``erev (N,N)``, ``sensory_sigma (S,N)``, ``sensory_mu (S,N)``,
+``sensory_w (S,N)`` >= 0 masked, ``sensory_erev (S,N)``, ``sparsity_mask (N,N)``,
+``sensory_sparsity_mask (S,N)``. Treat the dict as read-only (it may be cached).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltc_control.cells.base import RecurrentCell
+from ltc_control.wirings import Wiring
+
+__all__ = [
+    "LTCCell",
+    "LTCImplementation",
+    "available_implementations",
+    "get_implementation",
+    "reference_diagnostics",
+    "reference_sequence",
+    "reference_step",
+    "register_implementation",
+    "unregister_implementation",
+]
+
+Params = Mapping[str, Tensor]
+
+#: Initialisation ranges (uniform) of the raw parameters, identical to ncps 1.0.1.
+INIT_RANGES: dict[str, tuple[float, float]] = {
+    "gleak": (0.001, 1.0),
+    "vleak": (-0.2, 0.2),
+    "cm": (0.4, 0.6),
+    "w": (0.001, 1.0),
+    "sigma": (3.0, 8.0),
+    "mu": (0.3, 0.8),
+    "sensory_w": (0.001, 1.0),
+    "sensory_sigma": (3.0, 8.0),
+    "sensory_mu": (0.3, 0.8),
+}
+_POSITIVE = ("gleak", "cm", "w", "sensory_w")
+_MAPPINGS = ("affine", "linear", "none")
+_CONSTRAINTS = ("softplus", "clamp")
+
+
+# ----------------------------------------------------------------------------------------- reference math
+def _sensory_terms(params: Params, x_mapped: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sensory activations ``r (B, S, N)`` and their reductions ``(sum r*E (B, N), sum r (B, N))``."""
+    r = params["sensory_w"] * torch.sigmoid(
+        params["sensory_sigma"] * (x_mapped.unsqueeze(-1) - params["sensory_mu"])
+    )
+    return r, (r * params["sensory_erev"]).sum(dim=1), r.sum(dim=1)
+
+
+def _synaptic_activation(params: Params, v: Tensor) -> Tensor:
+    """Synaptic conductances ``s (B, N, N)``, ``s[b, i, j]`` for synapse i -> j at presynaptic state ``v``."""
+    return params["w"] * torch.sigmoid(params["sigma"] * (v.unsqueeze(-1) - params["mu"]))
+
+
+def reference_step(
+    params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
+) -> Tensor:
+    """One input step: ``unfolds`` fused semi-implicit Euler steps (the slow, obviously-correct path).
+
+    Args:
+        params: effective parameters (see the module docstring).
+        x_mapped: ``(B, S)`` inputs after the input mapping.
+        v: ``(B, N)`` state before the step.
+        dt: ``(B, 1)`` step length per sample (> 0).
+        unfolds: number of solver sub-steps K.
+        eps: added to the denominator to avoid a division by zero.
+
+    Returns:
+        ``(B, N)`` state after the step.
+    """
+    _, num_sens, den_sens = _sensory_terms(params, x_mapped)
+    cm_t = params["cm"] / (dt / unfolds)
+    gleak = params["gleak"]
+    gleak_vleak = gleak * params["vleak"]
+    erev = params["erev"]
+    for _ in range(unfolds):
+        s = _synaptic_activation(params, v)
+        numerator = cm_t * v + gleak_vleak + ((s * erev).sum(dim=1) + num_sens)
+        denominator = cm_t + gleak + (s.sum(dim=1) + den_sens)
+        v = numerator / (denominator + eps)
+    return v
+
+
+def reference_sequence(
+    params: Params,
+    x_mapped: Tensor,
+    v0: Tensor,
+    dt: Tensor,
+    reset: Tensor | None,
+    unfolds: int,
+    eps: float,
+) -> Tensor:
+    """Runs :func:`reference_step` over a sequence.
+
+    Args:
+        params: effective parameters.
+        x_mapped: ``(B, T, S)`` mapped inputs.
+        v0: ``(B, N)`` initial state.
+        dt: ``(B, T, 1)`` step lengths.
+        reset: ``(B, T, 1)`` 0/1 (1 zeroes the state before step t) or None.
+        unfolds: solver sub-steps per input step.
+        eps: denominator epsilon.
+
+    Returns:
+        ``(B, T, N)`` states after every step.
+    """
+    v = v0
+    states = []
+    for t in range(x_mapped.shape[1]):
+        if reset is not None:
+            v = (1.0 - reset[:, t]) * v
+        v = reference_step(params, x_mapped[:, t], v, dt[:, t], unfolds, eps)
+        states.append(v)
+    return torch.stack(states, dim=1)
+
+
+def reference_diagnostics(
+    params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
+) -> dict[str, Tensor]:
+    """Runs one input step and returns the currents and liquid time constants of its last unfold.
+
+    Returns:
+        ``state (B, N)`` new state; ``sensory_current`` ``sum_k r (sensory_erev - v)``; ``synaptic_current``
+        ``sum_i s (erev - v)``; ``conductance`` ``gleak + sum s + sum r``; ``tau`` ``cm / conductance`` (all
+        ``(B, N)``, evaluated at the pre-update state of the last unfold).
+    """
+    r, num_sens, den_sens = _sensory_terms(params, x_mapped)
+    cm_t = params["cm"] / (dt / unfolds)
+    gleak = params["gleak"]
+    erev = params["erev"]
+    s = _synaptic_activation(params, v)
+    v_pre = v
+    for _ in range(unfolds):
+        v_pre = v
+        s = _synaptic_activation(params, v)
+        numerator = cm_t * v + gleak * params["vleak"] + ((s * erev).sum(dim=1) + num_sens)
+        denominator = cm_t + gleak + (s.sum(dim=1) + den_sens)
+        v = numerator / (denominator + eps)
+    conductance = gleak + s.sum(dim=1) + den_sens
+    return {
+        "state": v,
+        "sensory_current": (r * (params["sensory_erev"] - v_pre.unsqueeze(1))).sum(dim=1),
+        "synaptic_current": (s * (erev - v_pre.unsqueeze(1))).sum(dim=1),
+        "conductance": conductance,
+        "tau": params["cm"] / conductance,
+    }
+
+
+# ----------------------------------------------------------------------------------------- registry
+@runtime_checkable
+class LTCImplementation(Protocol):
+    """What an LTC implementation provides (``sequence`` and ``dtypes`` are optional; see the module doc)."""
+
+    def available(self, device: torch.device) -> bool: ...
+
+    def step(
+        self, params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
+    ) -> Tensor: ...
+
+
+class _Reference:
+    """The reference implementation as a registry entry."""
+
+    def available(self, device: torch.device) -> bool:
+        return True
+
+    def step(
+        self, params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
+    ) -> Tensor:
+        return reference_step(params, x_mapped, v, dt, unfolds, eps)
+
+    def sequence(
+        self,
+        params: Params,
+        x_mapped: Tensor,
+        v0: Tensor,
+        dt: Tensor,
+        reset: Tensor | None,
+        unfolds: int,
+        eps: float,
+    ) -> Tensor:
+        return reference_sequence(params, x_mapped, v0, dt, reset, unfolds, eps)
+
+
+_REFERENCE = _Reference()
+_REGISTRY: dict[str, tuple[Any, int]] = {}
+_REGISTRY_VERSION = [0]
+_BUILTINS_LOADED = [False]
+_LOCK = threading.Lock()
+_RESERVED = ("auto", "reference")
+
+
+def register_implementation(name: str, impl: Any, priority: int = 0) -> None:
+    """Registers (or replaces) an LTC implementation under ``name``.
+
+    Args:
+        name: registry name (not ``"auto"`` or ``"reference"``).
+        impl: an object with ``available(device)`` and ``step(...)`` (optionally ``sequence(...)`` and
+            ``dtypes``), or a zero-argument class/factory returning one.
+        priority: ``"auto"`` prefers higher priorities among available implementations.
+
+    Raises:
+        ValueError: reserved or empty name, or ``impl`` lacks ``available``/``step``.
+    """
+    if not isinstance(name, str) or not name or name in _RESERVED:
+        raise ValueError(
+            f"implementation name must be a non-empty string other than {list(_RESERVED)}, got {name!r}"
+        )
+    if not (hasattr(impl, "available") and hasattr(impl, "step")) and callable(impl):
+        impl = impl()
+    if not (callable(getattr(impl, "available", None)) and callable(getattr(impl, "step", None))):
+        raise ValueError(
+            f"implementation {name!r} must provide available(device) and "
+            "step(params, x, v, dt, unfolds, eps), "
+            f"got {type(impl).__name__}"
+        )
+    with _LOCK:
+        _REGISTRY[name] = (impl, int(priority))
+        _REGISTRY_VERSION[0] += 1
+
+
+def unregister_implementation(name: str) -> None:
+    """Removes a registered implementation (no error if absent)."""
+    with _LOCK:
+        if _REGISTRY.pop(name, None) is not None:
+            _REGISTRY_VERSION[0] += 1
+
+
+def _load_builtins() -> None:
+    if _BUILTINS_LOADED[0]:
+        return
+    _BUILTINS_LOADED[0] = True
+    try:
+        importlib.import_module("ltc_control.cells.ltc_fast")
+    except ImportError:
+        # The fast path is optional (e.g. no compiler); the reference path always works.
+        pass
+
+
+def available_implementations(device: torch.device | str | None = None) -> list[str]:
+    """Names of the registered implementations (plus ``"reference"``), optionally only those available on
+    ``device``, highest priority first."""
+    _load_builtins()
+    names = [n for n, _ in sorted(_REGISTRY.items(), key=lambda kv: -kv[1][1])]
+    if device is not None:
+        dev = torch.device(device)
+        names = [n for n in names if _safe_available(_REGISTRY[n][0], dev)]
+    return names + ["reference"]
+
+
+def get_implementation(name: str) -> Any:
+    """Returns the implementation object registered as ``name`` (``"reference"`` included)."""
+    if name == "reference":
+        return _REFERENCE
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown LTC implementation {name!r}; registered: {available_implementations()}")
+    return _REGISTRY[name][0]
+
+
+def _safe_available(impl: Any, device: torch.device) -> bool:
+    try:
+        return bool(impl.available(device))
+    except Exception:
+        return False
+
+
+def _supports_dtype(impl: Any, dtype: torch.dtype) -> bool:
+    dtypes = getattr(impl, "dtypes", None)
+    return dtypes is None or dtype in dtypes
+
+
+# ----------------------------------------------------------------------------------------- the cell
+class LTCCell(RecurrentCell):
+    """Liquid time-constant cell on a :class:`~ltc_control.wirings.Wiring` (conductance form, fused solver).
+
+    ``N`` = ``wiring.units`` neurons, ``S`` = ``wiring.input_size`` inputs, ``M`` = ``wiring.output_size``
+    motor neurons (state entries ``[0, M)``). Potentials (``v``, ``vleak``, ``erev``, ``mu``) are in one
+    arbitrary potential unit; time (``dt``) in the cell's time unit; conductances (``gleak``, ``w``) and the
+    capacitance ``cm`` are relative, so ``cm / conductance`` is a time constant in the time unit.
+
+    Parameters (``nn.Parameter``; names and shapes as in ``ncps.torch.LTCCell``; init uniform in the range
+    shown):
+
+    * ``gleak (N)``: leak conductance; effective ``softplus(gleak)`` (or raw, clamped >= 0). Init (0.001, 1).
+    * ``vleak (N)``: leak reversal (resting) potential. Init (-0.2, 0.2).
+    * ``cm (N)``: membrane capacitance; effective ``softplus(cm)`` or raw >= 0. Init (0.4, 0.6).
+    * ``w (N, N)``: maximum conductance of synapse i -> j; effective ``softplus(w) * mask``. Init (0.001, 1).
+    * ``sigma (N, N)``: slope of the synaptic sigmoid (1 / potential unit). Init (3, 8).
+    * ``mu (N, N)``: half-activation presynaptic potential. Init (0.3, 0.8).
+    * ``erev (N, N)``: synaptic reversal potential; init = the wiring's polarity (+1 excitatory, -1
+      inhibitory, 0 where there is no synapse); trainable, as in ncps.
+    * ``sensory_w``, ``sensory_sigma``, ``sensory_mu``, ``sensory_erev`` ``(S, N)``: the same for input
+      k -> neuron j synapses (same init ranges; ``sensory_erev`` from the sensory polarity).
+    * ``input_w (S)`` (init 1), ``input_b (S)`` (init 0): input mapping ``x_in = input_w * x + input_b``
+      (``"linear"``: no ``input_b``; ``"none"``: neither).
+    * ``output_w (M)`` (init 1), ``output_b (M)`` (init 0): output mapping
+      ``y = output_w * v[:, :M] + output_b``.
+
+    Buffers: ``sparsity_mask (N, N)`` = ``|wiring.adjacency|``, ``sensory_sparsity_mask (S, N)``. Masked
+    synapses receive exactly zero gradient and have no effect on the outputs.
+
+    Args:
+        wiring: the connectivity (immutable; never modified).
+        ode_unfolds: solver sub-steps K per input step (>= 1; default 6 as in ncps and the NCP paper).
+        epsilon: added to the solver denominator (>= 0; default 1e-8).
+        constraint: ``"softplus"`` (default; ncps' ``implicit_param_constraints=True``) applies softplus to
+            gleak, cm, w, sensory_w at run time; ``"clamp"`` uses them raw and :meth:`apply_constraints`
+            clamps them to >= 0 in place (call it after every optimizer step).
+        input_mapping: ``"affine"`` (default), ``"linear"`` or ``"none"``.
+        output_mapping: ``"affine"`` (default), ``"linear"`` or ``"none"``.
+        implementation: ``"auto"`` (default), ``"reference"`` or a registered name (see module docstring).
+
+    Example:
+        >>> import torch
+        >>> from ltc_control.wirings import lane_keeping_ncp
+        >>> cell = LTCCell(lane_keeping_ncp(seed=0))
+        >>> h = cell.initial_state(2)
+        >>> y, h = cell(torch.randn(2, 32), h, dt=1 / 30)
+        >>> y.shape, h.shape
+        (torch.Size([2, 1]), torch.Size([2, 19]))
+    """
+
+    sparsity_mask: Tensor
+    sensory_sparsity_mask: Tensor
+
+    def __init__(
+        self,
+        wiring: Wiring,
+        ode_unfolds: int = 6,
+        epsilon: float = 1e-8,
+        constraint: Literal["softplus", "clamp"] = "softplus",
+        input_mapping: Literal["affine", "linear", "none"] = "affine",
+        output_mapping: Literal["affine", "linear", "none"] = "affine",
+        implementation: str = "auto",
+    ) -> None:
+        if not isinstance(wiring, Wiring):
+            raise ValueError(
+                f"wiring must be an ltc_control.wirings.Wiring, got {type(wiring).__name__} "
+                "(convert an ncps model with ltc_control.from_ncps)"
+            )
+        if isinstance(ode_unfolds, bool) or not isinstance(ode_unfolds, int) or ode_unfolds < 1:
+            raise ValueError(f"ode_unfolds must be an integer >= 1, got {ode_unfolds!r}")
+        if not isinstance(epsilon, int | float) or not (epsilon >= 0 and math.isfinite(epsilon)):
+            raise ValueError(f"epsilon must be a finite float >= 0, got {epsilon!r}")
+        if constraint not in _CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {list(_CONSTRAINTS)}, got {constraint!r}")
+        for name, value in (("input_mapping", input_mapping), ("output_mapping", output_mapping)):
+            if value not in _MAPPINGS:
+                raise ValueError(f"{name} must be one of {list(_MAPPINGS)}, got {value!r}")
+        super().__init__(
+            wiring.input_size,
+            wiring.units,
+            wiring.output_size,
+            neuron_names=wiring.names,
+            neuron_roles=wiring.roles,
+        )
+        self.wiring = wiring
+        self.ode_unfolds = int(ode_unfolds)
+        self.epsilon = float(epsilon)
+        self.constraint: str = constraint
+        self.input_mapping: str = input_mapping
+        self.output_mapping: str = output_mapping
+        self._implementation = "auto"
+        self.implementation = implementation  # validated by the setter
+        self._last_impl_name: str | None = None
+        self._resolved: dict[tuple[Any, ...], tuple[str, Any]] = {}
+        self._eff_cache: tuple[tuple[Any, ...], dict[str, Tensor]] | None = None
+
+        n, s, m = wiring.units, wiring.input_size, wiring.output_size
+        adj = torch.tensor(wiring.adjacency, dtype=torch.get_default_dtype())
+        sadj = torch.tensor(wiring.sensory_adjacency, dtype=torch.get_default_dtype())
+        # Registration order follows ncps so state dicts list parameters in the same order.
+        self.gleak = nn.Parameter(self._init((n,), "gleak"))
+        self.vleak = nn.Parameter(self._init((n,), "vleak"))
+        self.cm = nn.Parameter(self._init((n,), "cm"))
+        self.sigma = nn.Parameter(self._init((n, n), "sigma"))
+        self.mu = nn.Parameter(self._init((n, n), "mu"))
+        self.w = nn.Parameter(self._init((n, n), "w"))
+        self.erev = nn.Parameter(adj.clone())
+        self.sensory_sigma = nn.Parameter(self._init((s, n), "sensory_sigma"))
+        self.sensory_mu = nn.Parameter(self._init((s, n), "sensory_mu"))
+        self.sensory_w = nn.Parameter(self._init((s, n), "sensory_w"))
+        self.sensory_erev = nn.Parameter(sadj.clone())
+        self.register_buffer("sparsity_mask", adj.abs())
+        self.register_buffer("sensory_sparsity_mask", sadj.abs())
+        self.input_w: nn.Parameter | None = None
+        self.input_b: nn.Parameter | None = None
+        self.output_w: nn.Parameter | None = None
+        self.output_b: nn.Parameter | None = None
+        if input_mapping in ("affine", "linear"):
+            self.input_w = nn.Parameter(torch.ones(s))
+        if input_mapping == "affine":
+            self.input_b = nn.Parameter(torch.zeros(s))
+        if output_mapping in ("affine", "linear"):
+            self.output_w = nn.Parameter(torch.ones(m))
+        if output_mapping == "affine":
+            self.output_b = nn.Parameter(torch.zeros(m))
+
+    @staticmethod
+    def _init(shape: tuple[int, ...], name: str) -> Tensor:
+        low, high = INIT_RANGES[name]
+        return torch.rand(*shape) * (high - low) + low
+
+    # ------------------------------------------------------------------ implementation selection
+    @property
+    def implementation(self) -> str:
+        """The requested implementation (``"auto"``, ``"reference"`` or a registered name)."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, name: str) -> None:
+        if name not in _RESERVED:
+            _load_builtins()
+            if name not in _REGISTRY:
+                raise ValueError(
+                    f"unknown LTC implementation {name!r}; choose 'auto' or one of "
+                    f"{available_implementations()}"
+                )
+        self._implementation = name
+        self._resolved = {}
+
+    @property
+    def implementation_name(self) -> str:
+        """Name of the implementation that ran last (before any run: the one that would run here)."""
+        if self._last_impl_name is not None:
+            return self._last_impl_name
+        return self._resolve(self.gleak.device, self.gleak.dtype)[0]
+
+    def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, Any]:
+        key = (device, dtype, _REGISTRY_VERSION[0])
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
+        req = self._implementation
+        if req == "reference":
+            out: tuple[str, Any] = ("reference", _REFERENCE)
+        elif req == "auto":
+            _load_builtins()
+            out = ("reference", _REFERENCE)
+            for name, (impl, _prio) in sorted(_REGISTRY.items(), key=lambda kv: -kv[1][1]):
+                if _supports_dtype(impl, dtype) and _safe_available(impl, device):
+                    out = (name, impl)
+                    break
+        else:
+            if req not in _REGISTRY:
+                raise ValueError(
+                    f"LTC implementation {req!r} is no longer registered; use 'auto' or 'reference'"
+                )
+            impl = _REGISTRY[req][0]
+            if not _safe_available(impl, device):
+                raise ValueError(
+                    f"LTC implementation {req!r} is not available on device {device}; "
+                    "use 'auto' or 'reference'"
+                )
+            out = (req, impl)
+        self._resolved = {key: out}
+        return out
+
+    # ------------------------------------------------------------------ parameters
+    def _raw(self) -> tuple[Tensor, ...]:
+        return (
+            self.gleak,
+            self.vleak,
+            self.cm,
+            self.sigma,
+            self.mu,
+            self.w,
+            self.erev,
+            self.sensory_sigma,
+            self.sensory_mu,
+            self.sensory_w,
+            self.sensory_erev,
+            self.sparsity_mask,
+            self.sensory_sparsity_mask,
+        )
+
+    def effective_parameters(self) -> dict[str, Tensor]:
+        """The parameters the solver uses: constraint applied to gleak/cm/w/sensory_w, masks multiplied into
+        w and sensory_w (keys listed in the module docstring).
+
+        With gradients disabled the result is cached until a parameter changes (in place or replaced), which
+        keeps control-loop steps cheap.
+        """
+        if torch.is_grad_enabled():
+            return self._compute_effective()
+        raw = self._raw()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in raw) + (self.constraint,)
+        if self._eff_cache is not None and self._eff_cache[0] == key:
+            return self._eff_cache[1]
+        eff = self._compute_effective()
+        self._eff_cache = (key, eff)
+        return eff
+
+    def _compute_effective(self) -> dict[str, Tensor]:
+        pos: Callable[[Tensor], Tensor] = F.softplus if self.constraint == "softplus" else (lambda t: t)
+        return {
+            "gleak": pos(self.gleak),
+            "vleak": self.vleak,
+            "cm": pos(self.cm),
+            "sigma": self.sigma,
+            "mu": self.mu,
+            "w": pos(self.w) * self.sparsity_mask,
+            "erev": self.erev,
+            "sensory_sigma": self.sensory_sigma,
+            "sensory_mu": self.sensory_mu,
+            "sensory_w": pos(self.sensory_w) * self.sensory_sparsity_mask,
+            "sensory_erev": self.sensory_erev,
+            "sparsity_mask": self.sparsity_mask,
+            "sensory_sparsity_mask": self.sensory_sparsity_mask,
+        }
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LTCCell:  # type: ignore[override]
+        # .to()/.double()/.cuda() replace tensors: drop caches keyed on the old ones.
+        self._eff_cache = None
+        self._resolved = {}
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def apply_constraints(self) -> None:
+        """With ``constraint="clamp"``, clamps gleak, cm, w, sensory_w to >= 0 in place (softplus: no-op).
+
+        Call it after every optimizer step, like ncps' ``apply_weight_constraints``.
+        """
+        if self.constraint == "clamp":
+            for p in (self.gleak, self.cm, self.w, self.sensory_w):
+                p.clamp_(min=0.0)
+
+    # ------------------------------------------------------------------ maps
+    def map_inputs(self, x: Tensor) -> Tensor:
+        """Applies the input mapping to ``x (..., S)``."""
+        if self.input_w is not None:
+            x = x * self.input_w
+        if self.input_b is not None:
+            x = x + self.input_b
+        return x
+
+    def readout(self, h: Tensor) -> Tensor:
+        """Motor-neuron outputs ``(..., M)`` from states ``(..., N)`` through the output mapping."""
+        y = h[..., : self.output_size] if self.output_size < self.state_size else h
+        if self.output_w is not None:
+            y = y * self.output_w
+        if self.output_b is not None:
+            y = y + self.output_b
+        return y
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, h: Tensor | None = None, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
+        """One input step.
+
+        Args:
+            x: inputs ``(B, S)``.
+            h: state ``(B, N)``; ``None`` = :meth:`initial_state`.
+            dt: elapsed time: float, ``(B,)`` or ``(B, 1)``; > 0.
+
+        Returns:
+            ``(y (B, M), h' (B, N))``.
+
+        Raises:
+            ValueError: wrong input width, wrong state shape, non-finite input, ``dt <= 0``.
+        """
+        self._check_input(x)
+        batch = x.shape[0]
+        if h is None:
+            h = self.initial_state(batch, device=x.device, dtype=x.dtype)
+        else:
+            self._check_state(h, batch)
+        dt_t = self._as_dt(dt, batch, h.device, h.dtype)
+        name, impl = self._resolve(h.device, h.dtype)
+        v = impl.step(
+            self.effective_parameters(), self.map_inputs(x), h, dt_t, self.ode_unfolds, self.epsilon
+        )
+        self._last_impl_name = name
+        return self.readout(v), v
+
+    def forward_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Runs a whole sequence through the selected implementation.
+
+        Args:
+            x: inputs ``(B, T, S)``.
+            h0: initial state ``(B, N)`` (default zeros).
+            dt: ``None`` (1.0), float, or ``(B, T)`` / ``(B, T, 1)`` tensor of step lengths (> 0).
+            episode_starts: ``(B, T)`` 0/1; 1 resets the state to zeros before step t.
+
+        Returns:
+            ``(y (B, T, M), h_T (B, N))``.
+        """
+        x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
+        b, t = x.shape[0], x.shape[1]
+        if not isinstance(dt_seq, Tensor):
+            dt_seq = torch.full((1, 1, 1), 1.0 if dt_seq is None else dt_seq, device=h.device, dtype=h.dtype)
+            dt_seq = dt_seq.expand(b, t, 1)
+        name, impl = self._resolve(h.device, h.dtype)
+        params = self.effective_parameters()
+        xm = self.map_inputs(x)
+        seq_fn = getattr(impl, "sequence", None)
+        if seq_fn is not None:
+            states = seq_fn(params, xm, h, dt_seq, resets, self.ode_unfolds, self.epsilon)
+        else:
+            outs = []
+            v = h
+            for i in range(t):
+                if resets is not None:
+                    v = (1.0 - resets[:, i]) * v
+                v = impl.step(params, xm[:, i], v, dt_seq[:, i], self.ode_unfolds, self.epsilon)
+                outs.append(v)
+            states = torch.stack(outs, dim=1)
+        self._last_impl_name = name
+        return self.readout(states), states[:, -1]
+
+    def diagnostics(self, x: Tensor, h: Tensor | None = None, dt: float | Tensor = 1.0) -> dict[str, Tensor]:
+        """One step with the reference math, returning what the inspection tools plot.
+
+        Args:
+            x: inputs ``(B, S)``.
+            h: state ``(B, N)`` before the step (default zeros).
+            dt: elapsed time: float, ``(B,)`` or ``(B, 1)``.
+
+        Returns:
+            dict of ``(B, N)`` tensors ``state`` (new state), ``sensory_current``
+            (``sum_k r (sensory_erev - v)``), ``synaptic_current`` (``sum_i s (erev - v)``), ``conductance``
+            (``gleak + sum s + sum r``), ``tau`` (``cm / conductance``, the liquid time constant), all at the
+            last unfold's pre-update state, and ``output (B, M)``.
+        """
+        self._check_input(x)
+        batch = x.shape[0]
+        if h is None:
+            h = self.initial_state(batch, device=x.device, dtype=x.dtype)
+        else:
+            self._check_state(h, batch)
+        dt_t = self._as_dt(dt, batch, h.device, h.dtype)
+        out = reference_diagnostics(
+            self.effective_parameters(), self.map_inputs(x), h, dt_t, self.ode_unfolds, self.epsilon
+        )
+        out["output"] = self.readout(out["state"])
+        return out
+
+    @property
+    def num_synapses(self) -> int:
+        """Synapse count of the wiring (recurrent + sensory)."""
+        return self.wiring.num_synapses
+
+    def extra_repr(self) -> str:
+        return (
+            f"units={self.state_size}, input_size={self.input_size}, output_size={self.output_size}, "
+            f"synapses={self.wiring.num_synapses}, ode_unfolds={self.ode_unfolds}, "
+            f"constraint={self.constraint!r}, "
+            f"implementation={self._implementation!r}"
+        )
