@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ltc_control.agents.evaluation import (
     ConstantAgent,
     EpisodeMetrics,
@@ -85,7 +82,7 @@ def test_summarize_hand_computed_with_bootstrap_interval() -> None:
     assert s.episodes == 2 and s.departures == 1
     assert s.total_km == pytest.approx(1.0)
     assert s.crashes_per_km.value == pytest.approx(1.0)
-    # Resampling two episodes: {A,A} -> 1/0.008 = 250, {A,B} -> 1, {B,B} -> 0, each pair at least 1/4 of the time.
+    # Resampling two episodes: {A,A} -> 1/0.008 = 250, {A,B} -> 1, {B,B} -> 0, each at least 1/4 of the time.
     assert s.crashes_per_km.lo == pytest.approx(0.0)
     assert s.crashes_per_km.hi == pytest.approx(250.0)
     assert s.completion_rate.value == pytest.approx(0.5)
