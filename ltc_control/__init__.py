@@ -1,5 +1,68 @@
-"""ltc-control: liquid time-constant neural circuit policies for control and autonomous driving."""
+"""ltc-control: liquid time-constant neural circuit policies for control and autonomous driving.
+
+Main API::
+
+    from ltc_control import LTCCell, SequenceModel, lane_keeping_ncp
+    model = SequenceModel(LTCCell(lane_keeping_ncp(seed=0)))
+    y, h = model(x)          # x: (B, T, 32) -> y: (B, T, 1), h: (B, 19)
+
+CfC and baseline cells (``CfCCell``, ``WiredCfCCell``, ``LSTMCell``, ``GRUCell``, ``CTRNNCell``) are imported
+on first access, so the package imports even where those modules are unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ltc_control._version import __version__
+from ltc_control.cells.base import RecurrentCell, set_validation
+from ltc_control.cells.ltc import LTCCell, register_implementation
+from ltc_control.interop import from_ncps
+from ltc_control.sequence import SequenceModel
+from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Random, Wiring, lane_keeping_ncp
 
-__all__ = ["__version__"]
+# Names served lazily from modules owned by other parts of the project.
+_LAZY: dict[str, str] = {
+    "CfCCell": "ltc_control.cells.cfc",
+    "WiredCfCCell": "ltc_control.cells.cfc",
+    "LSTMCell": "ltc_control.cells.baselines",
+    "GRUCell": "ltc_control.cells.baselines",
+    "CTRNNCell": "ltc_control.cells.baselines",
+}
+
+__all__ = [
+    "NCP",
+    "AutoNCP",
+    "FullyConnected",
+    "LTCCell",
+    "Random",
+    "RecurrentCell",
+    "SequenceModel",
+    "Wiring",
+    "__version__",
+    "from_ncps",
+    "lane_keeping_ncp",
+    "register_implementation",
+    "set_validation",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'ltc_control' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AttributeError(
+            f"ltc_control.{name} is unavailable: {module_name} could not be imported ({exc})"
+        ) from exc
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
