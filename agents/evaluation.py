@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,11 +41,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ltc_control.runs import atomic_write_bytes
+
 __all__ = [
     "Agent",
     "AgentSpec",
     "ConstantAgent",
     "EpisodeMetrics",
+    "EvalConfig",
     "EpisodeResult",
     "EvalReport",
     "LevelSummary",
@@ -57,7 +59,9 @@ __all__ = [
     "episode_metrics",
     "evaluate",
     "evaluate_main",
+    "agent_label",
     "make_agent",
+    "prepare_run_dir",
     "make_env",
     "parse_seeds",
     "run_episode",
@@ -1037,9 +1041,9 @@ class EvalReport:
             "summary_csv": out / "summary.csv",
             "episodes_csv": out / "episodes.csv",
         }
-        _atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2).encode())
-        _atomic_write_bytes(paths["summary_csv"], _csv_bytes([lv.flat() for lv in self.levels]))
-        _atomic_write_bytes(paths["episodes_csv"], _csv_bytes([dataclasses.asdict(e) for e in self.episodes]))
+        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2).encode())
+        atomic_write_bytes(paths["summary_csv"], _csv_bytes([lv.flat() for lv in self.levels]))
+        atomic_write_bytes(paths["episodes_csv"], _csv_bytes([dataclasses.asdict(e) for e in self.episodes]))
         if plot:
             paths["plot"] = out / "crashes_per_km.png"
             self.plot(paths["plot"])
@@ -1070,7 +1074,7 @@ class EvalReport:
         fig.savefig(buf, format="png")
         plt.close(fig)
         target = Path(path)
-        _atomic_write_bytes(target, buf.getvalue())
+        atomic_write_bytes(target, buf.getvalue())
         return target
 
 
@@ -1084,20 +1088,6 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
                 {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             )
     return buf.getvalue().encode()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically (temp file in the same folder + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _describe(spec: AgentSpec) -> str:
@@ -1269,109 +1259,167 @@ def parse_floats(text: str, what: str = "noise levels") -> list[float]:
     return values
 
 
-def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` pairs; values are read as YAML (``road_length=60``, ``throttle=true``)."""
-    import yaml
+@dataclass(frozen=True)
+class EvalConfig:
+    """Closed-loop evaluation on held-out roads with Gaussian image noise: ltc-control evaluate.
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"bad --env-kwarg {item!r}; use KEY=VALUE, e.g. --env-kwarg road_length=80")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    Attributes:
+        env: Gymnasium env id.
+        seeds: road seeds, inclusive ranges and/or a comma-separated list, e.g. "1000-1019" or "1,2,5".
+        noise: Gaussian noise variances on images scaled to [0, 1], comma-separated, e.g. "0,0.1,0.2,0.3".
+        workers: worker processes (0 = run in this process).
+        out: output folder; None = a new run folder runs/<env>__evaluate-<agent>__<first seed>__<time>.
+        max_steps: step cap per episode (None = the env's own limit).
+        noise_seed: noise seed shared by every evaluated model.
+        brightness: additive brightness offset on the [0, 1] image scale.
+        blur: Gaussian blur sigma in pixels (0 = none).
+        occlusion: number of black occlusion patches per image.
+        occlusion_size: occlusion patch side as a fraction of min(height, width).
+        camera_offset: lateral camera offset in metres (passed to envs that have a camera_offset option).
+        completion_tolerance: metres from the road's end that count as completing it.
+        device: torch device for checkpoint policies.
+        env_kwargs: env constructor arguments, e.g. {road_length: 80}.
+        progress: show a progress bar.
+    """
+
+    env: str = "LTC/LaneKeeping-v0"
+    seeds: str = "1000-1019"
+    noise: str = "0,0.1,0.2,0.3"
+    workers: int = 2
+    out: str | None = None
+    max_steps: int | None = None
+    noise_seed: int = 0
+    brightness: float = 0.0
+    blur: float = 0.0
+    occlusion: int = 0
+    occlusion_size: float = 0.15
+    camera_offset: float = 0.0
+    completion_tolerance: float = 1.0
+    device: str = "cpu"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        parse_seeds(self.seeds)
+        parse_floats(self.noise)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        self.perturbation()
+
+    def perturbation(self) -> Perturbation:
+        """The extra perturbations (noise variance filled in per level by :func:`evaluate`)."""
+        return Perturbation(
+            seed=self.noise_seed,
+            brightness=self.brightness,
+            blur_sigma=self.blur,
+            occlusion_patches=self.occlusion,
+            occlusion_size=self.occlusion_size,
+            camera_offset=self.camera_offset,
+        )
+
+
+def agent_label(spec: str) -> str:
+    """A short name for an agent spec (checkpoint folder name or ``expert``), for run-folder names."""
+    if spec == "expert" or spec.startswith("expert:"):
+        return spec.replace(":", "-")
+    return Path(spec).resolve().name or "policy"
+
+
+def prepare_run_dir(
+    out: str | os.PathLike[str] | None,
+    env_id: str,
+    preset: str,
+    seed: int,
+    config: Mapping[str, Any],
+    argv: Sequence[str],
+    root: str | os.PathLike[str] = "runs",
+) -> Path:
+    """Create the output folder of a command and write its records (config, command line, git, versions).
+
+    Args:
+        out: an explicit folder (created if needed), or None for a new ``ltc_control.runs`` run folder.
+        env_id: env id (part of the run-folder name).
+        preset: the command and agent, e.g. ``"evaluate-expert"``.
+        seed: first seed (part of the run-folder name).
+        config: the resolved configuration.
+        argv: the command line.
+        root: parent of new run folders.
+
+    Returns:
+        The folder.
+    """
+    from ltc_control import runs
+    from ltc_control.config import to_yaml
+
+    if out is None:
+        return runs.create_run_dir(Path(root), env_id, preset, seed, config=dict(config), argv=list(argv))
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(folder / "config.yaml", to_yaml(dict(config)))
+    runs.atomic_write_text(folder / "command.txt", " ".join(argv) + "\n")
+    info = runs.git_info()
+    runs.atomic_write_text(folder / "git.txt", "".join(f"{k}: {v}\n" for k, v in info.items()))
+    runs.atomic_write_json(folder / "versions.json", runs.versions())
+    return folder
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``ltc-control evaluate``."""
-    p = argparse.ArgumentParser(
-        prog="ltc-control evaluate",
-        description="Closed-loop evaluation on held-out roads with Gaussian image noise (crashes per km, "
-        "completion, lateral error, steering smoothness; 95%% bootstrap confidence intervals).",
-    )
-    p.add_argument("agent", help="checkpoint directory (model.json + model.safetensors) or 'expert'")
-    p.add_argument(
-        "--seeds", default="1000-1019", help="road seeds, e.g. '1000-1019' or '1,2,3' (default %(default)s)"
-    )
-    p.add_argument(
-        "--noise",
-        default="0,0.1,0.2,0.3",
-        help="Gaussian noise variances on [0,1] images (default %(default)s)",
-    )
-    p.add_argument("--env", default="LTC/LaneKeeping-v0", help="Gymnasium env id (default %(default)s)")
-    p.add_argument(
-        "--env-kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="env constructor argument (repeatable), values parsed as YAML",
-    )
-    p.add_argument(
-        "--workers", type=int, default=2, help="worker processes, 0 = in-process (default %(default)s)"
-    )
-    p.add_argument(
-        "--out", default=None, help="output folder (default runs/evaluate__<env>__<agent>__<time>)"
-    )
-    p.add_argument(
-        "--max-steps", type=int, default=None, help="step cap per episode (default: the env's limit)"
-    )
-    p.add_argument(
-        "--noise-seed", type=int, default=0, help="noise seed shared by every model (default %(default)s)"
-    )
-    p.add_argument("--brightness", type=float, default=0.0, help="additive brightness on the [0,1] scale")
-    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma in pixels")
-    p.add_argument("--occlusion", type=int, default=0, help="number of black occlusion patches per image")
-    p.add_argument("--occlusion-size", type=float, default=0.15, help="patch side as a fraction of min(H, W)")
-    p.add_argument("--camera-offset", type=float, default=0.0, help="lateral camera offset (m), env option")
-    p.add_argument("--device", default="cpu", help="torch device for the policy (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return p
+    """The argument parser of ``ltc-control evaluate`` (generated from :class:`EvalConfig`)."""
+    from ltc_control.config import make_parser
+
+    parser = make_parser(EvalConfig, prog="ltc-control evaluate")
+    parser.add_argument("agent", help="checkpoint directory (model.json + model.safetensors) or 'expert'")
+    return parser
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ltc-control evaluate`` (see :func:`build_eval_parser` for the options).
+    """Entry point of ``ltc-control evaluate AGENT [--seeds 1000-1019] [--noise 0,0.1,0.2,0.3] ...``.
+
+    Options come from :class:`EvalConfig` (``--config preset.yaml`` and ``--set key=value`` work too). Writes
+    ``evaluation.json``, ``summary.csv``, ``episodes.csv``, ``crashes_per_km.png`` and the run records into
+    the output folder and prints the table.
+
+    Args:
+        argv: arguments without the program name (``sys.argv[1:]`` when None).
 
     Returns:
-        The process exit code (0 on success, 2 on bad arguments).
+        The process exit code (0 on success; argparse exits with 2 on bad arguments).
     """
+    from ltc_control.config import parse_args_and_config, to_dict
+
+    args = list(sys.argv[1:] if argv is None else argv)
     parser = build_eval_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        seeds = parse_seeds(args.seeds)
-        levels = parse_floats(args.noise)
-        env_kwargs = parse_kwargs(args.env_kwarg)
-        pert = Perturbation(
-            brightness=args.brightness,
-            blur_sigma=args.blur,
-            occlusion_patches=args.occlusion,
-            occlusion_size=args.occlusion_size,
-            camera_offset=args.camera_offset,
-            seed=args.noise_seed,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    out = args.out
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        agent_name = "expert" if str(args.agent).startswith("expert") else Path(args.agent).name
-        out = Path("runs") / f"evaluate__{args.env.replace('/', '-')}__{agent_name}__{stamp}"
+    cfg, ns = parse_args_and_config(EvalConfig, args, parser)
+    agent = str(ns.agent)
+    if not (agent == "expert" or agent.startswith("expert:")) and not Path(agent).is_dir():
+        parser.error(f"checkpoint {agent!r} is not a directory; pass a checkpoint folder or 'expert'")
+    seeds = parse_seeds(cfg.seeds)
+    record = {"agent": agent, **to_dict(cfg)}
+    folder = prepare_run_dir(
+        cfg.out,
+        cfg.env,
+        f"evaluate-{agent_label(agent)}",
+        seeds[0],
+        record,
+        ["ltc-control", "evaluate", *args],
+    )
     report = evaluate(
-        args.agent,
-        args.env,
+        agent,
+        cfg.env,
         seeds,
-        noise_levels=levels,
-        workers=args.workers,
-        env_kwargs=env_kwargs,
-        max_steps=args.max_steps,
-        noise_seed=args.noise_seed,
-        perturbation=pert,
-        device=args.device,
-        progress=not args.no_progress,
+        noise_levels=parse_floats(cfg.noise),
+        workers=cfg.workers,
+        env_kwargs=cfg.env_kwargs,
+        max_steps=cfg.max_steps,
+        noise_seed=cfg.noise_seed,
+        perturbation=cfg.perturbation(),
+        device=cfg.device,
+        completion_tolerance=cfg.completion_tolerance,
+        progress=cfg.progress,
     )
-    paths = report.save(out)
-    _atomic_write_bytes(
-        Path(out) / "command.txt", (" ".join(["ltc-control", "evaluate", *(argv or [])]) + "\n").encode()
-    )
+    paths = report.save(folder)
     print(report.table())
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0

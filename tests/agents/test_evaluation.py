@@ -13,7 +13,6 @@ from ltc_control.agents.evaluation import (
     Perturbation,
     episode_metrics,
     parse_floats,
-    parse_kwargs,
     parse_seeds,
     summarize,
 )
@@ -150,14 +149,11 @@ def test_parsers() -> None:
     assert parse_seeds("1000-1003") == [1000, 1001, 1002, 1003]
     assert parse_seeds("1,5-6, 9") == [1, 5, 6, 9]
     assert parse_floats("0,0.1,0.2,0.3") == [0.0, 0.1, 0.2, 0.3]
-    assert parse_kwargs(["road_length=60", "throttle=true"]) == {"road_length": 60, "throttle": True}
     for bad in ("10-5", "a-b", ""):
         with pytest.raises(ValueError, match="seed"):
             parse_seeds(bad)
     with pytest.raises(ValueError, match="noise"):
         parse_floats("0,x")
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_kwargs(["road_length"])
 
 
 def test_constant_agent() -> None:
