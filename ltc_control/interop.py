@@ -78,7 +78,7 @@ def from_ncps(module: nn.Module) -> SequenceModel:
 
     Supported: ``ncps.torch.LTC`` and a bare ``ncps.torch.LTCCell`` (any wiring, either
     ``implicit_param_constraints`` setting -> ``constraint="softplus"`` / ``"clamp"``, ``ode_unfolds``,
-    epsilon, input/output mapping), and ``ncps.torch.CfC`` / ``CfCCell`` / ``WiredCfCCell`` through
+    epsilon, input/output mapping), and ``ncps.torch.CfC`` (any mode, wired or not) through
     ``ltc_control.cells.cfc.cfc_from_ncps``. The result is batch-first whatever ``batch_first`` the ncps model
     used, keeps ``return_sequences`` of an ``LTC``, and lives on the same device and dtype.
 
@@ -93,8 +93,13 @@ def from_ncps(module: nn.Module) -> SequenceModel:
         ImportError: ncps (or the CfC module for CfC models) is not installed.
     """
     nt = _import_ncps()
-    cfc_types = tuple(getattr(nt, name) for name in ("CfC", "CfCCell", "WiredCfCCell") if hasattr(nt, name))
-    if isinstance(module, cfc_types):
+    cell_types = tuple(getattr(nt, name) for name in ("CfCCell", "WiredCfCCell") if hasattr(nt, name))
+    if isinstance(module, cell_types):
+        raise ValueError(
+            f"a bare ncps {type(module).__name__} cannot be converted on its own; convert the ncps.torch.CfC "
+            "model that contains it"
+        )
+    if isinstance(module, nt.CfC):
         try:
             from ltc_control.cells.cfc import cfc_from_ncps
         except ImportError as exc:
@@ -115,7 +120,7 @@ def from_ncps(module: nn.Module) -> SequenceModel:
         cell = module
     else:
         raise ValueError(
-            "from_ncps supports ncps.torch.LTC, LTCCell, CfC, CfCCell and WiredCfCCell; "
+            "from_ncps supports ncps.torch.LTC, ncps.torch.LTCCell and ncps.torch.CfC; "
             f"got {type(module).__name__}"
         )
     wiring = wiring_from_ncps(cell._wiring)

@@ -53,7 +53,7 @@ def _as_polarity_matrix(value: Any, name: str, ndim_shape: str) -> np.ndarray:
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
-                f"{name} values must be in {{-1, 0, 1}} (polarity), got {arr[idx]!r} at index {idx} "
+                f"{name} values must be in {{-1, 0, 1}} (polarity), got {arr[idx].item()!r} at index {idx} "
                 f"({int(bad.sum())} invalid entries)"
             )
     out = np.array(arr, dtype=np.int8, copy=True)

@@ -1,0 +1,42 @@
+"""Shared fixtures for the core-library tests (wirings, LTC cell, sequence model, ncps interop)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from ltc_control.cells import base as cell_base
+from ltc_control.wirings import NCP, Wiring
+
+
+@pytest.fixture
+def tiny_ncp() -> Wiring:
+    """A 6-neuron NCP (1 motor, 2 command, 3 inter) on 3 inputs: small enough for float64 gradcheck."""
+    return NCP(
+        inter=3,
+        command=2,
+        motor=1,
+        sensory_fanout=2,
+        inter_fanout=1,
+        recurrent_command_synapses=2,
+        motor_fanin=2,
+        input_size=3,
+        seed=7,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _validation_on() -> Iterator[None]:
+    """Every test starts with value validation on and cannot leak a switched-off setting to the next one."""
+    cell_base.set_validation(True)
+    yield
+    cell_base.set_validation(True)
+
+
+@pytest.fixture
+def torch_seed() -> int:
+    """Seeds torch's global generator (parameter init uses it, like nn.Linear) and returns the seed."""
+    torch.manual_seed(1234)
+    return 1234
