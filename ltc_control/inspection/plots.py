@@ -50,13 +50,14 @@ LAYER_COLORS: dict[str, str] = {
     "motor": "#d62728",
     "hidden": "#2ca02c",
 }
+_LAYOUT = "constrained"
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
 def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=100, layout=_LAYOUT)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -303,6 +304,19 @@ def wiring_graph_figure(trace: Trace, color_by: str = "activity") -> Figure:
             return
         w = np.abs(weight[pre, post]) if weight is not None else np.ones(len(pre))
         w = w / max(float(w.max()), 1e-12)
+        if not same:
+            # many straight feed-forward edges: one LineCollection draws them ~50x faster than arrow patches
+            from matplotlib.collections import LineCollection
+
+            segments = np.stack([src_xy[pre], dst_xy[post]], axis=1)
+            colors = [
+                (0.75, 0.22, 0.17, fade * (0.25 + 0.5 * float(k)))
+                if p > 0
+                else (0.18, 0.36, 0.72, fade * (0.25 + 0.5 * float(k)))
+                for p, k in zip(adj[pre, post], w)
+            ]
+            ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.3 + 2.2 * w, zorder=1))
+            return
         for a, b, polarity, strength in zip(pre, post, adj[pre, post], w):
             color = "#c0392b" if polarity > 0 else "#2e5cb8"
             p, q = src_xy[a], dst_xy[b]

@@ -84,25 +84,23 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 
 
 def _upscale(mask: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
-    """Map a (B, 1, h, w) mask back through ``conv``'s geometry to ``size`` with an all-ones deconvolution."""
+    """Map a ``(B, 1, h, w)`` mask back through ``conv``'s geometry to ``size`` (all-ones deconvolution).
+
+    The unpadded transposed convolution covers the conv's (padded) input; the padding is inferred from the
+    sizes, so explicit ``padding=p``, TensorFlow-style asymmetric "same" padding done with ``F.pad`` before
+    the conv, and "valid" convolutions that drop trailing rows are all mapped back exactly.
+    """
     kh, kw = _pair(conv.kernel_size)
     sh, sw = _pair(conv.stride)
     dh, dw = _pair(conv.dilation)
-    if isinstance(conv.padding, str):
-        ph, pw = ((kh - 1) * dh // 2, (kw - 1) * dw // 2) if conv.padding == "same" else (0, 0)
-    else:
-        ph, pw = _pair(conv.padding)
     weight = torch.ones(1, 1, kh, kw, dtype=mask.dtype, device=mask.device)
-    base_h = (mask.shape[2] - 1) * sh - 2 * ph + dh * (kh - 1) + 1
-    base_w = (mask.shape[3] - 1) * sw - 2 * pw + dw * (kw - 1) + 1
-    oph, opw = size[0] - base_h, size[1] - base_w
-    if 0 <= oph < max(sh, dh) and 0 <= opw < max(sw, dw):
-        return F.conv_transpose2d(
-            mask, weight, stride=(sh, sw), padding=(ph, pw), output_padding=(oph, opw), dilation=(dh, dw)
-        )
-    # geometry the transposed conv cannot reproduce exactly (e.g. asymmetric padding): resize instead
     up = F.conv_transpose2d(mask, weight, stride=(sh, sw), dilation=(dh, dw))
-    return F.interpolate(up, size=size, mode="bilinear", align_corners=False)
+    out_h, out_w = up.shape[2], up.shape[3]
+    extra_h, extra_w = out_h - size[0], out_w - size[1]
+    if extra_h < 0 or extra_w < 0:
+        up = F.pad(up, (0, max(-extra_w, 0), 0, max(-extra_h, 0)))
+    top, left = max(extra_h, 0) // 2, max(extra_w, 0) // 2
+    return up[:, :, top : top + size[0], left : left + size[1]]
 
 
 @torch.no_grad()
