@@ -290,9 +290,10 @@ def test_states_and_time_constants_stay_bounded(
         eff["sensory_erev"][smask],
         torch.zeros(1).double(),
     ]
-    lo = float(torch.cat(candidates).min())
-    hi = float(torch.cat(candidates).max())
+    bounds = torch.cat(candidates).detach()
+    lo, hi = float(bounds.min()), float(bounds.max())
     _, states = _all_states(cell, x, v0, dt)
+    states = states.detach()
     tol = 1e-9 * max(1.0, abs(lo), abs(hi))
     assert float(states.min()) >= lo - tol and float(states.max()) <= hi + tol
 
