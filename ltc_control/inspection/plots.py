@@ -50,14 +50,13 @@ LAYER_COLORS: dict[str, str] = {
     "motor": "#d62728",
     "hidden": "#2ca02c",
 }
-_LAYOUT = "constrained"
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
 def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout=_LAYOUT)
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -315,7 +314,9 @@ def wiring_graph_figure(trace: Trace, color_by: str = "activity") -> Figure:
                 else (0.18, 0.36, 0.72, fade * (0.25 + 0.5 * float(k)))
                 for p, k in zip(adj[pre, post], w)
             ]
-            ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.3 + 2.2 * w, zorder=1))
+            ax.add_collection(
+                LineCollection(list(segments), colors=colors, linewidths=0.3 + 2.2 * w, zorder=1)
+            )
             return
         for a, b, polarity, strength in zip(pre, post, adj[pre, post], w):
             color = "#c0392b" if polarity > 0 else "#2e5cb8"

@@ -17,15 +17,17 @@ Saliency maps are float arrays in ``[0, 1]`` with the input image's height and w
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ltc_control.video import VideoWriter
 
 __all__ = [
     "SSIM_L",
@@ -40,6 +42,10 @@ __all__ = [
     "overlay_saliency",
     "write_video",
     "write_saliency_video",
+    "policy_images",
+    "policy_steering_fn",
+    "policy_saliency",
+    "saliency_robustness",
 ]
 
 SSIM_L = 255.0
@@ -304,6 +310,8 @@ def write_video(
 ) -> tuple[Path, str]:
     """Write RGB frames to an mp4 atomically, H.264 (``avc1``) when available, else MPEG-4 (``mp4v``).
 
+    Uses :class:`ltc_control.video.VideoWriter` (the project's one mp4 writer).
+
     Args:
         frames: ``(T, H, W, 3)`` uint8 RGB frames (or a sequence of them).
         path: destination ``.mp4`` file.
@@ -320,36 +328,11 @@ def write_video(
         raise ValueError("All frames must be uint8 RGB of one shape (H, W, 3).")
     if fps <= 0:
         raise ValueError(f"fps must be > 0; got {fps}.")
-    out = Path(path)
-    if out.suffix.lower() != ".mp4":
-        raise ValueError(f"Video path must end in .mp4; got {out}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".mp4", dir=out.parent)
-    os.close(fd)
-    try:
-        for fourcc in ("avc1", "mp4v"):
-            writer = cv2.VideoWriter(tmp, cv2.VideoWriter.fourcc(*fourcc), float(fps), (w, h))
-            if writer.isOpened():
-                break
-            writer.release()
-        else:
-            raise RuntimeError(
-                "OpenCV could open neither an 'avc1' nor an 'mp4v' mp4 writer; install an OpenCV build with "
-                "video support (opencv-python-headless has mp4v)."
-            )
-        try:
-            for frame in stack:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        finally:
-            writer.release()
-        if os.path.getsize(tmp) == 0:
-            raise RuntimeError(f"OpenCV wrote an empty video with codec {fourcc!r}.")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out, fourcc
+    # ltc_control.video tries avc1 (H.264) then mp4v, hides FFmpeg's probe noise and writes atomically
+    with VideoWriter(path, float(fps), (w, h)) as writer:
+        for frame in stack:
+            writer.write(frame)
+    return writer.path, writer.codec
 
 
 def write_saliency_video(
@@ -390,3 +373,132 @@ def write_saliency_video(
         panel = panel[: panel.shape[0] - panel.shape[0] % 2, : panel.shape[1] - panel.shape[1] % 2]
         panels.append(np.ascontiguousarray(panel))
     return write_video(panels, path, fps)
+
+
+# ---------------------------------------------------------------------------------------------- policies
+def policy_images(policy: Any, frames: np.ndarray) -> torch.Tensor:
+    """Camera frames -> the standardised ``(T, C, H, W)`` tensor the policy's ConvHead sees.
+
+    Args:
+        policy: an ``ltc_control.policy.Policy`` with image observations.
+        frames: ``(T, H, W, 3)`` uint8 frames as the env returns them.
+    """
+    arr = np.asarray(frames)
+    if arr.ndim != 4:
+        raise ValueError(f"Expected frames (T, H, W, C); got shape {arr.shape}.")
+    if getattr(policy, "perception", None) is None:
+        raise ValueError(
+            "This policy has no convolutional perception (vector observations): no image saliency."
+        )
+    was_training = policy.training
+    policy.eval()  # no augmentation
+    try:
+        with torch.no_grad():
+            images: torch.Tensor = policy.preprocess(arr[None])
+    finally:
+        policy.train(was_training)
+    return images
+
+
+def policy_steering_fn(
+    policy: Any, states: torch.Tensor | None = None, dt: float | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A differentiable map from standardised images ``(B, C, H, W)`` to the policy's actions ``(B, A)``.
+
+    Each image goes through the ConvHead, one controller step from ``states`` (the recurrent state before that
+    frame; default the initial state) and the action head.
+
+    Args:
+        policy: an image ``Policy``.
+        states: ``(B, state_size)`` states before each frame, or None for zeros.
+        dt: step length (default the policy's configured control dt).
+    """
+    cell = policy.controller.cell
+    step_dt = float(policy.config.controller.dt if dt is None else dt)
+
+    def fn(images: torch.Tensor) -> torch.Tensor:
+        feats = policy.perception(images)
+        h = cell.initial_state(images.shape[0], device=images.device, dtype=feats.dtype)
+        if states is not None:
+            if tuple(states.shape) != tuple(h.shape):
+                raise ValueError(f"states must be {tuple(h.shape)}; got {tuple(states.shape)}.")
+            h = states.to(device=h.device, dtype=h.dtype)
+        y, _ = cell(feats, h, step_dt)
+        out: torch.Tensor = policy.action_head(y)
+        return out
+
+    return fn
+
+
+def policy_saliency(
+    policy: Any,
+    frames: np.ndarray,
+    method: str = "visual_backprop",
+    states: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Saliency maps of a policy for camera frames.
+
+    Args:
+        policy: an image ``Policy``.
+        frames: ``(T, H, W, 3)`` uint8 frames.
+        method: ``"visual_backprop"`` (the ConvHead's attention, independent of the recurrent state) or
+            ``"gradient"`` (``|d steering / d pixel|`` through one controller step).
+        states: ``(T, state_size)`` recurrent states *before* each frame, for ``"gradient"`` (default zeros).
+        batch_size: frames per forward pass.
+
+    Returns:
+        ``(T, H, W)`` float maps in ``[0, 1]``.
+    """
+    if method not in ("visual_backprop", "gradient"):
+        raise ValueError(f"method must be 'visual_backprop' or 'gradient'; got {method!r}.")
+    images = policy_images(policy, frames)
+    maps: list[np.ndarray] = []
+    was_training = policy.training
+    policy.eval()
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start : start + batch_size]
+            if method == "visual_backprop":
+                out = visual_backprop(policy.perception, chunk)
+            else:
+                st = None
+                if states is not None:
+                    st = torch.as_tensor(np.asarray(states)[start : start + batch_size], dtype=chunk.dtype)
+                out = input_gradient_saliency(policy_steering_fn(policy, st), chunk, output_index=0)
+            maps.append(out.detach().cpu().numpy())
+    finally:
+        policy.train(was_training)
+    return np.concatenate(maps, axis=0)
+
+
+def saliency_robustness(
+    policy: Any,
+    frames: np.ndarray,
+    noise_variances: Sequence[float] = (0.1, 0.2, 0.3),
+    seed: int = 0,
+    num_frames: int = 200,
+    method: str = "visual_backprop",
+) -> dict[float, np.ndarray]:
+    """SSIM between the saliency of clean and noisy frames (the NCP paper's attention-robustness measure).
+
+    Args:
+        policy: an image ``Policy``.
+        frames: ``(T, H, W, 3)`` uint8 frames; the first ``num_frames`` are used.
+        noise_variances: Gaussian noise variances on the ``[0, 1]`` image scale.
+        seed: noise seed (the same for every model).
+        num_frames: how many frames (the paper uses 200).
+        method: saliency method (see :func:`policy_saliency`).
+
+    Returns:
+        noise variance -> ``(num_frames,)`` SSIM per frame.
+    """
+    clip = np.asarray(frames)[:num_frames]
+    if clip.shape[0] == 0:
+        raise ValueError("No frames given for the saliency robustness measure.")
+    clean = policy_saliency(policy, clip, method)
+    out: dict[float, np.ndarray] = {}
+    for k, variance in enumerate(noise_variances):
+        noisy = policy_saliency(policy, add_image_noise(clip, float(variance), seed + k), method)
+        out[float(variance)] = saliency_ssim(clean, noisy)
+    return out
