@@ -55,10 +55,10 @@ class WiringConfig:
 
     Args:
         preset: ``"lane_keeping"`` (the paper's 12 inter / 6 command NCP with fan-outs 6/4, 6 recurrent
-        command
-            synapses, motor fan-in 6; exactly ``lane_keeping_ncp`` for 32 inputs and 1 motor), ``"ncp"`` (the
-            NCP fields below), ``"auto_ncp"`` (``units``, ``sparsity``), ``"fully_connected"`` (``units``,
-            ``self_connections``), ``"random"`` (``units``, ``sparsity``) or ``"saved"`` (``saved``).
+            command synapses, motor fan-in 6; exactly ``lane_keeping_ncp`` for 32 inputs and 1 motor),
+            ``"ncp"`` (the NCP fields below), ``"auto_ncp"`` (``units``, ``sparsity``),
+            ``"fully_connected"`` (``units``, ``self_connections``), ``"random"`` (``units``, ``sparsity``)
+            or ``"saved"`` (``saved``).
         seed: seed of the wiring builder.
         inter: NCP inter neurons.
         command: NCP command neurons.
@@ -98,8 +98,7 @@ class ControllerConfig:
 
     Args:
         kind: ``"ltc"``, ``"cfc"``, ``"lstm"``, ``"gru"``, ``"ctrnn"`` or ``"mlp"`` (feed-forward, no
-        recurrence:
-            the paper's CNN baseline).
+            recurrence: the paper's CNN baseline).
         wiring: wiring of ``ltc`` and wired ``cfc`` controllers (ignored by the others).
         units: neurons of ``gru``, ``ctrnn``, dense ``cfc`` and the hidden width of ``mlp``.
         lstm_hidden: hidden units of ``lstm`` (the paper's LSTM-64).

@@ -277,8 +277,7 @@ class Policy(nn.Module):
 
         Raises:
             ValueError: observations of the wrong shape/dtype or non-finite (the message gives the expected
-            shape
-                and the fix), a state of the wrong shape.
+                shape and the fix), a state of the wrong shape.
         """
         feats = self.features(obs)
         if episode_starts is not None and isinstance(episode_starts, np.ndarray):

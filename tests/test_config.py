@@ -219,3 +219,30 @@ def test_parse_config_precedence(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "valid keys: width, kind" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_config(Outer, ["--inner.kind", "lstm"])
+
+
+def test_project_configs_document_every_field() -> None:
+    import dataclasses
+
+    from ltc_control.policy import PolicyConfig
+
+    seen = []
+
+    def walk(cls: type) -> None:
+        for name, text in field_help(cls).items():
+            assert len(text) > 8, f"{cls.__name__}.{name} has no help text"
+            seen.append(name)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+                walk(f.default_factory)  # type: ignore[arg-type]
+
+    walk(PolicyConfig)
+    assert len(seen) == 61  # Policy 7 + Perception 7 + Augment 13 + Controller 18 + Wiring 12 + ActionHead 4
+    parser = make_parser(PolicyConfig)
+    text = parser.format_help()
+    assert "--controller.wiring.preset" in text and "--perception.augment.noise_std" in text
+    cfg = parse_config(
+        PolicyConfig,
+        ["--controller.kind", "cfc", "--image_shape", "32", "64", "3", "--no-perception.standardize"],
+    )
+    assert cfg.controller.kind == "cfc" and cfg.image_shape == (32, 64, 3) and not cfg.perception.standardize
