@@ -20,7 +20,7 @@ Atomicity: everything is written into a temporary sibling folder (each file fsyn
 any) is renamed aside, the new one renamed into place and the old one deleted. A crash while writing leaves
 the previous checkpoint untouched; a crash in the microseconds between the two renames leaves it as
 ``.<name>.old-<id>``, which :func:`load_checkpoint` finds and loads (with a warning) when ``<dir>`` is
-missing.
+missing. The next successful save deletes such leftovers (and temporary folders older than an hour).
 
 Loading verifies the weights' sha256 against ``model.json``, validates the config strictly (unknown keys are
 errors), and compares every tensor's name and shape with the rebuilt policy before loading. Every failure
@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -290,7 +291,22 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_leftovers(dest)
     return dest
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Delete folders left by saves that were killed (``.old-*`` always, ``.tmp-*`` after an hour)."""
+    now = time.time()
+    for p in dest.parent.glob(f".{dest.name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in dest.parent.glob(f".{dest.name}.tmp-*"):
+        try:
+            stale = now - p.stat().st_mtime > 3600  # younger ones may belong to a save still running
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- load

@@ -552,7 +552,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
             kwargs["type"] = _cli_value
         else:
             kwargs["type"] = _cli_value
-        if tp is str or (_is_union(tp) and str in typing.get_args(tp)):
+        if tp in (str, Path) or (_is_union(tp) and {str, Path} & set(typing.get_args(tp))):
             kwargs["type"] = _str_or_yaml(tp)
         group.add_argument(flag, **kwargs)
 

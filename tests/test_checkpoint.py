@@ -254,3 +254,10 @@ def test_crash_between_renames_is_recovered(tmp_path: Path, monkeypatch: pytest.
     os.rename(tmp_path / "ck", tmp_path / ".ck.old-1234abcd")
     with pytest.warns(UserWarning, match="interrupted save"):
         assert load_checkpoint(tmp_path / "ck")[1] == {"v": 1}
+    stale_tmp = tmp_path / ".ck.tmp-old"
+    stale_tmp.mkdir()
+    os.utime(stale_tmp, (0, 0))
+    fresh_tmp = tmp_path / ".ck.tmp-running"
+    fresh_tmp.mkdir()
+    save_checkpoint(tmp_path / "ck", _vector_policy("mlp"), metadata={"v": 3})
+    assert sorted(os.listdir(tmp_path)) == [".ck.tmp-running", "ck"]  # leftovers removed, a running save kept
