@@ -354,17 +354,25 @@ class Perturbation:
             and self.occlusion_patches == 0
         )
 
-    def rng(self, road_seed: int, step: int) -> np.random.Generator:
-        """The generator for step ``step`` of road ``road_seed`` (identical for every model)."""
+    def rng(self, road_seed: int, step: int, entry: int | None = None) -> np.random.Generator:
+        """The generator for step ``step`` of road ``road_seed`` (identical for every model).
+
+        Args:
+            road_seed: the episode's road seed (>= 0).
+            step: the step index (>= 0).
+            entry: index of the entry in a Dict observation (None for plain observations).
+        """
         if road_seed < 0 or step < 0:
             raise ValueError(f"road seed and step must be >= 0 for noise seeding, got {road_seed}, {step}")
-        return np.random.default_rng([int(self.seed), int(road_seed), int(step)])
+        key = [int(self.seed), int(road_seed), int(step)] + ([] if entry is None else [int(entry)])
+        return np.random.default_rng(key)
 
-    def apply(self, obs: np.ndarray, road_seed: int, step: int) -> np.ndarray:
+    def apply(self, obs: Any, road_seed: int, step: int) -> Any:
         """Perturb one observation.
 
         Args:
-            obs: uint8 image ``(H, W, C)`` or float vector ``(D,)``.
+            obs: uint8 image ``(H, W, C)``, float vector ``(D,)``, or a dict of those (Dict observation
+                spaces: only the uint8 images in it are perturbed, other entries are passed through).
             road_seed: the episode's road seed (the seed passed to ``env.reset``).
             step: the step index within the episode (0 = the observation returned by ``reset``).
 
@@ -373,7 +381,17 @@ class Perturbation:
         """
         if self.is_identity:
             return obs
-        rng = self.rng(road_seed, step)
+        if isinstance(obs, Mapping):
+            # one generator per entry, derived from the entry's position, so entries get independent noise
+            out = {}
+            for k, (key, value) in enumerate(obs.items()):
+                arr = np.asarray(value)
+                out[key] = self._apply_array(arr, road_seed, step, k) if arr.dtype == np.uint8 else value
+            return out
+        return self._apply_array(np.asarray(obs), road_seed, step, None)
+
+    def _apply_array(self, obs: np.ndarray, road_seed: int, step: int, entry: int | None) -> np.ndarray:
+        rng = self.rng(road_seed, step) if entry is None else self.rng(road_seed, step, entry)
         if obs.dtype == np.uint8:
             if obs.ndim != 3:
                 raise ValueError(f"image perturbations need a uint8 (H, W, C) image, got shape {obs.shape}")
@@ -402,9 +420,8 @@ class Perturbation:
             return np.rint(img * 255.0).astype(np.uint8)
         if self.noise_variance == 0:
             return obs
-        arr = np.asarray(obs)
-        noise = rng.standard_normal(arr.shape) * math.sqrt(self.noise_variance)
-        return (arr + noise).astype(arr.dtype, copy=False)
+        noise = rng.standard_normal(obs.shape) * math.sqrt(self.noise_variance)
+        return (obs + noise).astype(obs.dtype, copy=False)
 
 
 def _as_perturbation(noise: float | Perturbation | None, seed: int = 0) -> Perturbation:
@@ -580,7 +597,7 @@ def run_episode(
     terminated = truncated = False
     step = 0
     while True:
-        seen = perturbation.apply(np.asarray(obs), seed, step)
+        seen = perturbation.apply(obs, seed, step)
         if record:
             frames.append(np.array(seen, copy=True))
         raw = agent.act(seen, info)
@@ -1090,6 +1107,24 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _with_camera_offset(env_id: str, kwargs: dict[str, Any], offset: float) -> dict[str, Any]:
+    """Add a lateral dash-camera offset (m, + = left) to the env kwargs.
+
+    The ``LTC/`` envs take it as ``visuals={"camera_pos_offset": (0, offset, 0)}`` (car frame); other envs get
+    a ``camera_offset`` keyword, which :func:`make_env` reports clearly if the env has no such option.
+    """
+    if not offset:
+        return kwargs
+    if env_id.startswith("LTC/"):
+        visuals = dict(kwargs.get("visuals") or {})
+        dx, dy, dz = visuals.get("camera_pos_offset", (0.0, 0.0, 0.0))
+        visuals["camera_pos_offset"] = (float(dx), float(dy) + float(offset), float(dz))
+        kwargs["visuals"] = visuals
+    else:
+        kwargs["camera_offset"] = float(offset)
+    return kwargs
+
+
 def _describe(spec: AgentSpec) -> str:
     if isinstance(spec, str | os.PathLike):
         return str(spec)
@@ -1152,9 +1187,7 @@ def evaluate(
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     base = perturbation or Perturbation()
-    kwargs = dict(env_kwargs or {})
-    if base.camera_offset:
-        kwargs["camera_offset"] = base.camera_offset
+    kwargs = _with_camera_offset(env_id, dict(env_kwargs or {}), base.camera_offset)
     jobs = [(lvl, s) for lvl in levels for s in seed_list]
     perts = {lvl: dataclasses.replace(base, noise_variance=lvl, seed=noise_seed) for lvl in levels}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,174 @@ def test_constant_agent() -> None:
     assert agent.act(None, {})[0] == 0.25  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="finite"):
         ConstantAgent([math.nan])
+
+
+# ------------------------------------------------------------------------------ closed loop on the real env
+# Short, curvy roads keep every episode to a few hundred steps: the expert must hold the lane on them, and a
+# car that never steers leaves the lane before the end (the road starts with a 12 m straight, then arcs).
+SHORT_CURVY = {"road_length": 24.0, "curvature_range": (0.04, 0.066)}
+
+
+def test_expert_never_departs_and_zero_steering_departs_on_curves(tmp_path: Path) -> None:
+    from ltc_control.agents.evaluation import evaluate
+
+    seeds = [1000, 1001]
+    expert = evaluate(
+        "expert",
+        "LTC/LaneKeeping-v0",
+        seeds,
+        noise_levels=(0.0, 0.3),
+        workers=0,
+        env_kwargs=SHORT_CURVY,
+        progress=False,
+    )
+    for level in expert.levels:
+        assert level.episodes == 2 and level.departures == 0
+        assert level.crashes_per_km.value == 0.0
+        assert level.completion_rate.value == 1.0
+        assert level.distance_before_departure_m.value >= 23.0
+        assert level.max_abs_lateral_m.value < 0.6  # lane half-width is 1.875 m
+    # the expert reads privileged info, not the image: noise must not change what it does
+    assert [e.mean_abs_lateral_m for e in expert.episodes[:2]] == [
+        e.mean_abs_lateral_m for e in expert.episodes[2:]
+    ]
+
+    const = evaluate(
+        ConstantAgent([0.0]),
+        "LTC/LaneKeeping-v0",
+        seeds,
+        noise_levels=(0.0,),
+        workers=0,
+        env_kwargs=SHORT_CURVY,
+        progress=False,
+        out_dir=tmp_path,
+    )
+    level = const.levels[0]
+    assert level.departures == 2 and level.completion_rate.value == 0.0
+    assert 12.0 < level.distance_before_departure_m.value < 23.0  # after the straight lead-in, before the end
+    km = sum(e.total_distance_m for e in const.episodes) / 1000.0
+    assert level.crashes_per_km.value == pytest.approx(2 / km)
+    assert level.steering_smoothness.value == 0.0
+    assert level.worst_abs_lateral_m > 1.875
+    doc = json.loads((tmp_path / "evaluation.json").read_text())
+    assert doc["levels"][0]["departures"] == 2 and len(doc["episodes"]) == 2
+    assert (tmp_path / "crashes_per_km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("noise_variance,episodes,departures") and len(rows) == 2
+
+
+def test_noise_reaches_the_agent_exactly_as_the_protocol_says() -> None:
+    from ltc_control.agents.evaluation import make_env, run_episode
+
+    env = make_env("LTC/LaneKeeping-v0", {"road_length": 10.0})
+    try:
+        agent = ConstantAgent([0.1])
+        clean = run_episode(env, agent, seed=1003, max_steps=12, record=True)
+        noisy = run_episode(env, agent, seed=1003, noise=0.2, max_steps=12, record=True)
+        again = run_episode(env, agent, seed=1003, noise=Perturbation(0.2), max_steps=12, record=True)
+        other = run_episode(env, agent, seed=1003, noise=Perturbation(0.2, seed=1), max_steps=12, record=True)
+    finally:
+        env.close()
+    assert clean.frames is not None and noisy.frames is not None and again.frames is not None
+    assert clean.frames.shape == (12, 64, 128, 3) and clean.frames.dtype == np.uint8
+    # the agent ignores its input, so the car drives the same path and noisy frame t must be
+    # clean frame t + the noise drawn for (noise seed, road seed, t)
+    np.testing.assert_array_equal(clean.lateral_error, noisy.lateral_error)
+    for t in range(12):
+        np.testing.assert_array_equal(noisy.frames[t], Perturbation(0.2).apply(clean.frames[t], 1003, t))
+    np.testing.assert_array_equal(noisy.frames, again.frames)
+    assert other.frames is not None and not np.array_equal(noisy.frames, other.frames)
+    diff = noisy.frames.astype(np.float64) / 255 - clean.frames.astype(np.float64) / 255
+    assert 0.2 < diff.std() < 0.45  # std 0.447 before clipping to [0, 1]
+
+
+def test_checkpoint_policy_in_worker_processes_matches_in_process(tmp_path: Path) -> None:
+    import torch
+    from ltc_control.agents.evaluation import PolicyAgent, evaluate, make_env
+
+    from ltc_control.checkpoint import save_checkpoint
+    from ltc_control.policy import Policy, PolicyConfig
+
+    kwargs = {"observation": "state", "road_length": 15.0}
+    probe = make_env("LTC/LaneKeeping-v0", kwargs)
+    size = int(probe.observation_space.shape[0])
+    probe.close()
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(observation="vector", vector_size=size))
+    save_checkpoint(tmp_path / "ckpt", policy, {"note": "untrained"})
+    common = dict(noise_levels=(0.0, 0.05), env_kwargs=kwargs, max_steps=40, progress=False)
+    serial = evaluate(PolicyAgent(policy), "LTC/LaneKeeping-v0", [1000, 1001], workers=0, **common)
+    parallel = evaluate(str(tmp_path / "ckpt"), "LTC/LaneKeeping-v0", [1000, 1001], workers=2, **common)
+    assert [e.seed for e in parallel.episodes] == [1000, 1001, 1000, 1001]
+    for a, b in zip(serial.episodes, parallel.episodes):
+        assert a == b  # same roads, same noise, same policy -> identical metrics, whatever the process
+    # vector noise changes what the policy sees, so its steering differs between the levels
+    assert serial.episodes[0].steering_smoothness != serial.episodes[2].steering_smoothness
+
+
+def test_evaluate_cli_writes_the_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ltc_control.agents.evaluation import evaluate_main
+
+    out = tmp_path / "eval"
+    code = evaluate_main(
+        [
+            "expert",
+            "--env",
+            "LTC/LaneKeepingState-v0",
+            "--seeds",
+            "1000-1001",
+            "--noise",
+            "0,0.1",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--env_kwargs",
+            "{road_length: 12}",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "crashes/km" in text and "noise var" in text
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert [lv["noise_variance"] for lv in doc["levels"]] == [0.0, 0.1]
+    assert all(lv["departures"] == 0 for lv in doc["levels"])
+    assert doc["seeds"] == [1000, 1001]
+    for name in (
+        "summary.csv",
+        "episodes.csv",
+        "crashes_per_km.png",
+        "config.yaml",
+        "command.txt",
+        "git.txt",
+    ):
+        assert (out / name).is_file(), name
+    assert len((out / "episodes.csv").read_text().splitlines()) == 5
+    with pytest.raises(SystemExit):
+        evaluate_main(["/nonexistent/ckpt", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        evaluate_main(["expert", "--seeds", "9-1", "--out", str(tmp_path / "y")])
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    from ltc_control.agents.evaluation import evaluate, make_agent, make_env, run_episode
+
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        make_agent("/nonexistent/checkpoint")
+    with pytest.raises(TypeError, match="reset"):
+        make_agent(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no_such_option"):
+        make_env("LTC/LaneKeepingState-v0", {"no_such_option": 1})
+    env = make_env("LTC/LaneKeepingState-v0", {"road_length": 10.0})
+    try:
+        with pytest.raises(ValueError, match=r"shape \(2,\).*\(1,\)"):
+            run_episode(env, ConstantAgent([0.0, 0.0]), seed=1)
+        with pytest.raises(ValueError, match="max_steps"):
+            run_episode(env, ConstantAgent([0.0]), seed=1, max_steps=0)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="at least one road seed"):
+        evaluate("expert", "LTC/LaneKeepingState-v0", [], workers=0)
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate("expert", "LTC/LaneKeepingState-v0", [1], noise_levels=(0.1, 0.1), workers=0)
