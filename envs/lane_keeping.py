@@ -352,6 +352,11 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
         self._renderer.set_model(self.model)
         return self._renderer
 
+    @property
+    def dt(self) -> float:
+        """Control period (s): ``1 / control_hz`` (the ``dt`` of Gymnasium's MuJoCo envs)."""
+        return self.control_dt
+
     def car_pose(self) -> tuple[float, float, float, float]:
         """The car's pose: ``(x, y, yaw, speed)`` in m, m, rad (wrapped to [-pi, pi)) and m/s (forward).
 

@@ -370,17 +370,31 @@ class Road:
         d2 = np.sum((p - q) ** 2, axis=1)
         j = int(np.argmin(d2))
         i = lo + j
-        tj = float(t[j])
-        s = float(self.s[i] + tj * (self.s[i + 1] - self.s[i]))
-        heading = float(self.heading[i] + tj * (self.heading[i + 1] - self.heading[i]))
-        # Signed distance from the chord, then corrected by the arc's sagitta between the two samples so that
-        # the offset is measured from the curve itself (exact for arcs up to O(ds^4)).
-        vj = v[j] / math.sqrt(self._seg_len2[i])
-        lateral = float(vj[0] * (p[1] - q[j, 1]) - vj[1] * (p[0] - q[j, 0]))
         step = float(self.s[i + 1] - self.s[i])
-        kappa = float(self.curvature[i] + tj * (self.curvature[i + 1] - self.curvature[i]))
-        lateral += 0.5 * kappa * (tj * step) * ((1.0 - tj) * step)
-        return Projection(s, lateral, heading)
+        h0 = float(self.heading[i])
+        rate = (
+            float(self.heading[i + 1]) - h0
+        ) / step  # local curvature: the segment is an arc between samples
+        x0, y0 = float(self.points[i, 0]), float(self.points[i, 1])
+        u = float(t[j]) * step
+        # Newton steps on (p - c(u)) . T(u) = 0 along the local arc: the chord projection alone is off by up
+        # to |lateral| * curvature * ds along the road.
+        for _ in range(3):
+            th = rate * u
+            chord = u * _sinc_half(th)
+            cx, cy = x0 + chord * math.cos(h0 + 0.5 * th), y0 + chord * math.sin(h0 + 0.5 * th)
+            h = h0 + th
+            dx, dy = float(p[0]) - cx, float(p[1]) - cy
+            along = dx * math.cos(h) + dy * math.sin(h)
+            lateral = -dx * math.sin(h) + dy * math.cos(h)
+            u = min(max(u + along / max(1.0 - rate * lateral, 0.1), -step), 2.0 * step)
+        th = rate * u
+        chord = u * _sinc_half(th)
+        cx, cy = x0 + chord * math.cos(h0 + 0.5 * th), y0 + chord * math.sin(h0 + 0.5 * th)
+        h = h0 + th
+        lateral = -(float(p[0]) - cx) * math.sin(h) + (float(p[1]) - cy) * math.cos(h)
+        s = min(max(float(self.s[i]) + u, 0.0), self.length)
+        return Projection(s, float(lateral), float(h))
 
     def bounds(self, margin: float = 0.0) -> tuple[float, float, float, float]:
         """Bounding box ``(xmin, ymin, xmax, ymax)`` of the centre line, grown by ``margin`` (m)."""
@@ -396,6 +410,12 @@ class Road:
 
     def __repr__(self) -> str:
         return f"Road(length={self.length:.1f} m, segments={len(self.segments)}, seed={self.seed})"
+
+
+def _sinc_half(angle: float) -> float:
+    """Chord length / arc length for an arc turning ``angle`` radians: ``sin(angle / 2) / (angle / 2)``."""
+    half = 0.5 * angle
+    return 1.0 - half * half / 6.0 if abs(half) < 1e-4 else math.sin(half) / half
 
 
 def _rebuild_road(

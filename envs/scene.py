@@ -241,13 +241,21 @@ def _strip_mesh(
     return verts, faces
 
 
+def _mesh_s(road: Road, start: float, end: float, step: float = 0.5) -> NDArray[np.float64]:
+    """Arc lengths for mesh vertices: 0.5 m keeps the chord error under 2 mm at curvature 0.066 1/m while
+    halving the triangle count of the road's own 0.2 m sampling (render time scales with it on CPU GL)."""
+    n = max(2, int(math.ceil((end - start) / step)) + 1)
+    return np.linspace(start, end, n)
+
+
 def _line_mesh(
     road: Road, offset: float, width: float, z: float, dashes: tuple[float, float] | None
 ) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
     """A painted line at a lateral ``offset`` (m): one strip, or one quad strip per dash."""
     if dashes is None:
+        s = _mesh_s(road, 0.0, road.length)
         return _strip_mesh(
-            road.offset_points(offset + 0.5 * width), road.offset_points(offset - 0.5 * width), z
+            road.offset_points(offset + 0.5 * width, s), road.offset_points(offset - 0.5 * width, s), z
         )
     dash, gap = dashes
     all_v, all_f, base = [], [], 0
@@ -377,7 +385,10 @@ def build_model(
     half_lane = 0.5 * lane_width
     right_edge = -half_lane - shoulder
     left_edge = 3.0 * half_lane + shoulder
-    verts, faces = _strip_mesh(road.offset_points(left_edge), road.offset_points(right_edge), 0.01)
+    s_mesh = _mesh_s(road, 0.0, road.length)
+    verts, faces = _strip_mesh(
+        road.offset_points(left_edge, s_mesh), road.offset_points(right_edge, s_mesh), 0.01
+    )
     _add_mesh_geom(spec, "road", verts, faces, (*vis.road_rgb, 1.0))
     lw = vis.line_width
     lines = [_line_mesh(road, -half_lane, lw, 0.02, None), _line_mesh(road, 3.0 * half_lane, lw, 0.02, None)]
