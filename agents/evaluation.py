@@ -1036,9 +1036,9 @@ class EvalReport:
             for lv in self.levels
         ]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
         lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         return "\n".join(lines)
 
     def save(self, out_dir: str | os.PathLike[str], plot: bool = True) -> dict[str, Path]:

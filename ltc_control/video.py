@@ -431,9 +431,10 @@ def draw_series(
 class NeuronPanel:
     """Renders every controller neuron's activity as a labelled bar, grouped and coloured by role.
 
-    Activity scales differ between cells (LTC potentials, LSTM hidden states in [-1, 1]); each neuron's bar is
-    normalised by the largest absolute value that neuron has shown so far in the video (at least
-    ``min_scale``), so quiet and loud neurons stay readable and a bar never changes meaning within a frame.
+    Activity scales differ between cells (LTC potentials, LSTM hidden states in [-1, 1]) and between layers;
+    every neuron of a role is drawn on that role's scale: the largest absolute activity any neuron of the role
+    has shown so far in the video (at least ``min_scale``). Bars of one role are comparable with each other,
+    a quiet layer is not flattened by a loud one, and the scale (printed per role) only grows.
     An optional sensory summary (the perception features fed to the controller) is drawn as a heat strip.
 
     Args:
@@ -456,6 +457,7 @@ class NeuronPanel:
         self.scale = np.full(len(self.roles), float(min_scale))
         self.sensory_scale = float(min_scale)
         # display order: roles in the sensory -> motor flow, then anything else, stable within a role
+        self._members = {r: np.flatnonzero(np.asarray(self.roles) == r) for r in set(self.roles)}
         rank = {r: i for i, r in enumerate(_ROLE_ORDER)}
         self.order = sorted(range(len(self.roles)), key=lambda i: (rank.get(self.roles[i], len(rank)), i))
 
@@ -491,13 +493,17 @@ class NeuronPanel:
         if act.size != n:
             raise ValueError(f"NeuronPanel has {n} neurons but got activity of shape {act.shape}")
         finite = np.isfinite(act)
-        self.scale[finite] = np.maximum(self.scale[finite], np.abs(act[finite]))
         groups = [r for r in _ROLE_ORDER if r in self.roles] + sorted(set(self.roles) - set(_ROLE_ORDER))
         legend_x = 70
         for role in groups:
+            members = self._members[role]
+            ok = members[finite[members]]
+            if ok.size:
+                self.scale[members] = max(float(self.scale[members[0]]), float(np.max(np.abs(act[ok]))))
             color = ROLE_COLORS.get(role, _DEFAULT_ROLE_COLOR)
-            put_text(img, role, (legend_x, 14), scale=0.38, color=color)
-            legend_x += 8 * len(role) + 14
+            text = f"{role} {self.scale[members[0]]:.2g}"
+            put_text(img, text, (legend_x, 14), scale=0.38, color=color)
+            legend_x += 7 * len(text) + 12
         avail = height - top - 4
         cols = max(1, int(np.ceil(n * 11 / max(1, avail))))
         rows = int(np.ceil(n / cols))

@@ -131,9 +131,12 @@ def test_neuron_panel_draws_every_neuron_by_role() -> None:
     assert img.shape == (200, 320, 3)
     for role in ("inter", "command", "motor"):
         assert np.all(img == ROLE_COLORS[role], axis=2).sum() > 20  # each role's bars are drawn in its colour
-    np.testing.assert_allclose(panel.scale, np.abs(act).clip(min=1e-3))
+    # one scale per role: the largest |activity| of that role's neurons (motor 1, command 2, inter 3)
+    np.testing.assert_allclose(panel.scale, [1.0, 2.0, 2.0, 3.0, 3.0, 3.0])
     panel.render(act * 0.1, (320, 200))
-    np.testing.assert_allclose(panel.scale, np.abs(act).clip(min=1e-3))  # running maximum never shrinks
+    np.testing.assert_allclose(panel.scale, [1.0, 2.0, 2.0, 3.0, 3.0, 3.0])  # running maximum never shrinks
+    panel.render(act * 2, (320, 200))
+    np.testing.assert_allclose(panel.scale, [2.0, 4.0, 4.0, 6.0, 6.0, 6.0])
     with pytest.raises(ValueError, match="6 neurons"):
         panel.render(np.zeros(5), (320, 200))
     empty = NeuronPanel([]).render(None, (200, 100))
