@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 _VALIDATE: bool = True
+_DT_CACHE: list[tuple[tuple[object, ...], Tensor] | None] = [None]
 
 
 def set_validation(enabled: bool) -> None:
@@ -255,7 +256,15 @@ class RecurrentCell(nn.Module):
             )
         if not (dt > 0 and math.isfinite(dt)):
             raise ValueError(f"dt must be finite and > 0, got {dt}")
-        return torch.full((batch, 1), float(dt), device=device, dtype=dtype)
+        if torch.is_grad_enabled():
+            return torch.full((batch, 1), float(dt), device=device, dtype=dtype)
+        # Control loops pass the same float dt every step: reuse one tensor (no graph, so sharing is safe).
+        key = (float(dt), batch, device, dtype, torch.is_inference_mode_enabled())
+        if _DT_CACHE[0] is not None and _DT_CACHE[0][0] == key:
+            return _DT_CACHE[0][1]
+        out = torch.full((batch, 1), float(dt), device=device, dtype=dtype)
+        _DT_CACHE[0] = (key, out)
+        return out
 
     def _prepare_sequence(
         self,

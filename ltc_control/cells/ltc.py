@@ -416,7 +416,8 @@ class LTCCell(RecurrentCell):
         self.output_mapping: str = output_mapping
         self._implementation = "auto"
         self.implementation = implementation  # validated by the setter
-        self._last_impl_name: str | None = None
+        # Mutated in place on every step: assigning a module attribute runs nn.Module.__setattr__ (slow).
+        self._last_impl: list[str | None] = [None]
         self._resolved: dict[tuple[Any, ...], tuple[str, Any]] = {}
         self._eff_cache: tuple[tuple[Any, ...], dict[str, Tensor]] | None = None
 
@@ -476,8 +477,8 @@ class LTCCell(RecurrentCell):
     @property
     def implementation_name(self) -> str:
         """Name of the implementation that ran last (before any run: the one that would run here)."""
-        if self._last_impl_name is not None:
-            return self._last_impl_name
+        if self._last_impl[0] is not None:
+            return self._last_impl[0]
         return self._resolve(self.gleak.device, self.gleak.dtype)[0]
 
     def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, Any]:
@@ -511,34 +512,24 @@ class LTCCell(RecurrentCell):
         return out
 
     # ------------------------------------------------------------------ parameters
-    def _raw(self) -> tuple[Tensor, ...]:
-        return (
-            self.gleak,
-            self.vleak,
-            self.cm,
-            self.sigma,
-            self.mu,
-            self.w,
-            self.erev,
-            self.sensory_sigma,
-            self.sensory_mu,
-            self.sensory_w,
-            self.sensory_erev,
-            self.sparsity_mask,
-            self.sensory_sparsity_mask,
-        )
-
     def effective_parameters(self) -> dict[str, Tensor]:
         """The parameters the solver uses: constraint applied to gleak/cm/w/sensory_w, masks multiplied into
         w and sensory_w (keys listed in the module docstring).
 
-        With gradients disabled the result is cached until a parameter changes (in place or replaced), which
-        keeps control-loop steps cheap.
+        With gradients disabled the result is cached until a parameter changes in place (optimizer step,
+        ``load_state_dict``) or the module is moved/cast (``.to()``, ``.double()``), which keeps control-loop
+        steps cheap. Replacing ``param.data`` by hand bypasses this: call :meth:`clear_cache` afterwards.
         """
         if torch.is_grad_enabled():
             return self._compute_effective()
-        raw = self._raw()
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in raw) + (self.constraint,)
+        # Read the module dicts directly: nn.Module.__getattr__ is slow on a ~30 us control step.
+        # Version counters change on every in-place update (optimizer steps, load_state_dict); .to() and
+        # friends go through _apply, which clears the cache.
+        key = (
+            tuple([t._version for t in self._parameters.values() if t is not None]),
+            tuple([t._version for t in self._buffers.values() if t is not None]),
+            self.constraint,
+        )
         if self._eff_cache is not None and self._eff_cache[0] == key:
             return self._eff_cache[1]
         eff = self._compute_effective()
@@ -563,6 +554,11 @@ class LTCCell(RecurrentCell):
             "sensory_sparsity_mask": self.sensory_sparsity_mask,
         }
 
+    def clear_cache(self) -> None:
+        """Drops the cached effective parameters and implementation choice."""
+        self._eff_cache = None
+        self._resolved = {}
+
     def _apply(self, fn: Any, recurse: bool = True) -> LTCCell:  # type: ignore[override]
         # .to()/.double()/.cuda() replace tensors: drop caches keyed on the old ones.
         self._eff_cache = None
@@ -582,19 +578,21 @@ class LTCCell(RecurrentCell):
     # ------------------------------------------------------------------ maps
     def map_inputs(self, x: Tensor) -> Tensor:
         """Applies the input mapping to ``x (..., S)``."""
-        if self.input_w is not None:
-            x = x * self.input_w
-        if self.input_b is not None:
-            x = x + self.input_b
+        w, b = self._parameters.get("input_w"), self._parameters.get("input_b")
+        if w is not None and b is not None:
+            return torch.addcmul(b, x, w)
+        if w is not None:
+            return x * w
         return x
 
     def readout(self, h: Tensor) -> Tensor:
         """Motor-neuron outputs ``(..., M)`` from states ``(..., N)`` through the output mapping."""
         y = h[..., : self.output_size] if self.output_size < self.state_size else h
-        if self.output_w is not None:
-            y = y * self.output_w
-        if self.output_b is not None:
-            y = y + self.output_b
+        w, b = self._parameters.get("output_w"), self._parameters.get("output_b")
+        if w is not None and b is not None:
+            return torch.addcmul(b, y, w)
+        if w is not None:
+            return y * w
         return y
 
     # ------------------------------------------------------------------ forward
@@ -623,7 +621,7 @@ class LTCCell(RecurrentCell):
         v = impl.step(
             self.effective_parameters(), self.map_inputs(x), h, dt_t, self.ode_unfolds, self.epsilon
         )
-        self._last_impl_name = name
+        self._last_impl[0] = name
         return self.readout(v), v
 
     def forward_sequence(
@@ -664,7 +662,7 @@ class LTCCell(RecurrentCell):
                 v = impl.step(params, xm[:, i], v, dt_seq[:, i], self.ode_unfolds, self.epsilon)
                 outs.append(v)
             states = torch.stack(outs, dim=1)
-        self._last_impl_name = name
+        self._last_impl[0] = name
         return self.readout(states), states[:, -1]
 
     def diagnostics(self, x: Tensor, h: Tensor | None = None, dt: float | Tensor = 1.0) -> dict[str, Tensor]:
