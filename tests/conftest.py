@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import torch
 
 from ltc_control.cells import base as cell_base
 from ltc_control.wirings import NCP, Wiring
@@ -33,10 +32,3 @@ def _validation_on() -> Iterator[None]:
     cell_base.set_validation(True)
     yield
     cell_base.set_validation(True)
-
-
-@pytest.fixture
-def torch_seed() -> int:
-    """Seeds torch's global generator (parameter init uses it, like nn.Linear) and returns the seed."""
-    torch.manual_seed(1234)
-    return 1234
