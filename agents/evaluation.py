@@ -233,8 +233,9 @@ def make_agent(spec: AgentSpec, device: str = "cpu") -> Agent:
 
     Args:
         spec: a checkpoint directory (loaded with ``ltc_control.checkpoint.load_checkpoint`` and wrapped in a
-            :class:`PolicyAgent`), the string ``"expert"`` (or ``"expert:<kind>"``) for the privileged expert,
-            an object implementing :class:`Agent`, or a zero-argument callable returning one.
+            :class:`PolicyAgent`), a ``Policy`` (wrapped likewise), the string ``"expert"`` (or
+            ``"expert:<kind>"``) for the privileged expert, an object implementing :class:`Agent`, or a
+            zero-argument callable returning one.
         device: torch device for checkpoint policies.
 
     Returns:
@@ -257,6 +258,9 @@ def make_agent(spec: AgentSpec, device: str = "cpu") -> Agent:
 
         policy, _ = load_checkpoint(path)
         return PolicyAgent(policy, device=device)
+    if _is_policy(spec):
+        # a Policy has reset()/act() too, but act(obs, state): it must be wrapped, never used as an Agent
+        return PolicyAgent(spec, device=device)
     if isinstance(spec, Agent) and not isinstance(spec, type):
         return spec
     if callable(spec):
@@ -270,6 +274,12 @@ def make_agent(spec: AgentSpec, device: str = "cpu") -> Agent:
         f"cannot build an agent from {type(spec).__name__}; pass a checkpoint directory, 'expert', an object "
         "with reset() and act(obs, info), or a zero-argument factory returning one"
     )
+
+
+def _is_policy(obj: Any) -> bool:
+    """True for an ``ltc_control.policy.Policy`` (or any torch module with a ``controller``)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module) and hasattr(obj, "controller")
 
 
 def _make_expert(kind: str | None) -> Agent:
@@ -1128,7 +1138,10 @@ def _with_camera_offset(env_id: str, kwargs: dict[str, Any], offset: float) -> d
 def _describe(spec: AgentSpec) -> str:
     if isinstance(spec, str | os.PathLike):
         return str(spec)
-    return getattr(spec, "__qualname__", None) or repr(spec)
+    if isinstance(spec, ConstantAgent):
+        return repr(spec)
+    name = getattr(spec, "__qualname__", None)
+    return str(name) if name else type(spec).__name__
 
 
 def evaluate(

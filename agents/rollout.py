@@ -386,18 +386,6 @@ class _SensoryProbe:
             self._handle = None
 
 
-def _as_agent(agent: AgentSpec | Any, device: str) -> Agent:
-    """A Policy object becomes a :class:`PolicyAgent`; anything else goes through :func:`make_agent`."""
-    try:
-        import torch
-
-        if isinstance(agent, torch.nn.Module):
-            return PolicyAgent(agent, device=device)
-    except ImportError:  # pragma: no cover
-        pass
-    return make_agent(agent, device=device)
-
-
 def _action_names(env: Any, action_size: int) -> list[str]:
     spec_id = getattr(getattr(env, "spec", None), "id", "") or ""
     if spec_id.startswith("CarRacing"):
@@ -496,7 +484,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
     cfg = config or RolloutConfig()
     from tqdm import tqdm
 
-    agent_obj = _as_agent(agent, cfg.device)
+    agent_obj = make_agent(agent, device=cfg.device)
     make_video = cfg.video is not None
     render_mode = "rgb_array" if make_video and "chase" in cfg.panels else None
     env = make_env(cfg.env, cfg.env_kwargs, render_mode=render_mode)

@@ -338,3 +338,45 @@ def test_bad_inputs_raise_clear_errors() -> None:
         evaluate("expert", "LTC/LaneKeepingState-v0", [], workers=0)
     with pytest.raises(ValueError, match="distinct"):
         evaluate("expert", "LTC/LaneKeepingState-v0", [1], noise_levels=(0.1, 0.1), workers=0)
+
+
+def test_policy_is_wrapped_and_carries_its_state() -> None:
+    import torch
+    from ltc_control.agents.evaluation import PolicyAgent, make_agent
+
+    from ltc_control.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(observation="vector", vector_size=4))
+    agent = make_agent(policy)  # a Policy has act(obs, state): it must be wrapped, not used as an Agent
+    assert isinstance(agent, PolicyAgent)
+    agent.reset()
+    assert np.all(agent.neuron_activity() == 0.0)  # states start at zero
+    obs = np.array([0.5, -0.2, 0.1, 0.3], np.float32)
+    a1 = agent.act(obs, {})
+    act2 = agent.neuron_activity().copy()
+    a2 = agent.act(obs, {})
+    state = policy.reset(1)
+    r1, state = policy.act(obs, state)
+    r2, state = policy.act(obs, state)
+    np.testing.assert_allclose([a1, a2], [r1, r2], rtol=1e-6)  # same as driving the policy by hand
+    np.testing.assert_allclose(agent.neuron_activity(), state[0, : agent.num_neurons].numpy(), rtol=1e-6)
+    assert not np.allclose(act2, agent.neuron_activity())  # the recurrent state moved
+    agent.reset()
+    np.testing.assert_allclose(agent.act(obs, {}), a1, rtol=1e-6)  # reset -> same first action again
+
+
+def test_camera_offset_moves_the_dash_camera() -> None:
+    from ltc_control.agents.evaluation import _with_camera_offset, make_env
+
+    kwargs = _with_camera_offset("LTC/LaneKeeping-v0", {"road_length": 10.0}, 0.5)
+    assert kwargs["visuals"]["camera_pos_offset"] == (0.0, 0.5, 0.0)
+    images = []
+    for kw in ({"road_length": 10.0}, kwargs):
+        env = make_env("LTC/LaneKeeping-v0", kw)
+        try:
+            images.append(env.reset(seed=5)[0].astype(int))
+        finally:
+            env.close()
+    assert np.abs(images[0] - images[1]).mean() > 2.0
+    assert _with_camera_offset("CarRacing-v3", {}, 0.2) == {"camera_offset": 0.2}
