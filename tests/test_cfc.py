@@ -377,6 +377,20 @@ def test_polarity_init_and_constrain() -> None:
         syn = layer.ff_mask == 1
         for head in (layer.ff1, layer.ff2):
             assert torch.equal(torch.sign(head.weight[syn]), layer.sign[syn])
+    compat = WiredCfCCell(w, polarity="init", ncps_compatible=True)
+    layers = wiring_layers(w)
+    n_extra = 0
+    for l_id, layer in enumerate(compat._layers):
+        idx = layers[l_id]
+        into = w.sensory_adjacency[:, idx] if l_id == 0 else w.adjacency[np.ix_(layers[l_id - 1], idx)]
+        pol = torch.as_tensor(np.concatenate([into, w.adjacency[np.ix_(idx, idx)]], 0).T, dtype=torch.float32)
+        syn = pol != 0
+        assert torch.equal(torch.sign(layer.ff1.weight[syn]), pol[syn])  # synapses get their polarity
+        extra = layer.ff1.weight[(layer.ff_mask == 1) & ~syn]  # ncps' dense extra entries keep both signs
+        n_extra += extra.numel()
+        if extra.numel() > 4:
+            assert bool((extra < 0).any()) and bool((extra > 0).any())
+    assert n_extra > 20
     cons = WiredCfCCell(w, mode="no_gate", polarity="constrain")
     x = torch.randn(8, 5, 4)
     for _ in range(5):  # plain SGD by hand (torch.optim's first import costs seconds)

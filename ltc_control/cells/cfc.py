@@ -462,8 +462,6 @@ class WiredCfCCell(RecurrentCell):
         sensory = np.asarray(wiring.sensory_adjacency, dtype=np.float64)
         layers = wiring_layers(wiring)
         _check_layered(wiring, layers, adjacency, sensory)
-        if motors > 0 and not np.array_equal(layers[-1][:motors], np.arange(motors)) and len(layers) > 1:
-            raise ValueError("The wiring's motor neurons must be the first M neurons and the last layer.")
 
         self._layer_indices = [idx.copy() for idx in layers]
         self.layer_sizes = [int(idx.size) for idx in layers]
@@ -493,9 +491,14 @@ class WiredCfCCell(RecurrentCell):
             )
             with torch.no_grad():
                 if polarity in ("init", "constrain"):
+                    # Only real synapses carry a polarity; ncps_compatible's dense non-synaptic entries keep
+                    # their unbiased Xavier signs.
+                    has_polarity = torch.as_tensor(polarity_in != 0)
                     for head in (layer.ff1, layer.ff2):
                         if head is not None:
-                            head.weight.copy_(head.weight.abs() * layer.sign)
+                            head.weight.copy_(
+                                torch.where(has_polarity, head.weight.abs() * layer.sign, head.weight)
+                            )
                 if not ncps_compatible:
                     # Masked entries never act; zeroing them keeps parameter dumps and weight norms honest.
                     for head in (layer.ff1, layer.ff2):
@@ -530,7 +533,7 @@ class WiredCfCCell(RecurrentCell):
 
     def readout(self, h: Tensor) -> Tensor:
         """Output ``(B, output_size)`` from the state ``(B, units)``: ``fc(h[:, :M])`` (the motor neurons)."""
-        return self.fc(h[:, : self.motor_size])
+        return self.fc(h[..., : self.motor_size])
 
     def forward(self, x: Tensor, h: Tensor, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
         """Advance by one input step.
