@@ -592,3 +592,19 @@ def test_registry_dispatch_and_fallback(tiny_ncp: Wiring) -> None:
     auto = LTCCell(tiny_ncp)
     auto(torch.randn(1, 3), auto.initial_state(1))
     assert auto.implementation_name != "test-f64"
+
+
+def test_copy_and_pickle_preserve_outputs_without_caches(tiny_ncp: Wiring) -> None:
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    cell = LTCCell(tiny_ncp)
+    x, h = torch.randn(2, 3), torch.randn(2, 6)
+    with torch.no_grad():
+        y, _ = cell(x, h, 0.5)  # fills the parameter cache and the implementation choice
+    for clone in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
+        assert clone._eff_cache is None and clone._resolved == {}
+        with torch.no_grad():
+            assert torch.equal(clone(x, h, 0.5)[0], y)
+        assert clone.wiring == cell.wiring

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -145,8 +146,9 @@ class RecurrentCell(nn.Module):
             device: device of the state (default: the cell's parameters' device).
             dtype: dtype of the state (default: the cell's parameters' dtype).
         """
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        if isinstance(batch, bool) or not hasattr(batch, "__index__") or operator.index(batch) < 1:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        batch = operator.index(batch)
         device, dtype = self._default_device_dtype(device, dtype)
         return torch.zeros(batch, self.state_size, device=device, dtype=dtype)
 

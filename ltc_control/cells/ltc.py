@@ -554,6 +554,15 @@ class LTCCell(RecurrentCell):
             "sensory_sparsity_mask": self.sensory_sparsity_mask,
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles must not carry implementation objects (a fast path may hold native handles) or
+        # cached tensors; both are rebuilt on first use.
+        state = self.__dict__.copy()
+        state["_resolved"] = {}
+        state["_eff_cache"] = None
+        state["_last_impl"] = [None]
+        return state
+
     def clear_cache(self) -> None:
         """Drops the cached effective parameters and implementation choice."""
         self._eff_cache = None
