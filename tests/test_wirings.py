@@ -8,6 +8,8 @@ import pickle
 import ncps.wirings as ncps_wirings
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Random, Wiring, lane_keeping_ncp
 
@@ -327,3 +329,23 @@ def test_summary_reports_layers_and_synapses() -> None:
     )
     assert "sensory -> inter: 192" in text
     assert "command -> " in text and "motor: 6" in text
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 12), s=st.integers(1, 6), m_frac=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_round_trip_of_arbitrary_user_matrices(n: int, s: int, m_frac: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    adj = rng.integers(-1, 2, size=(n, n))
+    sens = rng.integers(-1, 2, size=(s, n))
+    m = max(1, round(m_frac * n))
+    w = Wiring.from_matrices(adj, sens, output_size=m)
+    back = Wiring.from_dict(json.loads(json.dumps(w.to_dict())))
+    assert back == w and back.num_synapses == int(np.count_nonzero(adj) + np.count_nonzero(sens))
+    assert back.output_size == m and back.layer_indices("motor").tolist() == list(range(m))
+
+
+def test_provenance_must_be_json_serialisable() -> None:
+    with pytest.raises(ValueError, match="builder_args must be JSON-serialisable"):
+        Wiring(np.zeros((2, 2)), np.ones((1, 2)), builder_args={"rng": object()})
+    with pytest.raises(ValueError, match="builder_args must be a mapping"):
+        Wiring.from_dict({**lane_keeping_ncp(seed=0).to_dict(), "builder_args": [1]})
