@@ -14,14 +14,14 @@ import numpy as np
 from ltc_control.wirings.wiring import Wiring
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+def _check_int(name: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
     """Checks ``low <= value <= high`` for an integer, raising a ValueError that states the allowed range."""
-    rng_text = f"[{low}, {high}]" if high is not None else f">= {low}"
+    rng_text = f"in [{low}, {high}]" if high is not None else f">= {low}"
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name} must be an integer {rng_text}, got {value!r}")
     v = int(value)
     if v < low or (high is not None and v > high):
-        raise ValueError(f"{name} must be in {rng_text}, got {v}")
+        raise ValueError(f"{name} must be {rng_text}{why}, got {v}")
     return v
 
 
@@ -81,10 +81,16 @@ def NCP(  # noqa: N802 - named like the ncps class it mirrors
     command = _check_int("command", command, 1)
     motor = _check_int("motor", motor, 1)
     input_size = _check_int("input_size", input_size, 1)
-    sensory_fanout = _check_int("sensory_fanout", sensory_fanout, 1, inter)
-    inter_fanout = _check_int("inter_fanout", inter_fanout, 1, command)
+    sensory_fanout = _check_int(
+        "sensory_fanout", sensory_fanout, 1, inter, " (at most the number of inter neurons)"
+    )
+    inter_fanout = _check_int(
+        "inter_fanout", inter_fanout, 1, command, " (at most the number of command neurons)"
+    )
     recurrent_command_synapses = _check_int("recurrent_command_synapses", recurrent_command_synapses, 0)
-    motor_fanin = _check_int("motor_fanin", motor_fanin, 1, command)
+    motor_fanin = _check_int(
+        "motor_fanin", motor_fanin, 1, command, " (at most the number of command neurons)"
+    )
     seed = _check_seed(seed)
     return _build_ncp(
         inter,
@@ -202,7 +208,9 @@ def AutoNCP(  # noqa: N802 - named like the ncps class it mirrors
         ValueError: a parameter outside its allowed range (named in the message).
     """
     units = _check_int("units", units, 3)
-    outputs = _check_int("outputs", outputs, 1, units - 2)
+    outputs = _check_int(
+        "outputs", outputs, 1, units - 2, " (units - 2: one command and one inter neuron remain)"
+    )
     input_size = _check_int("input_size", input_size, 1)
     sparsity = _check_sparsity("sparsity", sparsity)
     seed = _check_seed(seed)
