@@ -84,12 +84,12 @@ PARAM_NAMES: tuple[str, ...] = (
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("ltc_kernel.c", "ltc_kernel_body.h")
-_ABI = 1
+_ABI = 3
 # First flag set that compiles wins: -march=native vectorises the batch lanes with the CPU's widest units; the
 # plain -O3 set is the fallback for compilers that reject it.
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
-    ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99"),
-    ("-O3", "-fPIC", "-shared", "-std=c99"),
+    ("-O3", "-march=native", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"),
+    ("-O3", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"),
 )
 
 
@@ -107,7 +107,9 @@ class _Kernel:
         p, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
         self.forward: dict[torch.dtype, Any] = {}
         self.backward: dict[torch.dtype, Any] = {}
+        self.lanes: dict[torch.dtype, int] = {}
         for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+            self.lanes[dtype] = int(getattr(lib, f"ltc_kernel_lanes_{suffix}")())
             fwd = getattr(lib, f"ltc_forward_{suffix}")
             fwd.argtypes = [i64p, p, p, p, p, p, p, p, ctypes.c_double, p, p, p]
             fwd.restype = ctypes.c_int
@@ -356,6 +358,14 @@ def _dt_strides(dt: Tensor, batch: int, steps: int) -> tuple[int, int]:
     return (sb if dt.shape[0] == batch and batch > 1 else 0), (st if dt.shape[1] == steps and steps > 1 else 0)
 
 
+def _dims(
+    b: int, t: int, s: int, n: int, unfolds: int, edges: EdgeList, m: int, strides: Sequence[int], c0: int, c1: int
+) -> Any:
+    return (ctypes.c_int64 * 14)(
+        b, t, s, n, unfolds, edges.src.numel(), edges.sensory_src.numel(), m, *strides, c0, c1
+    )
+
+
 class _FusedLTCFunction(torch.autograd.Function):
     """Autograd wrapper of the C kernel: forward stores per-unfold states, backward replays them (BPTT)."""
 
@@ -380,10 +390,13 @@ class _FusedLTCFunction(torch.autograd.Function):
         h0 = h0.contiguous()
         params_c = [p.contiguous() for p in params]
         states = torch.empty(b, t, n, dtype=dtype)
-        vstore = torch.empty(t * unfolds * n * b, dtype=dtype) if need_grad else None
+        lanes = kernel.lanes[dtype]
+        chunks = -(-b // lanes)
+        vstore = torch.empty(chunks * lanes * t * unfolds * n, dtype=dtype) if need_grad else None
         dsb, dst = _dt_strides(dt, b, t)
         ssb, sst = _dt_strides(starts, b, t) if starts is not None else (0, 0)
-        dims = (ctypes.c_int64 * 12)(b, t, s, n, unfolds, edges.src.numel(), edges.sensory_src.numel(), 0, dsb, dst, ssb, sst)
+        strides = (dsb, dst, ssb, sst)
+        dims = _dims(b, t, s, n, unfolds, edges, 0, strides, 0, chunks)
         pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in params_c], None, None, None, None)
         rc = kernel.forward[dtype](
             dims,
@@ -403,13 +416,13 @@ class _FusedLTCFunction(torch.autograd.Function):
             raise MemoryError("the LTC kernel could not allocate its scratch memory")
         if need_grad:
             ctx.save_for_backward(x, dt, *(params_c + ([starts] if starts is not None else [])))
-            ctx.extras = (kernel, edges, unfolds, epsilon, states, vstore, starts is not None, (dsb, dst, ssb, sst))
+            ctx.extras = (kernel, edges, unfolds, epsilon, states, vstore, starts is not None, strides, chunks)
         return states
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gstates: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        kernel, edges, unfolds, epsilon, states, vstore, has_starts, strides = ctx.extras
+        kernel, edges, unfolds, epsilon, states, vstore, has_starts, strides, chunks = ctx.extras
         saved = ctx.saved_tensors
         x, dt = saved[0], saved[1]
         params = list(saved[2:13])
@@ -423,7 +436,7 @@ class _FusedLTCFunction(torch.autograd.Function):
         need_dt = ctx.needs_input_grad[6]
         gdt = torch.zeros(b, t, dtype=dtype) if need_dt else None
         gparams = [torch.zeros_like(p) for p in params]
-        dims = (ctypes.c_int64 * 12)(b, t, s, n, unfolds, edges.src.numel(), edges.sensory_src.numel(), 0, *strides)
+        dims = _dims(b, t, s, n, unfolds, edges, 0, strides, 0, chunks)
         pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in params], None, None, None, None)
         gp = (ctypes.c_void_p * 11)(*[g.data_ptr() for g in gparams])
         rc = kernel.backward[dtype](
