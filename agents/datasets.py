@@ -823,6 +823,7 @@ def _learner_agent(checkpoint: str) -> Any:
     if checkpoint not in policies:
         import torch
         from ltc_control.agents.evaluation import PolicyAgent
+
         from ltc_control.checkpoint import load_checkpoint
 
         torch.set_num_threads(max(1, int(_WORKER.get("torch_threads", 1))))

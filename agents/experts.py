@@ -47,7 +47,8 @@ class ExpertConfig:
     Attributes:
         kind: ``"stanley"`` (front-axle cross-track + heading law) or ``"pure_pursuit"`` (arc to a look-ahead
             point on the centre line).
-        wheelbase: car wheelbase in metres, used for the curvature feed-forward ``atan(L * kappa)``.
+        wheelbase: car wheelbase in metres (the env car: 2.6), used for the curvature feed-forward
+            ``atan(L * kappa)``.
         max_steer: steering angle in radians that the normalised command 1.0 maps to.
         gain_lateral: Stanley cross-track gain ``k`` in ``atan(k * e / (v + v_soft))`` (1/s).
         gain_heading: multiplier on the heading error (dimensionless).
@@ -57,25 +58,33 @@ class ExpertConfig:
             curvature at the car, ``info["curvature"]``). A short preview compensates for the steering lag.
         lookahead_time: pure pursuit look-ahead distance per unit speed (s).
         min_lookahead: pure pursuit minimum look-ahead distance (m).
+        car_from_info: take ``wheelbase`` and ``max_steer`` from ``info`` when the env reports them (the
+            lane-keeping env does), instead of the two fields above.
+        front_axle: Stanley measures the cross-track error at the front axle (``info["front_lateral_offset"]``
+            when present, else ``lateral_offset + front_axle_distance * sin(heading_error)``).
+        front_axle_distance: car reference point to front axle (m), used when the env does not report it.
     """
 
     kind: str = "stanley"
-    wheelbase: float = 2.5
+    wheelbase: float = 2.6
     max_steer: float = 0.5
-    gain_lateral: float = 1.5
+    gain_lateral: float = 3.0
     gain_heading: float = 1.0
     softening_speed: float = 1.0
     feedforward: bool = True
     feedforward_preview: int = -1
     lookahead_time: float = 0.6
     min_lookahead: float = 4.0
+    car_from_info: bool = True
+    front_axle: bool = True
+    front_axle_distance: float = 1.3
 
     def __post_init__(self) -> None:
         if self.kind not in EXPERT_KINDS:
             raise ValueError(
                 f"ExpertConfig.kind={self.kind!r} is unknown; valid kinds: {', '.join(EXPERT_KINDS)}"
             )
-        for name in ("wheelbase", "max_steer", "softening_speed", "min_lookahead"):
+        for name in ("wheelbase", "max_steer", "softening_speed", "min_lookahead", "front_axle_distance"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"ExpertConfig.{name} must be a finite number > 0, got {value!r}")
@@ -124,6 +133,13 @@ class _ExpertBase:
         """The commanded front-wheel angle in radians (unclipped)."""
         raise NotImplementedError
 
+    def _car(self, info: Mapping[str, Any]) -> tuple[float, float]:
+        """(wheelbase m, max_steer rad): from ``info`` when allowed and present, else from the config."""
+        c = self.config
+        if c.car_from_info and "wheelbase" in info and "max_steer" in info:
+            return _scalar(info, "wheelbase"), _scalar(info, "max_steer")
+        return c.wheelbase, c.max_steer
+
     def label(self, info: Mapping[str, Any]) -> float:
         """The clean normalised steering command in [-1, 1] at the state described by ``info``.
 
@@ -134,7 +150,7 @@ class _ExpertBase:
         Returns:
             Steering in [-1, 1]; positive turns left.
         """
-        return float(np.clip(self.steering_angle(info) / self.config.max_steer, -1.0, 1.0))
+        return float(np.clip(self.steering_angle(info) / self._car(info)[1], -1.0, 1.0))
 
     def act(self, obs: Any, info: Mapping[str, Any]) -> np.ndarray:
         """Agent protocol: the clean action as a float32 array of shape (1,). ``obs`` is ignored."""
@@ -154,9 +170,15 @@ class StanleyExpert(_ExpertBase):
         lateral = _scalar(info, "lateral_offset")
         heading = _scalar(info, "heading_error")
         speed = abs(_scalar(info, "speed"))
+        wheelbase, _ = self._car(info)
+        if c.front_axle:
+            if "front_lateral_offset" in info:
+                lateral = _scalar(info, "front_lateral_offset")
+            else:
+                lateral = lateral + c.front_axle_distance * math.sin(heading)
         delta = -c.gain_heading * heading - math.atan2(c.gain_lateral * lateral, speed + c.softening_speed)
         if c.feedforward:
-            delta += math.atan(c.wheelbase * self._feedforward_curvature(info))
+            delta += math.atan(wheelbase * self._feedforward_curvature(info))
         return delta
 
 
@@ -180,7 +202,7 @@ class PurePursuitExpert(_ExpertBase):
         if c.feedforward:
             target_y += 0.5 * self._feedforward_curvature(info) * ld * ld
         arc_curvature = 2.0 * target_y / (ld * ld)
-        return math.atan(c.wheelbase * arc_curvature)
+        return math.atan(self._car(info)[0] * arc_curvature)
 
 
 def make_expert(config: ExpertConfig | None = None) -> StanleyExpert | PurePursuitExpert:

@@ -40,7 +40,7 @@ def test_feedforward_is_exact_on_a_centred_car() -> None:
     assert StanleyExpert(cfg).label(_info(curv=kappa)) == pytest.approx(math.atan(2.5 * kappa) / 0.5)
     preview = StanleyExpert(ExpertConfig(feedforward_preview=1))
     info = dict(_info(curv=0.0), curvature_ahead=np.array([0.0, 0.02, 0.05]))
-    assert preview.label(info) == pytest.approx(math.atan(2.5 * 0.02) / 0.5)
+    assert preview.label(info) == pytest.approx(math.atan(2.6 * 0.02) / 0.5)
     with pytest.raises(ValueError, match="feedforward_preview=5"):
         StanleyExpert(ExpertConfig(feedforward_preview=5)).label(info)
 
@@ -59,12 +59,12 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 
 def _drive_kinematic_bicycle(expert: StanleyExpert | PurePursuitExpert, steps: int = 1500) -> np.ndarray:
-    """Drive a kinematic bicycle (L = 2.5 m, 8 m/s, dt = 1/30 s) around a 40 m-radius circle from an offset.
+    """Drive a kinematic bicycle (L = 2.6 m, 8 m/s, dt = 1/30 s) around a 40 m-radius circle from an offset.
 
     The road is the circle of radius R about the origin, driven counter-clockwise (a left bend, kappa = 1/R).
     Returns the lateral offsets along the way.
     """
-    radius, speed, dt, wheelbase, max_steer = 40.0, 8.0, 1.0 / 30.0, 2.5, 0.5
+    radius, speed, dt, wheelbase, max_steer = 40.0, 8.0, 1.0 / 30.0, 2.6, 0.5
     x, y, yaw = (
         radius - 1.0,
         0.0,
