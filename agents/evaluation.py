@@ -31,6 +31,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -955,21 +956,32 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(spec: AgentSpec, env_id: str, env_kwargs: dict[str, Any], device: str, threads: int) -> None:
-    """Create the env and the agent once per worker process (never in the parent: renderers must not fork)."""
-    try:
-        import torch
+    """Remember what to build; the env and the agent are built by the first episode of the worker.
 
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover
-        pass
-    _WORKER["env"] = make_env(env_id, env_kwargs)
-    _WORKER["agent"] = make_agent(spec, device=device)
+    Building them there (not in the initializer) lets a failure (a corrupt checkpoint, a bad env option)
+    reach the caller as the original exception through ``future.result()`` instead of a ``BrokenProcessPool``.
+    Everything is built in the worker, never in a parent that forks: MuJoCo renderers must not cross a fork.
+    """
+    _WORKER.clear()
+    _WORKER["setup"] = (spec, env_id, env_kwargs, device, threads)
+
+
+def _worker_objects() -> tuple[Any, Agent]:
+    if "env" not in _WORKER:
+        spec, env_id, env_kwargs, device, threads = _WORKER["setup"]
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(threads)  # workers share the cores: no oversubscription
+        _WORKER["env"] = make_env(env_id, env_kwargs)
+        _WORKER["agent"] = make_agent(spec, device=device)
+    return _WORKER["env"], _WORKER["agent"]
 
 
 def _worker_episode(
     seed: int, perturbation: Perturbation, max_steps: int | None, completion_tolerance: float
 ) -> EpisodeMetrics:
-    result = run_episode(_WORKER["env"], _WORKER["agent"], seed, noise=perturbation, max_steps=max_steps)
+    env, agent = _worker_objects()
+    result = run_episode(env, agent, seed, noise=perturbation, max_steps=max_steps)
     return result.metrics(completion_tolerance)
 
 
@@ -1199,6 +1211,15 @@ def evaluate(
         raise ValueError(f"noise levels must be distinct, got {levels}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if (
+        isinstance(agent, str | os.PathLike)
+        and not str(agent).startswith("expert")
+        and not Path(agent).is_dir()
+    ):
+        raise FileNotFoundError(
+            f"checkpoint {str(agent)!r} is not a directory; pass a checkpoint folder (model.json + "
+            "model.safetensors) or 'expert'"
+        )
     base = perturbation or Perturbation()
     kwargs = _with_camera_offset(env_id, dict(env_kwargs or {}), base.camera_offset)
     jobs = [(lvl, s) for lvl in levels for s in seed_list]
@@ -1220,6 +1241,13 @@ def evaluate(
         finally:
             env.close()
     else:
+        try:
+            pickle.dumps(agent)
+        except Exception as exc:
+            raise TypeError(
+                f"the agent {_describe(agent)} cannot be sent to worker processes ({exc}); pass a checkpoint "
+                "directory, 'expert', a module-level class or factory, or use workers=0"
+            ) from exc
         n_workers = min(workers, len(jobs))
         threads = max(1, (os.cpu_count() or 1) // n_workers)
         ctx = multiprocessing.get_context("spawn")

@@ -338,6 +338,29 @@ def test_bad_inputs_raise_clear_errors() -> None:
         evaluate("expert", "LTC/LaneKeepingState-v0", [], workers=0)
     with pytest.raises(ValueError, match="distinct"):
         evaluate("expert", "LTC/LaneKeepingState-v0", [1], noise_levels=(0.1, 0.1), workers=0)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        evaluate("/nonexistent/ckpt", "LTC/LaneKeepingState-v0", [1], workers=2)
+    with pytest.raises(TypeError, match="cannot be sent to worker processes"):
+        evaluate(lambda: ConstantAgent([0.0]), "LTC/LaneKeepingState-v0", [1], workers=2)
+
+
+def test_worker_failures_surface_as_the_original_error(tmp_path: Path) -> None:
+    from ltc_control.agents import evaluation as ev
+
+    (tmp_path / "empty").mkdir()
+    # what a spawned worker runs: the initializer only stores the setup, the first episode builds the agent,
+    # so a corrupt checkpoint reaches the caller as the loader's own error, not as a BrokenProcessPool
+    ev._worker_init(str(tmp_path / "empty"), "LTC/LaneKeepingState-v0", {"road_length": 10.0}, "cpu", 1)
+    try:
+        with pytest.raises((FileNotFoundError, ValueError), match="model"):
+            ev._worker_episode(1, Perturbation(), 5, 1.0)
+        ev._worker_init(ConstantAgent([0.0]), "LTC/LaneKeepingState-v0", {"road_length": 10.0}, "cpu", 1)
+        m = ev._worker_episode(1, Perturbation(), 5, 1.0)
+        assert m.steps == 5 and m.seed == 1
+    finally:
+        if "env" in ev._WORKER:
+            ev._WORKER["env"].close()
+        ev._WORKER.clear()
 
 
 def test_policy_is_wrapped_and_carries_its_state() -> None:
