@@ -324,8 +324,9 @@ class Perturbation:
         blur_sigma: standard deviation of the Gaussian blur, in pixels (0 = none).
         occlusion_patches: number of black square patches per image.
         occlusion_size: patch side as a fraction of ``min(H, W)``.
-        camera_offset: lateral camera offset in metres, passed to the env as its ``camera_offset`` option
-            (only for envs that have one; not applied to the image).
+        camera_offset: lateral dash-camera offset in metres (+ = left), applied by the env, not to the image:
+            the ``LTC/`` envs get ``visuals={"camera_pos_offset": (0, offset, 0)}``, other envs a
+            ``camera_offset`` keyword (an error if they have no such option). Used by :func:`evaluate`.
     """
 
     noise_variance: float = 0.0
@@ -494,7 +495,8 @@ class EpisodeResult:
         road_length: road length in metres (NaN when unknown).
         terminated: the episode ended by the env's termination.
         truncated: the episode ended by a time limit (the env's or ``max_steps``).
-        frames: the observations the agent acted on ``(T, H, W, C)`` when recorded, else None.
+        frames: the observations the agent acted on ``(T, H, W, C)`` when recorded (for Dict observations
+            their image entry), else None.
         noise_variance: the Gaussian noise variance applied to the observations.
     """
 
@@ -533,6 +535,15 @@ class EpisodeResult:
     def metrics(self, completion_tolerance: float = 1.0) -> EpisodeMetrics:
         """The evaluation metrics of this episode (see :func:`episode_metrics`)."""
         return episode_metrics(self, completion_tolerance=completion_tolerance)
+
+
+def _image_of(obs: Any) -> Any:
+    """The observation itself, or for a Dict observation its first uint8 image (else its first entry)."""
+    if isinstance(obs, Mapping):
+        values = list(obs.values())
+        images = [v for v in values if np.asarray(v).dtype == np.uint8]
+        return (images or values)[0]
+    return obs
 
 
 def _info_float(info: Mapping[str, Any], key: str) -> float:
@@ -610,7 +621,7 @@ def run_episode(
     while True:
         seen = perturbation.apply(obs, seed, step)
         if record:
-            frames.append(np.array(seen, copy=True))
+            frames.append(np.array(_image_of(seen), copy=True))
         raw = agent.act(seen, info)
         action = np.asarray(raw, dtype=np.float32).reshape(-1)
         if shape is not None and action.shape != (int(np.prod(shape)),):
@@ -1080,7 +1091,7 @@ class EvalReport:
             "summary_csv": out / "summary.csv",
             "episodes_csv": out / "episodes.csv",
         }
-        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2).encode())
+        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2, default=str).encode())
         atomic_write_bytes(paths["summary_csv"], _csv_bytes([lv.flat() for lv in self.levels]))
         atomic_write_bytes(paths["episodes_csv"], _csv_bytes([dataclasses.asdict(e) for e in self.episodes]))
         if plot:

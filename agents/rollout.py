@@ -68,8 +68,8 @@ class RolloutConfig:
         env: Gymnasium env id (the policy's observation shape and action size must match it).
         seed: road seed of the first episode; episode k uses seed + k.
         episodes: number of episodes, all in one video.
-        video: output mp4 path; None = no video (metrics only). A relative path goes into the output folder
-            when one is used (the CLI), else it is relative to the working directory.
+        video: output mp4 path; None = no video (metrics only). The CLI writes the default name into the
+            run folder; a path given explicitly is used as given (relative to the working directory).
         out: output folder of the CLI (run records, video, episodes.json); None = a new folder under runs/.
         max_steps: step cap per episode (None = the env's own limit).
         fps: frames per second of the video (None = the env's render_fps, else 30).
@@ -582,7 +582,8 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
     folder = prepare_run_dir(
         cfg.out, cfg.env, f"rollout-{agent_label(agent)}", cfg.seed, record, ["ltc-control", "rollout", *args]
     )
-    if cfg.video is not None and not Path(cfg.video).is_absolute():
+    if cfg.video is not None and "video" not in vars(ns) and cfg.video == RolloutConfig.video:
+        # no video path given: the default name goes into the run folder with the run's records
         cfg = dataclasses.replace(cfg, video=str(folder / cfg.video))
     result = rollout(agent, cfg)
     atomic_write_json(folder / "episodes.json", result.summary())

@@ -403,3 +403,26 @@ def test_camera_offset_moves_the_dash_camera() -> None:
             env.close()
     assert np.abs(images[0] - images[1]).mean() > 2.0
     assert _with_camera_offset("CarRacing-v3", {}, 0.2) == {"camera_offset": 0.2}
+
+
+def test_dict_observations_get_image_noise_only() -> None:
+    from ltc_control.agents.evaluation import make_env, run_episode
+
+    seen: list[dict[str, np.ndarray]] = []
+
+    class Recorder(ConstantAgent):
+        def act(self, obs: dict[str, np.ndarray], info: object) -> np.ndarray:  # type: ignore[override]
+            seen.append(obs)
+            return super().act(obs, {})  # type: ignore[arg-type]
+
+    env = make_env("LTC/LaneKeepingDict-v0", {"road_length": 10.0})
+    try:
+        clean = run_episode(env, Recorder([0.0]), seed=2, max_steps=3, record=True)
+        noisy = run_episode(env, Recorder([0.0]), seed=2, noise=0.1, max_steps=3, record=True)
+    finally:
+        env.close()
+    assert clean.frames is not None and clean.frames.shape == (3, 64, 128, 3)
+    assert noisy.frames is not None and not np.array_equal(clean.frames, noisy.frames)
+    for a, b in zip(seen[:3], seen[3:]):
+        np.testing.assert_array_equal(a["state"], b["state"])  # the privileged vector is left alone
+        assert np.abs(a["image"].astype(int) - b["image"].astype(int)).mean() > 20

@@ -134,13 +134,22 @@ def test_rollout_cli_with_checkpoint_and_expert(tmp_path: Path, capsys: pytest.C
     ]
     assert (
         rollout_main(
-            [str(tmp_path / "ckpt"), *args, "--episodes", "2", "--out", str(out), "--video", "v.mp4"]
+            [
+                str(tmp_path / "ckpt"),
+                *args,
+                "--episodes",
+                "2",
+                "--out",
+                str(out),
+                "--video",
+                str(tmp_path / "v.mp4"),
+            ]
         )
         == 0
     )
     text = capsys.readouterr().out
     assert "codec" in text and ("mp4v" in text or "avc1" in text)
-    frames, _, _ = read_video(out / "v.mp4")
+    frames, _, _ = read_video(tmp_path / "v.mp4")
     assert frames.shape == (8, 240, 320, 3)  # 2 episodes x 4 steps
     episodes = json.loads((out / "episodes.json").read_text())
     assert [e["seed"] for e in episodes] == [1000, 1001] and all(e["steps"] == 4 for e in episodes)
