@@ -188,6 +188,10 @@ class VideoWriter:
         if self.frames_written == 0:
             self._tmp.unlink(missing_ok=True)
             raise RuntimeError(f"no frames were written to {self.path}; the video was not created")
+        # mkstemp creates 0600 files; a video is meant to be shared, so apply the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
         os.replace(self._tmp, self.path)
         return self.path
 

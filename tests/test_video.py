@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,16 @@ def test_video_round_trip_frame_count_size_and_colours(tmp_path: Path) -> None:
             mean = frames[2 * k + rep].reshape(-1, 3).mean(axis=0)
             np.testing.assert_allclose(mean, c, atol=12)  # lossy codec
     assert not list(tmp_path.glob("sub/.*"))  # the temporary file was moved into place
+
+
+def test_video_file_mode_follows_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with VideoWriter(tmp_path / "m.mp4", fps=10, size=(32, 32)) as vw:
+            vw.write(np.zeros((32, 32, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.mp4").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
 
 
 def test_odd_size_is_padded_and_decodes(tmp_path: Path) -> None:
