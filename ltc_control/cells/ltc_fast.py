@@ -533,36 +533,43 @@ def ltc_sequence_torch(
     :func:`ltc_sequence_kernel`.
 
     The sensory synapses of all ``T`` steps are evaluated in one batch of ops (they do not depend on the state);
-    each unfold is then a gather of the presynaptic states, one sigmoid over the ``E`` synapses and one
-    ``index_add`` that scatters numerator and denominator together.
+    each unfold is then an ``index_select`` of the presynaptic states, one sigmoid over the ``E`` synapses and one
+    ``index_add`` that scatters numerator and denominator together (``index_select``/``index_add`` are each
+    other's backward, both cheap, unlike advanced indexing whose backward is a slow accumulate-put).
     """
     gleak, vleak, cm, w, sigma, mu, erev, sw, ssigma, smu, serev = params
     b, t, _ = x.shape
     n = h0.shape[1]
     edges = edges.to(x.device)
     src, dst, ssrc, sdst = edges.src, edges.dst, edges.sensory_src, edges.sensory_dst
-    # per-synapse parameters (gathered once per call)
-    ew, esig, emu, eerev = w[src, dst], sigma[src, dst], mu[src, dst], erev[src, dst]
-    sw_e, ssig_e, smu_e, serev_e = sw[ssrc, sdst], ssigma[ssrc, sdst], smu[ssrc, sdst], serev[ssrc, sdst]
-    s_sens = sw_e * torch.sigmoid(ssig_e * (x[:, :, ssrc] - smu_e))  # (B, T, ES)
+    flat, sflat = src * n + dst, ssrc * n + sdst
+
+    def pick(p: Tensor, idx: Tensor) -> Tensor:
+        return p.reshape(-1).index_select(0, idx)
+
+    # per-synapse parameters (gathered once per call); sigma * (v - mu) = sigma * v - sigma * mu
+    esig = pick(sigma, flat)
+    esig_mu = esig * pick(mu, flat)
+    w_pair = pick(w, flat).unsqueeze(-1) * torch.stack([pick(erev, flat), torch.ones_like(esig)], dim=-1)  # (E, 2)
+    ssig = pick(ssigma, sflat)
+    s_sens = pick(sw, sflat) * torch.sigmoid(ssig * (x.index_select(2, ssrc) - pick(smu, sflat)))  # (B, T, ES)
     sens = torch.zeros(b, t, n, 2, dtype=x.dtype, device=x.device).index_add(
-        2, sdst, torch.stack([s_sens * serev_e, s_sens], dim=-1)
+        2, sdst, s_sens.unsqueeze(-1) * torch.stack([pick(serev, sflat), torch.ones_like(ssig)], dim=-1)
     )  # (B, T, N, [num, den])
     cm_t_all = cm / (dt.expand(b, t) / unfolds).unsqueeze(-1)  # (B, T, N)
-    leak_num = gleak * vleak
-    eerev_pair = torch.stack([eerev, torch.ones_like(eerev)], dim=-1)  # (E, 2)
+    num0_all = gleak * vleak + sens[..., 0]
+    den0_all = cm_t_all + gleak + sens[..., 1] + epsilon
+    zeros = torch.zeros(b, n, 2, dtype=x.dtype, device=x.device)
     states = []
     v = h0
     for step in range(t):
         if starts is not None:
             v = v * (1 - starts.expand(b, t)[:, step : step + 1])
-        cm_t = cm_t_all[:, step]
-        num0 = leak_num + sens[:, step, :, 0]
-        den0 = cm_t + gleak + sens[:, step, :, 1]
+        cm_t, num0, den0 = cm_t_all[:, step], num0_all[:, step], den0_all[:, step]
         for _ in range(unfolds):
-            s = ew * torch.sigmoid(esig * (v[:, src] - emu))  # (B, E)
-            acc = torch.zeros(b, n, 2, dtype=x.dtype, device=x.device).index_add(1, dst, s.unsqueeze(-1) * eerev_pair)
-            v = (cm_t * v + num0 + acc[..., 0]) / (den0 + acc[..., 1] + epsilon)
+            act = torch.sigmoid(torch.addcmul(-esig_mu, esig, v.index_select(1, src)))  # (B, E)
+            acc = zeros.index_add(1, dst, act.unsqueeze(-1) * w_pair)  # (B, N, 2)
+            v = torch.addcmul(num0 + acc[..., 0], cm_t, v) / (den0 + acc[..., 1])
         states.append(v)
     return torch.stack(states, dim=1)
 
@@ -600,3 +607,192 @@ def softplus_constrained(raw: dict[str, Tensor], constraint: str) -> list[Tensor
     if constraint == "softplus":
         return [F.softplus(raw[k]) if k in positive else raw[k] for k in PARAM_NAMES]
     return [raw[k] for k in PARAM_NAMES]
+
+
+# ---------------------------------------------------------------------------------------------- registry glue
+_EFFECTIVE_KEYS: tuple[str, ...] = PARAM_NAMES  # effective-parameter dict keys, as LTCCell names them
+
+
+class _EdgeCache:
+    """Edge lists keyed on the sparsity-mask tensors (identity + version counter): built once per wiring."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int, int, int], tuple[Tensor, Tensor, EdgeList]] = {}
+
+    def get(self, mask: Tensor, sensory_mask: Tensor) -> EdgeList:
+        key = (id(mask), mask._version, id(sensory_mask), sensory_mask._version)
+        hit = self._cache.get(key)
+        # the stored tensors keep the ids alive, so an id cannot be reused by another mask while cached
+        if hit is not None and hit[0] is mask and hit[1] is sensory_mask:
+            return hit[2]
+        edges = EdgeList.from_masks(mask, sensory_mask)
+        if len(self._cache) >= 32:
+            self._cache.clear()
+        self._cache[key] = (mask, sensory_mask, edges)
+        return edges
+
+
+def _param_list(params: Any) -> list[Tensor]:
+    try:
+        return [params[k] for k in _EFFECTIVE_KEYS]
+    except KeyError as exc:
+        raise ValueError(
+            f"effective parameters lack {exc.args[0]!r}; expected the keys of LTCCell.effective_parameters(): "
+            f"{list(_EFFECTIVE_KEYS)} plus sparsity_mask and sensory_sparsity_mask"
+        ) from None
+
+
+class FusedCImplementation:
+    """``LTCCell`` implementation ``"fused-c"``: the compiled kernel (CPU, float32/float64).
+
+    ``available(device)`` builds the kernel on first use and is ``False`` off the CPU or when the build fails
+    (then ``"auto"`` picks ``"torch-edges"``). Sequences run in one kernel call with a hand-written backward;
+    a step without gradients is one ctypes call on cached parameter pointers.
+    """
+
+    dtypes = (torch.float32, torch.float64)
+
+    def __init__(self) -> None:
+        self._edges = _EdgeCache()
+        # (params dict, pointer array, contiguous tensors kept alive) for the no-grad step
+        self._pp_cache: tuple[Any, Any, list[Tensor]] | None = None
+        self._dims_cache: dict[tuple[Any, ...], Any] = {}
+
+    def available(self, device: torch.device) -> bool:
+        """Whether the kernel can run on ``device`` (CPU only; builds the kernel on first call)."""
+        return torch.device(device).type == "cpu" and load_kernel() is not None
+
+    def _kernel(self) -> _Kernel:
+        kernel = load_kernel()
+        if kernel is None:
+            raise RuntimeError(f"the compiled LTC kernel is unavailable ({kernel_status()})")
+        return kernel
+
+    def _edge_list(self, params: Any) -> EdgeList:
+        return self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
+
+    def sequence(
+        self,
+        params: Any,
+        x_mapped: Tensor,
+        v0: Tensor,
+        dt: Tensor,
+        reset: Tensor | None,
+        unfolds: int,
+        eps: float,
+    ) -> Tensor:
+        """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
+        kernel = self._kernel()
+        edges = self._edge_list(params)
+        dtype = v0.dtype
+        x_mapped = x_mapped.to(dtype)
+        dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
+        starts = None if reset is None else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
+        if starts is not None and starts.dtype != dtype:
+            starts = starts.to(dtype)
+        return ltc_sequence_kernel(
+            x_mapped, v0, dt2.to(dtype), starts, _param_list(params), edges, unfolds, eps, kernel
+        )
+
+    def step(self, params: Any, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float) -> Tensor:
+        """New state ``(B, N)`` after one input step (``dt``: ``(B, 1)``)."""
+        if torch.is_grad_enabled() and (
+            x_mapped.requires_grad
+            or v.requires_grad
+            or dt.requires_grad
+            or any(p.requires_grad for p in _param_list(params))
+        ):
+            states = self.sequence(params, x_mapped.unsqueeze(1), v, dt.reshape(-1, 1), None, unfolds, eps)
+            return states[:, 0]
+        kernel = self._kernel()
+        cache = self._pp_cache
+        if cache is None or cache[0] is not params:
+            edges = self._edge_list(params)
+            keep = [p.detach().contiguous() for p in _param_list(params)]
+            pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in keep], None, None, None, None)
+            cache = (params, pp, [*keep, edges.packed, edges.sensory_packed])
+            self._pp_cache = cache
+        pp, keep = cache[1], cache[2]
+        # no grad here: the tensors need no detach, only the layout/dtype the kernel reads
+        x_c = x_mapped if x_mapped.is_contiguous() else x_mapped.contiguous()
+        v_c = v if v.is_contiguous() else v.contiguous()
+        dt_c = dt
+        if x_c.dtype != v_c.dtype or dt_c.dtype != v_c.dtype or keep[0].dtype != v_c.dtype:
+            x_c, dt_c = x_c.to(v_c.dtype), dt_c.to(v_c.dtype)
+            if keep[0].dtype != v_c.dtype:
+                raise ValueError(f"state dtype {v_c.dtype} differs from the parameters' dtype {keep[0].dtype}")
+        b, n = v_c.shape
+        out = torch.empty_like(v_c)
+        dt_stride = dt_c.stride(0) if b > 1 and dt_c.shape[0] == b else 0
+        dkey = (b, x_c.shape[1], n, unfolds, dt_stride, v_c.dtype, keep[-2].shape[1], keep[-1].shape[1])
+        dims = self._dims_cache.get(dkey)
+        if dims is None:
+            # building a ctypes array costs microseconds: keep one per shape
+            lanes = kernel.lanes[v_c.dtype]
+            dims = (ctypes.c_int64 * 14)(
+                b, 1, x_c.shape[1], n, unfolds, dkey[6], dkey[7], 0, dt_stride, 0, 0, 0, 0, -(-b // lanes)
+            )
+            if len(self._dims_cache) > 64:
+                self._dims_cache.clear()
+            self._dims_cache[dkey] = dims
+        rc = kernel.forward[v_c.dtype](
+            dims,
+            pp,
+            keep[-2].data_ptr(),
+            keep[-1].data_ptr(),
+            x_c.data_ptr(),
+            v_c.data_ptr(),
+            dt_c.data_ptr(),
+            None,
+            float(eps),
+            out.data_ptr(),
+            None,
+            None,
+        )
+        if rc != 0:
+            raise MemoryError("the LTC kernel could not allocate its scratch memory")
+        return out
+
+
+class TorchEdgesImplementation:
+    """``LTCCell`` implementation ``"torch-edges"``: pure PyTorch over the synapse edge list, any device/dtype.
+
+    The fallback when the compiled kernel is unavailable (no compiler) and the fast path on CUDA tensors.
+    """
+
+    def __init__(self) -> None:
+        self._edges = _EdgeCache()
+
+    def available(self, device: torch.device) -> bool:
+        """Always ``True`` (pure PyTorch)."""
+        return True
+
+    def sequence(
+        self,
+        params: Any,
+        x_mapped: Tensor,
+        v0: Tensor,
+        dt: Tensor,
+        reset: Tensor | None,
+        unfolds: int,
+        eps: float,
+    ) -> Tensor:
+        """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
+        edges = self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
+        dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
+        starts = None if reset is None else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
+        return ltc_sequence_torch(x_mapped, v0, dt2, starts, _param_list(params), edges, unfolds, eps)
+
+    def step(self, params: Any, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float) -> Tensor:
+        """New state ``(B, N)`` after one input step (``dt``: ``(B, 1)``)."""
+        return self.sequence(params, x_mapped.unsqueeze(1), v, dt.reshape(-1, 1), None, unfolds, eps)[:, 0]
+
+
+def _register() -> None:
+    from ltc_control.cells import ltc as _ltc
+
+    _ltc.register_implementation("fused-c", FusedCImplementation(), priority=20)
+    _ltc.register_implementation("torch-edges", TorchEdgesImplementation(), priority=10)
+
+
+_register()
