@@ -167,3 +167,39 @@ def test_summary_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "no dataset manifest" in capsys.readouterr().err
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert manifest["metadata"] == {"test": True}
+
+
+def test_collect_cli_with_workers_is_deterministic_and_resumes(tmp_path: Path) -> None:
+    env = "{image_height: 16, image_width: 32, road_length: 30.0}"
+    common = ["--env.kwargs", env, "--max_steps", "40", "--episodes_per_chunk", "1", "--no-progress"]
+    assert (
+        dataset_main(["collect", "--out", str(tmp_path / "a"), "--num_roads", "2", "--workers", "2", *common])
+        == 0
+    )
+    # Resume: the two finished roads are skipped, only road 2 is collected (in-process this time).
+    argv = [
+        "collect",
+        "--out",
+        str(tmp_path / "a"),
+        "--num_roads",
+        "3",
+        "--workers",
+        "0",
+        "--resume",
+        *common,
+    ]
+    assert dataset_main(argv) == 0
+    assert (
+        dataset_main(["collect", "--out", str(tmp_path / "b"), "--num_roads", "3", "--workers", "0", *common])
+        == 0
+    )
+    assert (
+        dataset_main(["collect", "--out", str(tmp_path / "b"), "--num_roads", "3", *common]) == 1
+    )  # no --resume
+    a, b = DemoDataset(tmp_path / "a"), DemoDataset(tmp_path / "b")
+    assert [e["key"] for e in a.episodes] == [f"expert/road{r}/ep0" for r in range(3)]
+    assert len(read_manifest(tmp_path / "a")["chunks"]) == 3
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert a.images.shape == (120, 16, 32, 3) and a.info["curvature_ahead"].shape[0] == 120
+    # Executed actions carry the injected noise; labels are the expert's clean actions at the same states.
+    assert np.abs(a.actions - a.labels).max() > 0.01

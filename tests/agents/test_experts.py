@@ -128,3 +128,24 @@ def test_noisy_agent_executes_noise_but_labels_clean() -> None:
         assert agent.last_label == expert.label(info)
         diffs.append(float(executed[0]) - agent.last_label)
     assert np.std(diffs) > 0.1
+
+
+@pytest.mark.parametrize("kind", ["stanley", "pure_pursuit"])
+def test_expert_drives_held_out_roads_without_leaving_the_lane(kind: str) -> None:
+    import gymnasium as gym
+    import ltc_control.envs  # noqa: F401
+
+    env = gym.make("LTC/LaneKeepingState-v0", road_length=120.0)
+    expert = make_expert(ExpertConfig(kind=kind))
+    for seed in (123_456, 123_457, 123_458):
+        obs, info = env.reset(seed=seed)
+        worst = 0.0
+        while True:
+            obs, _, terminated, truncated, info = env.step(expert.act(obs, info))
+            worst = max(worst, abs(info["lateral_offset"]))
+            if terminated or truncated:
+                break
+        assert not info["lane_departure"] and truncated
+        assert info["distance"] >= 119.0
+        assert worst < 0.6, (seed, worst)  # half lane width is 1.875 m
+    env.close()
