@@ -1,0 +1,296 @@
+"""The fast LTC paths (compiled kernel ``fused-c`` and pure-PyTorch ``torch-edges``) against the reference.
+
+Parity is checked on outputs, final states and the gradients of every parameter, the inputs and the initial
+state, across wirings, batch sizes (1, a full 16-lane chunk plus a partial one), sequence lengths (1 and more),
+scalar / per-sample dt and episode resets, in float64 (tight) and float32 (1e-5 relative to the largest value).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltc_control.cells import ltc_fast
+from ltc_control.cells.ltc import LTCCell
+from ltc_control.cells.ltc_fast import EdgeList, LTCKernelUnavailableWarning
+from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Wiring, lane_keeping_ncp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def kernel() -> ltc_fast._Kernel:
+    """The compiled kernel, built once for this module (into the user cache; a second run only loads it)."""
+    k = ltc_fast.load_kernel()
+    if k is None:
+        pytest.skip(f"no C compiler here: {ltc_fast.kernel_status()}")
+    return k
+
+
+def _small_ncp() -> Wiring:
+    return NCP(
+        inter=3,
+        command=2,
+        motor=1,
+        sensory_fanout=2,
+        inter_fanout=1,
+        recurrent_command_synapses=2,
+        motor_fanin=2,
+        input_size=3,
+        seed=7,
+    )
+
+
+WIRINGS = {
+    "lane_keeping_ncp": lambda: lane_keeping_ncp(seed=3),
+    "fully_connected_8": lambda: FullyConnected(8, input_size=5, output_size=2, seed=1),
+    "auto_ncp_12": lambda: AutoNCP(12, 2, input_size=4, seed=5),
+}
+
+
+def _pair(wiring: Wiring, impl: str, dtype: torch.dtype, seed: int = 0) -> tuple[LTCCell, LTCCell]:
+    torch.manual_seed(seed)
+    ref = LTCCell(wiring, implementation="reference").to(dtype)
+    # perturb every parameter so that no symmetry (ones, zeros) hides an indexing error
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    fast = LTCCell(wiring, implementation=impl).to(dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    if expected.dtype == torch.float64:
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{what}: {m}")
+    else:
+        scale = float(expected.abs().max()) if expected.numel() else 1.0
+        torch.testing.assert_close(
+            actual, expected, rtol=1e-5, atol=1e-5 * max(scale, 1e-6), msg=lambda m: f"{what}: {m}"
+        )
+
+
+def _run(cell: LTCCell, x: torch.Tensor, h0: torch.Tensor, dt: object, starts: torch.Tensor | None) -> dict:
+    cell.zero_grad()
+    x = x.clone().requires_grad_(True)
+    h0 = h0.clone().requires_grad_(True)
+    y, h_t = cell.forward_sequence(x, h0, dt=dt, episode_starts=starts)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(123)
+    loss = (y * torch.randn(y.shape, generator=gen, dtype=y.dtype)).sum() + (
+        h_t * torch.randn(h_t.shape, generator=gen, dtype=y.dtype)
+    ).sum()
+    loss.backward()
+    out = {"y": y.detach(), "h_T": h_t.detach(), "grad_x": x.grad, "grad_h0": h0.grad}
+    for name, p in cell.named_parameters():
+        out[f"grad_{name}"] = p.grad if p.grad is not None else torch.zeros_like(p)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["fused-c", "torch-edges"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("wiring_name", list(WIRINGS))
+def test_sequence_outputs_and_gradients_match_reference(
+    kernel: object, impl: str, dtype: torch.dtype, wiring_name: str
+) -> None:
+    wiring = WIRINGS[wiring_name]()
+    ref, fast = _pair(wiring, impl, dtype)
+    gen = torch.Generator().manual_seed(1)
+    cases: list[tuple[int, int, object, bool]] = [
+        (1, 1, 1.0, False),  # batch 1, one step
+        (3, 5, 0.25, True),  # scalar dt, resets
+        (17, 4, "per_sample", True),  # a full 16-lane chunk + a partial one, per-sample dt
+    ]
+    for b, t, dt_kind, with_starts in cases:
+        x = torch.randn(b, t, wiring.input_size, generator=gen, dtype=dtype)
+        h0 = 0.3 * torch.randn(b, wiring.units, generator=gen, dtype=dtype)
+        dt: object = (torch.rand(b, t, generator=gen, dtype=dtype) + 0.2) if dt_kind == "per_sample" else dt_kind
+        starts = (torch.rand(b, t, generator=gen) < 0.3).to(dtype) if with_starts else None
+        expected = _run(ref, x, h0, dt, starts)
+        actual = _run(fast, x, h0, dt, starts)
+        assert fast.implementation_name == impl
+        for key, value in expected.items():
+            _assert_close(actual[key], value, f"{impl} {wiring_name} B={b} T={t} {key}")
+
+
+@pytest.mark.parametrize("impl", ["fused-c", "torch-edges"])
+def test_single_step_with_and_without_grad_matches_reference(kernel: object, impl: str) -> None:
+    wiring = lane_keeping_ncp(seed=4)
+    ref, fast = _pair(wiring, impl, torch.float32, seed=2)
+    gen = torch.Generator().manual_seed(9)
+    for b in (1, 5):
+        x = torch.randn(b, 32, generator=gen)
+        h = 0.2 * torch.randn(b, 19, generator=gen)
+        dt = torch.rand(b, generator=gen) + 0.05
+        with torch.no_grad():
+            y_r, h_r = ref(x, h, dt)
+            # a control loop: state carried in over several steps, cache reused between calls
+            y_f, h_f = fast(x, h, dt)
+            for _ in range(3):
+                y_r, h_r = ref(x, h_r, 1 / 30)
+                y_f, h_f = fast(x, h_f, 1 / 30)
+        _assert_close(y_f, y_r, f"{impl} no-grad step y B={b}")
+        _assert_close(h_f, h_r, f"{impl} no-grad step h B={b}")
+        # with gradients, one step through autograd
+        ref.zero_grad()
+        fast.zero_grad()
+        y_r, h_r = ref(x, h, dt)
+        y_f, h_f = fast(x, h, dt)
+        (y_r.sum() + h_r.square().sum()).backward()
+        (y_f.sum() + h_f.square().sum()).backward()
+        _assert_close(h_f.detach(), h_r.detach(), f"{impl} grad-mode step h")
+        for (name, p_r), p_f in zip(ref.named_parameters(), fast.parameters()):
+            assert p_r.grad is not None and p_f.grad is not None, name
+            _assert_close(p_f.grad, p_r.grad, f"{impl} step grad {name}")
+
+
+def test_no_grad_step_sees_parameter_updates(kernel: object) -> None:
+    """The cached parameter pointers must follow in-place optimizer updates."""
+    ref, fast = _pair(lane_keeping_ncp(seed=1), "fused-c", torch.float32)
+    x, h = torch.randn(1, 32), torch.zeros(1, 19)
+    with torch.no_grad():
+        fast(x, h)
+        for model in (ref, fast):
+            model.w.add_(0.5)
+            model.sensory_mu.mul_(0.9)
+        _assert_close(fast(x, h)[1], ref(x, h)[1], "after in-place update")
+
+
+def test_kernel_gradcheck_float64(kernel: object) -> None:
+    """The hand-written backward against finite differences, including dt and the resets."""
+    torch.manual_seed(0)
+    wiring = _small_ncp()
+    cell = LTCCell(wiring).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    params = {k: v.detach().clone().requires_grad_(v.dtype.is_floating_point) for k, v in cell.effective_parameters().items()}
+    edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
+    names = list(ltc_fast.PARAM_NAMES)
+    x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    dt = (torch.rand(2, 3, dtype=torch.float64) + 0.5).requires_grad_(True)
+    starts = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+    def fn(x: torch.Tensor, h0: torch.Tensor, dt: torch.Tensor, *p: torch.Tensor) -> torch.Tensor:
+        return ltc_fast.ltc_sequence_kernel(x, h0, dt, starts, p, edges, 3, 1e-8)
+
+    assert torch.autograd.gradcheck(fn, (x, h0, dt, *[params[n] for n in names]), eps=1e-6, atol=1e-7)
+
+
+def test_masked_synapses_get_zero_gradient(kernel: object) -> None:
+    wiring = lane_keeping_ncp(seed=2)
+    _, fast = _pair(wiring, "fused-c", torch.float32)
+    y, _ = fast.forward_sequence(torch.randn(4, 6, 32))
+    y.square().sum().backward()
+    mask = fast.sparsity_mask.bool()
+    smask = fast.sensory_sparsity_mask.bool()
+    for name in ("w", "sigma", "mu", "erev"):
+        grad = getattr(fast, name).grad
+        assert float(grad[~mask].abs().max()) == 0.0, name
+        assert float(grad[mask].abs().max()) > 0.0, name
+    for name in ("sensory_w", "sensory_sigma", "sensory_mu", "sensory_erev"):
+        grad = getattr(fast, name).grad
+        assert float(grad[~smask].abs().max()) == 0.0, name
+        assert float(grad[smask].abs().max()) > 0.0, name
+
+
+def test_auto_picks_the_kernel_and_edge_list_counts_synapses(kernel: object) -> None:
+    wiring = lane_keeping_ncp(seed=0)
+    cell = LTCCell(wiring)
+    assert cell.implementation_name == "fused-c"
+    edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
+    assert edges.num_synapses == wiring.num_synapses
+    assert edges.src.numel() == wiring.num_recurrent_synapses
+    assert edges.sensory_src.numel() == wiring.num_sensory_synapses
+
+
+def test_edge_list_rejects_bad_masks() -> None:
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        EdgeList.from_masks(torch.full((3, 3), 0.5), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"\(N, N\)"):
+        EdgeList.from_masks(torch.ones(3, 4), torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"\(S, N=3\)"):
+        EdgeList.from_masks(torch.ones(3, 3), torch.ones(2, 4))
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """An empty cache dir and a forgotten kernel; restores the normal kernel afterwards."""
+    monkeypatch.setenv("LTC_CONTROL_CACHE_DIR", str(tmp_path / "cache"))
+    ltc_fast._reset_kernel_for_tests()
+    yield tmp_path / "cache"
+    ltc_fast._reset_kernel_for_tests()
+
+
+def test_missing_compiler_falls_back_with_one_warning(
+    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LTC_CONTROL_CC", "/nonexistent/bin/cc")
+    wiring = lane_keeping_ncp(seed=0)
+    ref, _ = _pair(wiring, "reference", torch.float32)
+    x = torch.randn(2, 3, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cells = [LTCCell(wiring), LTCCell(wiring)]
+        outs = []
+        for cell in cells:
+            cell.load_state_dict(ref.state_dict())
+            outs.append(cell.forward_sequence(x)[0])
+            assert cell.implementation_name == "torch-edges"
+    kernel_warnings = [w for w in caught if issubclass(w.category, LTCKernelUnavailableWarning)]
+    assert len(kernel_warnings) == 1, [str(w.message) for w in caught]
+    message = str(kernel_warnings[0].message)
+    assert "/nonexistent/bin/cc" in message and "LTC_CONTROL_CC" in message
+    assert "unavailable" in ltc_fast.kernel_status()
+    expected = ref.forward_sequence(x)[0]
+    for out in outs:
+        _assert_close(out.detach(), expected.detach(), "fallback output")
+    with pytest.raises(ValueError, match="not available"):
+        LTCCell(wiring, implementation="fused-c").forward_sequence(x)
+
+
+def test_failed_build_falls_back(fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a "compiler" that runs but fails, like a broken toolchain
+    monkeypatch.setenv("LTC_CONTROL_CC", f"{sys.executable} -c 'import sys; sys.exit(3)'")
+    with pytest.warns(LTCKernelUnavailableWarning, match="exited with 3"):
+        assert ltc_fast.load_kernel() is None
+    assert not any(fresh_kernel_state.glob("*.so")), "a failed build must not leave a library behind"
+
+
+def test_corrupt_cached_library_is_rebuilt(kernel: object, fresh_kernel_state: Path) -> None:
+    compiler = ltc_fast._compiler()
+    target = fresh_kernel_state / f"ltc_kernel_{ltc_fast._source_hash(compiler, ltc_fast._FLAG_SETS[0])}.so"
+    fresh_kernel_state.mkdir(parents=True)
+    target.write_bytes(b"not a shared library")
+    k = ltc_fast.load_kernel()
+    assert k is not None and k.path == target
+    assert target.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Path) -> None:
+    """Two processes building into the same empty cache at once: both load a working kernel, one file remains."""
+    cache = tmp_path / "cache"
+    code = (
+        "import torch; from ltc_control.cells import ltc_fast as f; k = f.load_kernel(); "
+        "assert k is not None, f.kernel_status(); print(k.path)"
+    )
+    env = {**os.environ, "LTC_CONTROL_CACHE_DIR": str(cache)}
+    env.pop("LTC_CONTROL_CC", None)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    paths = {out.strip() for out, _ in results}
+    assert len(paths) == 1
+    assert [p.name for p in cache.iterdir() if p.suffix == ".so"] == [Path(paths.pop()).name]
+    assert not list(cache.glob(".ltc_kernel_*")), "temporary build files must not be left behind"
