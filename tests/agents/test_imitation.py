@@ -216,3 +216,20 @@ def test_trained_policy_beats_untrained_in_closed_loop(lane_run) -> None:  # noq
     trained = evaluate(str(result.best_checkpoint), cfg.env.id, seeds, **kw).levels[0]
     base = evaluate(str(untrained), cfg.env.id, seeds, **kw).levels[0]
     assert trained.distance_before_departure_m.value > base.distance_before_departure_m.value + 5.0
+
+
+@pytest.mark.parametrize("kind", ["cfc", "lstm", "ctrnn", "mlp"])
+def test_controller_is_switchable_by_config(tmp_path: Path, kind: str) -> None:
+    from ltc_control.agents.datasets import DemoDataset
+
+    base = synthetic_config(tmp_path, max_batches_per_epoch=2)
+    cfg = apply_overrides(base, [f"policy.controller.kind={kind}", "policy.controller.units=16"])
+    trainer = _Trainer(cfg, tmp_path / "run", _dist(), progress=False)
+    assert cfg.policy.controller.kind == kind
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+    loss = trainer.train_epoch(DemoDataset(cfg.demos.dir), epoch_seed=0)
+    assert math.isfinite(loss) and trainer.state["step"] == 2
+    changed = [n for n, p in trainer.policy.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith("perception.") for n in changed) and any(
+        n.startswith("controller.") for n in changed
+    )
