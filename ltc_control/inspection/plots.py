@@ -218,7 +218,15 @@ def activity_on_road_figure(trace: Trace, neuron: int | str | None = None, quant
     pos = np.asarray(position, dtype=np.float64)
     scatter = ax.scatter(pos[:, 0], pos[:, 1], c=values, cmap="coolwarm", s=10, zorder=3)
     ax.plot(pos[:1, 0], pos[:1, 1], marker="o", color="k", ms=6, zorder=4, label="start")
-    ax.set_aspect("equal", adjustable="datalim")
+    if trace.road_points is not None:
+        # a short drive on a long road would be a speck: frame the driven part with some road around it
+        lo, hi = np.nanmin(pos, axis=0), np.nanmax(pos, axis=0)
+        margin = max(10.0, 0.25 * float(np.max(hi - lo)))
+        ax.set_xlim(lo[0] - margin, hi[0] + margin)
+        ax.set_ylim(lo[1] - margin, hi[1] + margin)
+        ax.set_aspect("equal", adjustable="box")
+    else:
+        ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
     ax.legend(loc="best", fontsize=8)

@@ -12,6 +12,15 @@ from ltc_control.inspection.trace import Trace
 from ltc_control.wirings import Wiring, lane_keeping_ncp
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Batch-1 control loops run far faster on one thread on a shared 2-core machine; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def two_neuron_ltc(sigma: float = 0.0) -> LTCCell:
     """Neuron 0 (motor) <- +1 synapse from neuron 1 (command) <- +1 sensory synapse; neuron 0 -| neuron 1.
 

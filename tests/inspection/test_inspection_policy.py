@@ -1,0 +1,199 @@
+"""A real policy in the real env: recorder alignment, clamps, synapse cuts, ablation table, report + HTML."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltc_control.inspection.perturbation import (
+    ablate_synapses,
+    ablation_table,
+    clamp_neurons,
+    silence_neurons,
+)
+from ltc_control.inspection.recorder import record
+from ltc_control.inspection.report import closed_loop_evaluator, inspect_main, record_rollout
+from ltc_control.inspection.trace import Trace
+from ltc_control.policy import Policy, PolicyConfig
+
+ENV_ID = "LTC/LaneKeeping-v0"
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    torch.manual_seed(0)
+    p = Policy(PolicyConfig())
+    with torch.no_grad():
+        # a non-trivial action head so that "motor column -> action" is a real map
+        p.action_scale.fill_(1.7)
+        p.action_bias.fill_(-0.05)
+        p.controller.cell.output_w.fill_(2.0)
+        p.controller.cell.output_b.fill_(0.1)
+    return p.eval()
+
+
+@pytest.fixture(scope="module")
+def env():
+    from ltc_control.agents.evaluation import make_env
+
+    e = make_env(ENV_ID)
+    yield e
+    e.close()
+
+
+def _actions(policy: Policy, frames: np.ndarray) -> np.ndarray:
+    state = policy.reset(1)
+    out = []
+    for frame in frames:
+        action, state = policy.act(frame, state)
+        out.append(action)
+    return np.stack(out)
+
+
+def test_recorded_rollout_shapes_and_motor_column(policy: Policy, env) -> None:
+    trace, episode = record_rollout(policy, env, seed=3, steps=40)
+    cell = policy.controller.cell
+    assert trace.state.shape == (40, cell.num_neurons) == (40, 19)
+    assert trace.tau.shape == trace.synaptic_current.shape == (40, 19)
+    assert trace.observations.shape == (40, 64, 128, 3) and trace.observations.dtype == np.uint8
+    # motor column -> readout (output_w * v + output_b) -> action head tanh(scale * y + bias)
+    np.testing.assert_allclose(trace.output[:, 0], 2.0 * trace.state[:, 0] + 0.1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        trace.action[:, 0], np.tanh(1.7 * trace.output[:, 0] - 0.05), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(trace.action[:, 0], episode.steering, rtol=1e-6)
+    # each step carries the info the policy acted on: step t+1 sees the lateral error after step t
+    np.testing.assert_allclose(trace.info["lateral_offset"][1:], episode.lateral_error[:-1])
+    np.testing.assert_allclose(trace.info["position"][1:], episode.positions[:-1])
+    assert trace.road_points.shape[1] == 2 and trace.metadata["seed"] == 3
+    # the wrappers are gone after the block
+    assert "act" not in vars(policy) and "reset" not in vars(policy) and not cell._forward_hooks
+
+
+def test_clamping_the_motor_neuron_fixes_the_action(policy: Policy, env) -> None:
+    obs, _ = env.reset(seed=5)
+    frames = [obs]
+    for _ in range(11):
+        obs, *_ = env.step(np.array([0.1], dtype=np.float32))
+        frames.append(obs)
+    frames_arr = np.stack(frames)
+    free = _actions(policy, frames_arr)
+    with clamp_neurons(policy, {"motor_0": 0.3}) as resolved:
+        clamped = _actions(policy, frames_arr)
+    assert resolved == {0: 0.3}
+    expected = np.tanh(1.7 * (2.0 * 0.3 + 0.1) - 0.05)
+    np.testing.assert_allclose(clamped[:, 0], expected, rtol=1e-6)
+    assert np.ptp(free[:, 0]) > 1e-4  # the unclamped policy does steer differently from frame to frame
+    # silencing a command neuron changes the steering; leaving the block restores the policy exactly
+    with silence_neurons(policy, ["command_0", "command_3"]):
+        silenced = _actions(policy, frames_arr)
+    assert np.max(np.abs(silenced - free)) > 1e-4
+    np.testing.assert_array_equal(_actions(policy, frames_arr), free)
+    with pytest.raises(KeyError, match="valid names"):
+        with clamp_neurons(policy, {"motor_9": 0.0}):
+            pass
+
+
+def test_cutting_every_synapse_into_the_motor_neuron_leaves_only_the_leak(policy: Policy, env) -> None:
+    cell = policy.controller.cell
+    into_motor = [(int(i), 0) for i in np.flatnonzero(cell.wiring.adjacency[:, 0])]
+    assert len(into_motor) == 6  # the paper's motor fan-in
+    obs, _ = env.reset(seed=7)
+    frames = np.stack([obs] * 5)
+    mask_before = cell.sparsity_mask.clone()
+    with ablate_synapses(policy, into_motor):
+        with record(policy) as rec:
+            _actions(policy, frames)
+    assert torch.equal(cell.sparsity_mask, mask_before)
+    # leak only: v <- (cm/h v + gleak vleak) / (cm/h + gleak) per unfold, from v = 0
+    eff = cell.effective_parameters()
+    cm, gleak, vleak = (float(eff[k][0].detach()) for k in ("cm", "gleak", "vleak"))
+    h = float(policy.config.controller.dt) / cell.ode_unfolds
+    v, expected = 0.0, []
+    for _ in range(5):
+        for _ in range(cell.ode_unfolds):
+            v = (cm / h * v + gleak * vleak) / (cm / h + gleak + cell.epsilon)
+        expected.append(v)
+    np.testing.assert_allclose(rec.state[:, 0], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rec.tau[:, 0], cm / gleak, rtol=1e-5)
+    with pytest.raises(KeyError, match="no synapse"):
+        with ablate_synapses(policy, [(0, 0)]):
+            pass
+
+
+def test_ablation_table(policy: Policy, env, tmp_path: Path) -> None:
+    evaluate = closed_loop_evaluator(env, seeds=[11], max_steps=25)
+    table = ablation_table(policy, evaluate, neurons=["motor_0", "inter_3"], value=0.0, progress=False)
+    assert [r["perturbation"] for r in table.rows] == ["baseline", "clamp motor_0=0", "clamp inter_3=0"]
+    assert table.baseline["steering_smoothness"] > 0
+    # a clamped motor neuron gives one constant steering command: zero change from step to step
+    assert table.rows[1]["steering_smoothness"] == 0.0
+    assert table.rows[1]["role"] == "motor"
+    csv_text = table.save(tmp_path / "ablation.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("perturbation,neuron,role,distance_m")
+    assert len(csv_text.splitlines()) == 4
+    assert table.delta("steering_smoothness")[0] == pytest.approx(-table.baseline["steering_smoothness"])
+
+
+def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_path: Path) -> None:
+    from ltc_control.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", policy, {"note": "inspection test"})
+    out = tmp_path / "report"
+    code = inspect_main(
+        [
+            str(ckpt),
+            "--out",
+            str(out),
+            "--steps",
+            "30",
+            "--saliency_frames",
+            "12",
+            "--noise",
+            "0.1",
+            "0.3",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    trace = Trace.load(out / "trace.npz")
+    # the camera frames are stored with the trace, so saliency can be recomputed from the file
+    assert trace.num_steps == 30 and trace.observations.shape == (30, 64, 128, 3)
+    figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert len(figures) == 10 and sorted(p.stem for p in (out / "figures").glob("*.svg")) == figures
+    assert (out / "saliency.mp4").stat().st_size > 0
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 10
+    for name in figures:
+        assert f'id="fig-{name}"' in page
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium binary: install Debian's `chromium` to check that the report renders")
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (out / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    loaded = re.search(r'id="images-loaded">(\d+)<', dom)
+    assert loaded is not None, "the page's load script did not run"
+    assert int(loaded.group(1)) == 10
+    for name in figures:
+        assert f'id="fig-{name}"' in dom
