@@ -64,6 +64,7 @@ __all__ = [
     "make_agent",
     "prepare_run_dir",
     "make_env",
+    "plot_crashes_per_km",
     "parse_seeds",
     "run_episode",
     "summarize",
@@ -1101,31 +1102,107 @@ class EvalReport:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Plot crashes per km (with 95% CI) against the noise variance into a PNG file."""
-        import matplotlib
+        return plot_crashes_per_km([self], path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> EvalReport:
+        """Rebuild a report from :meth:`to_dict` output (e.g. to compare saved evaluations)."""
+        try:
+            levels = []
+            for lv in doc["levels"]:
+                fields: dict[str, Any] = {}
+                for f in dataclasses.fields(LevelSummary):
+                    v = lv[f.name]
+                    fields[f.name] = (
+                        Stat(_nan(v["value"]), _nan(v["lo"]), _nan(v["hi"]))
+                        if isinstance(v, Mapping)
+                        else _nan(v)
+                    )
+                fields["episodes"], fields["departures"] = int(fields["episodes"]), int(fields["departures"])
+                levels.append(LevelSummary(**fields))
+            episodes = [
+                EpisodeMetrics(**{f.name: _nan(ep[f.name]) for f in dataclasses.fields(EpisodeMetrics)})
+                for ep in doc["episodes"]
+            ]
+            return cls(
+                agent=str(doc["agent"]),
+                env_id=str(doc["env_id"]),
+                env_kwargs=dict(doc.get("env_kwargs") or {}),
+                seeds=[int(x) for x in doc["seeds"]],
+                levels=levels,
+                episodes=episodes,
+                perturbation=dict(doc.get("perturbation") or {}),
+                elapsed_s=float(doc.get("elapsed_s") or 0.0),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"not an evaluation report ({exc!r} missing or malformed); pass the contents of an "
+                "evaluation.json written by ltc-control evaluate"
+            ) from exc
 
-        x = np.asarray([lv.noise_variance for lv in self.levels])
-        y = np.asarray([lv.crashes_per_km.value for lv in self.levels])
-        lo = np.asarray([lv.crashes_per_km.lo for lv in self.levels])
-        hi = np.asarray([lv.crashes_per_km.hi for lv in self.levels])
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EvalReport:
+        """Read an ``evaluation.json`` written by :meth:`save`."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "evaluation.json"
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"evaluation report {str(p)!r} does not exist; run ltc-control evaluate first"
+            )
+        try:
+            doc = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"evaluation report {str(p)!r} is not valid JSON ({exc}); re-run the evaluation"
+            ) from exc
+        return cls.from_dict(doc)
+
+
+def _nan(value: Any) -> Any:
+    """JSON null -> NaN for float fields (``to_dict`` writes NaN as null)."""
+    return float("nan") if value is None else value
+
+
+def plot_crashes_per_km(reports: Sequence[EvalReport], path: str | os.PathLike[str]) -> Path:
+    """Plot crashes per km (95% CI error bars) against the noise variance for one or more models.
+
+    Args:
+        reports: evaluation reports, one line each (labelled by ``report.agent``).
+        path: the PNG file to write (atomically).
+
+    Returns:
+        The path written.
+    """
+    # A bare Figure + Agg canvas: no pyplot global state, no backend switch in the caller's process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not reports:
+        raise ValueError("plot_crashes_per_km() needs at least one report")
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for rep in reports:
+        x = np.asarray([lv.noise_variance for lv in rep.levels])
+        y = np.asarray([lv.crashes_per_km.value for lv in rep.levels])
+        lo = np.asarray([lv.crashes_per_km.lo for lv in rep.levels])
+        hi = np.asarray([lv.crashes_per_km.hi for lv in rep.levels])
         yerr = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
-        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=4, label=self.agent)
-        ax.set_xlabel("Gaussian noise variance (image in [0, 1])")
-        ax.set_ylabel("lane departures per km")
-        ax.set_title(f"{self.env_id}: {len(self.seeds)} roads per level")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        target = Path(path)
-        atomic_write_bytes(target, buf.getvalue())
-        return target
+        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=4, label=rep.agent)
+    ax.set_xlabel("Gaussian noise variance (image in [0, 1])")
+    ax.set_ylabel("lane departures per km")
+    first = reports[0]
+    ax.set_title(f"{first.env_id}: {len(first.seeds)} roads per level")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    target = Path(path)
+    atomic_write_bytes(target, buf.getvalue())
+    return target
 
 
 def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:

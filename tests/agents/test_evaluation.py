@@ -176,7 +176,7 @@ SHORT_CURVY = {"road_length": 24.0, "curvature_range": (0.04, 0.066)}
 
 
 def test_expert_never_departs_and_zero_steering_departs_on_curves(tmp_path: Path) -> None:
-    from ltc_control.agents.evaluation import evaluate
+    from ltc_control.agents.evaluation import EvalReport, evaluate, plot_crashes_per_km
 
     seeds = [1000, 1001]
     expert = evaluate(
@@ -221,6 +221,14 @@ def test_expert_never_departs_and_zero_steering_departs_on_curves(tmp_path: Path
     assert (tmp_path / "crashes_per_km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (tmp_path / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("noise_variance,episodes,departures") and len(rows) == 2
+    loaded = EvalReport.load(tmp_path)
+    assert loaded.to_dict() == json.loads(json.dumps(const.to_dict()))  # exact round trip through the JSON
+    assert loaded.levels[0].crashes_per_km == level.crashes_per_km
+    both = plot_crashes_per_km([expert, loaded], tmp_path / "compare.png")
+    assert both.stat().st_size > 10_000
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        EvalReport.load(tmp_path / "bad.json")
 
 
 def test_noise_reaches_the_agent_exactly_as_the_protocol_says() -> None:
