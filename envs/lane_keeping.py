@@ -52,10 +52,11 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
 
     **Road.** Two right-hand-traffic lanes of ``lane_width`` metres; the car drives in the right lane and
     every lateral quantity is measured from that lane's centre, which is ``env.unwrapped.road``'s centre line.
-    Roads are drawn from a road seed (itself drawn from the ``reset`` seed unless ``options["road_seed"]`` is
-    given): a 12 m straight lead-in, then arcs with curvature ``|k|`` in ``curvature_range`` (random
-    direction) joined by linear curvature ramps and straights; ``road_segments`` (or ``options["road"]``)
-    gives a hand-built road.
+    Each episode's road comes from a road seed: ``options["road_seed"]`` if given, else the ``reset`` seed
+    itself (``reset(seed=k)`` always drives road ``k``, i.e. ``Road.generate(k, env.road_config)``), else a
+    seed drawn from the env's generator. Roads have a 12 m straight lead-in, then arcs with curvature
+    ``|k|`` in ``curvature_range`` (random direction) joined by linear curvature ramps and straights;
+    ``road_segments`` (or ``options["road"]``) gives a hand-built road.
 
     **Observation.** ``observation="image"``: the dash camera, uint8 ``(image_height, image_width, 3)``
     (default 64 x 128: about the pixel count of CarRacing's 96 x 96 with the wide aspect of the NCP paper's
@@ -412,7 +413,7 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
         elif self._fixed_road is not None:
             road = self._fixed_road
         else:
-            road = Road.generate(drawn_seed, self.road_config)
+            road = Road.generate(drawn_seed if seed is None else _checked_seed(seed), self.road_config)
         vis_rng = np.random.default_rng(int(rng.integers(0, 2**31 - 1)))
         visuals = (
             self._vis_random.sample(vis_rng, self._base_visuals)
@@ -578,7 +579,9 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
 
     def _render_camera(self, name: str, height: int, width: int) -> NDArray[np.uint8]:
         renderer = self._ensure_renderer()
-        return renderer.render(self.data, self._cam[name], height, width)
+        sky = self.visuals.sky_rgb
+        background = (round(255 * sky[0]), round(255 * sky[1]), round(255 * sky[2]))
+        return renderer.render(self.data, self._cam[name], height, width, background=background)
 
     def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
         """Return an RGB view (``render_camera``) as uint8 ``(render_height, render_width, 3)``.
@@ -662,7 +665,7 @@ def _finite(name: str, value: Any) -> float:
 
 def _checked_seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 0:
-        raise ValueError(f"reset option road_seed must be a non-negative int, got {value!r}.")
+        raise ValueError(f"road seeds (reset seed, options['road_seed']) must be ints >= 0, got {value!r}.")
     return int(value)
 
 

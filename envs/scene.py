@@ -80,7 +80,8 @@ class Visuals:
         ground_rgb2: Second ground colour (the checker / noise pattern).
         ground_pattern: ``"checker"``, ``"noise"`` or ``"flat"``.
         ground_texrepeat: How many metres one ground texture tile spans (m).
-        sky_rgb: Sky colour at the horizon (skybox gradient top is a darker blue).
+        sky_rgb: Sky colour, painted by the renderer where no geometry is drawn (no skybox: it costs a third
+            of a small frame on a CPU renderer).
         light_dir: Direction the sun shines toward (x, y, z), normalised at build time (z < 0).
         light_diffuse: Sun intensity (diffuse, 0-1).
         ambient: Ambient light (0-1).
@@ -129,6 +130,7 @@ class VisualRandomization:
 
     Attributes:
         road_brightness: Asphalt grey level jitter (+-, added to every channel).
+        sky: Sky colour jitter per channel (+-).
         ground_hue: Ground colour jitter per channel (+-).
         marking_yellow_probability: Probability that markings are yellow instead of white.
         solid_centre_probability: Probability of a solid (instead of dashed) centre line.
@@ -142,6 +144,7 @@ class VisualRandomization:
     """
 
     road_brightness: float = 0.08
+    sky: float = 0.08
     ground_hue: float = 0.08
     marking_yellow_probability: float = 0.25
     solid_centre_probability: float = 0.25
@@ -200,6 +203,7 @@ class VisualRandomization:
         return replace(
             b,
             road_rgb=jitter(b.road_rgb, self.road_brightness, same=True),
+            sky_rgb=jitter(b.sky_rgb, self.sky, same=False),
             marking_rgb=(0.95, 0.8, 0.15) if yellow else b.marking_rgb,
             centre_line="solid" if solid else "dashed",
             line_width=float(
@@ -336,18 +340,9 @@ def build_model(
     spec.stat.center = [0.0, 0.0, 0.0]
     spec.visual.map.znear = 0.01  # x extent = 0.1 m
     spec.visual.map.zfar = 30.0  # x extent = 300 m
-    spec.visual.map.haze = 0.3
     spec.visual.headlight.ambient = [vis.ambient] * 3
     spec.visual.headlight.diffuse = [0.15] * 3
     spec.visual.headlight.specular = [0.0] * 3
-    spec.visual.rgba.haze = [*vis.sky_rgb, 1.0]
-
-    sky = spec.add_texture(name="sky", type=mujoco.mjtTexture.mjTEXTURE_SKYBOX)
-    sky.builtin = mujoco.mjtBuiltin.mjBUILTIN_GRADIENT
-    sky.rgb1 = list(vis.sky_rgb)
-    sky.rgb2 = [0.25, 0.40, 0.70]
-    sky.width = 64
-    sky.height = 64
 
     ground_tex = spec.add_texture(name="ground", type=mujoco.mjtTexture.mjTEXTURE_2D)
     ground_tex.width = 64

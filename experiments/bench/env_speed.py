@@ -32,6 +32,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym  # noqa: E402
 import ltc_control.envs  # noqa: E402, F401  (registers the LTC/ ids)
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 
 def follower(info: dict[str, Any]) -> np.ndarray:
@@ -53,65 +54,100 @@ def _carracing_maker() -> gym.Env:
     return gym.make("CarRacing-v3")
 
 
-def time_single(make: Callable[[], gym.Env], steps: int, repeats: int, lane: bool) -> tuple[float, float]:
-    """Median steps/s of one env, and median reset time (s)."""
-    env = make()
-    rng = np.random.default_rng(0)
-    _, info = env.reset(seed=0)
-    resets: list[float] = []
-    seed = 1
+class SingleRunner:
+    """One env stepped in timed blocks; episode resets happen inside the blocks and are also timed alone."""
 
-    def act(info: dict[str, Any]) -> np.ndarray:
-        return follower(info) if lane else env.action_space.sample()
+    def __init__(self, make: Callable[[], gym.Env], lane: bool) -> None:
+        self.env = make()
+        self.lane = lane
+        self.seed = 0
+        self.env.action_space.seed(0)
+        _, self.info = self.env.reset(seed=self.seed)
+        self.resets: list[float] = []
+        self.block(20)  # warm-up: renderer creation, first compile
 
-    env.action_space.seed(0)
-    for _ in range(20):
-        _, _, term, trunc, info = env.step(act(info))
-        if term or trunc:
-            _, info = env.reset(seed=seed)
-            seed += 1
-    rates = []
-    for _ in range(repeats):
+    def _act(self) -> Any:
+        return follower(self.info) if self.lane else self.env.action_space.sample()
+
+    def block(self, steps: int) -> float:
+        """Step ``steps`` times; return steps/s (wall clock)."""
         t0 = time.perf_counter()
         for _ in range(steps):
-            _, _, term, trunc, info = env.step(act(info))
+            _, _, term, trunc, self.info = self.env.step(self._act())
             if term or trunc:
+                self.seed += 1
                 r0 = time.perf_counter()
-                _, info = env.reset(seed=seed)
-                resets.append(time.perf_counter() - r0)
-                seed += 1
-        rates.append(steps / (time.perf_counter() - t0))
-    for _ in range(3):
-        r0 = time.perf_counter()
-        _, info = env.reset(seed=int(rng.integers(1_000_000)))
-        resets.append(time.perf_counter() - r0)
-    env.close()
-    return statistics.median(rates), statistics.median(resets)
+                _, self.info = self.env.reset(seed=self.seed)
+                self.resets.append(time.perf_counter() - r0)
+        return steps / (time.perf_counter() - t0)
+
+    def time_resets(self, n: int = 3) -> None:
+        for _ in range(n):
+            self.seed += 1
+            r0 = time.perf_counter()
+            _, self.info = self.env.reset(seed=self.seed)
+            self.resets.append(time.perf_counter() - r0)
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def time_vector(make: Callable[[], gym.Env], steps: int, repeats: int, lane: bool, workers: int = 2) -> float:
-    """Median env-steps/s (vector steps x workers) of an ``AsyncVectorEnv``."""
-    venv = gym.vector.AsyncVectorEnv([make for _ in range(workers)])
-    _, infos = venv.reset(seed=list(range(workers)))
-    venv.action_space.seed(0)
+class VectorRunner:
+    """An ``AsyncVectorEnv`` of ``workers`` copies stepped in timed blocks (env-steps/s: vector steps x n)."""
 
-    def act(infos: dict[str, Any]) -> np.ndarray:
-        if not lane:
-            return venv.action_space.sample()
-        return np.stack(
-            [follower({k: v[i] for k, v in infos.items() if not k.startswith("_")}) for i in range(workers)]
-        )
+    def __init__(self, make: Callable[[], gym.Env], lane: bool, workers: int = 2) -> None:
+        self.venv = gym.vector.AsyncVectorEnv([make for _ in range(workers)])
+        self.lane = lane
+        self.workers = workers
+        self.venv.action_space.seed(0)
+        _, self.infos = self.venv.reset(seed=list(range(workers)))
+        self.block(10)
 
-    for _ in range(10):
-        _, _, _, _, infos = venv.step(act(infos))
-    rates = []
-    for _ in range(repeats):
+    def _act(self) -> Any:
+        if not self.lane:
+            return self.venv.action_space.sample()
+        items = {k: v for k, v in self.infos.items() if not k.startswith("_")}
+        return np.stack([follower({k: v[i] for k, v in items.items()}) for i in range(self.workers)])
+
+    def block(self, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            _, _, _, _, infos = venv.step(act(infos))
-        rates.append(steps * workers / (time.perf_counter() - t0))
-    venv.close()
-    return statistics.median(rates)
+            _, _, _, _, self.infos = self.venv.step(self._act())
+        return steps * self.workers / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def measure(
+    makers: dict[str, tuple[Callable[[], gym.Env], bool]], steps: int, repeats: int, vector: bool
+) -> dict[str, dict[str, float]]:
+    """Median steps/s per configuration, timing blocks interleaved round-robin.
+
+    Interleaving makes every configuration sample the same background load, so the ratios stay meaningful on
+    a shared machine even when the absolute numbers move.
+    """
+    out: dict[str, dict[str, float]] = {name: {} for name in makers}
+    singles = {name: SingleRunner(make, lane) for name, (make, lane) in makers.items()}
+    rates: dict[str, list[float]] = {name: [] for name in makers}
+    for _ in tqdm(range(repeats), desc="single-env blocks"):
+        for name, runner in singles.items():
+            rates[name].append(runner.block(steps))
+    for name, runner in singles.items():
+        runner.time_resets()
+        out[name]["single"] = statistics.median(rates[name])
+        out[name]["reset_ms"] = 1000 * statistics.median(runner.resets)
+        runner.close()
+    if vector:
+        vecs = {name: VectorRunner(make, lane) for name, (make, lane) in makers.items()}
+        vrates: dict[str, list[float]] = {name: [] for name in makers}
+        for _ in tqdm(range(repeats), desc="2-worker blocks"):
+            for name, vrunner in vecs.items():
+                vrates[name].append(vrunner.block(steps // 2))
+        for name, vrunner in vecs.items():
+            out[name]["vector"] = statistics.median(vrates[name])
+            vrunner.close()
+    return out
 
 
 def _versions() -> str:
@@ -162,28 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
 
+    makers: dict[str, tuple[Callable[[], gym.Env], bool]] = {
+        f"LTC/LaneKeeping-v0|{h}x{w}": (_lane_maker(h, w), True) for h, w in [(64, 64), (96, 96), (64, 128)]
+    }
+    if not args.no_carracing:
+        makers["CarRacing-v3|96x96"] = (_carracing_maker, False)
+    res = measure(makers, args.steps, args.repeats, vector=not args.no_vector)
     rows: list[tuple[str, str, float, float | None, float | None]] = []
-    sizes = [(64, 64), (96, 96), (64, 128)]
-    for h, w in sizes:
-        single, reset = time_single(_lane_maker(h, w), args.steps, args.repeats, lane=True)
-        vec = None if args.no_vector else time_vector(_lane_maker(h, w), args.steps, args.repeats, lane=True)
-        rows.append(("LTC/LaneKeeping-v0", f"{h}x{w}", single, vec, reset))
-        print(
-            f"LaneKeeping {h}x{w}: {single:.0f} steps/s single, {vec or float('nan'):.0f} vector-2",
-            flush=True,
-        )
+    for key, r in res.items():
+        name, size = key.split("|")
+        rows.append((name, size, r["single"], r.get("vector"), r["reset_ms"] / 1000))
     car: tuple[float, float | None] | None = None
     if not args.no_carracing:
-        c_single, c_reset = time_single(_carracing_maker, args.steps, args.repeats, lane=False)
-        c_vec = (
-            None if args.no_vector else time_vector(_carracing_maker, args.steps, args.repeats, lane=False)
-        )
-        rows.append(("CarRacing-v3", "96x96", c_single, c_vec, c_reset))
-        car = (c_single, c_vec)
-        print(
-            f"CarRacing 96x96: {c_single:.0f} steps/s single, {c_vec or float('nan'):.0f} vector-2",
-            flush=True,
-        )
+        c = res["CarRacing-v3|96x96"]
+        car = (c["single"], c.get("vector"))
 
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -193,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {_machine()}",
         f"- Versions: {_versions()}",
         f"- Command: `{' '.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}`",
-        f"- Method: median of {args.repeats} blocks of {args.steps} steps after warm-up, resets included; "
-        "vector = `AsyncVectorEnv` with 2 workers, env-steps/s (vector steps x 2). LaneKeeping driven by a "
-        "centre-line follower from `info`, CarRacing by random actions.",
+        f"- Method: median of {args.repeats} blocks of {args.steps} steps after warm-up (vector: "
+        f"{args.steps // 2} vector steps), blocks of all configurations interleaved round-robin so they "
+        "share the same background load; resets included; vector = `AsyncVectorEnv` with 2 workers, "
+        "env-steps/s (vector steps x 2). LaneKeeping driven by a centre-line follower from `info`, "
+        "CarRacing by random actions.",
         "",
         "| env | obs (H x W) | steps/s, 1 env | steps/s, 2 workers | reset (ms) |",
         "|---|---|---:|---:|---:|",
