@@ -220,10 +220,15 @@ def test_edge_list_rejects_bad_masks() -> None:
         EdgeList.from_masks(torch.ones(3, 3), torch.ones(2, 4))
 
 
+# The cache-mechanics tests build an unoptimised kernel: -O0 compiles in a fraction of the -O3 time.
+FAST_CFLAGS = "-O0"
+
+
 @pytest.fixture
 def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """An empty cache dir and a forgotten kernel; restores the normal kernel afterwards."""
     monkeypatch.setenv("LTC_CONTROL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LTC_CONTROL_CFLAGS", FAST_CFLAGS)
     ltc_fast._reset_kernel_for_tests()
     yield tmp_path / "cache"
     ltc_fast._reset_kernel_for_tests()
@@ -266,12 +271,16 @@ def test_failed_build_falls_back(fresh_kernel_state: Path, monkeypatch: pytest.M
 
 def test_corrupt_cached_library_is_rebuilt(kernel: object, fresh_kernel_state: Path) -> None:
     compiler = ltc_fast._compiler()
-    target = fresh_kernel_state / f"ltc_kernel_{ltc_fast._source_hash(compiler, ltc_fast._FLAG_SETS[0])}.so"
+    target = fresh_kernel_state / f"ltc_kernel_{ltc_fast._source_hash(compiler, ltc_fast._flag_sets()[0])}.so"
     fresh_kernel_state.mkdir(parents=True)
     target.write_bytes(b"not a shared library")
     k = ltc_fast.load_kernel()
     assert k is not None and k.path == target
     assert target.read_bytes()[:4] == b"\x7fELF"
+    # and the rebuilt (unoptimised) kernel computes the same numbers
+    ref, fast = _pair(lane_keeping_ncp(seed=0), "fused-c", torch.float64)
+    x = torch.randn(3, 4, 32, dtype=torch.float64)
+    _assert_close(fast.forward_sequence(x)[0].detach(), ref.forward_sequence(x)[0].detach(), "-O0 kernel")
 
 
 def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Path) -> None:
@@ -281,7 +290,7 @@ def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Pa
         "import torch; from ltc_control.cells import ltc_fast as f; k = f.load_kernel(); "
         "assert k is not None, f.kernel_status(); print(k.path)"
     )
-    env = {**os.environ, "LTC_CONTROL_CACHE_DIR": str(cache)}
+    env = {**os.environ, "LTC_CONTROL_CACHE_DIR": str(cache), "LTC_CONTROL_CFLAGS": FAST_CFLAGS}
     env.pop("LTC_CONTROL_CC", None)
     procs = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

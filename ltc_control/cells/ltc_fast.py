@@ -22,7 +22,8 @@ Paths (``implementation_name`` says which one ran last):
 
 Building. The kernel is plain C99 (no torch headers), compiled lazily on first use with the system C compiler
 (``$LTC_CONTROL_CC``, else ``$CC``, else ``cc``/``gcc``/``clang`` on ``PATH``) into
-``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``); the file name
+``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``), with
+``-O3 -march=native`` unless ``$LTC_CONTROL_CFLAGS`` says otherwise; the file name
 carries a hash of the sources, the compiler flags, the compiler, the torch version and the CPU, so a changed
 source or machine rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place, so
 concurrent builds from several processes never expose a half-written library. ``LTC_CONTROL_DISABLE_KERNEL=1``
@@ -178,6 +179,15 @@ def _source_hash(compiler: Sequence[str], flags: Sequence[str]) -> str:
     return h.hexdigest()[:20]
 
 
+def _flag_sets() -> tuple[tuple[str, ...], ...]:
+    """Compiler flag sets to try in order; ``$LTC_CONTROL_CFLAGS`` replaces the optimisation flags (e.g.
+    ``"-O2"`` without ``-march=native`` for a cache shared by different CPUs)."""
+    custom = os.environ.get("LTC_CONTROL_CFLAGS")
+    if custom:
+        return ((*shlex.split(custom), "-fPIC", "-shared", "-std=c99"),)
+    return _FLAG_SETS
+
+
 def _try_load(path: Path) -> _Kernel | None:
     try:
         lib = ctypes.CDLL(str(path))
@@ -194,7 +204,7 @@ def _build() -> _Kernel:
     cache = _cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    for flags in _FLAG_SETS:
+    for flags in _flag_sets():
         target = cache / f"ltc_kernel_{_source_hash(compiler, flags)}.so"
         if target.exists():
             kernel = _try_load(target)
