@@ -1,1 +1,88 @@
-"""Neuron-level inspection: recorder, plots, saliency, perturbation and reports."""
+"""Neuron-level inspection: recorder, plots, saliency, perturbation and reports.
+
+Example:
+    >>> from ltc_control.inspection import record, plot_all, inspect_policy      # doctest: +SKIP
+    >>> with record(policy) as trace:                                             # doctest: +SKIP
+    ...     run_episode(env, PolicyAgent(policy), seed=0, on_step=trace.on_step)
+    >>> plot_all(trace.trace, "figures")                                          # doctest: +SKIP
+    >>> inspect_policy("runs/x/checkpoints/best", "inspection", steps=600)        # doctest: +SKIP
+
+Modules: :mod:`~ltc_control.inspection.trace` (the :class:`Trace` file format), :mod:`.recorder`,
+:mod:`.analysis` (PCA, Lipschitz profile, correlations), :mod:`.plots`, :mod:`.saliency`,
+:mod:`.perturbation` and :mod:`.report`. Nothing here imports the env or the agents at import time.
+"""
+
+from ltc_control.inspection.analysis import PCAResult, correlations, lipschitz_profile, pca
+from ltc_control.inspection.perturbation import (
+    AblationTable,
+    ablate_synapses,
+    ablation_table,
+    clamp_neurons,
+    silence_neurons,
+)
+from ltc_control.inspection.plots import (
+    plot_activity_on_road,
+    plot_all,
+    plot_correlations,
+    plot_lipschitz,
+    plot_neuron_traces,
+    plot_pca,
+    plot_tau_heatmap,
+    plot_wiring_graph,
+)
+from ltc_control.inspection.recorder import Recording, record
+from ltc_control.inspection.report import (
+    InspectConfig,
+    InspectionResult,
+    closed_loop_evaluator,
+    inspect_main,
+    inspect_policy,
+    record_rollout,
+    report_from_trace,
+)
+from ltc_control.inspection.saliency import (
+    input_gradient_saliency,
+    policy_saliency,
+    saliency_robustness,
+    saliency_ssim,
+    ssim,
+    visual_backprop,
+)
+from ltc_control.inspection.trace import Trace, TraceError
+
+__all__ = [
+    "AblationTable",
+    "InspectConfig",
+    "InspectionResult",
+    "PCAResult",
+    "Recording",
+    "Trace",
+    "TraceError",
+    "ablate_synapses",
+    "ablation_table",
+    "clamp_neurons",
+    "closed_loop_evaluator",
+    "correlations",
+    "input_gradient_saliency",
+    "inspect_main",
+    "inspect_policy",
+    "lipschitz_profile",
+    "pca",
+    "plot_activity_on_road",
+    "plot_all",
+    "plot_correlations",
+    "plot_lipschitz",
+    "plot_neuron_traces",
+    "plot_pca",
+    "plot_tau_heatmap",
+    "plot_wiring_graph",
+    "policy_saliency",
+    "record",
+    "record_rollout",
+    "report_from_trace",
+    "saliency_robustness",
+    "saliency_ssim",
+    "silence_neurons",
+    "ssim",
+    "visual_backprop",
+]

@@ -50,6 +50,7 @@ __all__ = [
     "inspect_main",
     "inspect_policy",
     "record_rollout",
+    "report_from_trace",
     "write_html_report",
 ]
 
@@ -594,6 +595,51 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
     )
 
 
+def report_from_trace(
+    trace_or_path: Trace | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    formats: Sequence[str] = ("png", "svg"),
+) -> InspectionResult:
+    """Re-draw every trace plot and the HTML page from a saved trace (no policy, no env).
+
+    Args:
+        trace_or_path: a :class:`Trace` or a ``trace.npz`` written by :meth:`Trace.save`.
+        out_dir: output folder (``figures/``, ``index.html``, ``summary.json``).
+        formats: figure formats.
+
+    Returns:
+        The :class:`InspectionResult` (no video, no ablation).
+    """
+    trace = trace_or_path if isinstance(trace_or_path, Trace) else Trace.load(trace_or_path)
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    trace_path = trace.save(out / "trace.npz")
+    figures, skipped = plot_all(trace, out / "figures", formats=formats)
+    captions = {name: caption for name, (_, caption) in PLOTS.items()}
+    summary: dict[str, Any] = {
+        "cell": trace.metadata.get("cell", ""),
+        "neurons": trace.num_neurons,
+        "steps recorded": trace.num_steps,
+        "PC1 share of hidden variance": float(pca(trace.state).explained_variance_ratio[0]),
+    }
+    if trace.tau is not None:
+        summary["tau range (time units)"] = f"{trace.tau.min():.4g} .. {trace.tau.max():.4g}"
+    _write_json(out / "summary.json", {"summary": summary, "skipped": skipped, "metadata": trace.metadata})
+    pngs = [
+        (name, next(p for p in paths if p.suffix == ".png"), captions.get(name, name))
+        for name, paths in figures.items()
+        if any(p.suffix == ".png" for p in paths)
+    ]
+    page = write_html_report(
+        out / "index.html",
+        f"Neuron inspection: {trace.metadata.get('source', 'saved trace')}",
+        pngs,
+        summary,
+        notes=[f"{name} not drawn: {why}" for name, why in skipped.items()],
+    )
+    return InspectionResult(out, page, trace_path, trace, figures, skipped, summary)
+
+
 def build_inspect_parser(prog: str = "ltc-control inspect") -> Any:
     """The argument parser (generated from :class:`InspectConfig`) with the positional CHECKPOINT."""
     from ltc_control.config import make_parser
@@ -601,7 +647,10 @@ def build_inspect_parser(prog: str = "ltc-control inspect") -> Any:
     parser = make_parser(
         InspectConfig, prog=prog, description="Record a rollout of a policy and write neuron plots + HTML."
     )
-    parser.add_argument("checkpoint", help="checkpoint folder (model.json + model.safetensors)")
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint folder (model.json + model.safetensors), or a saved trace.npz to re-draw (no env)",
+    )
     return parser
 
 
@@ -620,14 +669,16 @@ def inspect_main(argv: Sequence[str] | None = None, prog: str = "ltc-control ins
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_inspect_parser(prog)
     cfg, ns = parse_args_and_config(InspectConfig, args, parser)
-    if not Path(ns.checkpoint).is_dir():
-        parser.error(f"checkpoint {ns.checkpoint!r} is not a directory; pass a checkpoint folder")
+    source = Path(ns.checkpoint)
     bad = [f for f in cfg.formats if f not in ("png", "svg", "pdf")]
     if bad:
         parser.error(f"unsupported --formats {bad}; choose from png, svg, pdf")
-    result = inspect_policy(
-        ns.checkpoint, cfg.out, env_id=cfg.env, seed=cfg.seed, steps=cfg.steps, config=cfg
-    )
+    if source.is_file() and source.suffix == ".npz":
+        result = report_from_trace(source, cfg.out, formats=cfg.formats)
+    elif source.is_dir():
+        result = inspect_policy(source, cfg.out, env_id=cfg.env, seed=cfg.seed, steps=cfg.steps, config=cfg)
+    else:
+        parser.error(f"{ns.checkpoint!r} is neither a checkpoint folder nor a trace .npz file")
     print(f"recorded {result.trace_data.num_steps} steps of {result.trace_data.num_neurons} neurons")
     for key, value in result.summary.items():
         print(f"  {key}: {value}")

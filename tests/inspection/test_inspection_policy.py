@@ -197,3 +197,25 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
     assert int(loaded.group(1)) == 10
     for name in figures:
         assert f'id="fig-{name}"' in dom
+
+
+def test_experiment_script_untrained_then_replot(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "inspect_policy.py"
+    spec = importlib.util.spec_from_file_location("inspect_policy_script", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    first = tmp_path / "untrained"
+    args = ["--untrained", "--out", str(first), "--steps", "15", "--saliency_frames", "0", "--no-video"]
+    assert module.main([*args, "--formats", "png", "--threads", "1", "--no-progress"]) == 0
+    trace = Trace.load(first / "trace.npz")
+    assert trace.num_steps == 15 and trace.metadata["seed"] == 0
+    # re-draw from the saved trace alone (no policy, no env)
+    second = tmp_path / "replot"
+    assert module.main([str(first / "trace.npz"), "--out", str(second), "--formats", "svg"]) == 0
+    assert len(list((second / "figures").glob("*.svg"))) == 8
+    np.testing.assert_array_equal(Trace.load(second / "trace.npz").state, trace.state)
+    with pytest.raises(SystemExit):
+        module.main([str(tmp_path / "missing"), "--out", str(second)])
