@@ -45,6 +45,7 @@ from ltc_control.agents.evaluation import (
     make_env,
     prepare_run_dir,
     run_episode,
+    torch_threads,
 )
 
 from ltc_control import video as vid
@@ -517,8 +518,8 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
         for k in range(cfg.episodes):
             seed = cfg.seed + k
             recorder.start(k, seed)
-            episodes.append(
-                run_episode(
+            with torch_threads(1):
+                result = run_episode(
                     recorder,
                     agent_obj,
                     seed,
@@ -526,7 +527,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
                     max_steps=cfg.max_steps,
                     on_step=recorder.on_step,
                 )
-            )
+            episodes.append(result)
         bar.close()
         path = writer.close() if writer is not None else None
         return RolloutResult(

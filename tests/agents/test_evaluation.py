@@ -434,3 +434,17 @@ def test_dict_observations_get_image_noise_only() -> None:
     for a, b in zip(seen[:3], seen[3:]):
         np.testing.assert_array_equal(a["state"], b["state"])  # the privileged vector is left alone
         assert np.abs(a["image"].astype(int) - b["image"].astype(int)).mean() > 20
+
+
+def test_torch_threads_is_restored() -> None:
+    import torch
+    from ltc_control.agents.evaluation import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
