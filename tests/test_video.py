@@ -90,6 +90,9 @@ def test_upscale_and_fit() -> None:
     assert out.shape == (100, 100, 3)
     assert out[50, 50, 0] == 255 and out[10, 50, 0] == 0  # 100x50 image centred vertically: rows 25..74
     assert int((out[:, 50, 0] == 255).sum()) == 50
+    tinted = fit(np.full((10, 20, 3), 255, np.uint8), (100, 100), background=(10, 20, 30))
+    assert tinted[0, 0].tolist() == [10, 20, 30] and tinted[99, 99].tolist() == [10, 20, 30]
+    assert tinted[50, 50].tolist() == [255, 255, 255]
     gray = fit(np.zeros((5, 5), np.float32) + 0.5, (10, 10))
     assert gray.dtype == np.uint8 and gray[5, 5, 0] == 128
     with pytest.raises(ValueError, match="shape"):
