@@ -69,9 +69,10 @@ class SingleRunner:
     def _act(self) -> Any:
         return follower(self.info) if self.lane else self.env.action_space.sample()
 
-    def block(self, steps: int) -> float:
-        """Step ``steps`` times; return steps/s (wall clock)."""
+    def block(self, steps: int) -> tuple[float, float]:
+        """Step ``steps`` times; return (steps per wall-clock second, steps per CPU second (this process))."""
         t0 = time.perf_counter()
+        c0 = time.process_time()
         for _ in range(steps):
             _, _, term, trunc, self.info = self.env.step(self._act())
             if term or trunc:
@@ -79,7 +80,7 @@ class SingleRunner:
                 r0 = time.perf_counter()
                 _, self.info = self.env.reset(seed=self.seed)
                 self.resets.append(time.perf_counter() - r0)
-        return steps / (time.perf_counter() - t0)
+        return steps / (time.perf_counter() - t0), steps / max(time.process_time() - c0, 1e-9)
 
     def time_resets(self, n: int = 3) -> None:
         for _ in range(n):
@@ -130,12 +131,16 @@ def measure(
     out: dict[str, dict[str, float]] = {name: {} for name in makers}
     singles = {name: SingleRunner(make, lane) for name, (make, lane) in makers.items()}
     rates: dict[str, list[float]] = {name: [] for name in makers}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in makers}
     for _ in tqdm(range(repeats), desc="single-env blocks"):
         for name, runner in singles.items():
-            rates[name].append(runner.block(steps))
+            wall, cpu = runner.block(steps)
+            rates[name].append(wall)
+            cpu_rates[name].append(cpu)
     for name, runner in singles.items():
         runner.time_resets()
         out[name]["single"] = statistics.median(rates[name])
+        out[name]["single_cpu"] = statistics.median(cpu_rates[name])
         out[name]["reset_ms"] = 1000 * statistics.median(runner.resets)
         runner.close()
     if vector:
@@ -203,15 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_carracing:
         makers["CarRacing-v3|96x96"] = (_carracing_maker, False)
+    load_before = os.getloadavg()
     res = measure(makers, args.steps, args.repeats, vector=not args.no_vector)
-    rows: list[tuple[str, str, float, float | None, float | None]] = []
-    for key, r in res.items():
-        name, size = key.split("|")
-        rows.append((name, size, r["single"], r.get("vector"), r["reset_ms"] / 1000))
-    car: tuple[float, float | None] | None = None
-    if not args.no_carracing:
-        c = res["CarRacing-v3|96x96"]
-        car = (c["single"], c.get("vector"))
+    load_after = os.getloadavg()
 
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -219,29 +218,38 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- Date: {now}",
         f"- Machine: {_machine()}",
+        f"- Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
+        "(a shared machine: absolute numbers move with other users' jobs; ratios are measured side by side)",
         f"- Versions: {_versions()}",
         f"- Command: `{' '.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}`",
         f"- Method: median of {args.repeats} blocks of {args.steps} steps after warm-up (vector: "
         f"{args.steps // 2} vector steps), blocks of all configurations interleaved round-robin so they "
         "share the same background load; resets included; vector = `AsyncVectorEnv` with 2 workers, "
-        "env-steps/s (vector steps x 2). LaneKeeping driven by a centre-line follower from `info`, "
-        "CarRacing by random actions.",
+        "env-steps/s (vector steps x 2). 'per CPU-s' = steps per second of this process's CPU time (what one "
+        "free core would give). LaneKeeping driven by a centre-line follower from `info`, CarRacing by "
+        "random actions.",
         "",
-        "| env | obs (H x W) | steps/s, 1 env | steps/s, 2 workers | reset (ms) |",
-        "|---|---|---:|---:|---:|",
+        "| env | obs (H x W) | steps/s, 1 env | steps per CPU-s, 1 env | steps/s, 2 workers | reset (ms) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for name, size, single, vec, reset in rows:
-        vec_s = "-" if vec is None else f"{vec:.0f}"
-        reset_s = "-" if reset is None else f"{1000 * reset:.1f}"
-        lines.append(f"| {name} | {size} | {single:.0f} | {vec_s} | {reset_s} |")
-    if car is not None:
-        lk96 = next(r for r in rows if r[0] == "LTC/LaneKeeping-v0" and r[1] == "96x96")
-        lines.append("")
-        lines.append(f"- Ratio at 96x96, 1 env: {lk96[2] / car[0]:.2f}x CarRacing-v3 (goal >= 1.5x).")
-        if car[1] is not None and lk96[3] is not None:
+    for key, r in res.items():
+        name, size = key.split("|")
+        vec_s = f"{r['vector']:.0f}" if "vector" in r else "-"
+        lines.append(
+            f"| {name} | {size} | {r['single']:.0f} | {r['single_cpu']:.0f} | {vec_s} | {r['reset_ms']:.1f} |"
+        )
+    if not args.no_carracing:
+        car, lk = res["CarRacing-v3|96x96"], res["LTC/LaneKeeping-v0|96x96"]
+        lines += [
+            "",
+            f"- Ratio at 96x96, 1 env: {lk['single'] / car['single']:.2f}x CarRacing-v3 wall-clock "
+            f"({lk['single_cpu'] / car['single_cpu']:.2f}x per CPU-second) (goal >= 1.5x).",
+        ]
+        if "vector" in lk and "vector" in car:
             lines.append(
-                f"- Ratio at 96x96, LaneKeeping with 2 workers vs CarRacing 1 env: {lk96[3] / car[0]:.2f}x "
-                f"(goal >= 2.5x); vs CarRacing with 2 workers: {lk96[3] / car[1]:.2f}x."
+                f"- Ratio at 96x96, LaneKeeping with 2 workers vs CarRacing 1 env: "
+                f"{lk['vector'] / car['single']:.2f}x (goal >= 2.5x); vs CarRacing with 2 workers: "
+                f"{lk['vector'] / car['vector']:.2f}x."
             )
     text = "\n".join(lines) + "\n"
     print()

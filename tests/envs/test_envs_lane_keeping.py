@@ -368,3 +368,35 @@ def test_sb3_subproc_vec_env_steps() -> None:
     assert len(infos) == 2 and infos[0]["road_seed"] != infos[1]["road_seed"]
     assert np.all(rewards > 0.1) and not dones.any()
     venv.close()
+
+
+def test_flipped_car_terminates() -> None:
+    env = gym.make("LTC/LaneKeepingState-v0", road_segments=[(400.0,)], road_length=100.0).unwrapped
+    env.reset(seed=0)
+    # Roll the chassis onto its roof (180 degrees about x) and lift it clear of the ground.
+    env.data.qpos[2] = 2.0
+    env.data.qpos[3:7] = (0.0, 1.0, 0.0, 0.0)
+    env.data.qvel[:] = 0.0
+    _, _, terminated, truncated, info = env.step(np.zeros(1))
+    assert info["flipped"] and terminated and not truncated
+    assert not info["lane_departure"]
+
+
+def test_reset_options_select_road_and_visuals() -> None:
+    env = gym.make("LTC/LaneKeeping-v0", image_height=32, image_width=64).unwrapped
+    obs_a, info_a = env.reset(seed=0, options={"road_seed": 77})
+    assert info_a["road_seed"] == 77
+    np.testing.assert_array_equal(env.road.points, Road.generate(77, env.road_config).points)
+    obs_b, info_b = env.reset(seed=0, options={"road_seed": 77, "visuals": {"road_rgb": (0.6, 0.6, 0.6)}})
+    assert info_b["lateral_offset"] == info_a["lateral_offset"]
+    assert obs_b.astype(int).sum() > obs_a.astype(int).sum()  # a lighter road
+    _, info_c = env.reset(seed=0, options={"road": [(400.0,)], "initial_lateral": 0.4})
+    assert info_c["road_seed"] == -1 and info_c["lateral_offset"] == pytest.approx(0.4, abs=1e-9)
+    noisy = gym.make("LTC/LaneKeepingState-v0", initial_lateral_noise=0.5, initial_heading_noise=0.1)
+    starts = [noisy.reset(seed=s)[1] for s in range(5)]
+    lats = [i["lateral_offset"] for i in starts]
+    assert max(abs(v) for v in lats) <= 0.5 and len(set(lats)) == 5
+    assert max(abs(i["heading_error"]) for i in starts) <= 0.1 + 1e-9
+    with pytest.raises(ValueError, match="road seeds"):
+        env.reset(options={"road_seed": -1})
+    env.close()
