@@ -1,0 +1,878 @@
+"""Liquid (LTC / CfC) recurrent actor-critic policies for sb3-contrib's ``RecurrentPPO``.
+
+This is the only module of the project that imports stable-baselines3 / sb3-contrib (together with its
+``sb3_*`` siblings). Use it like any recurrent sb3 policy::
+
+    from sb3_contrib import RecurrentPPO
+    from ltc_control.agents.sb3 import LtcPolicy
+
+    model = RecurrentPPO(LtcPolicy, "Pendulum-v1", policy_kwargs={"controller": {"kind": "ltc"}})
+    model.learn(10_000)
+    model.save("ppo_ltc")
+    model = RecurrentPPO.load("ppo_ltc")
+    action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=True)
+
+Design (see ``docs/rl.md``):
+
+- :class:`LtcPolicy` subclasses sb3-contrib's ``RecurrentActorCriticPolicy`` (so ``RecurrentPPO`` accepts it)
+  but builds no ``nn.LSTM``: the actor is an :class:`ltc_control.sequence.SequenceModel` built by
+  :func:`ltc_control.controllers.build_controller` (LTC on an NCP wiring by default; any wiring, CfC, or the
+  project's LSTM/GRU cells). Its **motor neurons are the action**: one motor neuron per action dimension (per
+  logit for discrete actions), followed by the same element-wise head as :class:`ltc_control.policy.Policy`
+  (``tanh(scale * y + bias)`` for actions in [-1, 1]). That is what makes an exact export to a
+  :class:`~ltc_control.policy.Policy` checkpoint possible (:func:`export_policy`), so the inspection, video
+  and evaluation tools read a PPO-trained controller exactly like an imitation-trained one.
+- ``forward``, ``get_distribution``, ``predict_values`` and ``evaluate_actions`` are overridden to run the
+  controllers over ``(n_seq, T, F)`` sequences with the cell's own ``episode_starts`` reset (no Python loop
+  over time for cells with a fused sequence path, e.g. the LTC's compiled kernel).
+- ``RecurrentPPO`` sizes its rollout buffer from ``policy.lstm_actor.num_layers`` / ``.hidden_size`` and keeps
+  LSTM-style ``(h, c)`` pairs of shape ``(1, n_envs, hidden_size)``. ``lstm_actor`` / ``lstm_critic`` are
+  :class:`ControllerAdapter` modules that present that face: the cell state is packed into the first
+  ``state_size`` entries of ``h`` (zero padded to a width shared by actor and critic); ``c`` is carried as
+  zeros. The buffer and the algorithm are used unchanged.
+- The critic is ``"separate"`` (its own controller, default, like sb3's ``enable_critic_lstm``), ``"shared"``
+  (a value MLP on the actor controller's full neuron state; both losses train the shared controller) or
+  ``"feedforward"`` (a value MLP on the features, no recurrence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
+)
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, MlpExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import Tensor, nn
+
+from ltc_control.config import from_dict
+from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
+from ltc_control.perception import ConvHead, PerceptionConfig, standardize
+from ltc_control.policy import ActionHeadConfig, Policy, PolicyConfig
+from ltc_control.sequence import SequenceModel
+
+__all__ = [
+    "CnnLtcPolicy",
+    "ControllerAdapter",
+    "ConvHeadExtractor",
+    "LtcPolicy",
+    "MotorHead",
+    "export_policy",
+    "load_policy_weights",
+    "policy_kwargs_from_policy",
+    "to_policy",
+]
+
+CriticMode = Literal["separate", "shared", "feedforward"]
+SquashMode = Literal["auto", "tanh", "none"]
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def _as_config(cls: type[Any], value: Any, name: str) -> Any:
+    """A frozen config dataclass from an instance, a mapping (strict keys) or None (defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return from_dict(cls, value, path=name)
+    raise ValueError(
+        f"{name} must be a {cls.__name__}, a mapping of its fields or None, got {type(value).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- modules
+class ConvHeadExtractor(BaseFeaturesExtractor):
+    """The NCP paper's CNN head (:class:`~ltc_control.perception.ConvHead`) as an sb3 features extractor.
+
+    sb3 hands it channel-first float images ``(B, C, H, W)`` (scaled to [0, 1] when the policy's
+    ``normalize_images`` is on; ``VecTransposeImage`` turns the env's ``(H, W, C)`` frames channel-first).
+    Each image is standardised (zero mean, unit variance, as :class:`~ltc_control.policy.Policy` does) and
+    mapped
+    to
+    ``channels[-1] * features_per_channel`` features (32 by default).
+
+    Args:
+        observation_space: channel-first image ``Box`` ``(C, H, W)``.
+        perception: the head's config (a :class:`~ltc_control.perception.PerceptionConfig` or a mapping of its
+            fields); augmentation settings are ignored here (RL uses no augmentation).
+    """
+
+    def __init__(
+        self, observation_space: spaces.Space, perception: PerceptionConfig | Mapping[str, Any] | None = None
+    ) -> None:
+        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
+            got = getattr(observation_space, "shape", type(observation_space).__name__)
+            raise ValueError(
+                f"ConvHeadExtractor needs an image Box observation space (C, H, W) or (H, W, C), got {got}; "
+                "use LtcPolicy (FlattenExtractor) for vector observations"
+            )
+        cfg = _as_config(PerceptionConfig, perception, "perception")
+        shape = tuple(int(v) for v in observation_space.shape)
+        if shape[0] not in (1, 3):
+            raise ValueError(
+                f"ConvHeadExtractor expects channel-first images (C, H, W) with C in (1, 3), got {shape}; "
+                "RecurrentPPO transposes (H, W, C) image spaces automatically (VecTransposeImage), a custom "
+                "training loop must wrap its env in VecTransposeImage"
+            )
+        head = ConvHead.from_config(cfg, shape)
+        super().__init__(observation_space, head.output_size)
+        self.perception_config = cfg
+        self.head = head
+
+    def forward(self, observations: Tensor) -> Tensor:
+        """``(B, C, H, W)`` float images -> features ``(B, features_dim)``."""
+        x = observations.float()
+        if self.perception_config.standardize:
+            x = standardize(x)
+        return cast(Tensor, self.head(x))
+
+
+class MotorHead(nn.Module):
+    """Element-wise map from motor outputs to the distribution's inputs: ``squash(scale * y + bias)``.
+
+    For continuous actions this is the Gaussian mean (``squash="tanh"`` keeps it in [-1, 1]); for discrete
+    actions the logits (``squash="none"``). It has exactly the parameters of
+    :class:`ltc_control.policy.Policy`'s action head (``action_scale``, ``action_bias``).
+
+    Args:
+        size: number of motor outputs ``M`` (= action dimensions or logits).
+        squash: ``"tanh"`` or ``"none"``.
+        init_scale: initial scale.
+        init_bias: initial bias.
+    """
+
+    def __init__(
+        self, size: int, squash: Literal["tanh", "none"], init_scale: float = 1.0, init_bias: float = 0.0
+    ) -> None:
+        super().__init__()
+        if squash not in ("tanh", "none"):
+            raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
+        self.squash = squash
+        self.scale = nn.Parameter(torch.full((size,), float(init_scale)))
+        self.bias = nn.Parameter(torch.full((size,), float(init_bias)))
+
+    def forward(self, y: Tensor) -> Tensor:
+        """``(..., M)`` motor outputs -> ``(..., M)``."""
+        a = self.scale * y + self.bias
+        return torch.tanh(a) if self.squash == "tanh" else a
+
+    def extra_repr(self) -> str:
+        return f"size={self.scale.numel()}, squash={self.squash!r}"
+
+
+class ControllerAdapter(nn.Module):
+    """Presents a :class:`~ltc_control.sequence.SequenceModel` with the face ``RecurrentPPO`` expects of an
+    LSTM.
+
+    ``RecurrentPPO`` reads ``num_layers`` and ``hidden_size`` to size its state buffers and passes states as
+    LSTM-style pairs ``(h, c)``, each ``(1, n_seq, hidden_size)``. The cell state ``(n_seq, state_size)``
+    lives in ``h[0, :, :state_size]``; the rest of ``h`` and all of ``c`` stay zero.
+
+    Args:
+        controller: the recurrent controller.
+        hidden_size: width of the LSTM-style state (>= ``controller.state_size``; actor and critic share it).
+        dt: elapsed time per env step in the cell's time unit.
+    """
+
+    num_layers = 1
+
+    def __init__(self, controller: SequenceModel, hidden_size: int, dt: float = 1.0) -> None:
+        super().__init__()
+        if hidden_size < controller.state_size:
+            raise ValueError(
+                f"hidden_size {hidden_size} is smaller than the controller's state_size "
+                f"{controller.state_size}"
+            )
+        self.controller = controller
+        self.hidden_size = int(hidden_size)
+        self.dt = float(dt)
+
+    @property
+    def input_size(self) -> int:
+        """Input features ``F``."""
+        return self.controller.input_size
+
+    @property
+    def state_size(self) -> int:
+        """Width of the cell state packed into ``h``."""
+        return self.controller.state_size
+
+    def pack(self, state: Tensor) -> Tensor:
+        """Cell state ``(n_seq, state_size)`` -> ``h`` ``(1, n_seq, hidden_size)`` (zero padded)."""
+        pad = self.hidden_size - state.shape[-1]
+        return nn.functional.pad(state, (0, pad)).unsqueeze(0) if pad else state.unsqueeze(0)
+
+    def unpack(self, h: Tensor) -> Tensor:
+        """``h`` ``(1, n_seq, hidden_size)`` -> cell state ``(n_seq, state_size)``."""
+        if h.dim() != 3 or h.shape[0] != 1 or h.shape[2] != self.hidden_size:
+            raise ValueError(
+                f"recurrent state must have shape (1, n_seq, {self.hidden_size}) (RecurrentPPO's (h, c) "
+                "layout), "
+                f"got {tuple(h.shape)}; start from model.predict(obs) with state=None"
+            )
+        return h[0, :, : self.state_size]
+
+    def forward(
+        self,
+        features: Tensor,
+        states: tuple[Tensor, ...],
+        episode_starts: Tensor,
+        return_states: bool = False,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        """Runs the controller over flattened sequences, sb3-contrib style.
+
+        Args:
+            features: ``(n_seq * T, F)``: ``n_seq`` sequences of ``T`` steps, sequence-major (sb3's layout).
+            states: ``(h, c)``, each ``(1, n_seq, hidden_size)``: the state before the first step.
+            episode_starts: ``(n_seq * T,)`` 0/1: 1 resets the state to the initial state before that step.
+            return_states: also return every step's cell state ``(n_seq * T, state_size)`` (for a critic that
+                reads the actor's neurons); uses a step loop.
+
+        Returns:
+            ``(outputs (n_seq * T, M), states_seq or None, (h', c'))``.
+        """
+        h = self.unpack(states[0])
+        n_seq = h.shape[0]
+        x = features.reshape(n_seq, -1, self.input_size)
+        t = x.shape[1]
+        starts = episode_starts.reshape(n_seq, t).to(dtype=x.dtype)
+        if not return_states:
+            y, h_t = self.controller(x, h, self.dt, episode_starts=starts)
+            return y.reshape(n_seq * t, -1), None, (self.pack(h_t), torch.zeros_like(states[1]))
+        cell = self.controller.cell
+        h0 = cell.initial_state(n_seq, device=x.device, dtype=x.dtype)
+        seq = []
+        for i in range(t):
+            d = starts[:, i : i + 1]
+            h = (1.0 - d) * h + d * h0
+            _, h = cell(x[:, i], h, self.dt)
+            seq.append(h)
+        hs = torch.stack(seq, dim=1)
+        y = cell.readout(hs)
+        return (
+            y.reshape(n_seq * t, -1),
+            hs.reshape(n_seq * t, -1),
+            (self.pack(hs[:, -1]), torch.zeros_like(states[1])),
+        )
+
+
+# ----------------------------------------------------------------------------------------------- policy
+def _motor_size(action_space: spaces.Space) -> int:
+    if isinstance(action_space, spaces.Box):
+        return int(np.prod(action_space.shape))
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n)
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return int(np.sum(action_space.nvec))
+    if isinstance(action_space, spaces.MultiBinary):
+        return int(np.prod(action_space.shape))
+    raise ValueError(
+        f"unsupported action space {type(action_space).__name__}; use Box, Discrete, MultiDiscrete or "
+        "MultiBinary"
+    )
+
+
+def _resolve_squash(squash: str, action_space: spaces.Space) -> Literal["tanh", "none"]:
+    if squash not in ("auto", "tanh", "none"):
+        raise ValueError(f"action_squash must be 'auto', 'tanh' or 'none', got {squash!r}")
+    is_box = isinstance(action_space, spaces.Box)
+    if squash == "tanh" and not is_box:
+        raise ValueError(
+            "action_squash 'tanh' only applies to continuous (Box) actions, not "
+            f"{type(action_space).__name__}; "
+            "use 'auto' or 'none'"
+        )
+    if squash == "auto":
+        if is_box:
+            box = cast(spaces.Box, action_space)
+            unit = bool(np.all(box.low == -1.0) and np.all(box.high == 1.0))
+            return "tanh" if unit else "none"
+        return "none"
+    return cast(Literal["tanh", "none"], squash)
+
+
+def _value_arch(net_arch: Any) -> list[int]:
+    if net_arch is None:
+        return [64]
+    if isinstance(net_arch, Sequence) and not isinstance(net_arch, str | Mapping):
+        if len(net_arch) == 1 and isinstance(net_arch[0], Mapping):  # RL Zoo's [dict(pi=..., vf=...)]
+            return _value_arch(net_arch[0])
+        if all(isinstance(v, int) and v > 0 for v in net_arch):
+            return [int(v) for v in net_arch]
+    if isinstance(net_arch, Mapping):
+        unknown = set(net_arch) - {"pi", "vf"}
+        if unknown:
+            raise ValueError(f"net_arch keys must be 'pi' and 'vf', got {sorted(unknown)}")
+        if net_arch.get("pi"):
+            raise ValueError(
+                f"net_arch pi={list(net_arch['pi'])} is not supported: the actor's motor neurons are the "
+                "action "
+                "(that keeps the controller exportable and inspectable); use net_arch=dict(pi=[], "
+                "vf=[...]) and "
+                "size the controller (wiring) instead"
+            )
+        return _value_arch(list(net_arch.get("vf", [])) or [])
+    raise ValueError(
+        f"net_arch must be a list of positive layer widths for the value head or dict(pi=[], vf=[...]), "
+        f"got {net_arch!r}"
+    )
+
+
+class LtcPolicy(RecurrentActorCriticPolicy):
+    """Recurrent actor-critic policy for ``RecurrentPPO`` whose recurrent part is an LTC / CfC controller.
+
+    The actor: features (``features_extractor``) -> controller (motor neurons = action dimensions, or one per
+    logit) -> :class:`MotorHead` -> Gaussian mean (state-independent ``log_std``) or logits. The critic: see
+    ``critic``. Recurrent state is reset at episode starts, ``model.predict(obs, state, episode_start)``
+    returns and takes LSTM-style ``(h, c)`` numpy pairs like any ``RecurrentPPO`` model.
+
+    Example:
+        >>> from sb3_contrib import RecurrentPPO
+        >>> model = RecurrentPPO(LtcPolicy, "Pendulum-v1", n_steps=64, batch_size=64)
+        >>> model.policy.controller.cell.num_neurons  # NCP: 12 inter, 6 command, 1 motor
+        19
+
+    Args:
+        observation_space: observation space (vectors; images with :class:`CnnLtcPolicy`).
+        action_space: ``Box``, ``Discrete``, ``MultiDiscrete`` or ``MultiBinary``.
+        lr_schedule: learning-rate schedule (given by the algorithm).
+        controller: the actor's controller (:class:`~ltc_control.controllers.ControllerConfig` or a mapping of
+            its fields; default: LTC on the paper-sized NCP, 12 inter / 6 command neurons, motor = actions).
+        critic: ``"separate"`` (own controller), ``"shared"`` (value MLP on the actor controller's neuron
+            states; both losses train it) or ``"feedforward"`` (value MLP on the features).
+        critic_controller: the critic's controller config for ``critic="separate"`` (default: ``controller``).
+        critic_outputs: motor neurons of the separate critic controller (its latent for the value MLP).
+        net_arch: hidden layers of the value MLP (a list, or ``dict(pi=[], vf=[...])``; default ``[64]``).
+            The actor has no MLP: its motor neurons are the action.
+        activation_fn: activation of the value MLP.
+        ortho_init: orthogonal init of the value MLP, value head and (non-ConvHead) features extractor, as sb3
+            does; the controllers keep their own initialisation.
+        use_sde: must be False (gSDE needs a latent feature vector; the actor's latent is the action itself).
+        log_std_init: initial log standard deviation of Gaussian actions.
+        full_std: unused (gSDE only); kept for sb3 signature compatibility.
+        use_expln: unused (gSDE only).
+        squash_output: unused (gSDE only); use ``action_squash``.
+        action_squash: ``"tanh"`` bounds the Gaussian mean to [-1, 1]; ``"none"`` leaves it affine;
+            ``"auto"``:
+            tanh for ``Box(-1, 1)`` action spaces, none otherwise (and for discrete actions).
+        action_scale_init: initial scale of the motor head.
+        features_extractor_class: sb3 features extractor (``FlattenExtractor`` for vectors).
+        features_extractor_kwargs: its keyword arguments.
+        share_features_extractor: one extractor for actor and critic.
+        normalize_images: divide image observations by 255.
+        optimizer_class: optimizer class.
+        optimizer_kwargs: optimizer keyword arguments (besides the learning rate).
+
+    Raises:
+        ValueError: an unsupported action space, ``use_sde=True``, unknown critic mode or config keys, a
+            ``net_arch`` with actor layers.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        controller: ControllerConfig | Mapping[str, Any] | None = None,
+        critic: CriticMode = "separate",
+        critic_controller: ControllerConfig | Mapping[str, Any] | None = None,
+        critic_outputs: int = 8,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        action_squash: SquashMode = "auto",
+        action_scale_init: float = 1.0,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if use_sde:
+            raise ValueError(
+                "LtcPolicy does not support gSDE (use_sde=True): gSDE draws noise from a latent feature "
+                "vector, "
+                "and the actor's latent is its motor neurons (the action itself); use use_sde=False"
+            )
+        if critic not in ("separate", "shared", "feedforward"):
+            raise ValueError(f"critic must be 'separate', 'shared' or 'feedforward', got {critic!r}")
+        if critic == "shared" and not share_features_extractor:
+            raise ValueError(
+                "critic='shared' needs share_features_extractor=True (one controller, one input)"
+            )
+        if int(critic_outputs) < 1:
+            raise ValueError(f"critic_outputs must be >= 1, got {critic_outputs}")
+        # Plain attributes set before nn.Module.__init__ are allowed; _build (called from the base __init__)
+        # reads them.
+        self.controller_config: ControllerConfig = _as_config(ControllerConfig, controller, "controller")
+        self.critic_mode: CriticMode = critic
+        if critic_controller is None:
+            # A saved wiring is sized for the actor's motor neurons; the critic gets the default builder.
+            ctrl = self.controller_config
+            critic_controller = (
+                dataclasses.replace(ctrl, wiring=WiringConfig()) if ctrl.wiring.preset == "saved" else ctrl
+            )
+        self.critic_controller_config: ControllerConfig = _as_config(
+            ControllerConfig, critic_controller, "critic_controller"
+        )
+        self.critic_outputs = int(critic_outputs)
+        self.value_arch = _value_arch(net_arch)
+        self.motor_size = _motor_size(action_space)
+        self.action_squash: Literal["tanh", "none"] = _resolve_squash(action_squash, action_space)
+        self.action_scale_init = float(action_scale_init)
+        # sb3-contrib attributes that callers may read
+        self.shared_lstm = critic == "shared"
+        self.enable_critic_lstm = critic == "separate"
+        self.lstm_kwargs: dict[str, Any] = {}
+        # Skip RecurrentActorCriticPolicy.__init__: it would build nn.LSTMs we do not use.
+        ActorCriticPolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            lr_schedule,
+            dict(pi=[], vf=self.value_arch),
+            activation_fn,
+            ortho_init,
+            use_sde,
+            log_std_init,
+            full_std,
+            use_expln,
+            squash_output,
+            features_extractor_class,
+            features_extractor_kwargs,
+            share_features_extractor,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------- building
+    def _build_mlp_extractor(self) -> None:
+        """Builds the controllers and the value MLP (``mlp_extractor``; its actor side is the identity)."""
+        features_dim = self.features_dim
+        actor = build_controller(self.controller_config, features_dim, self.motor_size)
+        critic_model: SequenceModel | None = None
+        if self.critic_mode == "separate":
+            critic_model = build_controller(self.critic_controller_config, features_dim, self.critic_outputs)
+        hidden = max(actor.state_size, critic_model.state_size if critic_model is not None else 0)
+        self.lstm_actor = ControllerAdapter(actor, hidden, self.controller_config.dt)  # type: ignore[assignment]
+        critic_adapter = (
+            ControllerAdapter(critic_model, hidden, self.critic_controller_config.dt)
+            if critic_model is not None
+            else None
+        )
+        self.lstm_critic = critic_adapter  # type: ignore[assignment]
+        self.critic = None  # sb3-contrib's feed-forward critic projection; ours is the value MLP itself
+        self.lstm_output_dim = hidden
+        self.lstm_hidden_state_shape = (1, 1, hidden)
+        if self.critic_mode == "separate":
+            latent_vf = self.critic_outputs
+        elif self.critic_mode == "shared":
+            latent_vf = actor.state_size
+        else:
+            latent_vf = features_dim
+        self.mlp_extractor = MlpExtractor(
+            latent_vf,
+            net_arch=dict(pi=[], vf=self.value_arch),
+            activation_fn=self.activation_fn,
+            device=self.device,
+        )
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self._build_mlp_extractor()
+        m = self.motor_size
+        if isinstance(self.action_dist, DiagGaussianDistribution):
+            _, self.log_std = self.action_dist.proba_distribution_net(
+                latent_dim=m, log_std_init=self.log_std_init
+            )
+        elif isinstance(
+            self.action_dist, StateDependentNoiseDistribution
+        ):  # pragma: no cover - rejected above
+            raise ValueError("gSDE is not supported by LtcPolicy")
+        elif not isinstance(
+            self.action_dist, CategoricalDistribution | MultiCategoricalDistribution | BernoulliDistribution
+        ):
+            raise ValueError(f"unsupported action distribution {type(self.action_dist).__name__}")
+        self.action_net = MotorHead(m, self.action_squash, init_scale=self.action_scale_init)
+        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
+        if self.ortho_init:
+            from functools import partial
+
+            gains: dict[nn.Module, float] = {self.mlp_extractor: float(np.sqrt(2)), self.value_net: 1.0}
+            extractors = (
+                [self.features_extractor]
+                if self.share_features_extractor
+                else [self.pi_features_extractor, self.vf_features_extractor]
+            )
+            for ext in extractors:
+                if not isinstance(ext, ConvHeadExtractor):  # keep the paper head's own init
+                    gains[ext] = float(np.sqrt(2))
+            for module, gain in gains.items():
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("lstm_hidden_size", "n_lstm_layers", "shared_lstm", "enable_critic_lstm", "lstm_kwargs"):
+            data.pop(key, None)
+        data.update(
+            controller=self.controller_config,
+            critic=self.critic_mode,
+            critic_controller=self.critic_controller_config,
+            critic_outputs=self.critic_outputs,
+            net_arch=list(self.value_arch),
+            action_squash=self.action_squash,
+            action_scale_init=self.action_scale_init,
+        )
+        return data
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def controller(self) -> SequenceModel:
+        """The actor's controller; ``controller.cell`` is what the inspection tools read."""
+        return cast(SequenceModel, self.lstm_actor.controller)
+
+    @property
+    def critic_controller(self) -> SequenceModel | None:
+        """The separate critic's controller (None for ``"shared"`` / ``"feedforward"`` critics)."""
+        return cast(SequenceModel, self.lstm_critic.controller) if self.lstm_critic is not None else None
+
+    @property
+    def motor_head(self) -> MotorHead:
+        """The element-wise action head (``action_net``)."""
+        return cast(MotorHead, self.action_net)
+
+    def summary(self) -> dict[str, Any]:
+        """Parameter / neuron / synapse counts of the actor, the critic and the whole policy."""
+        out: dict[str, Any] = {"actor_controller": controller_summary(self.controller)}
+        if self.critic_controller is not None:
+            out["critic_controller"] = controller_summary(self.critic_controller)
+        out["total_parameters"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return out
+
+    # ---------------------------------------------------------------------------------------------- core
+    def _actor(
+        self, features: Tensor, states: tuple[Tensor, ...], episode_starts: Tensor, with_states: bool
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
+        return cast(
+            tuple[Tensor, Tensor | None, tuple[Tensor, ...]],
+            self.lstm_actor(features, states, episode_starts, return_states=with_states),
+        )
+
+    def _critic_latent(
+        self,
+        vf_features: Tensor,
+        vf_states: tuple[Tensor, ...],
+        episode_starts: Tensor,
+        actor_states_seq: Tensor | None,
+        actor_new_states: tuple[Tensor, ...],
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        if self.lstm_critic is not None:
+            latent, _, new_states = self.lstm_critic(vf_features, vf_states, episode_starts)
+            return latent, new_states
+        if self.critic_mode == "shared":
+            assert actor_states_seq is not None
+            return actor_states_seq, actor_new_states
+        return vf_features, actor_new_states
+
+    def _split_features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            assert isinstance(features, Tensor)
+            return features, features
+        pi, vf = features
+        return pi, vf
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        lstm_states: RNNStates,
+        episode_starts: Tensor,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
+        """Actor and critic on a batch of sequences (rollout collection: ``T == 1``).
+
+        Args:
+            obs: observations ``(n_seq * T, *obs_shape)``.
+            lstm_states: ``RNNStates(pi=(h, c), vf=(h, c))``, each tensor ``(1, n_seq, hidden_size)``.
+            episode_starts: ``(n_seq * T,)`` 0/1.
+            deterministic: take the distribution's mode instead of sampling.
+
+        Returns:
+            ``(actions, values (n_seq * T, 1), log_prob (n_seq * T,), new RNNStates)``.
+        """
+        pi_f, vf_f = self._split_features(obs)
+        shared = self.critic_mode == "shared"
+        motor, seq, pi_states = self._actor(pi_f, lstm_states.pi, episode_starts, shared)
+        latent_vf, vf_states = self._critic_latent(vf_f, lstm_states.vf, episode_starts, seq, pi_states)
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        distribution = self._get_action_dist_from_latent(motor)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, values, log_prob, RNNStates(pi_states, vf_states)
+
+    def get_distribution(  # type: ignore[override]
+        self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
+    ) -> tuple[Distribution, tuple[Tensor, ...]]:
+        """The action distribution and the actor's new ``(h, c)`` (used by ``predict``)."""
+        features = BaseModel.extract_features(self, obs, self.pi_features_extractor)
+        motor, _, states = self._actor(features, lstm_states, episode_starts, False)
+        return self._get_action_dist_from_latent(motor), states
+
+    def predict_values(  # type: ignore[override]
+        self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
+    ) -> Tensor:
+        """Values ``(n_seq * T, 1)`` from the critic's ``(h, c)`` (for ``"shared"``: the actor's state)."""
+        features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
+        if self.lstm_critic is not None:
+            latent, _, _ = self.lstm_critic(features, lstm_states, episode_starts)
+        elif self.critic_mode == "shared":
+            _, seq, _ = self._actor(features, lstm_states, episode_starts, True)
+            assert seq is not None
+            latent = seq
+        else:
+            latent = features
+        return cast(Tensor, self.value_net(self.mlp_extractor.forward_critic(latent)))
+
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: Tensor, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Values, log-likelihood of ``actions`` and entropy on padded training sequences."""
+        pi_f, vf_f = self._split_features(obs)
+        shared = self.critic_mode == "shared"
+        motor, seq, pi_states = self._actor(pi_f, lstm_states.pi, episode_starts, shared)
+        latent_vf, _ = self._critic_latent(vf_f, lstm_states.vf, episode_starts, seq, pi_states)
+        distribution = self._get_action_dist_from_latent(motor)
+        log_prob = distribution.log_prob(actions)
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        return values, log_prob, distribution.entropy()
+
+
+class CnnLtcPolicy(LtcPolicy):
+    """:class:`LtcPolicy` for image observations, with the NCP paper's CNN head as features extractor.
+
+    Same arguments as :class:`LtcPolicy`; ``features_extractor_class`` defaults to :class:`ConvHeadExtractor`
+    (pass ``features_extractor_kwargs={"perception": {...}}`` to change the head).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("features_extractor_class", ConvHeadExtractor)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ export / import
+def _policy_of(model: Any) -> LtcPolicy:
+    policy = getattr(model, "policy", model)
+    if not isinstance(policy, LtcPolicy):
+        raise ValueError(
+            f"expected an LtcPolicy or a RecurrentPPO model using one, got {type(policy).__name__}; "
+            "RecurrentPPO's "
+            "own MlpLstmPolicy has no liquid controller to export"
+        )
+    return policy
+
+
+def _policy_config(policy: LtcPolicy) -> PolicyConfig:
+    extractor = policy.pi_features_extractor
+    ctrl = policy.controller_config
+    head = ActionHeadConfig(squash=policy.action_squash, learnable=True)
+    if isinstance(extractor, ConvHeadExtractor):
+        c, h, w = extractor.head.image_shape
+        if not policy.normalize_images and not extractor.perception_config.standardize:
+            raise ValueError(
+                "cannot export: the sb3 policy feeds raw 0-255 images to an unstandardised head, while "
+                "ltc_control.policy.Policy scales frames to [0, 1]; train with normalize_images=True or a "
+                "standardising head"
+            )
+        return PolicyConfig(
+            observation="image",
+            image_shape=(h, w, c),
+            perception=dataclasses.replace(extractor.perception_config),
+            controller=ctrl,
+            action_size=policy.motor_size,
+            action_head=head,
+        )
+    if isinstance(extractor, FlattenExtractor):
+        return PolicyConfig(
+            observation="vector",
+            vector_size=int(extractor.features_dim),
+            controller=ctrl,
+            action_size=policy.motor_size,
+            action_head=head,
+        )
+    raise ValueError(
+        f"cannot export a policy whose features extractor is {type(extractor).__name__}: "
+        "ltc_control.policy.Policy knows vector observations (FlattenExtractor) and the ConvHead "
+        "(ConvHeadExtractor / CnnLtcPolicy)"
+    )
+
+
+def to_policy(model: Any) -> Policy:
+    """The actor of a trained sb3 model as an :class:`ltc_control.policy.Policy` (same weights, eval mode).
+
+    ``Policy.act(obs, state)`` then returns the deterministic action of ``model.predict(obs, state,
+    deterministic=True)`` (for discrete actions: the logits; the action is their argmax). Its ``controller``
+    is a copy of the sb3 policy's controller, so recorders, plots, saliency and video rollouts work unchanged.
+
+    Args:
+        model: a ``RecurrentPPO`` model with an :class:`LtcPolicy` / :class:`CnnLtcPolicy`, or the policy.
+
+    Raises:
+        ValueError: a policy that is not an ``LtcPolicy`` or uses a features extractor ``Policy`` cannot
+    represent."""
+    policy = _policy_of(model)
+    cfg = _policy_config(policy)
+    out = Policy(cfg)
+    extractor = policy.pi_features_extractor
+    state: dict[str, Tensor] = {}
+    for k, v in policy.controller.state_dict().items():
+        state[f"controller.{k}"] = v
+    if isinstance(extractor, ConvHeadExtractor):
+        for k, v in extractor.head.state_dict().items():
+            state[f"perception.{k}"] = v
+    state["action_scale"] = policy.motor_head.scale.detach()
+    state["action_bias"] = policy.motor_head.bias.detach()
+    missing, unexpected = out.load_state_dict(
+        {k: v.detach().cpu().clone() for k, v in state.items()}, strict=False
+    )
+    # Policy may carry buffers that the sb3 policy does not (none today); weights must all be covered.
+    params = {name for name, _ in out.named_parameters()}
+    if params & set(missing) or unexpected:
+        raise RuntimeError(
+            f"export mismatch: missing {sorted(params & set(missing))}, unexpected {sorted(unexpected)}"
+        )
+    return out.eval()
+
+
+def export_policy(model: Any, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write the trained actor as an ``ltc_control`` checkpoint folder (safetensors + JSON, atomic).
+
+    The folder loads with :func:`ltc_control.checkpoint.load_checkpoint` and works with
+    ``ltc-control rollout|evaluate|inspect --checkpoint <folder>`` exactly like an imitation-trained policy.
+
+    Args:
+        model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
+        directory: checkpoint folder to write (replaced if it exists).
+        metadata: extra JSON-ready metadata (e.g. env id, training steps, returns).
+
+    Returns:
+        The checkpoint folder.
+    """
+    from ltc_control.checkpoint import save_checkpoint
+
+    policy = _policy_of(model)
+    meta: dict[str, Any] = {
+        "source": "stable-baselines3 RecurrentPPO",
+        "action_space": type(policy.action_space).__name__,
+        "action_decoding": "argmax of the outputs"
+        if isinstance(policy.action_space, spaces.Discrete)
+        else "the outputs are the actions (deterministic mean)",
+        "critic": policy.critic_mode,
+    }
+    timesteps = getattr(model, "num_timesteps", None)
+    if isinstance(timesteps, int):
+        meta["num_timesteps"] = timesteps
+    meta.update(dict(metadata or {}))
+    return save_checkpoint(directory, to_policy(policy), metadata=meta)
+
+
+def policy_kwargs_from_policy(policy: Policy, **overrides: Any) -> dict[str, Any]:
+    """``policy_kwargs`` for ``RecurrentPPO`` that rebuild ``policy``'s actor (perception, controller, head).
+
+    Use with :func:`load_policy_weights` to fine-tune an imitation-trained
+    :class:`~ltc_control.policy.Policy`.
+
+    Args:
+        policy: the trained policy.
+        **overrides: more policy keyword arguments (``critic``, ``log_std_init``, ``net_arch``...).
+
+    Returns:
+        The keyword arguments (the wiring is stored inline, so the actor has exactly the policy's synapses).
+    """
+    cfg = policy.resolved_config()
+    kwargs: dict[str, Any] = {
+        "controller": cfg.controller,
+        "action_squash": cfg.action_head.squash,
+    }
+    if cfg.observation == "image":
+        kwargs["features_extractor_class"] = ConvHeadExtractor
+        kwargs["features_extractor_kwargs"] = {"perception": cfg.perception}
+    kwargs.update(overrides)
+    return kwargs
+
+
+def load_policy_weights(model: Any, policy: Policy) -> None:
+    """Copy an :class:`~ltc_control.policy.Policy`'s perception, controller and action head into the sb3
+    actor.
+
+    The sb3 policy must have been built with :func:`policy_kwargs_from_policy` (same shapes). The critic is
+    left as it is; the optimizer state is reset (its moments belonged to the old weights).
+
+    Args:
+        model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
+        policy: the source policy.
+
+    Raises:
+        ValueError: shapes that do not match (the message names the tensor).
+    """
+    sb3_policy = _policy_of(model)
+
+    def copy(dst: nn.Module, src: nn.Module, what: str) -> None:
+        dst_state, src_state = dst.state_dict(), src.state_dict()
+        if set(dst_state) != set(src_state):
+            raise ValueError(
+                f"{what}: parameter names differ ({sorted(set(dst_state) ^ set(src_state))}); build the sb3 "
+                "policy with policy_kwargs_from_policy(policy)"
+            )
+        for k, v in src_state.items():
+            if dst_state[k].shape != v.shape:
+                raise ValueError(
+                    f"{what}.{k}: shape {tuple(v.shape)} does not match the sb3 policy's "
+                    f"{tuple(dst_state[k].shape)}; build the sb3 policy with "
+                    "policy_kwargs_from_policy(policy)"
+                )
+        dst.load_state_dict(src_state)
+
+    copy(sb3_policy.controller, policy.controller, "controller")
+    if policy.perception is not None:
+        ext = sb3_policy.pi_features_extractor
+        if not isinstance(ext, ConvHeadExtractor):
+            raise ValueError("the source policy has a ConvHead but the sb3 policy does not; use CnnLtcPolicy")
+        copy(ext.head, policy.perception, "perception")
+    with torch.no_grad():
+        sb3_policy.motor_head.scale.copy_(policy.action_scale.detach().reshape(-1))
+        sb3_policy.motor_head.bias.copy_(policy.action_bias.detach().reshape(-1))
+    sb3_policy.optimizer = sb3_policy.optimizer_class(  # type: ignore[call-arg]
+        sb3_policy.parameters(), lr=sb3_policy.optimizer.param_groups[0]["lr"], **sb3_policy.optimizer_kwargs
+    )

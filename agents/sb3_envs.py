@@ -1,0 +1,243 @@
+"""Partially observed benchmark envs in the style of the RL Zoo's "NoVel" tasks, and a tiny memory task.
+
+- :class:`MaskVelocity`: a Gymnasium ``ObservationWrapper`` that keeps only the position-like entries of the
+  observation (velocities removed), so a policy must infer velocities from the history: a memory task.
+- :func:`make_novel_env`: ``"PendulumNoVel-v1"`` -> ``Pendulum-v1`` with ``thetadot`` removed, etc.
+- :class:`CueMemoryEnv`: a seconds-fast memory task for tests (a cue shown only at the first step decides
+  which action pays at the last step).
+
+No sb3 import here (Gymnasium only), so the wrappers are usable outside RL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["NOVEL_MASKS", "CueMemoryEnv", "HalfCheetahV5", "MaskVelocity", "make_novel_env", "novel_base_id"]
+
+#: Observation entries kept for each base env (positions / angles only; velocities dropped).
+#: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. MuJoCo v5 envs (default observation, x excluded):
+#: ``qpos[1:]`` first, then ``qvel``: the kept entries are the ``nq - 1`` positions (``nq - 2`` for Swimmer /
+#: HalfCheetah-like planar bodies is not needed: their ``qpos`` excludes only x).
+NOVEL_MASKS: dict[str, tuple[int, ...]] = {
+    "Pendulum-v1": (0, 1),
+    "CartPole-v1": (0, 2),
+    "MountainCarContinuous-v0": (0,),
+    "MountainCar-v0": (0,),
+    "LunarLander-v3": (0, 1, 4, 6, 7),
+    "HalfCheetah-v5": tuple(range(8)),
+    "Hopper-v5": tuple(range(5)),
+    "Walker2d-v5": tuple(range(8)),
+    "Swimmer-v5": tuple(range(3)),
+    "Ant-v5": tuple(range(13)),
+}
+
+
+class MaskVelocity(gym.ObservationWrapper):  # type: ignore[type-arg]
+    """Keeps only the observation entries listed in ``keep`` (velocities removed).
+
+    Args:
+        env: env with a 1-D ``Box`` observation space.
+        keep: indices of the entries to keep; default :data:`NOVEL_MASKS` for the env's id.
+
+    Raises:
+        ValueError: a non-1-D-Box observation space, no known mask for the env (pass ``keep``), indices out of
+            range or repeated.
+    """
+
+    def __init__(self, env: gym.Env, keep: Sequence[int] | None = None) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+            raise ValueError(
+                f"MaskVelocity needs a 1-D Box observation space, got {space}; flatten the observation first"
+            )
+        if keep is None:
+            env_id = env.spec.id if env.spec is not None else None
+            if env_id not in NOVEL_MASKS:
+                raise ValueError(
+                    f"no velocity mask known for env {env_id!r}; pass keep=[indices of position entries] "
+                    f"(known: {', '.join(sorted(NOVEL_MASKS))})"
+                )
+            keep = NOVEL_MASKS[env_id]
+        idx = np.asarray(list(keep), dtype=np.int64)
+        n = int(space.shape[0])
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= n or len(set(idx.tolist())) != idx.size:
+            raise ValueError(f"keep must be distinct indices in [0, {n}), got {list(keep)}")
+        self.keep = idx
+        self.observation_space = spaces.Box(
+            low=space.low[idx].astype(space.dtype),
+            high=space.high[idx].astype(space.dtype),
+            shape=(idx.size,),
+            dtype=space.dtype,  # type: ignore[arg-type]
+        )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """Full observation ``(D,)`` -> kept entries ``(len(keep),)``."""
+        return np.asarray(observation)[self.keep]
+
+
+def novel_base_id(env_id: str) -> str:
+    """``"PendulumNoVel-v1"`` -> ``"Pendulum-v1"`` (ids without ``NoVel`` are returned unchanged)."""
+    return env_id.replace("NoVel", "")
+
+
+def make_novel_env(env_id: str, rescale_actions: bool = True, **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
+    """Make a partially observed env: ``"<Base>NoVel-vN"`` masks velocities of ``"<Base>-vN"``.
+
+    Args:
+        env_id: e.g. ``"PendulumNoVel-v1"``, ``"HalfCheetahNoVel-v5"``; an id without ``NoVel`` is made
+        plainly. rescale_actions: rescale a ``Box`` action space to [-1, 1] (the same for every model, so that
+        a tanh
+            action head and an unbounded Gaussian see the same scale).
+        **kwargs: passed to ``gymnasium.make``.
+
+    Returns:
+        The env.
+    """
+    base = novel_base_id(env_id)
+    env = _make_base(base, **kwargs)
+    if "NoVel" in env_id:
+        env = MaskVelocity(env, keep=NOVEL_MASKS.get(base))
+    if rescale_actions and isinstance(env.action_space, spaces.Box):
+        low, high = env.action_space.low, env.action_space.high
+        if not (np.all(low == -1.0) and np.all(high == 1.0)):
+            ones = np.ones(env.action_space.shape, dtype=env.action_space.dtype)
+            env = gym.wrappers.RescaleAction(env, -ones, ones)
+    return env
+
+
+class CueMemoryEnv(gym.Env):  # type: ignore[type-arg]
+    """A memory task solvable in a few thousand steps: remember a cue over a short delay.
+
+    At ``t = 0`` the observation shows a cue ``c in {-1, +1}`` (first entry); for the next ``delay`` steps it
+    is 0, and a second entry tells the agent that the answer step has come (1 at the last step). Actions:
+    ``Discrete(2)`` (answer 0 means -1, 1 means +1) or ``Box(-1, 1, (1,))`` (the sign is the answer). Only the
+    last step is rewarded: +1 for the right answer, -1 for the wrong one (so an agent without memory averages
+    0 and a perfect one scores 1).
+
+    Args:
+        delay: steps between the cue and the answer step (>= 1).
+        continuous: Box actions instead of Discrete.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, delay: int = 3, continuous: bool = False) -> None:
+        if delay < 1:
+            raise ValueError(f"delay must be >= 1, got {delay}")
+        self.delay = int(delay)
+        self.continuous = bool(continuous)
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space: spaces.Space[Any] = (
+            spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32) if continuous else spaces.Discrete(2)
+        )
+        self._cue = 1.0
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        cue = self._cue if self._t == 0 else 0.0
+        ask = 1.0 if self._t == self.delay else 0.0
+        return np.array([cue, ask], dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._cue = 1.0 if self.np_random.random() < 0.5 else -1.0
+        self._t = 0
+        return self._obs(), {"cue": self._cue}
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._t < self.delay:
+            self._t += 1
+            return self._obs(), 0.0, False, False, {"cue": self._cue}
+        if self.continuous:
+            answer = 1.0 if float(np.asarray(action).reshape(-1)[0]) >= 0.0 else -1.0
+        else:
+            answer = 1.0 if int(np.asarray(action).reshape(-1)[0]) == 1 else -1.0
+        reward = 1.0 if answer == self._cue else -1.0
+        return self._obs(), reward, True, False, {"cue": self._cue}
+
+
+class HalfCheetahV5(gym.Env):  # type: ignore[type-arg]
+    """``HalfCheetah-v5`` dynamics, reward and observation on Gymnasium's shipped ``half_cheetah.xml``.
+
+    Gymnasium's own MuJoCo env module imports ``imageio`` (for rendering) at import time; where that package
+    is missing, :func:`make_novel_env` falls back to this class, which reproduces the v5 env without
+    rendering:
+    frame skip 5, reward ``x_velocity - 0.1 * |action|^2``, observation ``[qpos[1:], qvel]`` (17 entries),
+    reset noise ``U(-0.1, 0.1)`` on ``qpos`` and ``0.1 * N(0, 1)`` on ``qvel``, 1000-step limit (added by
+    :func:`make_novel_env`), never terminates.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self) -> None:
+        import mujoco
+
+        xml = Path(gym.__file__).resolve().parent / "envs" / "mujoco" / "assets" / "half_cheetah.xml"
+        if not xml.is_file():
+            raise FileNotFoundError(f"Gymnasium's half_cheetah.xml is missing at {xml}; reinstall gymnasium")
+        self._mj = mujoco
+        self.model = mujoco.MjModel.from_xml_path(str(xml))
+        self.data = mujoco.MjData(self.model)
+        self.frame_skip = 5
+        self.dt = float(self.model.opt.timestep) * self.frame_skip
+        self.metadata = {"render_modes": [], "render_fps": int(np.round(1.0 / self.dt))}
+        self.init_qpos = self.data.qpos.ravel().copy()
+        self.init_qvel = self.data.qvel.ravel().copy()
+        low, high = self.model.actuator_ctrlrange.copy().astype(np.float32).T
+        self.action_space = spaces.Box(low=low, high=high, dtype=np.float32)
+        n = self.model.nq + self.model.nv - 1
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(n,), dtype=np.float64)
+
+    def _obs(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos.flat[1:], self.data.qvel.flat]).astype(np.float64)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._mj.mj_resetData(self.model, self.data)
+        qpos = self.init_qpos + self.np_random.uniform(-0.1, 0.1, size=self.model.nq)
+        qvel = self.init_qvel + 0.1 * self.np_random.standard_normal(self.model.nv)
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = qvel
+        self._mj.mj_forward(self.model, self.data)
+        return self._obs(), {"x_position": float(self.data.qpos[0])}
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        a = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action contains NaN or inf: {a}")
+        x_before = float(self.data.qpos[0])
+        self.data.ctrl[:] = a
+        self._mj.mj_step(self.model, self.data, nstep=self.frame_skip)
+        self._mj.mj_rnePostConstraint(self.model, self.data)
+        x_after = float(self.data.qpos[0])
+        x_velocity = (x_after - x_before) / self.dt
+        ctrl_cost = 0.1 * float(np.sum(np.square(a)))
+        reward = x_velocity - ctrl_cost
+        info = {
+            "x_position": x_after,
+            "x_velocity": x_velocity,
+            "reward_forward": x_velocity,
+            "reward_ctrl": -ctrl_cost,
+        }
+        return self._obs(), reward, False, False, info
+
+
+def _make_base(env_id: str, **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
+    try:
+        return gym.make(env_id, **kwargs)
+    except ModuleNotFoundError as exc:
+        if env_id == "HalfCheetah-v5" and not kwargs and exc.name == "imageio":
+            return gym.wrappers.TimeLimit(HalfCheetahV5(), max_episode_steps=1000)
+        raise

@@ -1,0 +1,404 @@
+"""Tests of the liquid sb3 policies (ltc_control.agents.sb3) and the partially observed envs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from ltc_control.agents.sb3 import (
+    CnnLtcPolicy,
+    LtcPolicy,
+    export_policy,
+    load_policy_weights,
+    policy_kwargs_from_policy,
+    to_policy,
+)
+from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.env_util import make_vec_env
+
+from ltc_control.checkpoint import load_checkpoint
+from ltc_control.policy import Policy, PolicyConfig
+
+# Small controllers keep every test in seconds: NCP with 6 inter / 4 command neurons, 3 unfolds.
+SMALL_LTC = {
+    "kind": "ltc",
+    "ode_unfolds": 3,
+    "wiring": {
+        "preset": "ncp",
+        "inter": 6,
+        "command": 4,
+        "sensory_fanout": 2,
+        "inter_fanout": 2,
+        "recurrent_command_synapses": 3,
+        "motor_fanin": 3,
+    },
+}
+SMALL_CFC = {**SMALL_LTC, "kind": "cfc"}
+del SMALL_CFC["ode_unfolds"]
+
+
+class _ImageEnv(gym.Env):  # type: ignore[type-arg]
+    """Small uint8 camera env (like sb3's FakeImageEnv) with 1-D continuous or discrete actions."""
+
+    def __init__(self, discrete: bool = False) -> None:
+        self.observation_space = spaces.Box(0, 255, shape=(24, 32, 3), dtype=np.uint8)
+        self.action_space: spaces.Space = (
+            spaces.Discrete(3) if discrete else spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        )
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        self._t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):  # type: ignore[override]
+        self._t += 1
+        return self.observation_space.sample(), 0.0, self._t >= 6, False, {}
+
+
+def _small_image_kwargs() -> dict:
+    return {
+        "controller": SMALL_LTC,
+        "features_extractor_kwargs": {
+            "perception": {
+                "channels": (4, 8, 4),
+                "kernels": (3, 3, 3),
+                "strides": (2, 2, 1),
+                "features_per_channel": 2,
+            }
+        },
+    }
+
+
+def _eval_cue(model: RecurrentPPO, episodes: int = 200, seed: int = 123) -> float:
+    env = CueMemoryEnv(delay=3, continuous=isinstance(model.action_space, spaces.Box))
+    total = 0.0
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        state, start, done = None, np.ones((1,), dtype=bool), False
+        while not done:
+            action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+            obs, r, term, trunc, _ = env.step(action)
+            total += float(r)
+            done = term or trunc
+            start = np.zeros((1,), dtype=bool)
+    return total / episodes
+
+
+# ---------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("kind", ["ltc"])
+def test_learns_cue_memory_task(kind: str) -> None:
+    """A short learn() run makes the policy remember the cue: mean return from ~0 (chance) to > 0.8."""
+    torch.manual_seed(0)
+    env = make_vec_env(lambda: CueMemoryEnv(delay=3), n_envs=8, seed=0)
+    model = RecurrentPPO(
+        LtcPolicy,
+        env,
+        n_steps=32,
+        batch_size=128,
+        n_epochs=8,
+        learning_rate=1e-2,
+        gamma=0.99,
+        ent_coef=0.0,
+        seed=0,
+        device="cpu",
+        policy_kwargs={"controller": SMALL_LTC, "critic": "shared", "net_arch": [16]},
+    )
+    before = _eval_cue(model)
+    model.learn(6000)
+    after = _eval_cue(model)
+    assert after > before + 0.3, f"learning should improve the mean return: {before} -> {after}"
+    assert after > 0.8, (
+        f"trained policy should remember the cue (mean return > 0.8), got {after} (before {before})"
+    )
+
+
+# ------------------------------------------------------------------------------------------- episode starts
+def _tiny_model(env_or_id="Pendulum-v1", **kwargs) -> RecurrentPPO:
+    policy = kwargs.pop("policy", LtcPolicy)
+    pk = {"controller": SMALL_LTC}
+    pk.update(kwargs.pop("policy_kwargs", {}))
+    return RecurrentPPO(
+        policy,
+        env_or_id,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=pk,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared", "feedforward"])
+def test_episode_starts_reset_the_state(critic: str) -> None:
+    """Hand-made sequence with an episode start at step 5: steps 5.. equal a fresh run of those steps."""
+    model = _tiny_model(policy_kwargs={"critic": critic})
+    policy = model.policy
+    torch.manual_seed(1)
+    t, split = 9, 5
+    obs = torch.randn(t, 3)
+    hid = policy.lstm_actor.hidden_size
+    # a non-zero carried-in state, so that a missing reset would show
+    h = torch.zeros(1, 1, hid)
+    h[0, 0, : policy.lstm_actor.state_size] = torch.rand(policy.lstm_actor.state_size)
+    states = RNNStates((h, torch.zeros_like(h)), (h.clone(), torch.zeros_like(h)))
+    starts = torch.zeros(t)
+    starts[split] = 1.0
+    actions = torch.randn(t, 1)
+    with torch.no_grad():
+        values, logp, _ = policy.evaluate_actions(obs, actions, states, starts)
+        zero = torch.zeros_like(h)
+        fresh = RNNStates((zero, zero), (zero, zero))
+        v2, lp2, _ = policy.evaluate_actions(obs[split:], actions[split:], fresh, torch.zeros(t - split))
+        v_nr, lp_nr, _ = policy.evaluate_actions(obs, actions, states, torch.zeros(t))
+    torch.testing.assert_close(values[split:], v2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logp[split:], lp2, rtol=0, atol=1e-6)
+    # without the reset the carried-in state changes the actor's outputs after the split
+    assert float((lp_nr[split:] - lp2).abs().max()) > 1e-4
+
+
+def test_step_loop_matches_sequence_path() -> None:
+    """The shared critic's step loop (every neuron's state) gives the same outputs as the fused sequence
+    path."""
+    model = _tiny_model()
+    adapter = model.policy.lstm_actor
+    torch.manual_seed(2)
+    x = torch.randn(2 * 7, 3)
+    h = torch.zeros(1, 2, adapter.hidden_size)
+    h[0, :, : adapter.state_size] = torch.rand(2, adapter.state_size)
+    starts = torch.zeros(14)
+    starts[3] = 1.0
+    with torch.no_grad():
+        y1, none, s1 = adapter(x, (h, torch.zeros_like(h)), starts)
+        y2, seq, s2 = adapter(x, (h, torch.zeros_like(h)), starts, return_states=True)
+    assert none is None and seq is not None and seq.shape == (14, adapter.state_size)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s1[0], s2[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(seq.reshape(2, 7, -1)[:, -1], s2[0][0, :, : adapter.state_size])
+
+
+def test_predict_episode_start_equals_fresh_state() -> None:
+    model = _tiny_model()
+    obs = np.array([[0.3, -0.2, 0.5]], dtype=np.float32)
+    _, state = model.predict(obs, deterministic=True)
+    for _ in range(3):
+        _, state = model.predict(obs, state=state, deterministic=True)
+    a_reset, s_reset = model.predict(obs, state=state, episode_start=np.ones(1, bool), deterministic=True)
+    a_fresh, s_fresh = model.predict(obs, state=None, deterministic=True)
+    a_carry, _ = model.predict(obs, state=state, episode_start=np.zeros(1, bool), deterministic=True)
+    np.testing.assert_array_equal(a_reset, a_fresh)
+    np.testing.assert_array_equal(s_reset[0], s_fresh[0])
+    assert not np.array_equal(a_carry, a_fresh)
+
+
+# -------------------------------------------------------------------------------------------- save / load
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_save_load_identical_actions_and_states(tmp_path: Path, critic: str) -> None:
+    model = _tiny_model(
+        make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0),
+        policy_kwargs={"critic": critic},
+    )
+    model.learn(32)
+    path = tmp_path / "ppo_ltc.zip"
+    model.save(path)
+    loaded = RecurrentPPO.load(path, device="cpu")
+    assert isinstance(loaded.policy, LtcPolicy)
+    rng = np.random.default_rng(0)
+    s1 = s2 = None
+    starts = np.array([True, True])
+    for i in range(6):
+        obs = rng.normal(size=(2, 2)).astype(np.float32)
+        a1, s1 = model.predict(obs, state=s1, episode_start=starts, deterministic=i % 2 == 0)
+        a2, s2 = loaded.predict(obs, state=s2, episode_start=starts, deterministic=i % 2 == 0)
+        if i % 2 == 0:
+            np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(s1[0], s2[0])
+        np.testing.assert_array_equal(s1[1], s2[1])
+        starts = np.array([False, i == 3])
+    for (k, v), (k2, v2) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+# ----------------------------------------------------------------------------------- spaces and controllers
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [
+        {"controller": SMALL_CFC},
+        {"controller": {"kind": "lstm", "lstm_hidden": 8}, "critic": "feedforward"},
+        {"controller": {"kind": "cfc", "cfc_wired": False, "units": 8, "cfc_backbone_units": 8}},
+    ],
+)
+def test_other_controllers_learn_and_predict(policy_kwargs: dict) -> None:
+    model = _tiny_model(policy_kwargs=policy_kwargs)
+    model.learn(32)
+    action, state = model.predict(np.zeros(3, np.float32), deterministic=True)
+    assert action.shape == (1,) and np.all(np.abs(action) <= 2.0)
+    assert state[0].shape == (1, 1, model.policy.lstm_actor.hidden_size)
+
+
+def test_discrete_vector_actions() -> None:
+    model = _tiny_model("CartPole-v1")
+    assert model.policy.controller.output_size == 2  # one motor neuron per logit
+    model.learn(32)
+    action, _ = model.predict(np.zeros(4, np.float32), deterministic=True)
+    assert action.shape == () and int(action) in (0, 1)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_image_observations(discrete: bool) -> None:
+    env = make_vec_env(lambda: _ImageEnv(discrete), n_envs=2, seed=0)
+    model = _tiny_model(env, policy=CnnLtcPolicy, policy_kwargs=_small_image_kwargs())
+    assert model.policy.features_dim == 4 * 2  # last conv maps x features per map
+    model.learn(32)
+    obs = np.random.default_rng(0).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    action, state = model.predict(obs, deterministic=True)
+    assert action.shape == (() if discrete else (2,))
+    assert np.all(np.isfinite(state[0]))
+
+
+# ------------------------------------------------------------------------------------------- export
+def _rollout_pairs(model: RecurrentPPO, policy: Policy, observations: list[np.ndarray]) -> float:
+    """Largest |sb3 deterministic action - Policy.act action| over a sequence, with states carried."""
+    state_sb3, state_pol, worst = None, policy.reset(1), 0.0
+    for obs in observations:
+        a1, state_sb3 = model.predict(obs, state=state_sb3, deterministic=True)
+        a2, state_pol = policy.act(obs, state_pol)
+        worst = max(worst, float(np.abs(np.asarray(a1, np.float64) - a2).max()))
+    return worst
+
+
+def test_export_vector_policy_matches_predict(tmp_path: Path) -> None:
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=1, seed=0)
+    model = _tiny_model(env)
+    assert model.policy.action_squash == "tanh"  # rescaled to [-1, 1]
+    model.learn(32)
+    rng = np.random.default_rng(1)
+    observations = [rng.normal(size=2).astype(np.float32) for _ in range(8)]
+    policy = to_policy(model)
+    assert policy.controller.cell.num_neurons == model.policy.controller.cell.num_neurons
+    assert _rollout_pairs(model, policy, observations) < 1e-6
+    folder = export_policy(model, tmp_path / "ckpt", metadata={"env": "PendulumNoVel-v1"})
+    loaded, meta = load_checkpoint(folder)
+    assert meta["env"] == "PendulumNoVel-v1" and meta["num_timesteps"] == model.num_timesteps
+    assert _rollout_pairs(model, loaded, observations) < 1e-6
+
+
+def test_export_image_policy_matches_predict(tmp_path: Path) -> None:
+    env = make_vec_env(lambda: _ImageEnv(False), n_envs=1, seed=0)
+    model = _tiny_model(env, policy=CnnLtcPolicy, policy_kwargs=_small_image_kwargs())
+    model.learn(32)
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8) for _ in range(5)]
+    loaded, _ = load_checkpoint(export_policy(model, tmp_path / "ckpt"))
+    assert loaded.config.observation == "image" and loaded.config.image_shape == (24, 32, 3)
+    assert _rollout_pairs(model, loaded, frames) < 1e-5
+
+
+def test_imitation_policy_round_trip_into_sb3() -> None:
+    """A Policy's weights loaded into a fresh sb3 actor give the Policy's actions (fine-tuning starts
+    there)."""
+    torch.manual_seed(3)
+    policy = Policy(PolicyConfig(observation="vector", vector_size=2, controller=from_small(SMALL_LTC)))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=1, seed=0)
+    model = RecurrentPPO(
+        LtcPolicy,
+        env,
+        n_steps=16,
+        batch_size=16,
+        seed=0,
+        device="cpu",
+        policy_kwargs=policy_kwargs_from_policy(policy),
+    )
+    load_policy_weights(model, policy)
+    rng = np.random.default_rng(4)
+    observations = [rng.normal(size=2).astype(np.float32) for _ in range(6)]
+    assert _rollout_pairs(model, policy.eval(), observations) < 1e-6
+
+
+def from_small(d: dict):
+    from ltc_control.config import from_dict
+    from ltc_control.controllers import ControllerConfig
+
+    return from_dict(ControllerConfig, d)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_bad_configs_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="gSDE"):
+        _tiny_model(use_sde=True)
+    with pytest.raises(ValueError, match="motor neurons are the action"):
+        _tiny_model(policy_kwargs={"net_arch": {"pi": [64], "vf": [64]}})
+    with pytest.raises(ValueError, match="unknown config key 'controller.hidden'"):
+        _tiny_model(policy_kwargs={"controller": {"hidden": 3}})
+    with pytest.raises(ValueError, match="critic must be"):
+        _tiny_model(policy_kwargs={"critic": "both"})
+    with pytest.raises(ValueError, match="only applies to continuous"):
+        _tiny_model("CartPole-v1", policy_kwargs={"action_squash": "tanh"})
+    model = _tiny_model()
+    bad_state = (np.zeros((1, 1, 3), np.float32), np.zeros((1, 1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"recurrent state must have shape \(1, n_seq"):
+        model.predict(np.zeros(3, np.float32), state=bad_state)
+    with pytest.raises(ValueError, match="no liquid controller"):
+        to_policy(RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", n_steps=16, batch_size=16, device="cpu"))
+
+
+# ------------------------------------------------------------------------------------------------ envs
+def test_mask_velocity_pendulum_and_halfcheetah() -> None:
+    full, masked = gym.make("Pendulum-v1"), make_novel_env("PendulumNoVel-v1")
+    o_full, _ = full.reset(seed=5)
+    o_mask, _ = masked.reset(seed=5)
+    assert masked.observation_space.shape == (2,)
+    np.testing.assert_array_equal(o_mask, o_full[:2])
+    assert masked.action_space.low[0] == -1.0  # rescaled from [-2, 2]
+    hc = make_novel_env("HalfCheetahNoVel-v5")
+    obs, _ = hc.reset(seed=0)
+    qpos = hc.unwrapped.data.qpos
+    assert obs.shape == (8,)
+    np.testing.assert_allclose(obs, qpos[1:], rtol=0, atol=1e-12)
+    a = np.full(6, 0.5, np.float32)
+    _, r, term, _, info = hc.step(a)
+    assert not term and r == pytest.approx(info["x_velocity"] - 0.1 * 6 * 0.25, abs=1e-9)
+
+
+def test_halfcheetah_fallback_passes_env_checker() -> None:
+    from gymnasium.utils.env_checker import check_env
+    from ltc_control.agents.sb3_envs import HalfCheetahV5
+
+    env = HalfCheetahV5()
+    check_env(env, skip_render_check=True)
+    o1, _ = env.reset(seed=3)
+    o2, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(o1, o2)
+    assert o1.shape == (17,) and env.dt == pytest.approx(0.05)
+
+
+def test_mask_velocity_errors() -> None:
+    with pytest.raises(ValueError, match="no velocity mask known"):
+        MaskVelocity(gym.make("Acrobot-v1"))
+    with pytest.raises(ValueError, match="distinct indices"):
+        MaskVelocity(gym.make("Pendulum-v1"), keep=[0, 0])
+
+
+def test_cue_memory_env_rewards() -> None:
+    env = CueMemoryEnv(delay=2)
+    obs, info = env.reset(seed=0)
+    cue = info["cue"]
+    assert obs[0] == cue and obs[1] == 0.0
+    obs, r, term, _, _ = env.step(0)
+    assert obs[0] == 0.0 and r == 0.0 and not term
+    obs, _, _, _, _ = env.step(0)
+    assert obs[1] == 1.0
+    _, r, term, _, _ = env.step(1 if cue > 0 else 0)
+    assert r == 1.0 and term
