@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -161,3 +162,26 @@ def test_rollout_cli_with_checkpoint_and_expert(tmp_path: Path, capsys: pytest.C
         rollout_main(["expert", "--panels", "camera", "radar", "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit):
         rollout_main([str(tmp_path / "missing"), "--out", str(tmp_path / "bad2")])
+
+
+def test_metrics_only_rollout_and_config_validation() -> None:
+    from ltc_control.agents.evaluation import ConstantAgent
+
+    cfg = RolloutConfig(
+        env="LTC/LaneKeepingState-v0", video=None, max_steps=3, episodes=2, env_kwargs={"road_length": 10.0}
+    )
+    result = rollout(ConstantAgent([0.2]), dataclasses.replace(cfg, progress=False))
+    assert result.video is None and result.codec is None and result.frames == 0
+    assert [ep.seed for ep in result.episodes] == [1000, 1001]
+    assert all(np.all(ep.steering == np.float32(0.2)) for ep in result.episodes)
+    for bad, match in (
+        ({"slowmo": 0}, "slowmo"),
+        ({"panels": ()}, "panels"),
+        ({"panels": ("camera", "camera")}, "repeat"),
+        ({"video": "out.avi"}, "mp4"),
+        ({"fps": 0.0}, "fps"),
+        ({"episodes": 0}, "episodes"),
+        ({"noise": -1.0}, "noise_variance"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            RolloutConfig(**bad)  # type: ignore[arg-type]
