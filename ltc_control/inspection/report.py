@@ -439,6 +439,23 @@ def inspect_policy(
         torch.set_num_threads(previous_threads)
 
 
+def _output_semantics(policy: Any) -> str:
+    """How the recorded motor column becomes the action, for this policy's cell and action head."""
+    cell = policy.controller.cell
+    if hasattr(cell, "output_w") and hasattr(cell, "wiring"):
+        readout = "readout = output_w * v[:M] + output_b (motor neurons; mapping as configured)"
+    else:
+        readout = f"readout = {type(cell).__name__}.readout(h)"
+    squash = getattr(getattr(getattr(policy, "config", None), "action_head", None), "squash", None)
+    if squash == "tanh":
+        head = "action = tanh(action_scale * readout + action_bias)"
+    elif squash == "none":
+        head = "action = action_scale * readout + action_bias"
+    else:
+        head = "action = the policy's action head applied to the readout"
+    return f"{head}; {readout}"
+
+
 def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> InspectionResult:
     import dataclasses
 
@@ -498,10 +515,7 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             )
         if trace.tau is not None:
             summary["tau range (time units)"] = f"{trace.tau.min():.4g} .. {trace.tau.max():.4g}"
-        summary["output semantics"] = (
-            "action = tanh(action_scale * motor readout + action_bias); motor readout = output_w * v_motor + "
-            "output_b"
-        )
+        summary["output semantics"] = _output_semantics(policy)
 
         video_path: Path | None = None
         image_policy = getattr(policy, "perception", None) is not None and trace.observations is not None
