@@ -142,6 +142,7 @@ def record_rollout(
     steps: int | None = 600,
     keep_observations: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> tuple[Trace, Any]:
     """Drive one episode with the policy and record every neuron.
 
@@ -152,15 +153,27 @@ def record_rollout(
         steps: step cap (None = the env's own limit).
         keep_observations: keep the camera frames in the trace (needed for saliency).
         metadata: extra JSON metadata for the trace.
+        progress: show a tqdm bar of the control steps.
 
     Returns:
         ``(trace, episode)``: the :class:`Trace` and ``agents.evaluation``'s ``EpisodeResult``.
     """
+    from tqdm.auto import tqdm
+
     from ltc_control.agents.evaluation import PolicyAgent, run_episode
 
     agent = PolicyAgent(policy)
+    bar = tqdm(total=steps, desc="recording rollout", unit="step", disable=not progress, leave=False)
+
+    def on_step(step_record: Any) -> None:
+        recording.on_step(step_record)
+        bar.update(1)
+
     with record(policy, keep_observations=keep_observations, metadata=metadata or {}) as recording:
-        episode = run_episode(env, agent, seed=int(seed), max_steps=steps, on_step=recording.on_step)
+        try:
+            episode = run_episode(env, agent, seed=int(seed), max_steps=steps, on_step=on_step)
+        finally:
+            bar.close()
         road = getattr(getattr(env, "unwrapped", env), "road", None)
         points = getattr(road, "points", None)
         if points is not None:
@@ -474,6 +487,7 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             steps=cfg.steps,
             keep_observations=True,
             metadata={"source": source, "env": cfg.env, "env_kwargs": dict(cfg.env_kwargs)},
+            progress=cfg.progress,
         )
         trace_path = trace.save(out / "trace.npz")
         figures, skipped = plot_all(trace, fig_dir, formats=cfg.formats)

@@ -221,3 +221,14 @@ def test_experiment_script_untrained_then_replot(tmp_path: Path) -> None:
     np.testing.assert_array_equal(Trace.load(second / "trace.npz").state, trace.state)
     with pytest.raises(SystemExit):
         module.main([str(tmp_path / "missing"), "--out", str(second)])
+
+
+def test_inspect_policy_bad_inputs(policy: Policy, tmp_path: Path) -> None:
+    from ltc_control.inspection.report import inspect_policy
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inspect_policy(tmp_path / "no_such_checkpoint", tmp_path / "out")
+    with pytest.raises(TypeError, match="Policy or a checkpoint"):
+        inspect_policy(object(), tmp_path / "out")
+    with pytest.raises(ValueError, match="steps must be >= 2"):
+        inspect_policy(policy, tmp_path / "out", steps=1)

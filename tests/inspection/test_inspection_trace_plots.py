@@ -63,6 +63,10 @@ def test_analysis_numbers() -> None:
     np.testing.assert_allclose(lipschitz_profile(steps, episode=np.array([0, 0, 0, 1])), [1.0, 3.0])
     r = pearson(np.stack([t, -t, np.ones_like(t)], axis=1), t)
     np.testing.assert_allclose(r, [1.0, -1.0, 0.0])
+    with pytest.raises(ValueError, match="NaN"):
+        pca(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        pca(np.zeros((1, 3)))
 
 
 def test_correlations_of_recorded_trace(ncp_trace: Trace) -> None:
