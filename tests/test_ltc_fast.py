@@ -303,3 +303,19 @@ def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Pa
     assert len(paths) == 1
     assert [p.name for p in cache.iterdir() if p.suffix == ".so"] == [Path(paths.pop()).name]
     assert not list(cache.glob(".ltc_kernel_*")), "temporary build files must not be left behind"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_one_inference_sequence_matches_reference(kernel: object, dtype: torch.dtype) -> None:
+    """Batch 1 without gradients runs the synapse-vectorised kernel branch: resets and per-step dt included."""
+    ref, fast = _pair(lane_keeping_ncp(seed=6), "fused-c", dtype, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 7, 32, generator=gen, dtype=dtype)
+    h0 = 0.2 * torch.randn(1, 19, generator=gen, dtype=dtype)
+    dt = torch.rand(1, 7, generator=gen, dtype=dtype) + 0.1
+    starts = torch.tensor([[0, 0, 1, 0, 0, 1, 0]], dtype=dtype)
+    with torch.no_grad():
+        y_r, h_r = ref.forward_sequence(x, h0, dt=dt, episode_starts=starts)
+        y_f, h_f = fast.forward_sequence(x, h0, dt=dt, episode_starts=starts)
+    _assert_close(y_f, y_r, "batch-1 sequence y")
+    _assert_close(h_f, h_r, "batch-1 sequence h")

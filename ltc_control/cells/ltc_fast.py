@@ -85,7 +85,7 @@ PARAM_NAMES: tuple[str, ...] = (
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("ltc_kernel.c", "ltc_kernel_body.h")
-_ABI = 3
+_ABI = 4
 # First flag set that compiles wins: -march=native vectorises the batch lanes with the CPU's widest units; the
 # plain -O3 set is the fallback for compilers that reject it.
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
@@ -109,6 +109,7 @@ class _Kernel:
         self.forward: dict[torch.dtype, Any] = {}
         self.backward: dict[torch.dtype, Any] = {}
         self.lanes: dict[torch.dtype, int] = {}
+        self.forward_packed: dict[torch.dtype, Any] = {}
         for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
             self.lanes[dtype] = int(getattr(lib, f"ltc_kernel_lanes_{suffix}")())
             fwd = getattr(lib, f"ltc_forward_{suffix}")
@@ -119,6 +120,10 @@ class _Kernel:
             bwd.restype = ctypes.c_int
             self.forward[dtype] = fwd
             self.backward[dtype] = bwd
+            packed = getattr(lib, f"ltc_forward_packed_{suffix}")
+            packed.argtypes = [i64p, p, ctypes.c_double]
+            packed.restype = ctypes.c_int
+            self.forward_packed[dtype] = packed
 
 
 _KERNEL_LOCK = threading.Lock()
@@ -667,6 +672,8 @@ class FusedCImplementation:
         # (params dict, pointer array, contiguous tensors kept alive) for the no-grad step
         self._pp_cache: tuple[Any, Any, list[Tensor]] | None = None
         self._dims_cache: dict[tuple[Any, ...], Any] = {}
+        # per-thread packed pointer array for the no-grad step (mutated on every call)
+        self._tls = threading.local()
 
     def available(self, device: torch.device) -> bool:
         """Whether the kernel can run on ``device`` (CPU only; builds the kernel on first call)."""
@@ -745,20 +752,21 @@ class FusedCImplementation:
             if len(self._dims_cache) > 64:
                 self._dims_cache.clear()
             self._dims_cache[dkey] = dims
-        rc = kernel.forward[v_c.dtype](
-            dims,
-            pp,
-            keep[-2].data_ptr(),
-            keep[-1].data_ptr(),
-            x_c.data_ptr(),
-            v_c.data_ptr(),
-            dt_c.data_ptr(),
-            None,
-            float(eps),
-            out.data_ptr(),
-            None,
-            None,
-        )
+        args = getattr(self._tls, "args", None)
+        if args is None:
+            args = (ctypes.c_void_p * 10)()
+            self._tls.args = args
+        args[0] = ctypes.addressof(pp)
+        args[1] = keep[-2].data_ptr()
+        args[2] = keep[-1].data_ptr()
+        args[3] = x_c.data_ptr()
+        args[4] = v_c.data_ptr()
+        args[5] = dt_c.data_ptr()
+        args[6] = None
+        args[7] = out.data_ptr()
+        args[8] = None
+        args[9] = None
+        rc = kernel.forward_packed[v_c.dtype](dims, args, eps)
         if rc != 0:
             raise MemoryError("the LTC kernel could not allocate its scratch memory")
         return out

@@ -118,6 +118,95 @@ static void FN(sensory)(const FN(dims_t) * d, const FN(scratch_t) * sc, const RE
     }
 }
 
+/* Batch-1 inference (no vstore): here the batch gives no lanes to vectorise over, so the synapses do. Each block
+ * of L synapses gathers its presynaptic values into one vector, evaluates L sigmoids at once and scatters them
+ * to their postsynaptic neurons in order (the same summation order as the batched path). Padding synapses have
+ * zero weight. */
+static int FN(forward_b1)(const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges, const int32_t *sedges,
+                          const REAL *x, const REAL *h0, const REAL *dt, const REAL *starts, double eps,
+                          REAL *states, REAL *y, const REAL *iw, const REAL *ib, const REAL *ow, const REAL *ob) {
+    const int64_t T = d->T, S = d->S, N = d->N, K = d->K, E = d->E, ES = d->ES, M = d->M;
+    const int64_t Ep = (E + L - 1) / L * L, ESp = (ES + L - 1) / L * L;
+    /* per synapse: w, sigma, mu, erev (REAL), then src, dst (int32) after the REAL arrays */
+    const size_t n = (size_t)(4 * Ep + 4 * ESp + 6 * N + S + L);
+    void *block = NULL;
+    if (posix_memalign(&block, VEC_ALIGN, sizeof(REAL) * n + sizeof(int32_t) * (size_t)(2 * Ep + 2 * ESp)) != 0)
+        return 1;
+    REAL *ew = (REAL *)block, *esig = ew + Ep, *emu = esig + Ep, *eerev = emu + Ep;
+    REAL *sw = eerev + Ep, *ssig = sw + ESp, *smu = ssig + ESp, *serev = smu + ESp;
+    REAL *v = serev + ESp, *num = v + N, *den = num + N, *snum = den + N, *sden = snum + N, *cmt = sden + N,
+         *xl = cmt + N;
+    int32_t *esrc = (int32_t *)(xl + S + L), *edst = esrc + Ep, *ssrc = edst + Ep, *sdst = ssrc + ESp;
+    for (int64_t e = 0; e < Ep; ++e) {
+        const int valid = e < E;
+        const int64_t idx = valid ? (int64_t)edges[e] * N + edges[E + e] : 0;
+        ew[e] = valid ? p->w[idx] : (REAL)0;
+        esig[e] = valid ? p->sigma[idx] : (REAL)0;
+        emu[e] = valid ? p->mu[idx] : (REAL)0;
+        eerev[e] = valid ? p->erev[idx] : (REAL)0;
+        esrc[e] = valid ? edges[e] : 0;
+        edst[e] = valid ? edges[E + e] : 0;
+    }
+    for (int64_t e = 0; e < ESp; ++e) {
+        const int valid = e < ES;
+        const int64_t idx = valid ? (int64_t)sedges[e] * N + sedges[ES + e] : 0;
+        sw[e] = valid ? p->sw[idx] : (REAL)0;
+        ssig[e] = valid ? p->ssigma[idx] : (REAL)0;
+        smu[e] = valid ? p->smu[idx] : (REAL)0;
+        serev[e] = valid ? p->serev[idx] : (REAL)0;
+        ssrc[e] = valid ? sedges[e] : 0;
+        sdst[e] = valid ? sedges[ES + e] : 0;
+    }
+    for (int64_t j = 0; j < N; ++j) v[j] = h0[j];
+    const REAL Kr = (REAL)K, epsr = (REAL)eps;
+    for (int64_t t = 0; t < T; ++t) {
+        if (starts) {
+            const REAL keep = (REAL)1 - starts[t * d->sst];
+            for (int64_t j = 0; j < N; ++j) v[j] *= keep;
+        }
+        for (int64_t k = 0; k < S; ++k) xl[k] = x[t * S + k] * (iw ? iw[k] : (REAL)1) + (ib ? ib[k] : (REAL)0);
+        for (int64_t j = 0; j < N; ++j) snum[j] = sden[j] = 0;
+        for (int64_t e = 0; e < ESp; e += L) {
+            V xs;
+            for (int64_t l = 0; l < L; ++l) xs[l] = xl[ssrc[e + l]];
+            const V s = *(const V *)(sw + e) * VSIGMOID(*(const V *)(ssig + e) * (xs - *(const V *)(smu + e)));
+            const V sn = s * *(const V *)(serev + e);
+            for (int64_t l = 0; l < L; ++l) {
+                snum[sdst[e + l]] += sn[l];
+                sden[sdst[e + l]] += s[l];
+            }
+        }
+        const REAL h = dt[t * d->dst] / Kr;
+        for (int64_t j = 0; j < N; ++j) {
+            cmt[j] = p->cm[j] / h;
+            snum[j] += p->gleak[j] * p->vleak[j];
+            sden[j] += cmt[j] + p->gleak[j];
+        }
+        for (int64_t u = 0; u < K; ++u) {
+            for (int64_t j = 0; j < N; ++j) {
+                num[j] = cmt[j] * v[j] + snum[j];
+                den[j] = sden[j];
+            }
+            for (int64_t e = 0; e < Ep; e += L) {
+                V vs;
+                for (int64_t l = 0; l < L; ++l) vs[l] = v[esrc[e + l]];
+                const V s = *(const V *)(ew + e) * VSIGMOID(*(const V *)(esig + e) * (vs - *(const V *)(emu + e)));
+                const V sn = s * *(const V *)(eerev + e);
+                for (int64_t l = 0; l < L; ++l) {
+                    num[edst[e + l]] += sn[l];
+                    den[edst[e + l]] += s[l];
+                }
+            }
+            for (int64_t j = 0; j < N; ++j) v[j] = num[j] / (den[j] + epsr);
+        }
+        for (int64_t j = 0; j < N; ++j) states[t * N + j] = v[j];
+        if (y)
+            for (int64_t j = 0; j < M; ++j) y[t * M + j] = v[j] * (ow ? ow[j] : (REAL)1) + (ob ? ob[j] : (REAL)0);
+    }
+    free(block);
+    return 0;
+}
+
 /* Forward. states: (B, T, N) out; y: (B, T, M) out or NULL (readout output_w * v[:M] + output_b); vstore:
  * (chunks, T, K, N, L) pre-unfold states kept for the backward pass, or NULL for inference.
  * Returns 0, or 1 if out of memory. */
@@ -128,6 +217,8 @@ int FN(ltc_forward)(const int64_t *dims, const REAL *const *pp, const int32_t *e
     const int64_t B = d.B, T = d.T, S = d.S, N = d.N, K = d.K, E = d.E, M = d.M;
     const FN(params_t) p = {pp[0], pp[1], pp[2], pp[3], pp[4], pp[5], pp[6], pp[7], pp[8], pp[9], pp[10]};
     const REAL *iw = pp[11], *ib = pp[12], *ow = pp[13], *ob = pp[14];
+    if (B == 1 && !vstore && d.c0 == 0 && d.c1 == 1)
+        return FN(forward_b1)(&d, &p, edges, sedges, x, h0, dt, starts, eps, states, y, iw, ib, ow, ob);
     FN(scratch_t) sc;
     if (FN(scratch_init)(&sc, &p, &d, edges, sedges, (size_t)(S + 6 * N))) return 1;
     V *xl = (V *)sc.vector_block, *snum = xl + S, *sden = snum + N, *v = sden + N, *num = v + N, *den = num + N,
@@ -372,4 +463,12 @@ int FN(ltc_backward)(const int64_t *dims, const REAL *const *pp, const int32_t *
     free(acc);
     FN(scratch_free)(&sc);
     return 0;
+}
+
+/* The forward with its pointer arguments packed in one array (a: pp, edges, sedges, x, h0, dt, starts, states, y,
+ * vstore): one ctypes argument instead of twelve, for the microsecond budget of a control step. */
+int FN(ltc_forward_packed)(const int64_t *dims, void *const *a, double eps) {
+    return FN(ltc_forward)(dims, (const REAL *const *)a[0], (const int32_t *)a[1], (const int32_t *)a[2],
+                           (const REAL *)a[3], (const REAL *)a[4], (const REAL *)a[5], (const REAL *)a[6], eps,
+                           (REAL *)a[7], (REAL *)a[8], (REAL *)a[9]);
 }

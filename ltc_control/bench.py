@@ -1,0 +1,512 @@
+"""``ltc-control bench``: speed benchmarks, dispatched by name.
+
+``ltc-control bench ltc [options]`` runs :func:`ltc_bench_main` (the fast LTC against ``ncps`` and ``nn.LSTM``).
+Each benchmark is one ``<name>: (module, function, help)`` entry in :data:`BENCHMARKS`; the function takes
+``argv`` and returns an exit code.
+
+LTC benchmark method. For every wiring configuration the models are built once; the ncps model and ours share
+the same wiring and weights (ours is converted from the ncps model with ``ltc_control.interop.from_ncps``, and
+the outputs are compared as a sanity check). Timings are medians over ``--repeats`` interleaved rounds (each round
+measures every model once, in turn), so load from other processes hits all models alike; ratios are taken
+between medians measured in the same process. Peak memory of forward + backward is measured in a fresh
+subprocess per model as the rise of the peak resident set size (``ru_maxrss``) over the level just before the
+pass: torch's CPU allocator has no peak counter, and ``tracemalloc`` does not see torch's allocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: benchmark name -> (module, function, one-line help)
+BENCHMARKS: dict[str, tuple[str, str, str]] = {
+    "ltc": ("ltc_control.bench", "ltc_bench_main", "fast LTC vs ncps LTC and nn.LSTM (training, inference, latency)"),
+}
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    """Entry point of ``ltc-control bench <name> [options]``.
+
+    Args:
+        argv: arguments after ``bench`` (the benchmark name first).
+
+    Returns:
+        The process exit code.
+    """
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        width = max(len(n) for n in BENCHMARKS)
+        print("usage: ltc-control bench <benchmark> [options]\n\nbenchmarks:")
+        for name, (_, _, help_) in BENCHMARKS.items():
+            print(f"  {name.ljust(width)}  {help_}")
+        return 0
+    name = args[0]
+    if name not in BENCHMARKS:
+        print(f"ltc-control bench: unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    module, func, _ = BENCHMARKS[name]
+    return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
+
+
+# ================================================================================================ LTC benchmark
+#: configuration name -> description; built by _build_wiring
+LTC_CONFIGS: dict[str, str] = {
+    "ncp19": "lane-keeping NCP (19 neurons, 32 inputs, lane_keeping_ncp())",
+    "autoncp64": "AutoNCP(64, 1), sparse, 32 inputs",
+    "fc64": "fully connected 64 neurons, 32 inputs",
+}
+
+
+def _build_wiring(name: str) -> Any:
+    from ltc_control.wirings import AutoNCP, FullyConnected, lane_keeping_ncp
+
+    if name == "ncp19":
+        return lane_keeping_ncp(seed=22222)
+    if name == "autoncp64":
+        return AutoNCP(64, 1, input_size=32, seed=0)
+    if name == "fc64":
+        return FullyConnected(64, input_size=32, output_size=1, seed=0)
+    raise ValueError(f"unknown LTC benchmark config {name!r}; valid: {', '.join(LTC_CONFIGS)}")
+
+
+def _ncps_model(wiring: Any, unfolds: int) -> Any:
+    """An ``ncps.torch.LTC`` on the same adjacency as ``wiring`` (batch-first, softplus constraints)."""
+    import numpy as np
+    from ncps.torch import LTC
+    from ncps.wirings import Wiring as NcpsWiring
+
+    nw = NcpsWiring(wiring.units)
+    nw.build(wiring.input_size)
+    nw.adjacency_matrix = np.asarray(wiring.adjacency, dtype=np.int32).copy()
+    nw.sensory_adjacency_matrix = np.asarray(wiring.sensory_adjacency, dtype=np.int32).copy()
+    nw.set_output_dim(wiring.output_size)
+    return LTC(wiring.input_size, nw, batch_first=True, ode_unfolds=unfolds)
+
+
+def _median_of(samples: list[float]) -> float:
+    return float(statistics.median(samples)) if samples else float("nan")
+
+
+def _time_call(fn: Callable[[], Any], min_time: float) -> tuple[float, float]:
+    """Wall-clock and CPU seconds per call of ``fn`` (runs it for at least ``min_time`` wall seconds).
+
+    CPU time is the process's (all threads), so a model that keeps two intra-op threads busy pays for both.
+    """
+    n = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / n, (time.process_time() - cpu_start) / n
+
+
+def _memory_probe(config: str, model: str, batch: int, steps: int, unfolds: int) -> float:
+    """Peak RSS rise (MiB) of one forward + backward pass, measured in a fresh subprocess."""
+    code = (
+        "import sys, json; from ltc_control.bench import _memory_child; "
+        f"print(json.dumps(_memory_child({config!r}, {model!r}, {batch}, {steps}, {unfolds})))"
+    )
+    # a fixed mmap threshold makes glibc return large freed blocks to the OS, so RSS follows live memory
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=False, env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe for {config}/{model} failed: {proc.stderr.strip()[-500:]}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _memory_child(config: str, model: str, batch: int, steps: int, unfolds: int) -> float:
+    """Runs in the probe subprocess: builds one model, warms up on a tiny batch, then measures."""
+    import torch
+
+    torch.set_num_threads(1)
+    models = _build_models(config, unfolds, which=(model,))
+    fb = models[model]["train"]
+    x_small = torch.randn(1, 2, 32)
+    fb(x_small)  # imports, kernel load, allocator warm-up outside the measured pass
+    x = torch.randn(batch, steps, 32)
+    # the baseline includes x; the rise is what the pass itself holds at its peak
+    if _reset_peak_rss():
+        before = _status_kib("VmRSS")
+        fb(x)
+        return (_status_kib("VmHWM") - before) / 1024.0
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fb(x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _build_models(config: str, unfolds: int, which: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Builds the requested models; each entry has ``train(x)``, ``forward(x)``, ``step()`` callables."""
+    import torch
+
+    from ltc_control.cells.ltc import LTCCell
+    from ltc_control.interop import from_ncps
+
+    wiring = _build_wiring(config)
+    out: dict[str, dict[str, Any]] = {}
+    ncps_model = _ncps_model(wiring, unfolds)
+    ours_seq = from_ncps(ncps_model)
+    cell: LTCCell = ours_seq.cell  # type: ignore[assignment]
+
+    def seq_fns(run: Callable[[Any], Any], step: Callable[[], Any], params: Any) -> dict[str, Any]:
+        def train(x: Any) -> None:
+            for p in params:
+                p.grad = None
+            y = run(x)
+            y.square().mean().backward()
+
+        def forward(x: Any) -> None:
+            with torch.no_grad():
+                run(x)
+
+        return {"train": train, "forward": forward, "step": step}
+
+    x1 = torch.randn(1, 32)
+    if "ncps" in which:
+        ncell = ncps_model.rnn_cell
+        h_n = [torch.zeros(1, wiring.units)]
+
+        def ncps_step() -> None:
+            with torch.no_grad():
+                _, h_n[0] = ncell(x1, h_n[0], 1.0)
+
+        out["ncps"] = seq_fns(lambda x: ncps_model(x)[0], ncps_step, list(ncps_model.parameters()))
+    for impl in ("fused-c", "torch-edges", "reference"):
+        if impl not in which:
+            continue
+        c = LTCCell(wiring, ode_unfolds=unfolds, implementation=impl)
+        c.load_state_dict(cell.state_dict())
+        h_o = [c.initial_state(1)]
+
+        def our_step(c: LTCCell = c, h_o: list[Any] = h_o) -> None:
+            with torch.no_grad():
+                _, h_o[0] = c(x1, h_o[0], 1.0)
+
+        out[impl] = seq_fns(lambda x, c=c: c.forward_sequence(x)[0], our_step, list(c.parameters()))
+        out[impl]["cell"] = c
+    if "lstm" in which:
+        lstm = torch.nn.LSTM(32, 64, batch_first=True)
+        lcell = torch.nn.LSTMCell(32, 64)
+        hc = [(torch.zeros(1, 64), torch.zeros(1, 64))]
+
+        def lstm_step() -> None:
+            with torch.no_grad():
+                hc[0] = lcell(x1, hc[0])
+
+        out["lstm"] = seq_fns(lambda x: lstm(x)[0], lstm_step, list(lstm.parameters()))
+    out["_meta"] = {"wiring": wiring, "ncps_model": ncps_model, "ours": cell}
+    return out
+
+
+def run_ltc_benchmark(
+    configs: Sequence[str] = ("ncp19", "autoncp64", "fc64"),
+    batch: int = 32,
+    steps: int = 64,
+    unfolds: int = 6,
+    repeats: int = 5,
+    min_time: float = 0.2,
+    memory: bool = True,
+    include_slow: bool = True,
+    progress: bool = True,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Measures the LTC implementations against ncps and nn.LSTM.
+
+    Args:
+        configs: wiring configurations (keys of :data:`LTC_CONFIGS`).
+        batch: batch size of the sequence benchmarks (B).
+        steps: sequence length (T).
+        unfolds: solver unfolds K.
+        repeats: interleaved rounds; every figure is the median over them.
+        min_time: minimum seconds per timed measurement (repeats the call until reached).
+        memory: also probe the peak memory of forward + backward in subprocesses.
+        include_slow: also time the pure-PyTorch ``torch-edges`` and ``reference`` paths.
+        progress: show a tqdm progress bar.
+        threads: torch intra-op threads for every model (``None``: leave torch's default). The default 1 is
+            deliberate: on a shared machine an OpenMP team whose second thread is descheduled spins at every
+            barrier (nn.LSTM training measured 65x slower with 2 threads than with 1 under load here), which
+            would make the comparison meaningless; the fused kernel is single-threaded either way.
+
+    Returns:
+        A JSON-serialisable dict with ``meta`` and one entry per config (per-model medians and ratios).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ltc_control.cells import ltc_fast
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    models_wanted = ["ncps", "fused-c", "lstm"] + (["torch-edges", "reference"] if include_slow else [])
+    result: dict[str, Any] = {
+        "meta": {
+            "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "ncps": _version_of("ncps"),
+            "kernel": ltc_fast.kernel_status(),
+            "batch": batch,
+            "steps": steps,
+            "unfolds": unfolds,
+            "repeats": repeats,
+            "dtype": "float32",
+        },
+        "configs": {},
+    }
+    bar = tqdm(total=len(configs) * repeats, desc="ltc bench", disable=not progress)
+    for config in configs:
+        models = _build_models(config, unfolds, which=models_wanted)
+        meta = models.pop("_meta")
+        wiring = meta["wiring"]
+        torch.manual_seed(0)
+        x = torch.randn(batch, steps, 32)
+        # sanity: ours equals ncps on the same weights
+        with torch.no_grad():
+            y_ncps = meta["ncps_model"](x)[0]
+            y_ours = models["fused-c"]["cell"].forward_sequence(x)[0]
+        max_diff = float((y_ncps - y_ours).abs().max())
+        kinds = ("train", "forward", "step")
+        samples: dict[str, dict[str, list[tuple[float, float]]]] = {m: {k: [] for k in kinds} for m in models}
+        for name in models:  # warm-up (kernel build/load, allocator)
+            models[name]["train"](x[:2, :2])
+            models[name]["step"]()
+        for _ in range(repeats):
+            for name, fns in models.items():
+                samples[name]["train"].append(_time_call(lambda fns=fns: fns["train"](x), min_time))
+                samples[name]["forward"].append(_time_call(lambda fns=fns: fns["forward"](x), min_time))
+                samples[name]["step"].append(_time_call(fns["step"], min_time))
+            bar.update(1)
+        entry: dict[str, Any] = {
+            "description": LTC_CONFIGS[config],
+            "neurons": wiring.units,
+            "synapses": wiring.num_synapses,
+            "recurrent_synapses": wiring.num_recurrent_synapses,
+            "sensory_synapses": wiring.num_sensory_synapses,
+            "max_abs_diff_vs_ncps": max_diff,
+            "implementation": models["fused-c"]["cell"].implementation_name,
+            "models": {},
+        }
+        for name, smp in samples.items():
+            rec: dict[str, Any] = {}
+            for clock, idx in (("wall", 0), ("cpu", 1)):
+                t_train = _median_of([v[idx] for v in smp["train"]])
+                t_fwd = _median_of([v[idx] for v in smp["forward"]])
+                t_step = _median_of([v[idx] for v in smp["step"]])
+                rec[clock] = {
+                    "train_seq_per_s": batch / t_train,
+                    "forward_seq_per_s": batch / t_fwd,
+                    "step_us": t_step * 1e6,
+                }
+            rec["samples_wall_cpu_s"] = smp
+            entry["models"][name] = rec
+        entry["ratios"] = {}
+        for clock in ("wall", "cpu"):
+            m = {k: v[clock] for k, v in entry["models"].items()}
+            entry["ratios"][clock] = {
+                "train_vs_ncps": m["fused-c"]["train_seq_per_s"] / m["ncps"]["train_seq_per_s"],
+                "forward_vs_ncps": m["fused-c"]["forward_seq_per_s"] / m["ncps"]["forward_seq_per_s"],
+                "step_speedup_vs_ncps": m["ncps"]["step_us"] / m["fused-c"]["step_us"],
+                "train_vs_lstm": m["fused-c"]["train_seq_per_s"] / m["lstm"]["train_seq_per_s"],
+                "forward_vs_lstm": m["fused-c"]["forward_seq_per_s"] / m["lstm"]["forward_seq_per_s"],
+                "step_vs_lstmcell": m["lstm"]["step_us"] / m["fused-c"]["step_us"],
+            }
+        # CPU cost of one (sample, step) of the forward pass: grows with the synapse count
+        fwd_cpu = entry["models"]["fused-c"]["cpu"]["forward_seq_per_s"]
+        entry["forward_cpu_us_per_sample_step"] = 1e6 / (fwd_cpu * steps)
+        if memory:
+            entry["peak_memory_mib"] = {
+                name: _memory_probe(config, name, batch, steps, unfolds) for name in ("ncps", "fused-c", "lstm")
+            }
+        result["configs"][config] = entry
+    bar.close()
+    return result
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:
+        return None
+
+
+def format_ltc_markdown(result: dict[str, Any]) -> str:
+    """Renders :func:`run_ltc_benchmark`'s result as a Markdown report."""
+    meta = result["meta"]
+    lines = [
+        "# LTC speed: fast LTC (`fused-c`) vs ncps 1.0.1 LTC and nn.LSTM(32, 64)",
+        "",
+        f"- date: {meta['date_utc']}; machine: {meta['platform']}, {meta['processor']}, {meta['cpu_count']} CPUs "
+        f"(load average at start {meta['load_average_1_5_15']}: the machine is shared, absolute numbers are noisy; "
+        "ratios come from interleaved rounds in one process)",
+        f"- python {meta['python']}, torch {meta['torch']} ({meta['torch_threads']} intra-op threads; the fused "
+        f"kernel is single-threaded), ncps {meta['ncps']}; {meta['dtype']}",
+        f"- workload: batch {meta['batch']} x {meta['steps']} steps, {meta['unfolds']} unfolds, 32 inputs; "
+        f"median of {meta['repeats']} interleaved rounds",
+        f"- kernel: {meta['kernel']}",
+        "- wall = wall-clock throughput; CPU = per CPU-second of this process (all threads), steadier on a shared "
+        "machine",
+        "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
+        "step = one batch-1 control step with the state carried in, no grad (ours: `cell(x, h, dt)` with input "
+        "validation on; LSTM: `nn.LSTMCell(32, 64)`)",
+        "",
+    ]
+    for config, e in result["configs"].items():
+        m = e["models"]
+        lines += [
+            f"## {config}: {e['description']}",
+            "",
+            f"{e['neurons']} neurons, {e['synapses']} synapses ({e['recurrent_synapses']} recurrent, "
+            f"{e['sensory_synapses']} sensory); implementation `{e['implementation']}`; max |y_ours - y_ncps| = "
+            f"{e['max_abs_diff_vs_ncps']:.2e}",
+            "",
+            "| model | train seq/s (wall) | forward seq/s (wall) | step us (wall) "
+            "| train seq/CPU-s | forward seq/CPU-s | step CPU-us |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in m.items():
+            w, c = v["wall"], v["cpu"]
+            lines.append(
+                f"| {name} | {w['train_seq_per_s']:.1f} | {w['forward_seq_per_s']:.1f} | {w['step_us']:.1f} "
+                f"| {c['train_seq_per_s']:.1f} | {c['forward_seq_per_s']:.1f} | {c['step_us']:.1f} |"
+            )
+        lines.append("")
+        for clock in ("wall", "cpu"):
+            r = e["ratios"][clock]
+            lines += [
+                f"- {clock} clock, fused-c vs ncps: train **{r['train_vs_ncps']:.1f}x**, forward "
+                f"**{r['forward_vs_ncps']:.1f}x**, step **{r['step_speedup_vs_ncps']:.1f}x** faster; vs LSTM: "
+                f"train {r['train_vs_lstm']:.2f}x, forward {r['forward_vs_lstm']:.2f}x, step "
+                f"{r['step_vs_lstmcell']:.2f}x (LSTMCell time / ours)",
+            ]
+        lines.append(f"- fused-c forward CPU cost per (sample, step): {e['forward_cpu_us_per_sample_step']:.3f} us")
+        if "peak_memory_mib" in e:
+            pm = e["peak_memory_mib"]
+            lines.append(
+                "- peak RSS rise of one forward + backward (MiB): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in pm.items())
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ltc_bench_main(argv: Sequence[str]) -> int:
+    """``ltc-control bench ltc``: runs :func:`run_ltc_benchmark` and prints / writes the report.
+
+    Args:
+        argv: command-line options (see ``--help``).
+
+    Returns:
+        The process exit code.
+    """
+    parser = argparse.ArgumentParser(
+        prog="ltc-control bench ltc",
+        description="Fast LTC vs ncps LTC (same wiring and weights) and nn.LSTM(32, 64): training and inference "
+        "throughput, batch-1 step latency, peak memory.",
+    )
+    parser.add_argument(
+        "--configs",
+        default="ncp19,autoncp64,fc64",
+        help=f"comma-separated wiring configs among {', '.join(LTC_CONFIGS)} (default: all)",
+    )
+    parser.add_argument("--batch", type=int, default=32, help="batch size B (default 32)")
+    parser.add_argument("--steps", type=int, default=64, help="sequence length T (default 64)")
+    parser.add_argument("--unfolds", type=int, default=6, help="solver unfolds K (default 6)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds, medians reported (default 5)")
+    parser.add_argument("--min-time", type=float, default=0.2, help="min seconds per measurement (default 0.2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for all models (default 1: fair and stable on a shared machine; 0 = torch's "
+        "default)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess probes")
+    parser.add_argument("--fast-only", action="store_true", help="skip the slow torch-edges/reference paths")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the Markdown report to this file")
+    parser.add_argument("--json", type=Path, default=None, help="write the raw results (JSON) to this file")
+    args = parser.parse_args(list(argv))
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in LTC_CONFIGS]
+    if unknown or not configs:
+        parser.error(f"unknown config(s) {unknown}; valid: {', '.join(LTC_CONFIGS)}")
+    for name in ("batch", "steps", "unfolds", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.min_time <= 0:
+        parser.error(f"--min-time must be > 0, got {args.min_time}")
+    try:
+        import ncps  # noqa: F401
+    except ImportError:
+        print("ltc-control bench ltc: needs ncps (pip install 'ltc-control[dev]')", file=sys.stderr)
+        return 2
+    result = run_ltc_benchmark(
+        configs,
+        batch=args.batch,
+        steps=args.steps,
+        unfolds=args.unfolds,
+        repeats=args.repeats,
+        min_time=args.min_time,
+        memory=not args.no_memory,
+        include_slow=not args.fast_only,
+        threads=args.threads if args.threads > 0 else None,
+    )
+    report = format_ltc_markdown(result)
+    print(report)
+    if args.markdown is not None:
+        _write_atomic(args.markdown, report + "\n")
+    if args.json is not None:
+        _write_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
