@@ -489,6 +489,11 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             metadata={"source": source, "env": cfg.env, "env_kwargs": dict(cfg.env_kwargs)},
             progress=cfg.progress,
         )
+        if trace.num_steps < 2:
+            raise ValueError(
+                f"The rollout on road seed {cfg.seed} ended after {trace.num_steps} step(s); the analyses "
+                "need at least 2. Try another --seed or check the policy."
+            )
         trace_path = trace.save(out / "trace.npz")
         figures, skipped = plot_all(trace, fig_dir, formats=cfg.formats)
         captions = {name: caption for name, (_, caption) in PLOTS.items()}

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -139,6 +140,9 @@ def test_ablation_table(policy: Policy, env, tmp_path: Path) -> None:
     assert csv_text.splitlines()[0].startswith("perturbation,neuron,role,distance_m")
     assert len(csv_text.splitlines()) == 4
     assert table.delta("steering_smoothness")[0] == pytest.approx(-table.baseline["steering_smoothness"])
+    png = table.plot(tmp_path / "ablation.png", metric="steering_smoothness")
+    image = cv2.imdecode(np.frombuffer(png.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.std() > 5.0
 
 
 def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_path: Path) -> None:
@@ -171,6 +175,9 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
     assert trace.num_steps == 30 and trace.observations.shape == (30, 64, 128, 3)
     figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
     assert len(figures) == 10
+    for png in (out / "figures").glob("*.png"):
+        image = cv2.imdecode(np.frombuffer(png.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[0] > 100 and image.std() > 5.0, png.name
     assert (out / "saliency.mp4").stat().st_size > 0
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 10
