@@ -499,9 +499,13 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
             self._apply_controls(self._steer, self._set_speed)
             mujoco.mj_step(m, d)
         self._steps += 1
-        if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
+        if d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0 or not (
+            np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))
+        ):
+            # MuJoCo silently resets an unstable simulation; an episode must never continue from that.
             raise RuntimeError(
-                "MuJoCo state became non-finite; this is a bug in the environment, please report it."
+                "MuJoCo simulation became unstable (bad accelerations or non-finite state); this is a bug in "
+                "the environment (physics_timestep too large?), please report it with the seed and actions."
             )
 
         s_old = self._s
@@ -621,6 +625,7 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
                 "throttle": self._throttle,
                 "set_speed": self._set_speed,
                 "np_random": self.np_random.bit_generator.state,
+                "np_random_seed": self._np_random_seed,
             }
         return state
 
@@ -642,6 +647,7 @@ class LaneKeepingEnv(gym.Env[Any, NDArray[np.float32]]):
         rng = np.random.default_rng()
         rng.bit_generator.state = ep["np_random"]
         self._np_random = rng
+        self._np_random_seed = ep["np_random_seed"]
 
 
 def _positive(name: str, value: float) -> None:

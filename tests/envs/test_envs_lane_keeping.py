@@ -339,6 +339,9 @@ def test_pickle_round_trip_mid_episode() -> None:
         assert i1["lateral_offset"] == i2["lateral_offset"]
     env.close()
     clone.close()
+    wrapped = pickle.loads(pickle.dumps(gym.make("LTC/LaneKeepingState-v0", lane_width=3.5)))
+    assert wrapped.unwrapped.lane_width == 3.5
+    assert wrapped.reset(seed=1)[1]["road_seed"] == 1
 
 
 def test_async_vector_env_steps_with_two_workers() -> None:
