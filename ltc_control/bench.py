@@ -240,7 +240,7 @@ def run_ltc_benchmark(
     repeats: int = 5,
     min_time: float = 0.2,
     memory: bool = True,
-    include_slow: bool = True,
+    include_slow: Sequence[str] = ("ncp19",),
     progress: bool = True,
     threads: int | None = 1,
 ) -> dict[str, Any]:
@@ -254,7 +254,8 @@ def run_ltc_benchmark(
         repeats: interleaved rounds; every figure is the median over them.
         min_time: minimum seconds per timed measurement (repeats the call until reached).
         memory: also probe the peak memory of forward + backward in subprocesses.
-        include_slow: also time the pure-PyTorch ``torch-edges`` and ``reference`` paths.
+        include_slow: configs on which the pure-PyTorch ``torch-edges`` and ``reference`` paths are also timed
+            (they take tens of seconds per training batch on the 64-neuron wirings).
         progress: show a tqdm progress bar.
         threads: torch intra-op threads for every model (``None``: leave torch's default). The default 1 is
             deliberate: on a shared machine an OpenMP team whose second thread is descheduled spins at every
@@ -271,7 +272,7 @@ def run_ltc_benchmark(
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-    models_wanted = ["ncps", "fused-c", "lstm"] + (["torch-edges", "reference"] if include_slow else [])
+    fast_models = ["ncps", "fused-c", "lstm"]
     result: dict[str, Any] = {
         "meta": {
             "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -294,7 +295,8 @@ def run_ltc_benchmark(
     }
     bar = tqdm(total=len(configs) * repeats, desc="ltc bench", disable=not progress)
     for config in configs:
-        models = _build_models(config, unfolds, which=models_wanted)
+        wanted = fast_models + (["torch-edges", "reference"] if config in include_slow else [])
+        models = _build_models(config, unfolds, which=wanted)
         meta = models.pop("_meta")
         wiring = meta["wiring"]
         torch.manual_seed(0)
@@ -474,7 +476,11 @@ def ltc_bench_main(argv: Sequence[str]) -> int:
         "default)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess probes")
-    parser.add_argument("--fast-only", action="store_true", help="skip the slow torch-edges/reference paths")
+    parser.add_argument(
+        "--slow-configs",
+        default="ncp19",
+        help="configs on which the slow torch-edges and reference paths are also timed (default ncp19; '' = none)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the Markdown report to this file")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results (JSON) to this file")
     args = parser.parse_args(list(argv))
@@ -500,7 +506,7 @@ def ltc_bench_main(argv: Sequence[str]) -> int:
         repeats=args.repeats,
         min_time=args.min_time,
         memory=not args.no_memory,
-        include_slow=not args.fast_only,
+        include_slow=[c.strip() for c in args.slow_configs.split(",") if c.strip()],
         threads=args.threads if args.threads > 0 else None,
     )
     report = format_ltc_markdown(result)

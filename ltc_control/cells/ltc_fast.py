@@ -669,9 +669,9 @@ class FusedCImplementation:
 
     def __init__(self) -> None:
         self._edges = _EdgeCache()
-        # (params dict, pointer array, contiguous tensors kept alive) for the no-grad step
-        self._pp_cache: tuple[Any, Any, list[Tensor]] | None = None
-        self._dims_cache: dict[tuple[Any, ...], Any] = {}
+        # (params dict, kernel, kept tensors + S + edge tensors, dims arrays by shape, pointer array) for the
+        # no-grad step; rebuilt when LTCCell hands over a new effective-parameter dict (parameters changed)
+        self._pp_cache: tuple[Any, ...] | None = None
         # per-thread packed pointer array for the no-grad step (mutated on every call)
         self._tls = threading.local()
 
@@ -684,6 +684,17 @@ class FusedCImplementation:
         if kernel is None:
             raise RuntimeError(f"the compiled LTC kernel is unavailable ({kernel_status()})")
         return kernel
+
+    def _prepare_step(self, params: Any) -> tuple[Any, ...]:
+        """Caches, for one effective-parameter dict, the contiguous tensors and their pointer array."""
+        kernel = self._kernel()
+        edges = self._edge_list(params)
+        plist = [p.detach().contiguous() for p in _param_list(params)]
+        pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in plist], None, None, None, None)
+        keep: list[Any] = [*plist, int(params["sensory_w"].shape[0]), edges.packed, edges.sensory_packed]
+        cache = (params, kernel, keep, {}, pp)
+        self._pp_cache = cache
+        return cache
 
     def _edge_list(self, params: Any) -> EdgeList:
         return self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
@@ -721,52 +732,44 @@ class FusedCImplementation:
         ):
             states = self.sequence(params, x_mapped.unsqueeze(1), v, dt.reshape(-1, 1), None, unfolds, eps)
             return states[:, 0]
-        kernel = self._kernel()
         cache = self._pp_cache
         if cache is None or cache[0] is not params:
-            edges = self._edge_list(params)
-            keep = [p.detach().contiguous() for p in _param_list(params)]
-            pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in keep], None, None, None, None)
-            cache = (params, pp, [*keep, edges.packed, edges.sensory_packed])
-            self._pp_cache = cache
-        pp, keep = cache[1], cache[2]
+            cache = self._prepare_step(params)
+        kernel, keep, dims_cache = cache[1], cache[2], cache[3]
         # no grad here: the tensors need no detach, only the layout/dtype the kernel reads
         x_c = x_mapped if x_mapped.is_contiguous() else x_mapped.contiguous()
         v_c = v if v.is_contiguous() else v.contiguous()
-        dt_c = dt
-        if x_c.dtype != v_c.dtype or dt_c.dtype != v_c.dtype or keep[0].dtype != v_c.dtype:
-            x_c, dt_c = x_c.to(v_c.dtype), dt_c.to(v_c.dtype)
-            if keep[0].dtype != v_c.dtype:
-                raise ValueError(f"state dtype {v_c.dtype} differs from the parameters' dtype {keep[0].dtype}")
-        b, n = v_c.shape
+        dtype = keep[0].dtype
+        if v_c.dtype is not dtype or x_c.dtype is not dtype or dt.dtype is not dtype:
+            if v_c.dtype is not dtype:
+                raise ValueError(f"state dtype {v_c.dtype} differs from the parameters' dtype {dtype}")
+            x_c, dt = x_c.to(dtype), dt.to(dtype)
+        b = v_c.shape[0]
         out = torch.empty_like(v_c)
-        dt_stride = dt_c.stride(0) if b > 1 and dt_c.shape[0] == b else 0
-        dkey = (b, x_c.shape[1], n, unfolds, dt_stride, v_c.dtype, keep[-2].shape[1], keep[-1].shape[1])
-        dims = self._dims_cache.get(dkey)
+        dt_stride = dt.stride(0) if b > 1 and dt.shape[0] == b else 0
+        dims = dims_cache.get((b, unfolds, dt_stride))
         if dims is None:
             # building a ctypes array costs microseconds: keep one per shape
-            lanes = kernel.lanes[v_c.dtype]
             dims = (ctypes.c_int64 * 14)(
-                b, 1, x_c.shape[1], n, unfolds, dkey[6], dkey[7], 0, dt_stride, 0, 0, 0, 0, -(-b // lanes)
-            )
-            if len(self._dims_cache) > 64:
-                self._dims_cache.clear()
-            self._dims_cache[dkey] = dims
-        args = getattr(self._tls, "args", None)
-        if args is None:
+                b, 1, keep[-3], v_c.shape[1], unfolds, keep[-2].shape[1], keep[-1].shape[1], 0, dt_stride,
+                0, 0, 0, 0, -(-b // kernel.lanes[dtype])
+            )  # fmt: skip
+            if len(dims_cache) > 64:
+                dims_cache.clear()
+            dims_cache[(b, unfolds, dt_stride)] = dims
+        tls = self._tls
+        args = getattr(tls, "args", None)
+        if args is None or tls.owner is not cache:
             args = (ctypes.c_void_p * 10)()
-            self._tls.args = args
-        args[0] = ctypes.addressof(pp)
-        args[1] = keep[-2].data_ptr()
-        args[2] = keep[-1].data_ptr()
+            args[0] = ctypes.addressof(cache[4])
+            args[1] = keep[-2].data_ptr()
+            args[2] = keep[-1].data_ptr()
+            tls.args, tls.owner = args, cache
         args[3] = x_c.data_ptr()
         args[4] = v_c.data_ptr()
-        args[5] = dt_c.data_ptr()
-        args[6] = None
+        args[5] = dt.data_ptr()
         args[7] = out.data_ptr()
-        args[8] = None
-        args[9] = None
-        rc = kernel.forward_packed[v_c.dtype](dims, args, eps)
+        rc = kernel.forward_packed[dtype](dims, args, eps)
         if rc != 0:
             raise MemoryError("the LTC kernel could not allocate its scratch memory")
         return out
