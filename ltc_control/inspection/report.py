@@ -62,7 +62,8 @@ class InspectConfig:
     Args:
         out: output folder (created; files inside are replaced atomically).
         env: Gymnasium env id of the recorded rollout.
-        env_kwargs: keyword arguments of the env (e.g. ``{road_length: 200}``).
+        env_kwargs: keyword arguments of the env (e.g. ``{road_length: 200}``); when empty and the checkpoint
+            records its training env (``metadata.train_config.env.kwargs``), those are used.
         seed: road seed of the recorded rollout.
         steps: maximum control steps of the recorded rollout (it ends earlier if the env ends the episode).
         saliency_frames: frames used for saliency maps, the video and the SSIM measure (the paper uses 200).
@@ -387,7 +388,15 @@ def _json_default(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ main API
-def _load_policy(policy_or_checkpoint: Any, device: str) -> tuple[Any, str]:
+def _training_env_kwargs(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The env kwargs a checkpoint was trained with (``metadata.train_config.env.kwargs``), if recorded."""
+    train = metadata.get("train_config")
+    env = train.get("env") if isinstance(train, Mapping) else None
+    kwargs = env.get("kwargs") if isinstance(env, Mapping) else None
+    return dict(kwargs) if isinstance(kwargs, Mapping) else None
+
+
+def _load_policy(policy_or_checkpoint: Any, device: str) -> tuple[Any, str, dict[str, Any]]:
     if isinstance(policy_or_checkpoint, str | os.PathLike):
         from ltc_control.checkpoint import load_checkpoint
 
@@ -396,14 +405,14 @@ def _load_policy(policy_or_checkpoint: Any, device: str) -> tuple[Any, str]:
             raise FileNotFoundError(
                 f"Checkpoint {path} does not exist; pass a folder written by ltc_control.checkpoint."
             )
-        policy, _ = load_checkpoint(path, device=device)
-        return policy, str(path)
+        policy, metadata = load_checkpoint(path, device=device)
+        return policy, str(path), dict(metadata or {})
     if not hasattr(policy_or_checkpoint, "act") or not hasattr(policy_or_checkpoint, "controller"):
         raise TypeError(
             "Expected an ltc_control Policy or a checkpoint folder; "
             f"got {type(policy_or_checkpoint).__name__}."
         )
-    return policy_or_checkpoint, type(policy_or_checkpoint).__name__
+    return policy_or_checkpoint, type(policy_or_checkpoint).__name__, {}
 
 
 def inspect_policy(
@@ -476,9 +485,14 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
     out = Path(cfg.out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    policy, source = _load_policy(policy_or_checkpoint, cfg.device)
+    policy, source, ckpt_metadata = _load_policy(policy_or_checkpoint, cfg.device)
+    env_kwargs = dict(cfg.env_kwargs)
+    trained_kwargs = _training_env_kwargs(ckpt_metadata)
+    if not env_kwargs and trained_kwargs:
+        # the camera size etc. must match what the policy was trained on; the checkpoint says what that was
+        env_kwargs = trained_kwargs
     own_env = env is None
-    env = _make_env(cfg.env, cfg.env_kwargs) if own_env else env
+    env = _make_env(cfg.env, env_kwargs) if own_env else env
     try:
         trace, episode = record_rollout(
             policy,
@@ -486,7 +500,7 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             seed=cfg.seed,
             steps=cfg.steps,
             keep_observations=True,
-            metadata={"source": source, "env": cfg.env, "env_kwargs": dict(cfg.env_kwargs)},
+            metadata={"source": source, "env": cfg.env, "env_kwargs": env_kwargs},
             progress=cfg.progress,
         )
         if trace.num_steps < 2:
@@ -507,6 +521,7 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             if trace.adjacency is not None and trace.sensory_adjacency is not None
             else "dense",
             "env": cfg.env,
+            "env kwargs": json.dumps(env_kwargs, default=str),
             "road seed": cfg.seed,
             "steps recorded": trace.num_steps,
         }
