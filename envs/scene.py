@@ -198,8 +198,9 @@ class VisualRandomization:
         ld = _rot_y(a1) @ _rot_x(a2) @ ld
         if ld[2] > -0.2:
             ld[2] = -0.2
-        cpos = rng.uniform(-self.camera_pos, self.camera_pos, 3)
-        crot = rng.uniform(-self.camera_rot, self.camera_rot, 2)
+        # Jitter is added to the base camera offset so a deliberate offset (a robustness test) survives.
+        cpos = np.asarray(b.camera_pos_offset) + rng.uniform(-self.camera_pos, self.camera_pos, 3)
+        crot = np.asarray(b.camera_rot_offset) + rng.uniform(-self.camera_rot, self.camera_rot, 2)
         return replace(
             b,
             road_rgb=jitter(b.road_rgb, self.road_brightness, same=True),

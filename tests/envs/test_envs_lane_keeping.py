@@ -393,6 +393,14 @@ def test_reset_options_select_road_and_visuals() -> None:
     obs_b, info_b = env.reset(seed=0, options={"road_seed": 77, "visuals": {"road_rgb": (0.6, 0.6, 0.6)}})
     assert info_b["lateral_offset"] == info_a["lateral_offset"]
     assert obs_b.astype(int).sum() > obs_a.astype(int).sum()  # a lighter road
+    # A deliberate camera offset (evaluation's robustness test) moves the view; randomisation keeps it.
+    obs_cam, _ = env.reset(
+        seed=0, options={"road_seed": 77, "visuals": {"camera_pos_offset": (0.0, 0.5, 0.0)}}
+    )
+    assert np.abs(obs_cam.astype(int) - obs_a.astype(int)).mean() > 2.0
+    rand = LaneKeepingEnv(randomize_visuals=True, visuals={"camera_pos_offset": (0.0, 0.5, 0.0)})
+    rand.reset(seed=0)
+    assert rand.visuals.camera_pos_offset[1] == pytest.approx(0.5, abs=0.031)
     _, info_c = env.reset(seed=0, options={"road": [(400.0,)], "initial_lateral": 0.4})
     assert info_c["road_seed"] == -1 and info_c["lateral_offset"] == pytest.approx(0.4, abs=1e-9)
     noisy = gym.make("LTC/LaneKeepingState-v0", initial_lateral_noise=0.5, initial_heading_noise=0.1)
