@@ -355,7 +355,10 @@ def _setup_dist(device: str) -> _Dist:
         torch.cuda.set_device(dev)
     here = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        from datetime import timedelta
+
+        # Rank 0 collects demonstrations while the others wait in a barrier: allow long collections.
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=6))
         here = True
     return _Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=dev, initialized_here=here)
 

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=REPO / "experiments/results/imitation_quality.md")
     parser.add_argument("--out-dir", default="runs/bench", help="parent of the run folder")
     parser.add_argument("--threshold", type=float, default=0.8, help="completion rate the policy must reach")
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the expert and untrained-policy rows (saves time)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -86,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
     untrained_dir = save_checkpoint(result.run_dir / "checkpoints" / "untrained", Policy(cfg.policy))
     trained_report, trained_eval_s = run_eval(str(result.best_checkpoint), "trained")
-    expert_report, expert_s = run_eval("expert", "expert")
-    untrained_report, untrained_s = run_eval(str(untrained_dir), "untrained")
+    baseline_rows = []
+    if not args.no_baselines:
+        expert_report, expert_s = run_eval("expert", "expert")
+        untrained_report, untrained_s = run_eval(str(untrained_dir), "untrained")
+        baseline_rows = [
+            _row("privileged expert (Stanley)", expert_report, expert_s),
+            _row("untrained policy (same architecture)", untrained_report, untrained_s),
+        ]
 
     level = trained_report.levels[0]  # type: ignore[attr-defined]
     passed = level.completion_rate.value >= args.threshold
@@ -111,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "| mean abs lateral (m) | max abs lateral (m, mean over roads) | mean abs delta steering "
         "| eval time (s) |",
         "|---|---|---|---|---|---|---|---|",
-        _row("privileged expert (Stanley)", expert_report, expert_s),
-        _row("untrained policy (same architecture)", untrained_report, untrained_s),
+        *baseline_rows,
         _row(
             f"trained policy ({cfg.policy.controller.kind}, best checkpoint)", trained_report, trained_eval_s
         ),
@@ -120,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Training run `{result.run_dir}`: collect + train {wall:.0f} s (of which epochs "
         f"{m.get('train_seconds', 0):.0f} s), evaluation of the trained policy on {len(seeds)} roads "
         f"{trained_eval_s:.0f} s, so collect + train + evaluate {wall + trained_eval_s:.0f} s; best "
-        f"validation MSE {m.get('val_loss', float('nan')):.5f}.",
+        f"validation MSE {m.get('val_loss', float('nan')):.5f}."
+        + (
+            f" DAgger: {cfg.dagger.rounds} rounds of {cfg.dagger.episodes_per_round} learner rollouts, "
+            f"round {int(m.get('chosen_round', 0))} kept (best closed-loop driving on the validation roads)."
+            if cfg.dagger.rounds
+            else ""
+        ),
         "",
         f"Result: completion {level.completion_rate.value * 100:.0f}% vs the {args.threshold * 100:.0f}% "
         f"bar: **{'PASS' if passed else 'FAIL'}**.",
