@@ -23,6 +23,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def _versions() -> str:
     ]
     parts.append(f"numpy {np.__version__}")
     try:
-        import Box2D  # type: ignore[import-not-found]
+        with warnings.catch_warnings():  # Box2D's SWIG types trigger DeprecationWarnings on import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import Box2D  # type: ignore[import-not-found]
 
         parts.append(f"box2d {getattr(Box2D, '__version__', '?')}")
     except ImportError:
