@@ -261,6 +261,7 @@ def test_checkpoint_policy_in_worker_processes_matches_in_process(tmp_path: Path
     from ltc_control.agents.evaluation import PolicyAgent, evaluate, make_env
 
     from ltc_control.checkpoint import save_checkpoint
+    from ltc_control.controllers import ControllerConfig
     from ltc_control.policy import Policy, PolicyConfig
 
     kwargs = {"observation": "state", "road_length": 15.0}
@@ -268,7 +269,9 @@ def test_checkpoint_policy_in_worker_processes_matches_in_process(tmp_path: Path
     size = int(probe.observation_space.shape[0])
     probe.close()
     torch.manual_seed(0)
-    policy = Policy(PolicyConfig(observation="vector", vector_size=size))
+    # the reference LTC path: the comparison must not depend on which compiled kernel each process builds
+    controller = ControllerConfig(ltc_implementation="reference")
+    policy = Policy(PolicyConfig(observation="vector", vector_size=size, controller=controller))
     save_checkpoint(tmp_path / "ckpt", policy, {"note": "untrained"})
     common = dict(noise_levels=(0.0, 0.05), env_kwargs=kwargs, max_steps=40, progress=False)
     serial = evaluate(PolicyAgent(policy), "LTC/LaneKeeping-v0", [1000, 1001], workers=0, **common)
