@@ -38,6 +38,8 @@ __all__ = [
     "ablate_synapses",
     "ablation_table",
     "clamp_neurons",
+    "parse_synapse",
+    "perturbation_effect",
     "silence_neurons",
 ]
 
@@ -47,6 +49,8 @@ Synapse = tuple[NeuronRef, NeuronRef] | tuple[str, int, NeuronRef]
 
 def _neuron_index(cell: Any, neuron: NeuronRef) -> int:
     names = list(cell.neuron_names)
+    if isinstance(neuron, str) and neuron not in names and neuron.strip().isdigit():
+        neuron = int(neuron)  # indices arrive as strings from YAML / the command line
     if isinstance(neuron, str):
         if neuron not in names:
             raise KeyError(f"Unknown neuron {neuron!r}; valid names: {', '.join(names)}.")
@@ -249,6 +253,75 @@ class AblationTable:
             f"(baseline {self.baseline[metric]:.3g})"
         )
         return save_figure(fig, path)
+
+
+def parse_synapse(text: str) -> Synapse:
+    """Parse ``"pre->post"`` (neuron names or indices) or ``"sensory:K->post"`` into a synapse reference.
+
+    Example:
+        >>> parse_synapse("inter_3->command_1"), parse_synapse("sensory:5->inter_2")
+        (('inter_3', 'command_1'), ('sensory', 5, 'inter_2'))
+    """
+    if "->" not in text:
+        raise ValueError(f"A synapse is written 'pre->post' or 'sensory:K->post'; got {text!r}.")
+    pre, post = (part.strip() for part in text.split("->", 1))
+
+    def ref(token: str) -> NeuronRef:
+        return int(token) if token.lstrip("-").isdigit() else token
+
+    if pre.startswith("sensory:"):
+        k = pre.split(":", 1)[1]
+        if not k.isdigit():
+            raise ValueError(f"Sensory input index must be an integer in {text!r}.")
+        return ("sensory", int(k), ref(post))
+    return (ref(pre), ref(post))
+
+
+def perturbation_effect(
+    policy: Any,
+    evaluate_fn: Callable[[Any], Mapping[str, float]],
+    clamp: Mapping[NeuronRef, float] | None = None,
+    cut: Iterable[Synapse] = (),
+    label: str | None = None,
+) -> AblationTable:
+    """Closed-loop metrics without and with one combined perturbation (clamped neurons and cut synapses).
+
+    Args:
+        policy: the policy.
+        evaluate_fn: deterministic closed-loop evaluation (see :func:`ablation_table`).
+        clamp: neuron -> value to hold during the rollout.
+        cut: synapses to remove (see :func:`ablate_synapses`).
+        label: row label (default: a description of the perturbation).
+
+    Returns:
+        A two-row :class:`AblationTable` (baseline, perturbed).
+    """
+    clamp = dict(clamp or {})
+    cuts = list(cut)
+    if not clamp and not cuts:
+        raise ValueError("Nothing to perturb: give neurons to clamp and/or synapses to cut.")
+    base = dict(evaluate_fn(policy))
+    metrics = [m for m in base if isinstance(base[m], int | float | np.floating | np.integer)]
+    with contextlib.ExitStack() as stack:
+        resolved = stack.enter_context(clamp_neurons(policy, clamp))
+        removed = stack.enter_context(ablate_synapses(policy, cuts)) if cuts else []
+        result = dict(evaluate_fn(policy))
+    cell = find_cell(policy)
+    parts = [f"clamp {cell.neuron_names[i]}={v:g}" for i, v in resolved.items()]
+    parts += [
+        f"cut {'input ' + str(a) if kind == 'sensory' else cell.neuron_names[a]}->{cell.neuron_names[b]}"
+        for kind, a, b in removed
+    ]
+    rows = [
+        {"perturbation": "baseline", "neuron": "", "role": "", **{m: float(base[m]) for m in metrics}},
+        {
+            "perturbation": label or ", ".join(parts),
+            "neuron": ",".join(cell.neuron_names[i] for i in resolved),
+            "role": "",
+            **{m: float(result[m]) for m in metrics},
+        },
+    ]
+    return AblationTable(rows=rows, metrics=metrics, value=float("nan"))
 
 
 def ablation_table(

@@ -32,7 +32,12 @@ from typing import Any, Literal
 import numpy as np
 
 from ltc_control.inspection.analysis import correlations, lipschitz_profile, pca
-from ltc_control.inspection.perturbation import AblationTable, ablation_table
+from ltc_control.inspection.perturbation import (
+    AblationTable,
+    ablation_table,
+    parse_synapse,
+    perturbation_effect,
+)
 from ltc_control.inspection.plots import PLOTS, _new_figure, plot_all, save_figure
 from ltc_control.inspection.recorder import record
 from ltc_control.inspection.saliency import (
@@ -75,6 +80,9 @@ class InspectConfig:
         ablation_seeds: road seeds of each ablation evaluation.
         ablation_steps: control steps per ablation episode.
         ablation_value: clamp value of each ablated neuron (0 = silenced).
+        clamp: neurons to hold at a value for one extra closed-loop comparison, e.g. ``{command_2: 0.5}``
+            (evaluated on ``ablation_seeds`` / ``ablation_steps``; written to ``perturbation.csv``).
+        cut: synapses to remove for that comparison, ``"pre->post"`` or ``"sensory:K->post"``.
         formats: figure file formats.
         device: torch device of the policy.
         threads: torch CPU threads while inspecting (0 = leave torch's setting; 1 is much faster for these
@@ -96,6 +104,8 @@ class InspectConfig:
     ablation_seeds: tuple[int, ...] = (1000, 1001)
     ablation_steps: int = 450
     ablation_value: float = 0.0
+    clamp: dict[str, float] = field(default_factory=dict)
+    cut: tuple[str, ...] = ()
     formats: tuple[str, ...] = ("png", "svg")
     device: str = "cpu"
     threads: int = 0
@@ -309,7 +319,7 @@ def write_html_report(
     title: str,
     figures: Sequence[tuple[str, Path, str]],
     summary: Mapping[str, Any],
-    ablation: AblationTable | None = None,
+    tables: Sequence[tuple[str, AblationTable]] = (),
     video: Path | None = None,
     notes: Sequence[str] = (),
 ) -> Path:
@@ -320,7 +330,7 @@ def write_html_report(
         title: page title.
         figures: ``(id, png_path, caption)`` for each figure, in order.
         summary: key -> value rows of the summary table.
-        ablation: the ablation table to include, if any.
+        tables: ``(heading, table)`` perturbation tables to include (ablations, chosen perturbations).
         video: an mp4 next to the page to link (videos are not embedded: they can be large).
         notes: extra remarks (e.g. plots skipped and why).
 
@@ -338,12 +348,10 @@ def write_html_report(
             f'src="data:image/png;base64,{data}"><figcaption><b>{html.escape(fig_id)}</b>: '
             f"{html.escape(caption)}</figcaption></figure>"
         )
-    if ablation is not None:
-        parts.append("<h2>Single-neuron ablations (closed loop)</h2>")
-        header = ["perturbation", "role"] + ablation.metrics
-        rows = [
-            [r["perturbation"], r["role"]] + [float(r[m]) for m in ablation.metrics] for r in ablation.rows
-        ]
+    for heading, table in tables:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        header = ["perturbation", "role"] + table.metrics
+        rows = [[r["perturbation"], r["role"]] + [float(r[m]) for m in table.metrics] for r in table.rows]
         parts.append(_table(rows, header))
     if video is not None:
         parts.append(
@@ -595,8 +603,22 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             notes.append("saliency not computed: the policy has no camera input")
 
         table: AblationTable | None = None
+        tables: list[tuple[str, AblationTable]] = []
+        evaluator = closed_loop_evaluator(env, cfg.ablation_seeds, max_steps=cfg.ablation_steps)
+        if cfg.clamp or cfg.cut:
+            clamp: dict[int | str, float] = {str(k): float(v) for k, v in cfg.clamp.items()}
+            effect = perturbation_effect(
+                policy, evaluator, clamp=clamp, cut=[parse_synapse(c) for c in cfg.cut]
+            )
+            effect.save(out / "perturbation.csv")
+            tables.append(
+                (
+                    f"Chosen perturbation (closed loop, road seeds {list(cfg.ablation_seeds)}, "
+                    f"{cfg.ablation_steps} steps each)",
+                    effect,
+                )
+            )
         if cfg.ablation:
-            evaluator = closed_loop_evaluator(env, cfg.ablation_seeds, max_steps=cfg.ablation_steps)
             table = ablation_table(policy, evaluator, value=cfg.ablation_value, progress=cfg.progress)
             table.save(out / "ablation.csv")
             figures["ablation"] = [
@@ -606,6 +628,7 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
                 f"Change in mean |lateral error| when each neuron is clamped to {cfg.ablation_value:g} "
                 f"(road seeds {list(cfg.ablation_seeds)}, {cfg.ablation_steps} steps each)."
             )
+            tables.append(("Single-neuron ablations (closed loop)", table))
     finally:
         if own_env:
             env.close()
@@ -626,7 +649,7 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
         f"Neuron inspection: {source} on {cfg.env} (seed {cfg.seed})",
         pngs,
         summary,
-        ablation=table,
+        tables=tables,
         video=video_path,
         notes=notes,
     )

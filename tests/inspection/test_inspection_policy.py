@@ -16,6 +16,8 @@ from ltc_control.inspection.perturbation import (
     ablate_synapses,
     ablation_table,
     clamp_neurons,
+    parse_synapse,
+    perturbation_effect,
     silence_neurons,
 )
 from ltc_control.inspection.recorder import record
@@ -149,6 +151,8 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
     from ltc_control.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "ckpt", policy, {"note": "inspection test"})
+    cell = policy.controller.cell
+    first_sensory_target = cell.neuron_names[int(np.flatnonzero(cell.wiring.sensory_adjacency[0])[0])]
     out = tmp_path / "report"
     code = inspect_main(
         [
@@ -167,6 +171,14 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
             "--threads",
             "1",
             "--no-progress",
+            "--clamp",
+            "{motor_0: 0.0}",
+            "--cut",
+            "sensory:0->" + first_sensory_target,
+            "--ablation_seeds",
+            "11",
+            "--ablation_steps",
+            "20",
         ]
     )
     assert code == 0
@@ -179,7 +191,12 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
         image = cv2.imdecode(np.frombuffer(png.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
         assert image is not None and image.shape[0] > 100 and image.std() > 5.0, png.name
     assert (out / "saliency.mp4").stat().st_size > 0
+    effect = (out / "perturbation.csv").read_text().splitlines()
+    assert len(effect) == 3 and effect[2].startswith(
+        f'"clamp motor_0=0, cut input 0->{first_sensory_target}"'
+    )
     page = (out / "index.html").read_text()
+    assert "Chosen perturbation" in page
     assert page.count("data:image/png;base64,") == 10
     for name in figures:
         assert f'id="fig-{name}"' in page
@@ -228,6 +245,22 @@ def test_experiment_script_untrained_then_replot(tmp_path: Path) -> None:
     np.testing.assert_array_equal(Trace.load(second / "trace.npz").state, trace.state)
     with pytest.raises(SystemExit):
         module.main([str(tmp_path / "missing"), "--out", str(second)])
+
+
+def test_perturbation_effect_and_synapse_syntax(policy: Policy, env) -> None:
+    assert parse_synapse("inter_3->command_1") == ("inter_3", "command_1")
+    assert parse_synapse("sensory:5 -> 2") == ("sensory", 5, 2)
+    with pytest.raises(ValueError, match="pre->post"):
+        parse_synapse("inter_3 command_1")
+    evaluate = closed_loop_evaluator(env, seeds=[11], max_steps=25)
+    effect = perturbation_effect(policy, evaluate, clamp={"0": 0.0})  # index given as text, as from YAML
+    assert [r["perturbation"] for r in effect.rows] == ["baseline", "clamp motor_0=0"]
+    assert effect.rows[1]["steering_smoothness"] == 0.0 < effect.baseline["steering_smoothness"]
+    # identical to the same clamp in the ablation table: the closed loop is deterministic
+    table = ablation_table(policy, evaluate, neurons=[0], progress=False)
+    assert table.rows[1]["mean_abs_lateral_m"] == effect.rows[1]["mean_abs_lateral_m"]
+    with pytest.raises(ValueError, match="Nothing to perturb"):
+        perturbation_effect(policy, evaluate)
 
 
 def test_inspect_policy_bad_inputs(policy: Policy, tmp_path: Path) -> None:
