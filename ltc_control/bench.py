@@ -1,15 +1,17 @@
 """``ltc-control bench``: speed benchmarks, dispatched by name.
 
-``ltc-control bench ltc [options]`` runs :func:`ltc_bench_main` (the fast LTC against ``ncps`` and ``nn.LSTM``).
+``ltc-control bench ltc [options]`` runs :func:`ltc_bench_main` (the fast LTC against ``ncps`` and
+``nn.LSTM``).
 Each benchmark is one ``<name>: (module, function, help)`` entry in :data:`BENCHMARKS`; the function takes
 ``argv`` and returns an exit code.
 
 LTC benchmark method. For every wiring configuration the models are built once; the ncps model and ours share
 the same wiring and weights (ours is converted from the ncps model with ``ltc_control.interop.from_ncps``, and
-the outputs are compared as a sanity check). Timings are medians over ``--repeats`` interleaved rounds (each round
-measures every model once, in turn), so load from other processes hits all models alike; ratios are taken
-between medians measured in the same process. Peak memory of forward + backward is measured in a fresh
-subprocess per model as the rise of the peak resident set size (``ru_maxrss``) over the level just before the
+the outputs are compared as a sanity check). Timings are medians over ``--repeats`` interleaved rounds
+(each round measures every model once, in turn), so load from other processes hits all models alike; ratios
+are taken between medians measured in the same process. Peak memory of forward + backward is measured in a
+fresh subprocess per model as the rise of the peak resident set size (VmHWM, reset through
+``/proc/self/clear_refs``; ``ru_maxrss`` where that is unsupported) over the level just before the
 pass: torch's CPU allocator has no peak counter, and ``tracemalloc`` does not see torch's allocations.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import importlib
 import json
 import os
@@ -33,7 +36,11 @@ from typing import Any
 
 #: benchmark name -> (module, function, one-line help)
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
-    "ltc": ("ltc_control.bench", "ltc_bench_main", "fast LTC vs ncps LTC and nn.LSTM (training, inference, latency)"),
+    "ltc": (
+        "ltc_control.bench",
+        "ltc_bench_main",
+        "fast LTC vs ncps LTC and nn.LSTM (training, inference, latency)",
+    ),
 }
 
 
@@ -55,13 +62,15 @@ def bench_main(argv: Sequence[str]) -> int:
         return 0
     name = args[0]
     if name not in BENCHMARKS:
-        print(f"ltc-control bench: unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"ltc-control bench: unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}", file=sys.stderr
+        )
         return 2
     module, func, _ = BENCHMARKS[name]
     return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
 
 
-# ================================================================================================ LTC benchmark
+# ============================================================================================= LTC benchmark
 #: configuration name -> description; built by _build_wiring
 LTC_CONFIGS: dict[str, str] = {
     "ncp19": "lane-keeping NCP (19 neurons, 32 inputs, lane_keeping_ncp())",
@@ -152,7 +161,8 @@ def _memory_child(config: str, model: str, batch: int, steps: int, unfolds: int)
 
 
 def _reset_peak_rss() -> bool:
-    """Resets the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0); False if unsupported."""
+    """Resets the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0); False if
+    unsupported."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -216,8 +226,22 @@ def _build_models(config: str, unfolds: int, which: Sequence[str]) -> dict[str, 
             with torch.no_grad():
                 _, h_o[0] = c(x1, h_o[0], 1.0)
 
-        out[impl] = seq_fns(lambda x, c=c: c.forward_sequence(x)[0], our_step, list(c.parameters()))
+        def our_run(x: Any, c: LTCCell = c) -> Any:
+            return c.forward_sequence(x)[0]
+
+        out[impl] = seq_fns(our_run, our_step, list(c.parameters()))
         out[impl]["cell"] = c
+        if impl == "fused-c":
+            from ltc_control.cells.ltc_fast import LTCControlStep
+
+            stepper = LTCControlStep(c)
+            h_s = [c.initial_state(1)]
+
+            def ctl_step(stepper: LTCControlStep = stepper, h_s: list[Any] = h_s) -> None:
+                with torch.no_grad():
+                    _, h_s[0] = stepper(x1, h_s[0], 1.0)
+
+            out[impl]["controlstep"] = ctl_step
     if "lstm" in which:
         lstm = torch.nn.LSTM(32, 64, batch_first=True)
         lcell = torch.nn.LSTMCell(32, 64)
@@ -313,9 +337,14 @@ def run_ltc_benchmark(
             models[name]["step"]()
         for _ in range(repeats):
             for name, fns in models.items():
-                samples[name]["train"].append(_time_call(lambda fns=fns: fns["train"](x), min_time))
-                samples[name]["forward"].append(_time_call(lambda fns=fns: fns["forward"](x), min_time))
+                for kind in ("train", "forward"):
+                    fn = functools.partial(fns[kind], x)
+                    samples[name][kind].append(_time_call(fn, min_time))
                 samples[name]["step"].append(_time_call(fns["step"], min_time))
+                if "controlstep" in fns:
+                    samples[name].setdefault("controlstep", []).append(
+                        _time_call(fns["controlstep"], min_time)
+                    )
             bar.update(1)
         entry: dict[str, Any] = {
             "description": LTC_CONFIGS[config],
@@ -338,6 +367,8 @@ def run_ltc_benchmark(
                     "forward_seq_per_s": batch / t_fwd,
                     "step_us": t_step * 1e6,
                 }
+                if "controlstep" in smp:
+                    rec[clock]["controlstep_us"] = _median_of([v[idx] for v in smp["controlstep"]]) * 1e6
             rec["samples_wall_cpu_s"] = smp
             entry["models"][name] = rec
         entry["ratios"] = {}
@@ -350,13 +381,16 @@ def run_ltc_benchmark(
                 "train_vs_lstm": m["fused-c"]["train_seq_per_s"] / m["lstm"]["train_seq_per_s"],
                 "forward_vs_lstm": m["fused-c"]["forward_seq_per_s"] / m["lstm"]["forward_seq_per_s"],
                 "step_vs_lstmcell": m["lstm"]["step_us"] / m["fused-c"]["step_us"],
+                "controlstep_speedup_vs_ncps": m["ncps"]["step_us"] / m["fused-c"]["controlstep_us"],
+                "controlstep_vs_lstmcell": m["lstm"]["step_us"] / m["fused-c"]["controlstep_us"],
             }
         # CPU cost of one (sample, step) of the forward pass: grows with the synapse count
         fwd_cpu = entry["models"]["fused-c"]["cpu"]["forward_seq_per_s"]
         entry["forward_cpu_us_per_sample_step"] = 1e6 / (fwd_cpu * steps)
         if memory:
             entry["peak_memory_mib"] = {
-                name: _memory_probe(config, name, batch, steps, unfolds) for name in ("ncps", "fused-c", "lstm")
+                name: _memory_probe(config, name, batch, steps, unfolds)
+                for name in ("ncps", "fused-c", "lstm")
             }
         result["configs"][config] = entry
     bar.close()
@@ -378,18 +412,23 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# LTC speed: fast LTC (`fused-c`) vs ncps 1.0.1 LTC and nn.LSTM(32, 64)",
         "",
-        f"- date: {meta['date_utc']}; machine: {meta['platform']}, {meta['processor']}, {meta['cpu_count']} CPUs "
-        f"(load average at start {meta['load_average_1_5_15']}: the machine is shared, absolute numbers are noisy; "
+        f"- date: {meta['date_utc']}; machine: {meta['platform']}, {meta['processor']}, {meta['cpu_count']} "
+        f"CPUs "
+        f"(load average at start {meta['load_average_1_5_15']}: the machine is shared, absolute numbers are "
+        f"noisy; "
         "ratios come from interleaved rounds in one process)",
-        f"- python {meta['python']}, torch {meta['torch']} ({meta['torch_threads']} intra-op threads; the fused "
+        f"- python {meta['python']}, torch {meta['torch']} ({meta['torch_threads']} intra-op threads; the "
+        f"fused "
         f"kernel is single-threaded), ncps {meta['ncps']}; {meta['dtype']}",
         f"- workload: batch {meta['batch']} x {meta['steps']} steps, {meta['unfolds']} unfolds, 32 inputs; "
         f"median of {meta['repeats']} interleaved rounds",
         f"- kernel: {meta['kernel']}",
-        "- wall = wall-clock throughput; CPU = per CPU-second of this process (all threads), steadier on a shared "
+        "- wall = wall-clock throughput; CPU = per CPU-second of this process (all threads), steadier on a "
+        "shared "
         "machine",
         "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
-        "step = one batch-1 control step with the state carried in, no grad (ours: `cell(x, h, dt)` with input "
+        "step = one batch-1 control step with the state carried in, no grad (ours: `cell(x, h, dt)` with "
+        "input "
         "validation on; LSTM: `nn.LSTMCell(32, 64)`)",
         "",
     ]
@@ -399,7 +438,8 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
             f"## {config}: {e['description']}",
             "",
             f"{e['neurons']} neurons, {e['synapses']} synapses ({e['recurrent_synapses']} recurrent, "
-            f"{e['sensory_synapses']} sensory); implementation `{e['implementation']}`; max |y_ours - y_ncps| = "
+            f"{e['sensory_synapses']} sensory); implementation `{e['implementation']}`; max |y_ours - "
+            f"y_ncps| = "
             f"{e['max_abs_diff_vs_ncps']:.2e}",
             "",
             "| model | train seq/s (wall) | forward seq/s (wall) | step us (wall) "
@@ -417,11 +457,20 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
             r = e["ratios"][clock]
             lines += [
                 f"- {clock} clock, fused-c vs ncps: train **{r['train_vs_ncps']:.1f}x**, forward "
-                f"**{r['forward_vs_ncps']:.1f}x**, step **{r['step_speedup_vs_ncps']:.1f}x** faster; vs LSTM: "
+                f"**{r['forward_vs_ncps']:.1f}x**, step **{r['step_speedup_vs_ncps']:.1f}x** faster; vs "
+                f"LSTM: "
                 f"train {r['train_vs_lstm']:.2f}x, forward {r['forward_vs_lstm']:.2f}x, step "
                 f"{r['step_vs_lstmcell']:.2f}x (LSTMCell time / ours)",
             ]
-        lines.append(f"- fused-c forward CPU cost per (sample, step): {e['forward_cpu_us_per_sample_step']:.3f} us")
+        cw, cc = m["fused-c"]["wall"]["controlstep_us"], m["fused-c"]["cpu"]["controlstep_us"]
+        rw, rc = e["ratios"]["wall"], e["ratios"]["cpu"]
+        lines += [
+            f"- batch-1 step through `LTCControlStep(cell)` (validation, mappings and solver in one C call): "
+            f"{cw:.1f} us wall / {cc:.1f} CPU-us, **{rw['controlstep_speedup_vs_ncps']:.1f}x** (wall) / "
+            f"**{rc['controlstep_speedup_vs_ncps']:.1f}x** (CPU) faster than ncps' LTCCell, "
+            f"{rc['controlstep_vs_lstmcell']:.2f}x the speed of nn.LSTMCell (CPU)",
+            f"- fused-c forward CPU cost per (sample, step): {e['forward_cpu_us_per_sample_step']:.3f} us",
+        ]
         if "peak_memory_mib" in e:
             pm = e["peak_memory_mib"]
             lines.append(
@@ -455,7 +504,8 @@ def ltc_bench_main(argv: Sequence[str]) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="ltc-control bench ltc",
-        description="Fast LTC vs ncps LTC (same wiring and weights) and nn.LSTM(32, 64): training and inference "
+        description="Fast LTC vs ncps LTC (same wiring and weights) and nn.LSTM(32, 64): training and "
+        "inference "
         "throughput, batch-1 step latency, peak memory.",
     )
     parser.add_argument(
@@ -466,20 +516,26 @@ def ltc_bench_main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch", type=int, default=32, help="batch size B (default 32)")
     parser.add_argument("--steps", type=int, default=64, help="sequence length T (default 64)")
     parser.add_argument("--unfolds", type=int, default=6, help="solver unfolds K (default 6)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds, medians reported (default 5)")
-    parser.add_argument("--min-time", type=float, default=0.2, help="min seconds per measurement (default 0.2)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved rounds, medians reported (default 5)"
+    )
+    parser.add_argument(
+        "--min-time", type=float, default=0.2, help="min seconds per measurement (default 0.2)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads for all models (default 1: fair and stable on a shared machine; 0 = torch's "
+        help="torch intra-op threads for all models (default 1: fair and stable on a shared machine; 0 = "
+        "torch's "
         "default)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess probes")
     parser.add_argument(
         "--slow-configs",
         default="ncp19",
-        help="configs on which the slow torch-edges and reference paths are also timed (default ncp19; '' = none)",
+        help="configs on which the slow torch-edges and reference paths are also timed (default ncp19; '' = "
+        "none)",
     )
     parser.add_argument("--markdown", type=Path, default=None, help="write the Markdown report to this file")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results (JSON) to this file")

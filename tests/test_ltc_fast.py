@@ -1,8 +1,10 @@
 """The fast LTC paths (compiled kernel ``fused-c`` and pure-PyTorch ``torch-edges``) against the reference.
 
 Parity is checked on outputs, final states and the gradients of every parameter, the inputs and the initial
-state, across wirings, batch sizes (1, a full 16-lane chunk plus a partial one), sequence lengths (1 and more),
-scalar / per-sample dt and episode resets, in float64 (tight) and float32 (1e-5 relative to the largest value).
+state, across wirings, batch sizes (1, a full 16-lane chunk plus a partial one), sequence lengths (1 and
+more),
+scalar / per-sample dt and episode resets, in float64 (tight) and float32 (1e-5 relative to the largest
+value).
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ def test_sequence_outputs_and_gradients_match_reference(
     for b, t, dt_kind, with_starts in cases:
         x = torch.randn(b, t, wiring.input_size, generator=gen, dtype=dtype)
         h0 = 0.3 * torch.randn(b, wiring.units, generator=gen, dtype=dtype)
-        dt: object = (torch.rand(b, t, generator=gen, dtype=dtype) + 0.2) if dt_kind == "per_sample" else dt_kind
+        dt: object = (
+            (torch.rand(b, t, generator=gen, dtype=dtype) + 0.2) if dt_kind == "per_sample" else dt_kind
+        )
         starts = (torch.rand(b, t, generator=gen) < 0.3).to(dtype) if with_starts else None
         expected = _run(ref, x, h0, dt, starts)
         actual = _run(fast, x, h0, dt, starts)
@@ -170,7 +174,10 @@ def test_kernel_gradcheck_float64(kernel: object) -> None:
     with torch.no_grad():
         for p in cell.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    params = {k: v.detach().clone().requires_grad_(v.dtype.is_floating_point) for k, v in cell.effective_parameters().items()}
+    params = {
+        k: v.detach().clone().requires_grad_(v.dtype.is_floating_point)
+        for k, v in cell.effective_parameters().items()
+    }
     edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
     names = list(ltc_fast.PARAM_NAMES)
     x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -284,7 +291,8 @@ def test_corrupt_cached_library_is_rebuilt(kernel: object, fresh_kernel_state: P
 
 
 def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Path) -> None:
-    """Two processes building into the same empty cache at once: both load a working kernel, one file remains."""
+    """Two processes building into the same empty cache at once: both load a working kernel, one file
+    remains."""
     cache = tmp_path / "cache"
     code = (
         "import torch; from ltc_control.cells import ltc_fast as f; k = f.load_kernel(); "
@@ -293,11 +301,13 @@ def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Pa
     env = {**os.environ, "LTC_CONTROL_CACHE_DIR": str(cache), "LTC_CONTROL_CFLAGS": FAST_CFLAGS}
     env.pop("LTC_CONTROL_CC", None)
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     results = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err
     paths = {out.strip() for out, _ in results}
     assert len(paths) == 1
@@ -307,7 +317,8 @@ def test_concurrent_builds_do_not_corrupt_the_cache(kernel: object, tmp_path: Pa
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_batch_one_inference_sequence_matches_reference(kernel: object, dtype: torch.dtype) -> None:
-    """Batch 1 without gradients runs the synapse-vectorised kernel branch: resets and per-step dt included."""
+    """Batch 1 without gradients runs the synapse-vectorised kernel branch: resets and per-step dt
+    included."""
     ref, fast = _pair(lane_keeping_ncp(seed=6), "fused-c", dtype, seed=3)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 7, 32, generator=gen, dtype=dtype)
@@ -319,3 +330,68 @@ def test_batch_one_inference_sequence_matches_reference(kernel: object, dtype: t
         y_f, h_f = fast.forward_sequence(x, h0, dt=dt, episode_starts=starts)
     _assert_close(y_f, y_r, "batch-1 sequence y")
     _assert_close(h_f, h_r, "batch-1 sequence h")
+
+
+def test_bench_cli_smoke(kernel: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ltc-control bench ltc`` on a tiny budget: report, JSON file, and ours equal to ncps on its weights."""
+    pytest.importorskip("ncps")
+    from ltc_control.bench import bench_main
+
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    argv = [
+        "ltc",
+        "--configs",
+        "ncp19",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0.001",
+    ]
+    argv += ["--no-memory", "--slow-configs", "", "--json", str(out_json), "--markdown", str(out_md)]
+    assert bench_main(argv) == 0
+    import json
+
+    result = json.loads(out_json.read_text())
+    entry = result["configs"]["ncp19"]
+    assert entry["synapses"] == lane_keeping_ncp().num_synapses
+    assert entry["implementation"] == "fused-c"
+    assert entry["max_abs_diff_vs_ncps"] < 1e-5
+    assert set(entry["models"]) == {"ncps", "fused-c", "lstm"}
+    assert entry["models"]["fused-c"]["cpu"]["forward_seq_per_s"] > 0
+    assert "fused-c vs ncps" in out_md.read_text()
+    assert bench_main(["nonexistent"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_control_step_matches_cell_and_validates(kernel: object) -> None:
+    """LTCControlStep == cell(x, h, dt) (float and per-sample dt, batch 1 and 3), sees parameter updates,
+    rejects NaN inputs, bad shapes and dt <= 0."""
+    _, cell = _pair(lane_keeping_ncp(seed=8), "fused-c", torch.float32, seed=5)
+    step = ltc_fast.LTCControlStep(cell)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for b, dt in ((1, 1 / 30), (3, torch.tensor([0.1, 0.5, 1.0])), (1, 2.0)):
+            x = torch.randn(b, 32, generator=gen)
+            h = 0.2 * torch.randn(b, 19, generator=gen)
+            y_c, h_c = cell(x, h, dt)
+            y_s, h_s = step(x, h, dt)
+            _assert_close(y_s, y_c, f"control step y B={b}")
+            _assert_close(h_s, h_c, f"control step h B={b}")
+        cell.output_b.add_(1.0)
+        cell.w.mul_(1.5)
+        _assert_close(step(x, h)[0], cell(x, h)[0], "after parameter update")
+        _assert_close(step(x)[1], cell(x)[1], "default zero state")
+    with pytest.raises(ValueError, match="non-finite"):
+        step(torch.full((1, 32), float("nan")), torch.zeros(1, 19))
+    with pytest.raises(ValueError, match="input_size=32"):
+        step(torch.zeros(1, 31), torch.zeros(1, 19))
+    with pytest.raises(ValueError, match="state_size=19"):
+        step(torch.zeros(1, 32), torch.zeros(1, 18))
+    with pytest.raises(ValueError, match="dt must be"):
+        step(torch.zeros(1, 32), torch.zeros(1, 19), dt=0.0)
+    with pytest.raises(ValueError, match="LTCCell"):
+        ltc_fast.LTCControlStep(torch.nn.Linear(2, 2))

@@ -1,7 +1,9 @@
 """Fast LTC paths: a fused C kernel over the sparse synapse list, and a pure-PyTorch edge-list fallback.
 
-Why this is fast. The reference LTC (and ``ncps``) evaluates every solver unfold as a handful of dense tensor ops
-over a masked ``(B, N, N)`` synapse tensor, so one batch-1 step of the 19-neuron lane-keeping NCP costs tens of
+Why this is fast. The reference LTC (and ``ncps``) evaluates every solver unfold as a handful of dense
+tensor ops
+over a masked ``(B, N, N)`` synapse tensor, so one batch-1 step of the 19-neuron lane-keeping NCP costs tens
+of
 PyTorch dispatches for about 540 synapse evaluations. Here:
 
 * the wiring's adjacency is turned once into an edge list (``src -> dst``), so cost grows with the number of
@@ -16,8 +18,10 @@ PyTorch dispatches for about 540 synapse evaluations. Here:
 Paths (``implementation_name`` says which one ran last):
 
 * ``"c-kernel"``: the compiled kernel, CPU tensors in float32 / float64.
-* ``"torch-edges"``: pure PyTorch over the edge list (gather + ``index_add``), any device and dtype. Used for CUDA
-  tensors, for other dtypes, and when the kernel cannot be built (no compiler, failed build). In that last case one
+* ``"torch-edges"``: pure PyTorch over the edge list (gather + ``index_add``), any device and dtype. Used
+for CUDA
+  tensors, for other dtypes, and when the kernel cannot be built (no compiler, failed build). In that last
+  case one
   :class:`LTCKernelUnavailableWarning` is issued per process naming the cause and the fix.
 
 Building. The kernel is plain C99 (no torch headers), compiled lazily on first use with the system C compiler
@@ -25,7 +29,8 @@ Building. The kernel is plain C99 (no torch headers), compiled lazily on first u
 ``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``), with
 ``-O3 -march=native`` unless ``$LTC_CONTROL_CFLAGS`` says otherwise; the file name
 carries a hash of the sources, the compiler flags, the compiler, the torch version and the CPU, so a changed
-source or machine rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place, so
+source or machine rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place,
+so
 concurrent builds from several processes never expose a half-written library. ``LTC_CONTROL_DISABLE_KERNEL=1``
 forces the PyTorch path without a warning.
 
@@ -59,6 +64,9 @@ from torch import Tensor
 __all__ = [
     "PARAM_NAMES",
     "EdgeList",
+    "FusedCImplementation",
+    "LTCControlStep",
+    "TorchEdgesImplementation",
     "LTCKernelUnavailableWarning",
     "kernel_available",
     "kernel_status",
@@ -85,7 +93,7 @@ PARAM_NAMES: tuple[str, ...] = (
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("ltc_kernel.c", "ltc_kernel_body.h")
-_ABI = 4
+_ABI = 5
 # First flag set that compiles wins: -march=native vectorises the batch lanes with the CPU's widest units; the
 # plain -O3 set is the fallback for compilers that reject it.
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
@@ -243,7 +251,8 @@ def _build() -> _Kernel:
 def load_kernel() -> _Kernel | None:
     """Returns the compiled kernel, building it on first use; ``None`` when it is unavailable.
 
-    The first failure issues one :class:`LTCKernelUnavailableWarning` (cause and fix) and is remembered for the
+    The first failure issues one :class:`LTCKernelUnavailableWarning` (cause and fix) and is remembered for
+    the
     rest of the process; :func:`kernel_status` repeats the reason.
     """
     global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
@@ -261,9 +270,11 @@ def load_kernel() -> _Kernel | None:
             except Exception as exc:  # noqa: BLE001 - any build failure must degrade to the PyTorch path
                 _KERNEL_STATUS = f"unavailable: {exc}"
                 warnings.warn(
-                    "ltc_control: the compiled LTC kernel is unavailable, so the fast LTC runs on its pure-PyTorch "
+                    "ltc_control: the compiled LTC kernel is unavailable, so the fast LTC runs on its "
+                    "pure-PyTorch "
                     f"path (slower, same numbers). Cause: {exc}. Fix: install a C compiler (e.g. "
-                    "'apt-get install gcc') or point LTC_CONTROL_CC at one; set LTC_CONTROL_DISABLE_KERNEL=1 to "
+                    "'apt-get install gcc') or point LTC_CONTROL_CC at one; set "
+                    "LTC_CONTROL_DISABLE_KERNEL=1 to "
                     "silence this warning.",
                     LTCKernelUnavailableWarning,
                     stacklevel=3,
@@ -324,10 +335,14 @@ class EdgeList:
         if mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
             raise ValueError(f"sparsity_mask must be (N, N), got {tuple(mask.shape)}")
         if sensory_mask.dim() != 2 or sensory_mask.shape[1] != mask.shape[0]:
-            raise ValueError(f"sensory_sparsity_mask must be (S, N={mask.shape[0]}), got {tuple(sensory_mask.shape)}")
+            raise ValueError(
+                f"sensory_sparsity_mask must be (S, N={mask.shape[0]}), got {tuple(sensory_mask.shape)}"
+            )
         for name, m in (("sparsity_mask", mask), ("sensory_sparsity_mask", sensory_mask)):
             if not bool(((m == 0) | (m == 1)).all()):
-                raise ValueError(f"{name} must hold only 0 and 1 (|adjacency|); the fast LTC reads it as an edge list")
+                raise ValueError(
+                    f"{name} must hold only 0 and 1 (|adjacency|); the fast LTC reads it as an edge list"
+                )
         src, dst = torch.nonzero(mask.detach().cpu(), as_tuple=True)
         ssrc, sdst = torch.nonzero(sensory_mask.detach().cpu(), as_tuple=True)
         return cls(
@@ -347,7 +362,8 @@ class EdgeList:
         return int(self.src.numel() + self.sensory_src.numel())
 
     def to(self, device: torch.device) -> EdgeList:
-        """The same edge list with the int64 index tensors on ``device`` (the packed int32 ones stay on CPU)."""
+        """The same edge list with the int64 index tensors on ``device`` (the packed int32 ones stay on
+        CPU)."""
         if self.src.device == device:
             return self
         return EdgeList(
@@ -370,13 +386,24 @@ def _ptr(t: Tensor | None) -> int | None:
 def _dt_strides(dt: Tensor, batch: int, steps: int) -> tuple[int, int]:
     """Element strides of a ``dt``/``starts`` tensor broadcast to ``(B, T)`` (0 = broadcast)."""
     sb, st = dt.stride()
-    return (sb if dt.shape[0] == batch and batch > 1 else 0), (st if dt.shape[1] == steps and steps > 1 else 0)
+    return (sb if dt.shape[0] == batch and batch > 1 else 0), (
+        st if dt.shape[1] == steps and steps > 1 else 0
+    )
 
 
 def _dims(
-    b: int, t: int, s: int, n: int, unfolds: int, edges: EdgeList, m: int, strides: Sequence[int], c0: int, c1: int
+    b: int,
+    t: int,
+    s: int,
+    n: int,
+    unfolds: int,
+    edges: EdgeList,
+    m: int,
+    strides: Sequence[int],
+    c0: int,
+    c1: int,
 ) -> Any:
-    return (ctypes.c_int64 * 14)(
+    return (ctypes.c_int64 * 15)(
         b, t, s, n, unfolds, edges.src.numel(), edges.sensory_src.numel(), m, *strides, c0, c1
     )
 
@@ -431,7 +458,17 @@ class _FusedLTCFunction(torch.autograd.Function):
             raise MemoryError("the LTC kernel could not allocate its scratch memory")
         if need_grad:
             ctx.save_for_backward(x, dt, *(params_c + ([starts] if starts is not None else [])))
-            ctx.extras = (kernel, edges, unfolds, epsilon, states, vstore, starts is not None, strides, chunks)
+            ctx.extras = (
+                kernel,
+                edges,
+                unfolds,
+                epsilon,
+                states,
+                vstore,
+                starts is not None,
+                strides,
+                chunks,
+            )
         return states
 
     @staticmethod
@@ -510,8 +547,10 @@ def ltc_sequence_kernel(
     Args:
         x: mapped inputs ``(B, T, S)`` (after the input mapping).
         h0: initial state ``(B, N)``.
-        dt: elapsed time per step, ``(B, T)``, ``(1, T)``, ``(B, 1)`` or ``(1, 1)``, > 0 (broadcast to ``(B, T)``).
-        starts: episode-start flags ``(B, T)`` / broadcastable like ``dt`` (1 resets the state to zero before the
+        dt: elapsed time per step, ``(B, T)``, ``(1, T)``, ``(B, 1)`` or ``(1, 1)``, > 0 (broadcast to ``(B,
+        T)``).
+        starts: episode-start flags ``(B, T)`` / broadcastable like ``dt`` (1 resets the state to zero
+        before the
             step) or ``None``.
         params: the 11 constrained parameters in :data:`PARAM_NAMES` order (``w`` etc. after softplus).
         edges: the wiring's :class:`EdgeList`.
@@ -527,7 +566,9 @@ def ltc_sequence_kernel(
     """
     kernel = kernel or load_kernel()
     if kernel is None:
-        raise RuntimeError(f"the compiled LTC kernel is unavailable ({kernel_status()}); use ltc_sequence_torch")
+        raise RuntimeError(
+            f"the compiled LTC kernel is unavailable ({kernel_status()}); use ltc_sequence_torch"
+        )
     if dt.dim() != 2 or starts is not None and starts.dim() != 2:
         raise ValueError("dt and starts must be 2-D (broadcastable to (B, T))")
     return _FusedLTCFunction.apply(kernel, edges, int(unfolds), float(epsilon), x, h0, dt, starts, *params)
@@ -547,8 +588,10 @@ def ltc_sequence_torch(
     """Pure-PyTorch LTC over the edge list (any device/dtype); same arguments and result as
     :func:`ltc_sequence_kernel`.
 
-    The sensory synapses of all ``T`` steps are evaluated in one batch of ops (they do not depend on the state);
-    each unfold is then an ``index_select`` of the presynaptic states, one sigmoid over the ``E`` synapses and one
+    The sensory synapses of all ``T`` steps are evaluated in one batch of ops (they do not depend on the
+    state);
+    each unfold is then an ``index_select`` of the presynaptic states, one sigmoid over the ``E`` synapses
+    and one
     ``index_add`` that scatters numerator and denominator together (``index_select``/``index_add`` are each
     other's backward, both cheap, unlike advanced indexing whose backward is a slow accumulate-put).
     """
@@ -565,9 +608,13 @@ def ltc_sequence_torch(
     # per-synapse parameters (gathered once per call); sigma * (v - mu) = sigma * v - sigma * mu
     esig = pick(sigma, flat)
     esig_mu = esig * pick(mu, flat)
-    w_pair = pick(w, flat).unsqueeze(-1) * torch.stack([pick(erev, flat), torch.ones_like(esig)], dim=-1)  # (E, 2)
+    w_pair = pick(w, flat).unsqueeze(-1) * torch.stack(
+        [pick(erev, flat), torch.ones_like(esig)], dim=-1
+    )  # (E, 2)
     ssig = pick(ssigma, sflat)
-    s_sens = pick(sw, sflat) * torch.sigmoid(ssig * (x.index_select(2, ssrc) - pick(smu, sflat)))  # (B, T, ES)
+    s_sens = pick(sw, sflat) * torch.sigmoid(
+        ssig * (x.index_select(2, ssrc) - pick(smu, sflat))
+    )  # (B, T, ES)
     sens = torch.zeros(b, t, n, 2, dtype=x.dtype, device=x.device).index_add(
         2, sdst, s_sens.unsqueeze(-1) * torch.stack([pick(serev, sflat), torch.ones_like(ssig)], dim=-1)
     )  # (B, T, N, [num, den])
@@ -601,7 +648,8 @@ def ltc_sequence(
 ) -> tuple[Tensor, str]:
     """Runs the fastest available path; returns ``(states (B, T, N), path name)``.
 
-    The kernel path is used for CPU float32/float64 tensors when the kernel is available and no parameter needs
+    The kernel path is used for CPU float32/float64 tensors when the kernel is available and no parameter
+    needs
     a second derivative; otherwise the PyTorch edge-list path (same numbers to float tolerance).
     """
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
@@ -652,7 +700,8 @@ def _param_list(params: Any) -> list[Tensor]:
         return [params[k] for k in _EFFECTIVE_KEYS]
     except KeyError as exc:
         raise ValueError(
-            f"effective parameters lack {exc.args[0]!r}; expected the keys of LTCCell.effective_parameters(): "
+            f"effective parameters lack {exc.args[0]!r}; expected the keys of "
+            f"LTCCell.effective_parameters(): "
             f"{list(_EFFECTIVE_KEYS)} plus sparsity_mask and sensory_sparsity_mask"
         ) from None
 
@@ -692,7 +741,8 @@ class FusedCImplementation:
         plist = [p.detach().contiguous() for p in _param_list(params)]
         pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in plist], None, None, None, None)
         keep: list[Any] = [*plist, int(params["sensory_w"].shape[0]), edges.packed, edges.sensory_packed]
-        cache = (params, kernel, keep, {}, pp)
+        dims_cache: dict[tuple[int, int, int], Any] = {}
+        cache = (params, kernel, keep, dims_cache, pp)
         self._pp_cache = cache
         return cache
 
@@ -715,7 +765,11 @@ class FusedCImplementation:
         dtype = v0.dtype
         x_mapped = x_mapped.to(dtype)
         dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
-        starts = None if reset is None else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
+        starts = (
+            None
+            if reset is None
+            else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
+        )
         if starts is not None and starts.dtype != dtype:
             starts = starts.to(dtype)
         return ltc_sequence_kernel(
@@ -750,7 +804,7 @@ class FusedCImplementation:
         dims = dims_cache.get((b, unfolds, dt_stride))
         if dims is None:
             # building a ctypes array costs microseconds: keep one per shape
-            dims = (ctypes.c_int64 * 14)(
+            dims = (ctypes.c_int64 * 15)(
                 b, 1, keep[-3], v_c.shape[1], unfolds, keep[-2].shape[1], keep[-1].shape[1], 0, dt_stride,
                 0, 0, 0, 0, -(-b // kernel.lanes[dtype])
             )  # fmt: skip
@@ -775,8 +829,141 @@ class FusedCImplementation:
         return out
 
 
+class LTCControlStep:
+    """A control-loop step of an ``LTCCell`` in one kernel call: validation, input mapping, solver, readout.
+
+    ``LTCCell.forward`` spends most of a batch-1 step in Python around the solver (the finiteness check, the
+    input and output mappings as separate tensor ops, the effective-parameter cache). This wrapper does the
+    same step without gradients with all of that inside the C kernel (non-finite inputs are detected there),
+    for the microsecond budget of a controller. It reads the cell's parameters on every call (no copy), so
+    training the cell between calls is seen. Off the CPU, for dtypes other than float32/float64, or without
+    the kernel it falls back to ``cell(x, h, dt)`` under ``torch.no_grad()``.
+
+    Args:
+        cell: the ``LTCCell`` to step.
+
+    Example:
+        >>> import torch
+        >>> from ltc_control.cells.ltc import LTCCell
+        >>> from ltc_control.wirings import lane_keeping_ncp
+        >>> cell = LTCCell(lane_keeping_ncp(seed=0))
+        >>> step = LTCControlStep(cell)
+        >>> h = cell.initial_state(1)
+        >>> y, h = step(torch.randn(1, 32), h, dt=1 / 30)
+        >>> y.shape, h.shape
+        (torch.Size([1, 1]), torch.Size([1, 19]))
+    """
+
+    def __init__(self, cell: Any) -> None:
+        from ltc_control.cells.ltc import LTCCell
+
+        if not isinstance(cell, LTCCell):
+            raise ValueError(f"LTCControlStep needs an ltc_control LTCCell, got {type(cell).__name__}")
+        self.cell = cell
+        self._cache: tuple[Any, ...] | None = None
+        self._dt_buf: dict[torch.dtype, Any] = {
+            torch.float32: (ctypes.c_float * 1)(),
+            torch.float64: (ctypes.c_double * 1)(),
+        }
+        self._args = (ctypes.c_void_p * 10)()
+        self._lock = threading.Lock()
+
+    def _prepare(self, params: Any, kernel: _Kernel) -> tuple[Any, ...]:
+        cell = self.cell
+        edges = EdgeList.from_masks(params["sparsity_mask"], params["sensory_sparsity_mask"])
+        plist = [p.detach().contiguous() for p in _param_list(params)]
+        maps = [cell._parameters.get(k) for k in ("input_w", "input_b", "output_w", "output_b")]
+        maps_c = [None if m is None else m.detach().contiguous() for m in maps]
+        ptrs = [p.data_ptr() for p in plist] + [None if m is None else m.data_ptr() for m in maps_c]
+        pp = (ctypes.c_void_p * 15)(*ptrs)
+        dims_cache: dict[tuple[int, int], Any] = {}
+        cache = (params, kernel, pp, [*plist, *maps_c, edges], edges, dims_cache)
+        self._cache = cache
+        return cache
+
+    def __call__(self, x: Tensor, h: Tensor | None = None, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
+        """One step without gradients.
+
+        Args:
+            x: inputs ``(B, S)``.
+            h: state ``(B, N)``; ``None`` = zeros.
+            dt: elapsed time, a float or a ``(B,)`` / ``(B, 1)`` tensor; > 0.
+
+        Returns:
+            ``(y (B, M), h' (B, N))``, equal to ``cell(x, h, dt)``.
+
+        Raises:
+            ValueError: wrong shapes, non-finite ``x``, ``dt <= 0``.
+        """
+        cell = self.cell
+        kernel = load_kernel()
+        dtype = x.dtype
+        if kernel is None or x.device.type != "cpu" or dtype not in kernel.lanes or cell.gleak.dtype != dtype:
+            with torch.no_grad():
+                return cell(x, h, dt)  # type: ignore[no-any-return]
+        if x.dim() != 2 or x.shape[1] != cell.input_size:
+            raise ValueError(f"x must have shape (B, input_size={cell.input_size}), got {tuple(x.shape)}")
+        b = x.shape[0]
+        n = cell.state_size
+        if h is None:
+            h = torch.zeros(b, n, dtype=dtype)
+        elif h.dim() != 2 or h.shape[0] != b or h.shape[1] != n or h.dtype != dtype or h.device.type != "cpu":
+            raise ValueError(
+                f"h (state) must be a CPU {dtype} tensor of shape (B={b}, state_size={n}), got "
+                f"{tuple(h.shape)} {h.dtype} on {h.device}; use cell.initial_state({b}) for a fresh state"
+            )
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                params = cell.effective_parameters()
+        else:
+            params = cell.effective_parameters()
+        with self._lock:
+            cache = self._cache
+            if cache is None or cache[0] is not params:
+                cache = self._prepare(params, kernel)
+            if isinstance(dt, Tensor):
+                dt_t = cell._as_dt(dt, b, x.device, dtype).contiguous()  # validates dt > 0
+                dt_ptr, dt_stride = dt_t.data_ptr(), (1 if b > 1 else 0)
+            else:
+                if isinstance(dt, bool) or not isinstance(dt, int | float) or not (0 < dt < float("inf")):
+                    raise ValueError(f"dt must be a finite float > 0 or a (B,) tensor, got {dt!r}")
+                buf = self._dt_buf[dtype]
+                buf[0] = dt
+                dt_ptr, dt_stride = ctypes.addressof(buf), 0
+            dims_cache = cache[5]
+            key = (b, dt_stride)
+            dims = dims_cache.get(key)
+            if dims is None:
+                edges = cache[4]
+                dims = (ctypes.c_int64 * 15)(
+                    b, 1, cell.input_size, n, cell.ode_unfolds, edges.src.numel(), edges.sensory_src.numel(),
+                    cell.output_size, dt_stride, 0, 0, 0, 0, -(-b // kernel.lanes[dtype]), 1
+                )  # fmt: skip
+                dims_cache[key] = dims
+            x_c = x if x.is_contiguous() else x.contiguous()
+            h_c = h if h.is_contiguous() else h.contiguous()
+            out = torch.empty(b, n, dtype=dtype)
+            y = torch.empty(b, cell.output_size, dtype=dtype)
+            args = self._args
+            args[0] = ctypes.addressof(cache[2])
+            args[1] = cache[4].packed.data_ptr()
+            args[2] = cache[4].sensory_packed.data_ptr()
+            args[3] = x_c.data_ptr()
+            args[4] = h_c.data_ptr()
+            args[5] = dt_ptr
+            args[7] = out.data_ptr()
+            args[8] = y.data_ptr()
+            rc = kernel.forward_packed[dtype](dims, args, cell.epsilon)
+        if rc == 2:
+            raise ValueError("x contains non-finite values (NaN or inf); all inputs must be finite")
+        if rc != 0:
+            raise MemoryError("the LTC kernel could not allocate its scratch memory")
+        return y, out
+
+
 class TorchEdgesImplementation:
-    """``LTCCell`` implementation ``"torch-edges"``: pure PyTorch over the synapse edge list, any device/dtype.
+    """``LTCCell`` implementation ``"torch-edges"``: pure PyTorch over the synapse edge list, any
+    device/dtype.
 
     The fallback when the compiled kernel is unavailable (no compiler) and the fast path on CUDA tensors.
     """
@@ -801,7 +988,11 @@ class TorchEdgesImplementation:
         """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
         edges = self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
         dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
-        starts = None if reset is None else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
+        starts = (
+            None
+            if reset is None
+            else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
+        )
         return ltc_sequence_torch(x_mapped, v0, dt2, starts, _param_list(params), edges, unfolds, eps)
 
     def step(self, params: Any, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float) -> Tensor:

@@ -14,8 +14,9 @@
  * to those constrained values, and autograd chains through the constraint.
  *
  * Common arguments:
- * dims: B, T, S, N, K, E, ES, M, dt_stride_b, dt_stride_t, starts_stride_b, starts_stride_t, chunk_begin, chunk_end
- *   (chunks of L samples; [chunk_begin, chunk_end) lets several threads share one call's work).
+ * dims: B, T, S, N, K, E, ES, M, dt_stride_b, dt_stride_t, starts_stride_b, starts_stride_t, chunk_begin, chunk_end,
+ *   check_finite (chunks of L samples; [chunk_begin, chunk_end) lets several threads share one call's work;
+ *   check_finite = 1 makes the forward return 2, computing nothing, if x holds a NaN or an infinity).
  * pp: gleak, vleak, cm (N); w, sigma, mu, erev (N, N); sw, ssigma, smu, serev (S, N); then (forward only, each may
  *   be NULL) input_w (S), input_b (S), output_w (M), output_b (M).
  * edges: (2, E) int32 rows src, dst; sedges: (2, ES) int32 rows input index, dst.
@@ -30,7 +31,7 @@ typedef struct {
 } FN(params_t);
 
 typedef struct {
-    int64_t B, T, S, N, K, E, ES, M, dsb, dst, ssb, sst, c0, c1;
+    int64_t B, T, S, N, K, E, ES, M, dsb, dst, ssb, sst, c0, c1, check_finite;
 } FN(dims_t);
 
 /* Scalar per-synapse parameters (gathered once per call) followed by the vector scratch of one call. */
@@ -40,7 +41,7 @@ typedef struct {
 } FN(scratch_t);
 
 static FN(dims_t) FN(read_dims)(const int64_t *d) {
-    FN(dims_t) r = {d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13]};
+    FN(dims_t) r = {d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14]};
     return r;
 }
 
@@ -209,7 +210,7 @@ static int FN(forward_b1)(const FN(dims_t) * d, const FN(params_t) * p, const in
 
 /* Forward. states: (B, T, N) out; y: (B, T, M) out or NULL (readout output_w * v[:M] + output_b); vstore:
  * (chunks, T, K, N, L) pre-unfold states kept for the backward pass, or NULL for inference.
- * Returns 0, or 1 if out of memory. */
+ * Returns 0; 1 if out of memory; 2 if check_finite is set and x is not finite. */
 int FN(ltc_forward)(const int64_t *dims, const REAL *const *pp, const int32_t *edges, const int32_t *sedges,
                     const REAL *x, const REAL *h0, const REAL *dt, const REAL *starts, double eps, REAL *states,
                     REAL *y, REAL *vstore) {
@@ -217,6 +218,10 @@ int FN(ltc_forward)(const int64_t *dims, const REAL *const *pp, const int32_t *e
     const int64_t B = d.B, T = d.T, S = d.S, N = d.N, K = d.K, E = d.E, M = d.M;
     const FN(params_t) p = {pp[0], pp[1], pp[2], pp[3], pp[4], pp[5], pp[6], pp[7], pp[8], pp[9], pp[10]};
     const REAL *iw = pp[11], *ib = pp[12], *ow = pp[13], *ob = pp[14];
+    if (d.check_finite) {
+        for (int64_t i = 0; i < B * T * S; ++i)
+            if (!isfinite(x[i])) return 2;
+    }
     if (B == 1 && !vstore && d.c0 == 0 && d.c1 == 1)
         return FN(forward_b1)(&d, &p, edges, sedges, x, h0, dt, starts, eps, states, y, iw, ib, ow, ob);
     FN(scratch_t) sc;
