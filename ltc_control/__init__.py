@@ -6,24 +6,40 @@ Main API::
     model = SequenceModel(LTCCell(lane_keeping_ncp(seed=0)))
     y, h = model(x)          # x: (B, T, 32) -> y: (B, T, 1), h: (B, 19)
 
-CfC and baseline cells (``CfCCell``, ``WiredCfCCell``, ``LSTMCell``, ``GRUCell``, ``CTRNNCell``) are imported
-on first access, so the package imports even where those modules are unavailable.
+Names are imported on first access, so ``import ltc_control.envs`` does not import torch.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ltc_control._version import __version__
-from ltc_control.cells.base import RecurrentCell, set_validation
-from ltc_control.cells.ltc import LTCCell, register_implementation
-from ltc_control.interop import from_ncps
-from ltc_control.sequence import SequenceModel
-from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Random, Wiring, lane_keeping_ncp
 
-# Names served lazily from modules owned by other parts of the project.
+if TYPE_CHECKING:
+    from ltc_control.cells.base import RecurrentCell, set_validation
+    from ltc_control.cells.baselines import CTRNNCell, GRUCell, LSTMCell
+    from ltc_control.cells.cfc import CfCCell, WiredCfCCell
+    from ltc_control.cells.ltc import LTCCell, register_implementation
+    from ltc_control.interop import from_ncps
+    from ltc_control.sequence import SequenceModel
+    from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Random, Wiring, lane_keeping_ncp
+
+# Every public name is imported on first access: ``import ltc_control.envs`` (and each env worker process)
+# must not pay for importing torch, since the environments use none of it.
 _LAZY: dict[str, str] = {
+    "RecurrentCell": "ltc_control.cells.base",
+    "set_validation": "ltc_control.cells.base",
+    "LTCCell": "ltc_control.cells.ltc",
+    "register_implementation": "ltc_control.cells.ltc",
+    "from_ncps": "ltc_control.interop",
+    "SequenceModel": "ltc_control.sequence",
+    "NCP": "ltc_control.wirings",
+    "AutoNCP": "ltc_control.wirings",
+    "FullyConnected": "ltc_control.wirings",
+    "Random": "ltc_control.wirings",
+    "Wiring": "ltc_control.wirings",
+    "lane_keeping_ncp": "ltc_control.wirings",
     "CfCCell": "ltc_control.cells.cfc",
     "WiredCfCCell": "ltc_control.cells.cfc",
     "LSTMCell": "ltc_control.cells.baselines",
@@ -45,7 +61,11 @@ __all__ = [
     "lane_keeping_ncp",
     "register_implementation",
     "set_validation",
-    *_LAZY,
+    "CfCCell",
+    "WiredCfCCell",
+    "LSTMCell",
+    "GRUCell",
+    "CTRNNCell",
 ]
 
 
