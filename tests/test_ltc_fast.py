@@ -333,7 +333,7 @@ def test_batch_one_inference_sequence_matches_reference(kernel: object, dtype: t
 
 
 def test_bench_cli_smoke(kernel: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``ltc-control bench ltc`` on a tiny budget: report, JSON file, and ours equal to ncps on its weights."""
+    """``ltc-control bench ltc`` on a tiny budget: report, JSON, and ours equal to ncps on its weights."""
     pytest.importorskip("ncps")
     from ltc_control.bench import bench_main
 
