@@ -146,6 +146,12 @@ def _make_env(env_id: str, env_kwargs: Mapping[str, Any] | None) -> Any:
     return make_env(env_id, dict(env_kwargs or {}))
 
 
+def _device_of(policy: Any) -> str:
+    """The policy's device, so PolicyAgent does not move a GPU policy back to the CPU."""
+    param = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
+    return str(param.device) if param is not None else "cpu"
+
+
 def record_rollout(
     policy: Any,
     env: Any,
@@ -173,7 +179,7 @@ def record_rollout(
 
     from ltc_control.agents.evaluation import PolicyAgent, run_episode
 
-    agent = PolicyAgent(policy)
+    agent = PolicyAgent(policy, device=_device_of(policy))
     bar = tqdm(total=steps, desc="recording rollout", unit="step", disable=not progress, leave=False)
 
     def on_step(step_record: Any) -> None:
@@ -229,7 +235,7 @@ def closed_loop_evaluator(
     from ltc_control.agents.evaluation import PolicyAgent, run_episode
 
     def evaluate(policy: Any) -> dict[str, float]:
-        agent = PolicyAgent(policy)
+        agent = PolicyAgent(policy, device=_device_of(policy))
         results = [run_episode(env, agent, int(s), noise=noise, max_steps=max_steps) for s in seeds]
         return _mean_metrics([r.metrics() for r in results])
 
