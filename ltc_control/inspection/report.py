@@ -38,7 +38,7 @@ from ltc_control.inspection.perturbation import (
     parse_synapse,
     perturbation_effect,
 )
-from ltc_control.inspection.plots import PLOTS, _new_figure, plot_all, save_figure
+from ltc_control.inspection.plots import PLOTS, _new_figure, activity_on_road_figure, plot_all, save_figure
 from ltc_control.inspection.recorder import record
 from ltc_control.inspection.saliency import (
     overlay_saliency,
@@ -83,6 +83,8 @@ class InspectConfig:
         clamp: neurons to hold at a value for one extra closed-loop comparison, e.g. ``{command_2: 0.5}``
             (evaluated on ``ablation_seeds`` / ``ablation_steps``; written to ``perturbation.csv``).
         cut: synapses to remove for that comparison, ``"pre->post"`` or ``"sensory:K->post"``.
+        map_neurons: extra neurons (names or indices) to draw along the driven trajectory, beside the motor
+            neuron.
         formats: figure file formats.
         device: torch device of the policy.
         threads: torch CPU threads while inspecting (0 = leave torch's setting; 1 is much faster for these
@@ -106,6 +108,7 @@ class InspectConfig:
     ablation_value: float = 0.0
     clamp: dict[str, float] = field(default_factory=dict)
     cut: tuple[str, ...] = ()
+    map_neurons: tuple[str, ...] = ()
     formats: tuple[str, ...] = ("png", "svg")
     device: str = "cpu"
     threads: int = 0
@@ -526,6 +529,16 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
         figures, skipped = plot_all(trace, fig_dir, formats=cfg.formats)
         captions = {name: caption for name, (_, caption) in PLOTS.items()}
         notes = [f"{name} not drawn: {why}" for name, why in skipped.items()]
+        for neuron in cfg.map_neurons:
+            index = trace.neuron_index(neuron)  # KeyError names the valid neurons
+            name = f"activity_on_road_{trace.neuron_names[index]}"
+            try:
+                fig = activity_on_road_figure(trace, neuron=index)
+            except ValueError as exc:
+                skipped[name] = str(exc)
+                continue
+            figures[name] = [save_figure(fig, fig_dir / f"{name}.{f}") for f in cfg.formats]
+            captions[name] = f"{trace.neuron_names[index]} state along the driven trajectory."
 
         summary: dict[str, Any] = {
             "policy": source,

@@ -179,6 +179,8 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
             "11",
             "--ablation_steps",
             "20",
+            "--map_neurons",
+            "command_2",
         ]
     )
     assert code == 0
@@ -186,7 +188,7 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
     # the camera frames are stored with the trace, so saliency can be recomputed from the file
     assert trace.num_steps == 30 and trace.observations.shape == (30, 64, 128, 3)
     figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
-    assert len(figures) == 10
+    assert len(figures) == 11 and "activity_on_road_command_2" in figures
     for png in (out / "figures").glob("*.png"):
         image = cv2.imdecode(np.frombuffer(png.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
         assert image is not None and image.shape[0] > 100 and image.std() > 5.0, png.name
@@ -197,7 +199,7 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
     )
     page = (out / "index.html").read_text()
     assert "Chosen perturbation" in page
-    assert page.count("data:image/png;base64,") == 10
+    assert page.count("data:image/png;base64,") == 11
     for name in figures:
         assert f'id="fig-{name}"' in page
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -220,7 +222,7 @@ def test_inspect_cli_writes_report_that_chromium_renders(policy: Policy, tmp_pat
     ).stdout
     loaded = re.search(r'id="images-loaded">(\d+)<', dom)
     assert loaded is not None, "the page's load script did not run"
-    assert int(loaded.group(1)) == 10
+    assert int(loaded.group(1)) == 11
     for name in figures:
         assert f'id="fig-{name}"' in dom
 
