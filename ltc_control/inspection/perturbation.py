@@ -233,12 +233,12 @@ class AblationTable:
 
     def plot(self, path: str | os.PathLike[str], metric: str = "mean_abs_lateral_m") -> Path:
         """Bar chart of each single-neuron ablation's change in ``metric`` (PNG/SVG by suffix)."""
-        from ltc_control.inspection.plots import LAYER_COLORS, _new_figure, save_figure
+        from ltc_control.inspection.plots import LAYER_COLORS, new_figure, save_figure
 
         if metric not in self.metrics:
             raise ValueError(f"Unknown metric {metric!r}; choose one of {self.metrics}.")
         rows = self.rows[1:]
-        fig = _new_figure(max(6.0, 0.32 * len(rows) + 2), 4)
+        fig = new_figure(max(6.0, 0.32 * len(rows) + 2), 4)
         ax = fig.subplots()
         ax.bar(
             range(len(rows)),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LAYER_COLORS",
     "PLOTS",
+    "new_figure",
     "save_figure",
     "neuron_traces_figure",
     "tau_heatmap_figure",
@@ -53,7 +54,8 @@ LAYER_COLORS: dict[str, str] = {
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A pyplot-free matplotlib ``Figure`` of ``width`` x ``height`` inches with constrained layout."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -114,7 +116,7 @@ def neuron_traces_figure(trace: Trace, max_legend: int = 12) -> Figure:
     layers = trace.layers
     extra = ["steering"] + (["curvature"] if trace.info_array("curvature") is not None else [])
     rows = len(layers) + len(extra)
-    fig = _new_figure(10, 1.6 * rows + 0.6)
+    fig = new_figure(10, 1.6 * rows + 0.6)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     t = _time_axis(trace)
     for ax, role in zip(axes, layers):
@@ -162,7 +164,7 @@ def tau_heatmap_figure(trace: Trace) -> Figure:
 
     order = _layer_order(trace)
     tau = np.clip(trace.tau[:, order].T, 1e-6, None)
-    fig = _new_figure(10, 0.22 * len(order) + 2.0)
+    fig = new_figure(10, 0.22 * len(order) + 2.0)
     ax = fig.subplots()
     image = ax.imshow(
         tau,
@@ -208,7 +210,7 @@ def activity_on_road_figure(trace: Trace, neuron: int | str | None = None, quant
     motor = trace.layer_indices("motor")
     index = trace.neuron_index(neuron) if neuron is not None else (int(motor[0]) if len(motor) else 0)
     values = values_all[:, index]
-    fig = _new_figure(7, 6)
+    fig = new_figure(7, 6)
     ax = fig.subplots()
     if trace.road_points is not None:
         ax.plot(
@@ -282,7 +284,7 @@ def wiring_graph_figure(trace: Trace, color_by: str = "activity") -> Figure:
     n_cols = len(columns) + (1 if has_sensory else 0)
     sensory_count = trace.sensory_adjacency.shape[0] if trace.sensory_adjacency is not None else 0
     tallest = max([len(m) for m in members.values()] + [sensory_count])
-    fig = _new_figure(2.6 * n_cols + 1.5, max(4.0, 0.22 * tallest + 1.5))
+    fig = new_figure(2.6 * n_cols + 1.5, max(4.0, 0.22 * tallest + 1.5))
     ax = fig.subplots()
     xy = np.zeros((trace.num_neurons, 2))
     col = 0
@@ -389,7 +391,7 @@ def pca_figure(trace: Trace, max_components: int = 10) -> Figure:
     """Explained variance of each principal component of the hidden activity, and the PC1/PC2 trajectory."""
     result = pca(trace.state)
     k = min(max_components, len(result.explained_variance_ratio))
-    fig = _new_figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     ax_bar, ax_traj = fig.subplots(1, 2)
     ratio = result.explained_variance_ratio[:k]
     ax_bar.bar(np.arange(1, k + 1), 100 * ratio, color="#1f77b4")
@@ -421,7 +423,7 @@ def lipschitz_figure(trace: Trace) -> Figure:
     """Each neuron's largest step-to-step change (its Lipschitz profile), coloured by layer."""
     profile = lipschitz_profile(trace.state, episode=trace.episode)
     order = _layer_order(trace)
-    fig = _new_figure(max(6.0, 0.3 * len(order) + 2), 4)
+    fig = new_figure(max(6.0, 0.3 * len(order) + 2), 4)
     ax = fig.subplots()
     colors = [LAYER_COLORS.get(trace.neuron_roles[i], "#333333") for i in order]
     ax.bar(range(len(order)), profile[order], color=colors)
@@ -439,7 +441,7 @@ def correlation_figure(trace: Trace) -> Figure:
     _require(trace, "signals to correlate with", len(labels) > 0, "record actions or env info.")
     order = _layer_order(trace)
     data = corr[order]
-    fig = _new_figure(1.6 * len(labels) + 2.8, 0.22 * len(order) + 1.8)
+    fig = new_figure(1.6 * len(labels) + 2.8, 0.22 * len(order) + 1.8)
     ax = fig.subplots()
     image = ax.imshow(data, cmap="coolwarm", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(labels)), labels)

@@ -38,7 +38,7 @@ from ltc_control.inspection.perturbation import (
     parse_synapse,
     perturbation_effect,
 )
-from ltc_control.inspection.plots import PLOTS, _new_figure, activity_on_road_figure, plot_all, save_figure
+from ltc_control.inspection.plots import PLOTS, activity_on_road_figure, new_figure, plot_all, save_figure
 from ltc_control.inspection.recorder import record
 from ltc_control.inspection.saliency import (
     overlay_saliency,
@@ -251,7 +251,7 @@ def _saliency_samples_figure(frames: np.ndarray, maps: dict[str, np.ndarray], co
     picks = np.linspace(0, frames.shape[0] - 1, min(count, frames.shape[0])).astype(int)
     rows = 1 + len(maps)
     h, w = frames.shape[1:3]
-    fig = _new_figure(2.2 * len(picks) * w / max(h, w) + 1.0, 2.2 * rows * h / max(h, w) + 0.8)
+    fig = new_figure(2.2 * len(picks) * w / max(h, w) + 1.0, 2.2 * rows * h / max(h, w) + 0.8)
     axes = fig.subplots(rows, len(picks), squeeze=False)
     for col, t in enumerate(picks):
         axes[0, col].imshow(frames[t])
@@ -269,7 +269,7 @@ def _saliency_samples_figure(frames: np.ndarray, maps: dict[str, np.ndarray], co
 
 
 def _ssim_figure(ssims: Mapping[float, np.ndarray], method: str) -> Any:
-    fig = _new_figure(8, 3.5)
+    fig = new_figure(8, 3.5)
     ax = fig.subplots()
     for variance, values in ssims.items():
         ax.plot(values, lw=1.0, label=f"noise variance {variance:g}: mean SSIM {values.mean():.3f}")
