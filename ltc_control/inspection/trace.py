@@ -192,6 +192,8 @@ class Trace:
 
     def neuron_index(self, neuron: int | str) -> int:
         """Index of a neuron given by index or by name; raises ``KeyError`` naming the valid names."""
+        if isinstance(neuron, str) and neuron not in self.neuron_names and neuron.strip().isdigit():
+            neuron = int(neuron)  # an index given as text (command line, YAML)
         if isinstance(neuron, str):
             if neuron not in self.neuron_names:
                 raise KeyError(f"Unknown neuron {neuron!r}; valid names: {', '.join(self.neuron_names)}.")
