@@ -1,9 +1,8 @@
 """``ltc-control bench``: speed benchmarks, dispatched by name.
 
 ``ltc-control bench ltc [options]`` runs :func:`ltc_bench_main` (the fast LTC against ``ncps`` and
-``nn.LSTM``).
-Each benchmark is one ``<name>: (module, function, help)`` entry in :data:`BENCHMARKS`; the function takes
-``argv`` and returns an exit code.
+``nn.LSTM``). Each benchmark is one ``<name>: (module, function, help)`` entry in :data:`BENCHMARKS`; the
+function takes ``argv`` and returns an exit code.
 
 LTC benchmark method. For every wiring configuration the models are built once; the ncps model and ours share
 the same wiring and weights (ours is converted from the ncps model with ``ltc_control.interop.from_ncps``, and
@@ -394,6 +393,7 @@ def run_ltc_benchmark(
             }
         result["configs"][config] = entry
     bar.close()
+    result["meta"]["kernel"] = ltc_fast.kernel_status()
     return result
 
 
@@ -412,24 +412,21 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# LTC speed: fast LTC (`fused-c`) vs ncps 1.0.1 LTC and nn.LSTM(32, 64)",
         "",
-        f"- date: {meta['date_utc']}; machine: {meta['platform']}, {meta['processor']}, {meta['cpu_count']} "
-        f"CPUs "
-        f"(load average at start {meta['load_average_1_5_15']}: the machine is shared, absolute numbers are "
-        f"noisy; "
-        "ratios come from interleaved rounds in one process)",
-        f"- python {meta['python']}, torch {meta['torch']} ({meta['torch_threads']} intra-op threads; the "
-        f"fused "
-        f"kernel is single-threaded), ncps {meta['ncps']}; {meta['dtype']}",
+        f"- date: {meta['date_utc']}; machine: {meta['platform']}, {meta['processor']}, "
+        f"{meta['cpu_count']} CPUs (load average at start {meta['load_average_1_5_15']}: the machine is "
+        "shared, absolute numbers are noisy; ratios come from interleaved rounds in one process)",
+        f"- python {meta['python']}, torch {meta['torch']} ({meta['torch_threads']} intra-op threads for "
+        f"every model; the fused kernel is single-threaded), ncps {meta['ncps']}; {meta['dtype']}",
         f"- workload: batch {meta['batch']} x {meta['steps']} steps, {meta['unfolds']} unfolds, 32 inputs; "
         f"median of {meta['repeats']} interleaved rounds",
         f"- kernel: {meta['kernel']}",
         "- wall = wall-clock throughput; CPU = per CPU-second of this process (all threads), steadier on a "
-        "shared "
-        "machine",
+        "shared machine",
         "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
         "step = one batch-1 control step with the state carried in, no grad (ours: `cell(x, h, dt)` with "
-        "input "
-        "validation on; LSTM: `nn.LSTMCell(32, 64)`)",
+        "input validation on; LSTM: `nn.LSTMCell(32, 64)`)",
+        "- peak memory: rise of the peak RSS during one forward + backward pass, fresh subprocess per model "
+        "(see `ltc_control.bench`)",
         "",
     ]
     for config, e in result["configs"].items():
@@ -438,9 +435,8 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
             f"## {config}: {e['description']}",
             "",
             f"{e['neurons']} neurons, {e['synapses']} synapses ({e['recurrent_synapses']} recurrent, "
-            f"{e['sensory_synapses']} sensory); implementation `{e['implementation']}`; max |y_ours - "
-            f"y_ncps| = "
-            f"{e['max_abs_diff_vs_ncps']:.2e}",
+            f"{e['sensory_synapses']} sensory); implementation `{e['implementation']}`; "
+            f"max |y_ours - y_ncps| = {e['max_abs_diff_vs_ncps']:.2e}",
             "",
             "| model | train seq/s (wall) | forward seq/s (wall) | step us (wall) "
             "| train seq/CPU-s | forward seq/CPU-s | step CPU-us |",

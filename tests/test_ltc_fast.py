@@ -2,9 +2,8 @@
 
 Parity is checked on outputs, final states and the gradients of every parameter, the inputs and the initial
 state, across wirings, batch sizes (1, a full 16-lane chunk plus a partial one), sequence lengths (1 and
-more),
-scalar / per-sample dt and episode resets, in float64 (tight) and float32 (1e-5 relative to the largest
-value).
+more), scalar / per-sample dt and episode resets, in float64 (tight) and float32 (1e-5 relative to the
+largest value).
 """
 
 from __future__ import annotations

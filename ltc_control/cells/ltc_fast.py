@@ -1,43 +1,44 @@
 """Fast LTC paths: a fused C kernel over the sparse synapse list, and a pure-PyTorch edge-list fallback.
 
-Why this is fast. The reference LTC (and ``ncps``) evaluates every solver unfold as a handful of dense
-tensor ops
-over a masked ``(B, N, N)`` synapse tensor, so one batch-1 step of the 19-neuron lane-keeping NCP costs tens
-of
-PyTorch dispatches for about 540 synapse evaluations. Here:
+Why this is fast. The reference LTC (and ``ncps``) evaluates every solver unfold as a handful of dense tensor
+ops over a masked ``(B, N, N)`` synapse tensor, so one batch-1 step of the 19-neuron lane-keeping NCP costs
+tens of PyTorch dispatches for about 540 synapse evaluations. Here:
 
-* the wiring's adjacency is turned once into an edge list (``src -> dst``), so cost grows with the number of
-  synapses, not with ``N ** 2``;
-* all ``K`` unfolds of all ``T`` steps run inside one C call (``csrc/ltc_kernel.c``) with the batch as the
-  vectorised inner loop, and the backward pass is a hand-written BPTT through the unfolds that replays the
-  per-unfold states stored by the forward pass (``T * K * N * B`` values, far less than the ``(B, N, N)``
-  intermediates autograd keeps for the reference);
-* a batch-1 control step (no gradient) is one ctypes call with the constrained parameters cached between calls
-  (the cache is keyed on every parameter's storage and version counter, so optimizer steps invalidate it).
+* the wiring's adjacency is turned once into an edge list (``src -> dst``), so the cost grows with the number
+  of synapses, not with ``N ** 2``;
+* all ``K`` unfolds of all ``T`` steps run inside one C call (``csrc/ltc_kernel.c``), the batch cut into
+  chunks of 16 (float32) / 8 (float64) SIMD lanes; the backward pass is a hand-written BPTT through the
+  unfolds that replays the per-unfold states stored by the forward pass (``T * K * N * B`` values, far less
+  than the ``(B, N, N)`` intermediates autograd keeps for the reference);
+* batch 1 without gradients vectorises over synapses instead of samples, and a control step is one ctypes
+  call on cached pointers (the cache follows ``LTCCell.effective_parameters()``, which changes whenever a
+  parameter is updated in place); :class:`LTCControlStep` also moves the input check, the input mapping and
+  the readout into that call.
 
-Paths (``implementation_name`` says which one ran last):
+Implementations registered into ``ltc_control.cells.ltc`` (``cell.implementation_name`` says which one ran):
 
-* ``"c-kernel"``: the compiled kernel, CPU tensors in float32 / float64.
-* ``"torch-edges"``: pure PyTorch over the edge list (gather + ``index_add``), any device and dtype. Used
-for CUDA
-  tensors, for other dtypes, and when the kernel cannot be built (no compiler, failed build). In that last
-  case one
-  :class:`LTCKernelUnavailableWarning` is issued per process naming the cause and the fix.
+* ``"fused-c"`` (priority 20): the compiled kernel, CPU tensors in float32 / float64.
+* ``"torch-edges"`` (priority 10): pure PyTorch over the edge list (``index_select`` + ``index_add``), any
+  device and dtype. ``"auto"`` picks it on CUDA and when the kernel cannot be built (no compiler, failed
+  build); in that last case one :class:`LTCKernelUnavailableWarning` per process names the cause and the fix.
 
-Building. The kernel is plain C99 (no torch headers), compiled lazily on first use with the system C compiler
-(``$LTC_CONTROL_CC``, else ``$CC``, else ``cc``/``gcc``/``clang`` on ``PATH``) into
-``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``), with
-``-O3 -march=native`` unless ``$LTC_CONTROL_CFLAGS`` says otherwise; the file name
-carries a hash of the sources, the compiler flags, the compiler, the torch version and the CPU, so a changed
-source or machine rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place,
-so
-concurrent builds from several processes never expose a half-written library. ``LTC_CONTROL_DISABLE_KERNEL=1``
-forces the PyTorch path without a warning.
+Building. The kernel is C99 with the GCC/Clang vector extensions (no torch headers), compiled lazily on first
+use with the system C compiler (``$LTC_CONTROL_CC``, else ``$CC``, else ``cc``/``gcc``/``clang`` on ``PATH``)
+into ``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``), with
+``-O3 -march=native`` unless ``$LTC_CONTROL_CFLAGS`` says otherwise. The file name carries a hash of the
+sources, the compiler flags, the compiler, the torch version and the CPU, so a changed source or machine
+rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place, so concurrent
+builds from several processes never expose a half-written library. ``LTC_CONTROL_DISABLE_KERNEL=1`` forces the
+PyTorch path without a warning.
 
 Example:
     >>> import torch
-    >>> from ltc_control.cells.ltc_fast import EdgeList, ltc_sequence
-    >>> # see LTCCell(wiring, implementation="fast") for the usual entry point
+    >>> from ltc_control.cells.ltc import LTCCell
+    >>> from ltc_control.wirings import lane_keeping_ncp
+    >>> cell = LTCCell(lane_keeping_ncp(seed=0))  # implementation="auto"
+    >>> y, h_t = cell.forward_sequence(torch.randn(4, 16, 32))
+    >>> cell.implementation_name in ("fused-c", "torch-edges")
+    True
 """
 
 from __future__ import annotations
@@ -252,8 +253,7 @@ def load_kernel() -> _Kernel | None:
     """Returns the compiled kernel, building it on first use; ``None`` when it is unavailable.
 
     The first failure issues one :class:`LTCKernelUnavailableWarning` (cause and fix) and is remembered for
-    the
-    rest of the process; :func:`kernel_status` repeats the reason.
+    the rest of the process; :func:`kernel_status` repeats the reason.
     """
     global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
     if _KERNEL_TRIED:
@@ -589,11 +589,10 @@ def ltc_sequence_torch(
     :func:`ltc_sequence_kernel`.
 
     The sensory synapses of all ``T`` steps are evaluated in one batch of ops (they do not depend on the
-    state);
-    each unfold is then an ``index_select`` of the presynaptic states, one sigmoid over the ``E`` synapses
-    and one
-    ``index_add`` that scatters numerator and denominator together (``index_select``/``index_add`` are each
-    other's backward, both cheap, unlike advanced indexing whose backward is a slow accumulate-put).
+    state); each unfold is then an ``index_select`` of the presynaptic states, one sigmoid over the ``E``
+    synapses and one ``index_add`` that scatters numerator and denominator together (``index_select`` and
+    ``index_add`` are each other's backward, both cheap, unlike advanced indexing whose backward is a slow
+    accumulate-put).
     """
     gleak, vleak, cm, w, sigma, mu, erev, sw, ssigma, smu, serev = params
     b, t, _ = x.shape
@@ -648,14 +647,14 @@ def ltc_sequence(
 ) -> tuple[Tensor, str]:
     """Runs the fastest available path; returns ``(states (B, T, N), path name)``.
 
-    The kernel path is used for CPU float32/float64 tensors when the kernel is available and no parameter
-    needs
-    a second derivative; otherwise the PyTorch edge-list path (same numbers to float tolerance).
+    The kernel path is used for CPU float32/float64 tensors when the kernel is available (its backward is
+    first-order only: no double backward); otherwise the PyTorch edge-list path (same numbers to float
+    tolerance).
     """
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         kernel = load_kernel()
         if kernel is not None:
-            return ltc_sequence_kernel(x, h0, dt, starts, params, edges, unfolds, epsilon, kernel), "c-kernel"
+            return ltc_sequence_kernel(x, h0, dt, starts, params, edges, unfolds, epsilon, kernel), "fused-c"
     return ltc_sequence_torch(x, h0, dt, starts, params, edges, unfolds, epsilon), "torch-edges"
 
 
@@ -970,10 +969,25 @@ class TorchEdgesImplementation:
 
     def __init__(self) -> None:
         self._edges = _EdgeCache()
+        # device copies of the index tensors (CUDA): copied once, not on every call
+        self._on_device: dict[tuple[int, torch.device], tuple[EdgeList, EdgeList]] = {}
 
     def available(self, device: torch.device) -> bool:
         """Always ``True`` (pure PyTorch)."""
         return True
+
+    def _edge_list(self, params: Any, device: torch.device) -> EdgeList:
+        edges = self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
+        if edges.src.device == device:
+            return edges
+        key = (id(edges), device)
+        hit = self._on_device.get(key)
+        if hit is None or hit[0] is not edges:
+            if len(self._on_device) >= 32:
+                self._on_device.clear()
+            hit = (edges, edges.to(device))
+            self._on_device[key] = hit
+        return hit[1]
 
     def sequence(
         self,
@@ -986,7 +1000,7 @@ class TorchEdgesImplementation:
         eps: float,
     ) -> Tensor:
         """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
-        edges = self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
+        edges = self._edge_list(params, x_mapped.device)
         dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
         starts = (
             None
