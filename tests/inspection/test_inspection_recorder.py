@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import two_neuron_ltc
+from inspection_helpers import two_neuron_ltc
 
 from ltc_control.cells.baselines import LSTMCell
 from ltc_control.cells.cfc import CfCCell
