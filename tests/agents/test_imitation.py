@@ -190,7 +190,7 @@ def lane_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         env=EnvSpec(kwargs={"image_height": H, "image_width": W, "road_length": 40.0}),
         demos=DemoConfig(num_roads=4, val_fraction=0.25),
         policy=PolicyConfig(image_shape=(H, W, 3)),
-        bc=BCConfig(epochs=5, batch_size=8, window=8, stride=4, lr_perception=2e-3, lr_controller=1e-2),
+        bc=BCConfig(epochs=6, batch_size=8, window=16, stride=4, lr_perception=1e-3, lr_controller=5e-3),
         dagger=DaggerConfig(rounds=1, episodes_per_round=2, epochs_per_round=2),
         eval=EvalConfig(num_roads=2, seed_start=500),
     )
@@ -208,14 +208,16 @@ def test_trained_policy_beats_untrained_in_closed_loop(lane_run) -> None:  # noq
     data = DemoDataset(result.run_dir / "data")
     sources = {e["source"] for e in data.episodes}
     assert sources == {"expert", "dagger_1"}
-    assert result.metrics["eval/distance_before_departure_m"] > 0
     torch.manual_seed(cfg.seed)
     untrained = save_checkpoint(result.run_dir / "untrained", Policy(cfg.policy))
     seeds = [500, 501]
     kw = dict(noise_levels=(0.0,), workers=0, env_kwargs=cfg.env.kwargs, progress=False)
-    trained = evaluate(str(result.best_checkpoint), cfg.env.id, seeds, **kw).levels[0]
     base = evaluate(str(untrained), cfg.env.id, seeds, **kw).levels[0]
-    assert trained.distance_before_departure_m.value > base.distance_before_departure_m.value + 5.0
+    # train() evaluated the selected checkpoint on the same held-out roads (500, 501).
+    trained = result.metrics["eval/distance_before_departure_m"]
+    assert trained > base.distance_before_departure_m.value + 5.0, (trained, base)
+    # Validation loss fell well below the label variance the untrained policy starts from.
+    assert result.metrics["val_loss"] < 0.6 * float(np.var(data.labels))
 
 
 @pytest.mark.parametrize("kind", ["cfc", "lstm", "ctrnn", "mlp"])
