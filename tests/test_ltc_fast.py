@@ -394,3 +394,19 @@ def test_control_step_matches_cell_and_validates(kernel: object) -> None:
         step(torch.zeros(1, 32), torch.zeros(1, 19), dt=0.0)
     with pytest.raises(ValueError, match="LTCCell"):
         ltc_fast.LTCControlStep(torch.nn.Linear(2, 2))
+
+
+def test_cells_stepping_in_turn_keep_their_own_parameters(kernel: object) -> None:
+    """One registered implementation serves every cell: alternating cells must not mix up cached pointers."""
+    ref_a, fast_a = _pair(lane_keeping_ncp(seed=1), "fused-c", torch.float32, seed=10)
+    ref_b, fast_b = _pair(lane_keeping_ncp(seed=2), "fused-c", torch.float32, seed=11)
+    x = torch.randn(1, 32)
+    h_a = h_b = torch.zeros(1, 19)
+    g_a = g_b = torch.zeros(1, 19)
+    with torch.no_grad():
+        for _ in range(3):
+            h_a, h_b = fast_a(x, h_a)[1], fast_b(x, h_b)[1]
+            g_a, g_b = ref_a(x, g_a)[1], ref_b(x, g_b)[1]
+    _assert_close(h_a, g_a, "cell a")
+    _assert_close(h_b, g_b, "cell b")
+    assert float((h_a - h_b).abs().max()) > 1e-3

@@ -717,9 +717,11 @@ class FusedCImplementation:
 
     def __init__(self) -> None:
         self._edges = _EdgeCache()
-        # (params dict, kernel, kept tensors + S + edge tensors, dims arrays by shape, pointer array) for the
-        # no-grad step; rebuilt when LTCCell hands over a new effective-parameter dict (parameters changed)
-        self._pp_cache: tuple[Any, ...] | None = None
+        # id(params dict) -> (params dict, kernel, kept tensors + S + edge tensors, dims arrays by shape,
+        # pointer array) for the no-grad step. One registered instance serves every cell, so several cells
+        # stepping in turn (ensembles, several policies) each keep an entry; LTCCell hands over a new dict
+        # whenever a parameter changed, which misses here and rebuilds.
+        self._pp_cache: dict[int, tuple[Any, ...]] = {}
         # per-thread packed pointer array for the no-grad step (mutated on every call)
         self._tls = threading.local()
 
@@ -742,7 +744,9 @@ class FusedCImplementation:
         keep: list[Any] = [*plist, int(params["sensory_w"].shape[0]), edges.packed, edges.sensory_packed]
         dims_cache: dict[tuple[int, int, int], Any] = {}
         cache = (params, kernel, keep, dims_cache, pp)
-        self._pp_cache = cache
+        if len(self._pp_cache) >= 16:
+            self._pp_cache.clear()
+        self._pp_cache[id(params)] = cache
         return cache
 
     def _edge_list(self, params: Any) -> EdgeList:
@@ -785,7 +789,8 @@ class FusedCImplementation:
         ):
             states = self.sequence(params, x_mapped.unsqueeze(1), v, dt.reshape(-1, 1), None, unfolds, eps)
             return states[:, 0]
-        cache = self._pp_cache
+        cache = self._pp_cache.get(id(params))
+        # the entry holds the dict itself, so its id cannot have been reused while it is cached
         if cache is None or cache[0] is not params:
             cache = self._prepare_step(params)
         kernel, keep, dims_cache = cache[1], cache[2], cache[3]
