@@ -410,3 +410,29 @@ def test_cells_stepping_in_turn_keep_their_own_parameters(kernel: object) -> Non
     _assert_close(h_a, g_a, "cell a")
     _assert_close(h_b, g_b, "cell b")
     assert float((h_a - h_b).abs().max()) > 1e-3
+
+
+def test_training_step_frees_its_memory_without_the_cyclic_gc(kernel: object) -> None:
+    """The kernel's outputs and autograd graph must be freed by reference counting alone (no ctx cycles)."""
+    import gc
+    import weakref
+
+    cell = LTCCell(lane_keeping_ncp(seed=0))
+    params = [
+        p.detach().clone().requires_grad_(True)
+        for p in ltc_fast.softplus_constrained(
+            {k: getattr(cell, k) for k in ltc_fast.PARAM_NAMES}, "softplus"
+        )
+    ]
+    edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
+    gc.disable()
+    try:
+        states = ltc_fast.ltc_sequence_kernel(
+            torch.randn(4, 5, 32), torch.zeros(4, 19), torch.ones(1, 1), None, params, edges, 6, 1e-8
+        )
+        alive = weakref.ref(states)
+        states.sum().backward()
+        del states
+        assert alive() is None, "the output survived: a reference cycle through the autograd ctx holds it"
+    finally:
+        gc.enable()

@@ -457,28 +457,20 @@ class _FusedLTCFunction(torch.autograd.Function):
         if rc != 0:
             raise MemoryError("the LTC kernel could not allocate its scratch memory")
         if need_grad:
-            ctx.save_for_backward(x, dt, *(params_c + ([starts] if starts is not None else [])))
-            ctx.extras = (
-                kernel,
-                edges,
-                unfolds,
-                epsilon,
-                states,
-                vstore,
-                starts is not None,
-                strides,
-                chunks,
-            )
+            # states is an output: it must go through save_for_backward (a plain ctx attribute would make a
+            # reference cycle output -> grad_fn -> ctx -> output that only the cyclic GC frees)
+            ctx.save_for_backward(x, dt, states, *(params_c + ([starts] if starts is not None else [])))
+            ctx.extras = (kernel, edges, unfolds, epsilon, vstore, starts is not None, strides, chunks)
         return states
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gstates: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        kernel, edges, unfolds, epsilon, states, vstore, has_starts, strides, chunks = ctx.extras
+        kernel, edges, unfolds, epsilon, vstore, has_starts, strides, chunks = ctx.extras
         saved = ctx.saved_tensors
-        x, dt = saved[0], saved[1]
-        params = list(saved[2:13])
-        starts = saved[13] if has_starts else None
+        x, dt, states = saved[0], saved[1], saved[2]
+        params = list(saved[3:14])
+        starts = saved[14] if has_starts else None
         b, t, s = x.shape
         n = states.shape[2]
         dtype = x.dtype
