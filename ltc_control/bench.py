@@ -429,6 +429,7 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
         "(see `ltc_control.bench`)",
         "",
     ]
+    lines += _goal_lines(result)
     for config, e in result["configs"].items():
         m = e["models"]
         lines += [
@@ -475,6 +476,49 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _goal_lines(result: dict[str, Any]) -> list[str]:
+    """The issue's targets checked against this run (CPU-clock medians, steadier on a shared host)."""
+    configs = result["configs"]
+    if "ncp19" not in configs:
+        return []
+    e = configs["ncp19"]
+    r, m = e["ratios"]["cpu"], e["models"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    step_us = m["fused-c"]["cpu"]["step_us"]
+    ctl_us = m["fused-c"]["cpu"]["controlstep_us"]
+    lines = [
+        "## Goals (lane-keeping NCP, CPU-clock medians)",
+        "",
+        "| goal | measured | status |",
+        "|---|---|---|",
+        f"| training >= 10x ncps | {r['train_vs_ncps']:.1f}x | {mark(r['train_vs_ncps'] >= 10)} |",
+        f"| forward >= 10x ncps | {r['forward_vs_ncps']:.1f}x | {mark(r['forward_vs_ncps'] >= 10)} |",
+        f"| batch-1 step >= 9x ncps' LTCCell, via `cell(x, h, dt)` | {r['step_speedup_vs_ncps']:.1f}x "
+        f"({step_us:.1f} us) | {mark(r['step_speedup_vs_ncps'] >= 9)} |",
+        f"| batch-1 step <= 30 us, via `cell(x, h, dt)` | {step_us:.1f} us | {mark(step_us <= 30)} |",
+        f"| batch-1 step >= 9x and <= 30 us, via `LTCControlStep` | {r['controlstep_speedup_vs_ncps']:.1f}x, "
+        f"{ctl_us:.1f} us | {mark(r['controlstep_speedup_vs_ncps'] >= 9 and ctl_us <= 30)} |",
+    ]
+    if "peak_memory_mib" in e:
+        pm = e["peak_memory_mib"]
+        lines.append(
+            f"| peak memory (fwd + bwd) <= ncps | {pm['fused-c']:.1f} MiB vs {pm['ncps']:.1f} MiB "
+            f"| {mark(pm['fused-c'] <= pm['ncps'])} |"
+        )
+    if "autoncp64" in configs and "fc64" in configs:
+        sparse = configs["autoncp64"]["forward_cpu_us_per_sample_step"]
+        dense = configs["fc64"]["forward_cpu_us_per_sample_step"]
+        lines.append(
+            f"| sparse 64-neuron wiring cheaper per step than dense | {sparse:.2f} us vs {dense:.2f} us per "
+            f"(sample, step) ({configs['autoncp64']['synapses']} vs {configs['fc64']['synapses']} synapses) "
+            f"| {mark(sparse < dense)} |"
+        )
+    return [*lines, ""]
 
 
 def _write_atomic(path: Path, text: str) -> None:
