@@ -436,3 +436,30 @@ def test_training_step_frees_its_memory_without_the_cyclic_gc(kernel: object) ->
         assert alive() is None, "the output survived: a reference cycle through the autograd ctx holds it"
     finally:
         gc.enable()
+
+
+def test_kernel_entry_rejects_bad_arguments(kernel: object) -> None:
+    """The C kernel trusts its pointers, so its Python entry checks every shape and dtype first."""
+    cell = LTCCell(_small_ncp())
+    params = ltc_fast.softplus_constrained({k: getattr(cell, k) for k in ltc_fast.PARAM_NAMES}, "softplus")
+    edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
+    x, h0, dt = torch.randn(2, 4, 3), torch.zeros(2, 6), torch.ones(1, 1)
+
+    def run(**kw: object) -> None:
+        args = {"x": x, "h0": h0, "dt": dt, "starts": None, "params": params} | kw
+        ltc_fast.ltc_sequence_kernel(**args, edges=edges, unfolds=6, epsilon=1e-8)  # type: ignore[arg-type]
+
+    run()  # the valid call works
+    with pytest.raises(ValueError, match=r"x must be \(B, T, S=3\)"):
+        run(x=torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match=r"h0 must be \(B=2, N=6\)"):
+        run(h0=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="dt must be 2-D"):
+        run(dt=torch.ones(3, 4))
+    with pytest.raises(ValueError, match="parameter w must have shape"):
+        run(params=[*params[:3], torch.ones(5, 5), *params[4:]])
+    with pytest.raises(ValueError, match="one dtype"):
+        run(x=x.double())
+    # mixed dtypes through the cell fall back to PyTorch's promotion instead of failing
+    cell64_x = cell.forward_sequence(x.double())[0]
+    assert cell64_x.dtype == torch.float64

@@ -523,6 +523,42 @@ def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad
 
 
+def _check_kernel_args(
+    x: Tensor, h0: Tensor, dt: Tensor, starts: Tensor | None, params: Sequence[Tensor], edges: EdgeList
+) -> None:
+    """The C kernel trusts its pointers: shapes, dtypes and devices are checked here, once per call."""
+    if x.dim() != 3 or x.shape[2] != edges.input_size:
+        raise ValueError(f"x must be (B, T, S={edges.input_size}), got {tuple(x.shape)}")
+    b, t = int(x.shape[0]), int(x.shape[1])
+    n = edges.units
+    if b < 1 or t < 1:
+        raise ValueError(f"x must have B >= 1 and T >= 1, got {tuple(x.shape)}")
+    if tuple(h0.shape) != (b, n):
+        raise ValueError(f"h0 must be (B={b}, N={n}), got {tuple(h0.shape)}")
+    for name, v in (("dt", dt), ("starts", starts)):
+        if v is not None and (v.dim() != 2 or v.shape[0] not in (1, b) or v.shape[1] not in (1, t)):
+            raise ValueError(
+                f"{name} must be 2-D and broadcastable to (B, T) = ({b}, {t}), got {tuple(v.shape)}"
+            )
+    if len(params) != len(PARAM_NAMES):
+        raise ValueError(
+            f"expected {len(PARAM_NAMES)} parameters ({', '.join(PARAM_NAMES)}), got {len(params)}"
+        )
+    s = edges.input_size
+    shapes = [(n,)] * 3 + [(n, n)] * 4 + [(s, n)] * 4
+    for name, p, shape in zip(PARAM_NAMES, params, shapes):
+        if tuple(p.shape) != shape:
+            raise ValueError(f"parameter {name} must have shape {shape}, got {tuple(p.shape)}")
+    tensors = [x, h0, dt, *params] + ([starts] if starts is not None else [])
+    if any(v.dtype != x.dtype for v in tensors) or x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            "the LTC kernel needs x, h0, dt, starts and all parameters in one dtype, float32 or float64; got "
+            + ", ".join(sorted({str(v.dtype) for v in tensors}))
+        )
+    if any(v.device.type != "cpu" for v in tensors):
+        raise ValueError("the LTC kernel runs on CPU tensors only; use ltc_sequence_torch for other devices")
+
+
 def ltc_sequence_kernel(
     x: Tensor,
     h0: Tensor,
@@ -561,8 +597,7 @@ def ltc_sequence_kernel(
         raise RuntimeError(
             f"the compiled LTC kernel is unavailable ({kernel_status()}); use ltc_sequence_torch"
         )
-    if dt.dim() != 2 or starts is not None and starts.dim() != 2:
-        raise ValueError("dt and starts must be 2-D (broadcastable to (B, T))")
+    _check_kernel_args(x, h0, dt, starts, params, edges)
     return _FusedLTCFunction.apply(kernel, edges, int(unfolds), float(epsilon), x, h0, dt, starts, *params)
 
 
@@ -758,6 +793,10 @@ class FusedCImplementation:
         kernel = self._kernel()
         edges = self._edge_list(params)
         dtype = v0.dtype
+        plist = _param_list(params)
+        if any(p.dtype != dtype for p in plist):
+            # mixed precision: PyTorch's type promotion, as the reference path does it
+            return _TORCH_EDGES.sequence(params, x_mapped, v0, dt, reset, unfolds, eps)
         x_mapped = x_mapped.to(dtype)
         dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
         starts = (
@@ -767,9 +806,7 @@ class FusedCImplementation:
         )
         if starts is not None and starts.dtype != dtype:
             starts = starts.to(dtype)
-        return ltc_sequence_kernel(
-            x_mapped, v0, dt2.to(dtype), starts, _param_list(params), edges, unfolds, eps, kernel
-        )
+        return ltc_sequence_kernel(x_mapped, v0, dt2.to(dtype), starts, plist, edges, unfolds, eps, kernel)
 
     def step(self, params: Any, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float) -> Tensor:
         """New state ``(B, N)`` after one input step (``dt``: ``(B, 1)``)."""
@@ -1011,11 +1048,14 @@ class TorchEdgesImplementation:
         return self.sequence(params, x_mapped.unsqueeze(1), v, dt.reshape(-1, 1), None, unfolds, eps)[:, 0]
 
 
+_TORCH_EDGES = TorchEdgesImplementation()
+
+
 def _register() -> None:
     from ltc_control.cells import ltc as _ltc
 
     _ltc.register_implementation("fused-c", FusedCImplementation(), priority=20)
-    _ltc.register_implementation("torch-edges", TorchEdgesImplementation(), priority=10)
+    _ltc.register_implementation("torch-edges", _TORCH_EDGES, priority=10)
 
 
 _register()
