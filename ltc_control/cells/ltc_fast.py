@@ -73,6 +73,7 @@ __all__ = [
     "kernel_status",
     "load_kernel",
     "ltc_sequence",
+    "softplus_constrained",
     "ltc_sequence_kernel",
     "ltc_sequence_torch",
 ]
