@@ -1,7 +1,7 @@
 """The ``ltc-control`` command line.
 
-Each sub-command lives next to the code it drives and is imported lazily, so ``ltc-control --help`` stays fast and
-an installed user needs no checkout of ``experiments/``.
+Each sub-command lives next to the code it drives and is imported lazily, so ``ltc-control --help`` stays
+fast and an installed user needs no checkout of ``experiments/``.
 """
 
 from __future__ import annotations
@@ -10,15 +10,31 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# sub-command -> (module, function, one-line help). Each function takes argv (list[str]) and returns an exit code.
+# sub-command -> (module, function, one-line help); each function takes argv and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("ltc_control.agents.demo", "demo_main", "train a small lane-keeping policy, roll it out, plot neurons"),
+    "demo": (
+        "ltc_control.agents.demo",
+        "demo_main",
+        "train a small lane-keeping policy, roll it out, plot neurons",
+    ),
     "train": ("ltc_control.agents.imitation", "train_main", "train a policy by behaviour cloning / DAgger"),
     "dataset": ("ltc_control.agents.datasets", "dataset_main", "collect or summarise demonstration datasets"),
-    "evaluate": ("ltc_control.agents.evaluation", "evaluate_main", "closed-loop evaluation with noise robustness"),
+    "evaluate": (
+        "ltc_control.agents.evaluation",
+        "evaluate_main",
+        "closed-loop evaluation with noise robustness",
+    ),
     "rollout": ("ltc_control.agents.rollout", "rollout_main", "run a policy and write an mp4 video"),
-    "inspect": ("ltc_control.inspection.report", "inspect_main", "record a rollout and write neuron plots + HTML"),
-    "bench": ("ltc_control.bench", "bench_main", "speed benchmarks (LTC vs ncps / LSTM, env steps per second)"),
+    "inspect": (
+        "ltc_control.inspection.report",
+        "inspect_main",
+        "record a rollout and write neuron plots + HTML",
+    ),
+    "bench": (
+        "ltc_control.bench",
+        "bench_main",
+        "speed benchmarks (LTC vs ncps / LSTM, env steps per second)",
+    ),
 }
 
 
@@ -50,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"ltc-control: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"ltc-control: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr
+        )
         return 2
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
