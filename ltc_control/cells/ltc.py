@@ -32,6 +32,25 @@ sequences), a plain function of the *effective* parameters. A fast implementatio
 ``dtypes`` (optional attribute)
     a collection of supported ``torch.dtype``; ``"auto"`` skips the implementation for other dtypes.
 
+Optional inference hooks (no autograd graph): when gradients are off, or on but no tensor involved requires
+grad, :meth:`LTCCell.forward` and :meth:`LTCCell.forward_sequence` hand the *whole* step to these, skipping
+their own value checks, input mapping and readout (a batch-1 control step is then one native call):
+
+``forward_step(params, maps, x, v, dt, unfolds, eps, validate) -> (y, v_new) | None``
+    ``maps``: the cell's :class:`Mappings` (raw ``input_w``/``input_b``/``output_w``/``output_b``, each may
+    be ``None``, and ``output_size`` M); ``x``: ``(B, S)`` *raw* inputs; ``v``: ``(B, N)``; ``dt``: a float
+    (already checked finite and > 0) or a ``(B,)`` / ``(B, 1)`` tensor; ``validate``: when true the hook must
+    raise ``ValueError`` for non-finite ``x`` and for ``dt`` values that are not finite and > 0 (the messages
+    of :meth:`LTCCell.forward`). Returns ``y (B, M) = readout(v_new)`` and ``v_new (B, N)``, or ``None`` to
+    decline (e.g. mixed dtypes); the cell then runs its general path.
+``forward_sequence(params, maps, x, v0, dt, reset, unfolds, eps, validate) -> (y, h_T) | None``
+    the same for ``x (B, T, S)``; ``dt`` a float or a ``(B, T)`` tensor; ``reset`` ``None`` or ``(B, T)``
+    (1 zeroes the state before step t). Returns ``y (B, T, M)`` and the last state ``(B, N)``, or ``None``.
+
+The cell hands the hooks only canonical argument forms (shapes already checked); anything else (a 0-d ``dt``,
+``(B, T, 1)`` tensors, wrong shapes) goes through the general path, which is also where shape errors are
+raised.
+
 Register it with ``register_implementation("name", impl, priority=10)``. ``LTCCell(implementation="auto")``
 (the default) picks, per device and dtype, the available registered implementation with the highest priority,
 else ``"reference"``; ``implementation="name"`` forces one (error if unavailable);
@@ -49,20 +68,23 @@ from __future__ import annotations
 
 import importlib
 import math
+import operator
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltc_control.cells import base as _base
 from ltc_control.cells.base import RecurrentCell
 from ltc_control.wirings import Wiring
 
 __all__ = [
     "LTCCell",
     "LTCImplementation",
+    "Mappings",
     "available_implementations",
     "get_implementation",
     "reference_diagnostics",
@@ -87,8 +109,47 @@ INIT_RANGES: dict[str, tuple[float, float]] = {
     "sensory_mu": (0.3, 0.8),
 }
 _POSITIVE = ("gleak", "cm", "w", "sensory_w")
+#: parameters and buffers the effective parameters are computed from (the no-grad cache watches them)
+_EFFECTIVE_SOURCES = (
+    "gleak",
+    "vleak",
+    "cm",
+    "sigma",
+    "mu",
+    "w",
+    "erev",
+    "sensory_sigma",
+    "sensory_mu",
+    "sensory_w",
+    "sensory_erev",
+)
+_MASKS = ("sparsity_mask", "sensory_sparsity_mask")
+#: attributes whose re-assignment invalidates the cached effective parameters and mappings
+_CACHE_ATTRS = frozenset(
+    (*_EFFECTIVE_SOURCES, *_MASKS, "input_w", "input_b", "output_w", "output_b", "constraint")
+)
+_VERSION = operator.attrgetter("_version")
+_INF = math.inf
 _MAPPINGS = ("affine", "linear", "none")
 _CONSTRAINTS = ("softplus", "clamp")
+
+
+class Mappings(NamedTuple):
+    """The input and output mappings of an :class:`LTCCell`, as handed to the inference hooks.
+
+    Attributes:
+        input_w: ``(S,)`` input scale or ``None`` (``input_mapping="none"``).
+        input_b: ``(S,)`` input offset or ``None`` (``"linear"`` / ``"none"``).
+        output_w: ``(M,)`` output scale or ``None``.
+        output_b: ``(M,)`` output offset or ``None``.
+        output_size: number of motor neurons ``M`` (the first ``M`` state entries are read out).
+    """
+
+    input_w: Tensor | None
+    input_b: Tensor | None
+    output_w: Tensor | None
+    output_b: Tensor | None
+    output_size: int
 
 
 # ----------------------------------------------------------------------------------------- reference math
@@ -418,8 +479,11 @@ class LTCCell(RecurrentCell):
         self.implementation = implementation  # validated by the setter
         # Mutated in place on every step: assigning a module attribute runs nn.Module.__setattr__ (slow).
         self._last_impl: list[str | None] = [None]
-        self._resolved: dict[tuple[Any, ...], tuple[str, Any]] = {}
-        self._eff_cache: tuple[tuple[Any, ...], dict[str, Tensor]] | None = None
+        # (device, dtype, registry version) -> (name, impl, forward_step hook, forward_sequence hook)
+        self._resolved: dict[tuple[Any, ...], tuple[str, Any, Any, Any]] = {}
+        # (sum of the watched version counters, effective parameters, mappings), valid while no grad flows
+        self._eff_cache: tuple[int, dict[str, Tensor], Mappings] | None = None
+        self._watched: tuple[Tensor, ...] | None = None
 
         n, s, m = wiring.units, wiring.input_size, wiring.output_size
         adj = torch.tensor(wiring.adjacency, dtype=torch.get_default_dtype())
@@ -481,20 +545,21 @@ class LTCCell(RecurrentCell):
             return self._last_impl[0]
         return self._resolve(self.gleak.device, self.gleak.dtype)[0]
 
-    def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, Any]:
+    def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, Any, Any, Any]:
+        """``(name, implementation, forward_step hook or None, forward_sequence hook or None)``."""
         key = (device, dtype, _REGISTRY_VERSION[0])
         hit = self._resolved.get(key)
         if hit is not None:
             return hit
         req = self._implementation
         if req == "reference":
-            out: tuple[str, Any] = ("reference", _REFERENCE)
+            found: tuple[str, Any] = ("reference", _REFERENCE)
         elif req == "auto":
             _load_builtins()
-            out = ("reference", _REFERENCE)
+            found = ("reference", _REFERENCE)
             for name, (impl, _prio) in sorted(_REGISTRY.items(), key=lambda kv: -kv[1][1]):
                 if _supports_dtype(impl, dtype) and _safe_available(impl, device):
-                    out = (name, impl)
+                    found = (name, impl)
                     break
         else:
             if req not in _REGISTRY:
@@ -507,7 +572,9 @@ class LTCCell(RecurrentCell):
                     f"LTC implementation {req!r} is not available on device {device}; "
                     "use 'auto' or 'reference'"
                 )
-            out = (req, impl)
+            found = (req, impl)
+        hooks = (getattr(found[1], "forward_step", None), getattr(found[1], "forward_sequence", None))
+        out = (found[0], found[1], *(h if callable(h) else None for h in hooks))
         self._resolved = {key: out}
         return out
 
@@ -517,24 +584,33 @@ class LTCCell(RecurrentCell):
         w and sensory_w (keys listed in the module docstring).
 
         With gradients disabled the result is cached until a parameter changes in place (optimizer step,
-        ``load_state_dict``) or the module is moved/cast (``.to()``, ``.double()``), which keeps control-loop
-        steps cheap. Replacing ``param.data`` by hand bypasses this: call :meth:`clear_cache` afterwards.
+        ``load_state_dict``), is re-assigned (``cell.w = nn.Parameter(...)``) or the module is moved/cast
+        (``.to()``, ``.double()``), which keeps control-loop steps cheap. Replacing ``param.data`` by hand
+        bypasses this: call :meth:`clear_cache` afterwards.
         """
         if torch.is_grad_enabled():
             return self._compute_effective()
-        # Read the module dicts directly: nn.Module.__getattr__ is slow on a ~30 us control step.
-        # Version counters change on every in-place update (optimizer steps, load_state_dict); .to() and
-        # friends go through _apply, which clears the cache.
-        key = (
-            tuple([t._version for t in self._parameters.values() if t is not None]),
-            tuple([t._version for t in self._buffers.values() if t is not None]),
-            self.constraint,
-        )
-        if self._eff_cache is not None and self._eff_cache[0] == key:
-            return self._eff_cache[1]
+        return self._inference_parameters()[0]
+
+    def _inference_parameters(self) -> tuple[dict[str, Tensor], Mappings]:
+        """Cached effective parameters and mappings; only for use where no gradient flows to them."""
+        watched = self._watched
+        if watched is None:
+            sources = [self._parameters[k] for k in _EFFECTIVE_SOURCES] + [self._buffers[k] for k in _MASKS]
+            watched = tuple(t for t in sources if t is not None)
+            self._watched = watched
+        # Version counters only grow and change on every in-place update (optimizer steps,
+        # load_state_dict), so their sum changes whenever one of them does; re-assignments and .to() clear
+        # the cache (__setattr__, _apply). One C-level map over 13 tensors: this runs on every control step.
+        key = sum(map(_VERSION, watched))
+        cache = self._eff_cache
+        if cache is not None and cache[0] == key:
+            return cache[1], cache[2]
         eff = self._compute_effective()
-        self._eff_cache = (key, eff)
-        return eff
+        get = self._parameters.get
+        maps = Mappings(get("input_w"), get("input_b"), get("output_w"), get("output_b"), self.output_size)
+        self._eff_cache = (key, eff, maps)
+        return eff, maps
 
     def _compute_effective(self) -> dict[str, Tensor]:
         pos: Callable[[Tensor], Tensor] = F.softplus if self.constraint == "softplus" else (lambda t: t)
@@ -560,17 +636,37 @@ class LTCCell(RecurrentCell):
         state = self.__dict__.copy()
         state["_resolved"] = {}
         state["_eff_cache"] = None
+        state["_watched"] = None
         state["_last_impl"] = [None]
         return state
 
     def clear_cache(self) -> None:
         """Drops the cached effective parameters and implementation choice."""
         self._eff_cache = None
+        self._watched = None
         self._resolved = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CACHE_ATTRS:
+            # a re-assigned parameter/buffer/constraint: the cache keyed on the old tensors is stale
+            self.__dict__["_eff_cache"] = None
+            self.__dict__["_watched"] = None
+        super().__setattr__(name, value)
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        self.__dict__["_eff_cache"] = None
+        self.__dict__["_watched"] = None
+        super().register_parameter(name, param)
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        self.__dict__["_eff_cache"] = None
+        self.__dict__["_watched"] = None
+        super().register_buffer(name, tensor, persistent)
 
     def _apply(self, fn: Any, recurse: bool = True) -> LTCCell:  # type: ignore[override]
         # .to()/.double()/.cuda() replace tensors: drop caches keyed on the old ones.
         self._eff_cache = None
+        self._watched = None
         self._resolved = {}
         return super()._apply(fn, recurse)  # type: ignore[no-any-return]
 
@@ -619,6 +715,10 @@ class LTCCell(RecurrentCell):
         Raises:
             ValueError: wrong input width, wrong state shape, non-finite input, ``dt <= 0``.
         """
+        if not torch.is_grad_enabled() or not self._needs_graph(x, h, dt):
+            out = self._forward_inference(x, h, dt)
+            if out is not None:
+                return out
         self._check_input(x)
         batch = x.shape[0]
         if h is None:
@@ -626,7 +726,7 @@ class LTCCell(RecurrentCell):
         else:
             self._check_state(h, batch)
         dt_t = self._as_dt(dt, batch, h.device, h.dtype)
-        name, impl = self._resolve(h.device, h.dtype)
+        name, impl = self._resolve(h.device, h.dtype)[:2]
         v = impl.step(
             self.effective_parameters(), self.map_inputs(x), h, dt_t, self.ode_unfolds, self.epsilon
         )
@@ -651,12 +751,16 @@ class LTCCell(RecurrentCell):
         Returns:
             ``(y (B, T, M), h_T (B, N))``.
         """
+        if not torch.is_grad_enabled() or not self._needs_graph(x, h0, dt):
+            out = self._forward_sequence_inference(x, h0, dt, episode_starts)
+            if out is not None:
+                return out
         x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
         b, t = x.shape[0], x.shape[1]
         if not isinstance(dt_seq, Tensor):
             dt_seq = torch.full((1, 1, 1), 1.0 if dt_seq is None else dt_seq, device=h.device, dtype=h.dtype)
             dt_seq = dt_seq.expand(b, t, 1)
-        name, impl = self._resolve(h.device, h.dtype)
+        name, impl = self._resolve(h.device, h.dtype)[:2]
         params = self.effective_parameters()
         xm = self.map_inputs(x)
         seq_fn = getattr(impl, "sequence", None)
@@ -673,6 +777,92 @@ class LTCCell(RecurrentCell):
             states = torch.stack(outs, dim=1)
         self._last_impl[0] = name
         return self.readout(states), states[:, -1]
+
+    # ------------------------------------------------------------------ inference fast path
+    def _needs_graph(self, *tensors: object) -> bool:
+        """Whether, with gradients enabled, this call must build an autograd graph."""
+        for t in tensors:
+            if isinstance(t, Tensor) and t.requires_grad:
+                return True
+        return any(p is not None and p.requires_grad for p in self._parameters.values())
+
+    def _forward_inference(self, x: Any, h: Any, dt: Any) -> tuple[Tensor, Tensor] | None:
+        """One step through the implementation's ``forward_step`` hook, or ``None`` when it does not apply.
+
+        Only canonical argument forms are handled here (``x (B, S)``, ``h`` None or ``(B, N)``, ``dt`` a
+        finite float > 0 or a ``(B,)`` / ``(B, 1)`` tensor); everything else, including every shape error,
+        is left to the general path, which raises the documented messages. Value checks (finite ``x``,
+        ``dt > 0``) happen inside the hook.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.input_size:
+            return None
+        batch = x.shape[0]
+        if h is None:
+            h = self.initial_state(batch, device=x.device, dtype=x.dtype)
+        elif (
+            not isinstance(h, Tensor) or h.dim() != 2 or h.shape[0] != batch or h.shape[1] != self.state_size
+        ):
+            return None
+        if isinstance(dt, float) or (isinstance(dt, int) and not isinstance(dt, bool)):
+            if not 0 < dt < _INF:  # NaN fails too
+                return None
+        elif not isinstance(dt, Tensor) or not (
+            (dt.dim() == 1 and dt.shape[0] == batch)
+            or (dt.dim() == 2 and dt.shape[0] == batch and dt.shape[1] == 1)
+        ):
+            return None
+        resolved = self._resolve(h.device, h.dtype)
+        hook = resolved[2]
+        if hook is None:
+            return None
+        params, maps = self._inference_parameters()
+        out = hook(params, maps, x, h, dt, self.ode_unfolds, self.epsilon, _base._VALIDATE)
+        if out is not None:
+            self._last_impl[0] = resolved[0]
+        return out  # type: ignore[no-any-return]
+
+    def _forward_sequence_inference(
+        self, x: Any, h0: Any, dt: Any, episode_starts: Any
+    ) -> tuple[Tensor, Tensor] | None:
+        """A sequence through the ``forward_sequence`` hook, or ``None`` (see :meth:`_forward_inference`).
+
+        Canonical forms: ``x (B, T, S)``, ``h0`` None or ``(B, N)``, ``dt`` None, a finite float > 0 or a
+        ``(B, T)`` tensor, ``episode_starts`` None or a ``(B, T)`` tensor.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[2] != self.input_size:
+            return None
+        b, t = x.shape[0], x.shape[1]
+        if b < 1 or t < 1:
+            return None
+        if h0 is None:
+            h0 = self.initial_state(b, device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+        elif (
+            not isinstance(h0, Tensor) or h0.dim() != 2 or h0.shape[0] != b or h0.shape[1] != self.state_size
+        ):
+            return None
+        if dt is None:
+            dt = 1.0
+        elif isinstance(dt, float) or (isinstance(dt, int) and not isinstance(dt, bool)):
+            if not 0 < dt < _INF:
+                return None
+        elif not isinstance(dt, Tensor) or dt.dim() != 2 or dt.shape[0] != b or dt.shape[1] != t:
+            return None
+        if episode_starts is not None and (
+            not isinstance(episode_starts, Tensor)
+            or episode_starts.dim() != 2
+            or episode_starts.shape[0] != b
+            or episode_starts.shape[1] != t
+        ):
+            return None
+        resolved = self._resolve(h0.device, h0.dtype)
+        hook = resolved[3]
+        if hook is None:
+            return None
+        params, maps = self._inference_parameters()
+        out = hook(params, maps, x, h0, dt, episode_starts, self.ode_unfolds, self.epsilon, _base._VALIDATE)
+        if out is not None:
+            self._last_impl[0] = resolved[0]
+        return out  # type: ignore[no-any-return]
 
     def diagnostics(self, x: Tensor, h: Tensor | None = None, dt: float | Tensor = 1.0) -> dict[str, Tensor]:
         """One step with the reference math, returning what the inspection tools plot.

@@ -95,7 +95,7 @@ PARAM_NAMES: tuple[str, ...] = (
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("ltc_kernel.c", "ltc_kernel_body.h")
-_ABI = 5
+_ABI = 6
 # First flag set that compiles wins: -march=native vectorises the batch lanes with the CPU's widest units; the
 # plain -O3 set is the fallback for compilers that reject it.
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
@@ -750,7 +750,9 @@ class FusedCImplementation:
         # stepping in turn (ensembles, several policies) each keep an entry; LTCCell hands over a new dict
         # whenever a parameter changed, which misses here and rebuilds.
         self._pp_cache: dict[int, tuple[Any, ...]] = {}
-        # per-thread packed pointer array for the no-grad step (mutated on every call)
+        # the same per (effective parameters, mappings) for the inference hooks
+        self._infer_cache: dict[int, tuple[Any, ...]] = {}
+        # per-thread packed pointer arrays (mutated on every call)
         self._tls = threading.local()
 
     def available(self, device: torch.device) -> bool:
@@ -862,16 +864,210 @@ class FusedCImplementation:
             raise MemoryError("the LTC kernel could not allocate its scratch memory")
         return out
 
+    # ------------------------------------------------------------------ inference hooks (no autograd)
+    def forward_step(
+        self,
+        params: Any,
+        maps: Any,
+        x: Tensor,
+        v: Tensor,
+        dt: float | Tensor,
+        unfolds: int,
+        eps: float,
+        validate: bool,
+    ) -> tuple[Tensor, Tensor] | None:
+        """One step with the input check, input mapping, solver and readout in one kernel call.
+
+        See the hook contract in ``ltc_control.cells.ltc`` (``x (B, S)`` raw inputs, ``v (B, N)``, ``dt`` a
+        float or ``(B,)`` / ``(B, 1)``). Returns ``(y (B, M), v_new (B, N))``, or ``None`` for dtypes the
+        kernel does not take (the cell then runs its general path).
+
+        Raises:
+            ValueError: with ``validate``, non-finite ``x`` or a ``dt`` that is not finite and > 0.
+        """
+        return self._infer(params, maps, x, v, dt, None, 0, unfolds, eps, validate)
+
+    def forward_sequence(
+        self,
+        params: Any,
+        maps: Any,
+        x: Tensor,
+        v0: Tensor,
+        dt: float | Tensor,
+        reset: Tensor | None,
+        unfolds: int,
+        eps: float,
+        validate: bool,
+    ) -> tuple[Tensor, Tensor] | None:
+        """A whole sequence without autograd in one kernel call: ``(y (B, T, M), h_T (B, N))`` or ``None``.
+
+        ``x (B, T, S)`` raw inputs, ``dt`` a float or ``(B, T)``, ``reset`` ``None`` or ``(B, T)``.
+
+        Raises:
+            ValueError: with ``validate``, non-finite ``x`` or a ``dt`` that is not finite and > 0.
+        """
+        return self._infer(params, maps, x, v0, dt, reset, int(x.shape[1]), unfolds, eps, validate)
+
+    def _prepare_inference(self, params: Any, maps: Any) -> tuple[Any, ...]:
+        """Caches, per (effective parameters, mappings), the pointer array the kernel reads; dtype ``None``
+        marks a combination the kernel cannot run (mixed dtypes)."""
+        kernel = self._kernel()
+        plist = _param_list(params)
+        mlist = [maps.input_w, maps.input_b, maps.output_w, maps.output_b]
+        dtype = plist[0].dtype
+        if (
+            dtype not in kernel.lanes
+            or any(p.dtype != dtype for p in plist)
+            or any(m is not None and m.dtype != dtype for m in mlist)
+        ):
+            entry: tuple[Any, ...] = (params, maps, None)
+        else:
+            edges = self._edge_list(params)
+            # no gradient flows here: detached contiguous views (copies only if a layout needs it)
+            keep = [p.detach().contiguous() for p in plist]
+            mkeep = [None if m is None else m.detach().contiguous() for m in mlist]
+            pp = (ctypes.c_void_p * 15)(*[p.data_ptr() for p in keep], *[_ptr(m) for m in mkeep])
+            sizes = (
+                int(params["sensory_w"].shape[0]),
+                edges.units,
+                int(maps.output_size),
+                int(edges.src.numel()),
+                int(edges.sensory_src.numel()),
+            )
+            dims_cache: dict[tuple[int, ...], Any] = {}
+            entry = (
+                params,
+                maps,
+                dtype,
+                kernel,
+                ctypes.addressof(pp),
+                edges,
+                (keep, mkeep, pp),
+                sizes,
+                dims_cache,
+            )
+        if len(self._infer_cache) >= 16:
+            self._infer_cache.clear()
+        self._infer_cache[id(params)] = entry
+        return entry
+
+    def _infer(
+        self,
+        params: Any,
+        maps: Any,
+        x: Tensor,
+        v: Tensor,
+        dt: float | Tensor,
+        reset: Tensor | None,
+        steps: int,
+        unfolds: int,
+        eps: float,
+        validate: bool,
+    ) -> tuple[Tensor, Tensor] | None:
+        """Shared body of the two hooks; ``steps`` 0 means one step with ``(B, S)`` / ``(B, N)`` shapes."""
+        entry = self._infer_cache.get(id(params))
+        # the entry holds the dict itself, so its id cannot have been reused while it is cached
+        if entry is None or entry[0] is not params or entry[1] is not maps:
+            entry = self._prepare_inference(params, maps)
+        dtype = entry[2]
+        if dtype is None or x.dtype is not dtype or v.dtype is not dtype or not x.is_cpu:
+            return None
+        b = v.shape[0]
+        scratch = getattr(self._tls, "infer", None)
+        if scratch is None:
+            # per thread: the kernel call releases the GIL, so two threads must not share argument arrays
+            scratch = self._tls.infer = _InferScratch()
+        args = scratch.args
+        if isinstance(dt, Tensor):
+            if dt.dtype is not dtype or not dt.is_cpu:
+                dt = dt.to("cpu", dtype)
+            args[5] = dt.data_ptr()
+            if steps:
+                dsb, dst = _dt_strides(dt, b, steps)
+            else:
+                dsb, dst = (dt.stride(0) if b > 1 else 0), 0
+        else:
+            buf = scratch.dt[dtype]
+            buf[0] = dt
+            args[5] = scratch.dt_addr[dtype]
+            dsb = dst = 0
+        if reset is not None:
+            if reset.dtype is not dtype or not reset.is_cpu:
+                reset = reset.to("cpu", dtype)
+            ssb, sst = _dt_strides(reset, b, steps)
+            args[6] = reset.data_ptr()
+        else:
+            ssb = sst = 0
+            args[6] = None
+        t = steps or 1
+        key = (b, t, unfolds, dsb, dst, ssb, sst, validate)
+        dims = entry[8].get(key)
+        if dims is None:
+            s, n, m, e, es = entry[7]
+            dims = (ctypes.c_int64 * 15)(
+                b, t, s, n, unfolds, e, es, m, dsb, dst, ssb, sst, 0, -(-b // entry[3].lanes[dtype]),
+                1 if validate else 0,
+            )  # fmt: skip
+            if len(entry[8]) > 64:
+                entry[8].clear()
+            entry[8][key] = dims
+        n, m = entry[7][1], entry[7][2]
+        x_c = x if x.is_contiguous() else x.contiguous()
+        v_c = v if v.is_contiguous() else v.contiguous()
+        if steps:
+            out = torch.empty(b, t, n, dtype=dtype)
+            y = torch.empty(b, t, m, dtype=dtype)
+        else:
+            out = torch.empty(b, n, dtype=dtype)
+            y = torch.empty(b, m, dtype=dtype)
+        args[0] = entry[4]
+        args[1] = entry[5].packed.data_ptr()
+        args[2] = entry[5].sensory_packed.data_ptr()
+        args[3] = x_c.data_ptr()
+        args[4] = v_c.data_ptr()
+        args[7] = out.data_ptr()
+        args[8] = y.data_ptr()
+        rc = entry[3].forward_packed[dtype](dims, args, eps)
+        if rc != 0:
+            _raise_kernel_error(rc, dt, bool(steps))
+        return y, (out[:, -1] if steps else out)
+
+
+class _InferScratch:
+    """Per-thread ctypes scratch of the inference hooks: the packed argument array and dt scalars."""
+
+    def __init__(self) -> None:
+        self.args = (ctypes.c_void_p * 10)()
+        self.dt: dict[torch.dtype, Any] = {
+            torch.float32: (ctypes.c_float * 1)(),
+            torch.float64: (ctypes.c_double * 1)(),
+        }
+        self.dt_addr = {k: ctypes.addressof(v) for k, v in self.dt.items()}
+
+
+def _raise_kernel_error(rc: int, dt: float | Tensor, sequence: bool) -> None:
+    """Turns a kernel return code into the exception ``LTCCell`` raises for the same problem."""
+    if rc == 2:
+        raise ValueError("x contains non-finite values (NaN or inf); all inputs must be finite")
+    if rc == 3:
+        if not isinstance(dt, Tensor):
+            raise ValueError(f"dt must be finite and > 0, got {dt}")
+        if sequence:
+            raise ValueError("dt must be finite and > 0 at every (batch, time) position")
+        flat = dt.reshape(-1)
+        bad = flat[~((flat > 0) & (flat < float("inf")))][:3].tolist()
+        raise ValueError(f"dt must be finite and > 0 for every sample, got values such as {bad}")
+    raise MemoryError("the LTC kernel could not allocate its scratch memory")
+
 
 class LTCControlStep:
-    """A control-loop step of an ``LTCCell`` in one kernel call: validation, input mapping, solver, readout.
+    """A control-loop step of an ``LTCCell`` without gradients: ``cell(x, h, dt)`` under ``torch.no_grad()``.
 
-    ``LTCCell.forward`` spends most of a batch-1 step in Python around the solver (the finiteness check, the
-    input and output mappings as separate tensor ops, the effective-parameter cache). This wrapper does the
-    same step without gradients with all of that inside the C kernel (non-finite inputs are detected there),
-    for the microsecond budget of a controller. It reads the cell's parameters on every call (no copy), so
-    training the cell between calls is seen. Off the CPU, for dtypes other than float32/float64, or without
-    the kernel it falls back to ``cell(x, h, dt)`` under ``torch.no_grad()``.
+    ``LTCCell.forward`` itself runs a step that needs no gradient as one kernel call (validation, input
+    mapping, solver and readout: the ``forward_step`` hook of :class:`FusedCImplementation`), so this wrapper
+    only saves the ``nn.Module.__call__`` dispatch and the ``no_grad`` context; it is kept for code written
+    against it. It reads the cell's parameters on every call (no copy), so training the cell between calls is
+    seen. Off the CPU, for other dtypes or without the kernel the cell's general path runs.
 
     Args:
         cell: the ``LTCCell`` to step.
@@ -894,26 +1090,6 @@ class LTCControlStep:
         if not isinstance(cell, LTCCell):
             raise ValueError(f"LTCControlStep needs an ltc_control LTCCell, got {type(cell).__name__}")
         self.cell = cell
-        self._cache: tuple[Any, ...] | None = None
-        self._dt_buf: dict[torch.dtype, Any] = {
-            torch.float32: (ctypes.c_float * 1)(),
-            torch.float64: (ctypes.c_double * 1)(),
-        }
-        self._args = (ctypes.c_void_p * 10)()
-        self._lock = threading.Lock()
-
-    def _prepare(self, params: Any, kernel: _Kernel) -> tuple[Any, ...]:
-        cell = self.cell
-        edges = EdgeList.from_masks(params["sparsity_mask"], params["sensory_sparsity_mask"])
-        plist = [p.detach().contiguous() for p in _param_list(params)]
-        maps = [cell._parameters.get(k) for k in ("input_w", "input_b", "output_w", "output_b")]
-        maps_c = [None if m is None else m.detach().contiguous() for m in maps]
-        ptrs = [p.data_ptr() for p in plist] + [None if m is None else m.data_ptr() for m in maps_c]
-        pp = (ctypes.c_void_p * 15)(*ptrs)
-        dims_cache: dict[tuple[int, int], Any] = {}
-        cache = (params, kernel, pp, [*plist, *maps_c, edges], edges, dims_cache)
-        self._cache = cache
-        return cache
 
     def __call__(self, x: Tensor, h: Tensor | None = None, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
         """One step without gradients.
@@ -930,69 +1106,11 @@ class LTCControlStep:
             ValueError: wrong shapes, non-finite ``x``, ``dt <= 0``.
         """
         cell = self.cell
-        kernel = load_kernel()
-        dtype = x.dtype
-        if kernel is None or x.device.type != "cpu" or dtype not in kernel.lanes or cell.gleak.dtype != dtype:
-            with torch.no_grad():
-                return cell(x, h, dt)  # type: ignore[no-any-return]
-        if x.dim() != 2 or x.shape[1] != cell.input_size:
-            raise ValueError(f"x must have shape (B, input_size={cell.input_size}), got {tuple(x.shape)}")
-        b = x.shape[0]
-        n = cell.state_size
-        if h is None:
-            h = torch.zeros(b, n, dtype=dtype)
-        elif h.dim() != 2 or h.shape[0] != b or h.shape[1] != n or h.dtype != dtype or h.device.type != "cpu":
-            raise ValueError(
-                f"h (state) must be a CPU {dtype} tensor of shape (B={b}, state_size={n}), got "
-                f"{tuple(h.shape)} {h.dtype} on {h.device}; use cell.initial_state({b}) for a fresh state"
-            )
         if torch.is_grad_enabled():
             with torch.no_grad():
-                params = cell.effective_parameters()
-        else:
-            params = cell.effective_parameters()
-        with self._lock:
-            cache = self._cache
-            if cache is None or cache[0] is not params:
-                cache = self._prepare(params, kernel)
-            if isinstance(dt, Tensor):
-                dt_t = cell._as_dt(dt, b, x.device, dtype).contiguous()  # validates dt > 0
-                dt_ptr, dt_stride = dt_t.data_ptr(), (1 if b > 1 else 0)
-            else:
-                if isinstance(dt, bool) or not isinstance(dt, int | float) or not (0 < dt < float("inf")):
-                    raise ValueError(f"dt must be a finite float > 0 or a (B,) tensor, got {dt!r}")
-                buf = self._dt_buf[dtype]
-                buf[0] = dt
-                dt_ptr, dt_stride = ctypes.addressof(buf), 0
-            dims_cache = cache[5]
-            key = (b, dt_stride)
-            dims = dims_cache.get(key)
-            if dims is None:
-                edges = cache[4]
-                dims = (ctypes.c_int64 * 15)(
-                    b, 1, cell.input_size, n, cell.ode_unfolds, edges.src.numel(), edges.sensory_src.numel(),
-                    cell.output_size, dt_stride, 0, 0, 0, 0, -(-b // kernel.lanes[dtype]), 1
-                )  # fmt: skip
-                dims_cache[key] = dims
-            x_c = x if x.is_contiguous() else x.contiguous()
-            h_c = h if h.is_contiguous() else h.contiguous()
-            out = torch.empty(b, n, dtype=dtype)
-            y = torch.empty(b, cell.output_size, dtype=dtype)
-            args = self._args
-            args[0] = ctypes.addressof(cache[2])
-            args[1] = cache[4].packed.data_ptr()
-            args[2] = cache[4].sensory_packed.data_ptr()
-            args[3] = x_c.data_ptr()
-            args[4] = h_c.data_ptr()
-            args[5] = dt_ptr
-            args[7] = out.data_ptr()
-            args[8] = y.data_ptr()
-            rc = kernel.forward_packed[dtype](dims, args, cell.epsilon)
-        if rc == 2:
-            raise ValueError("x contains non-finite values (NaN or inf); all inputs must be finite")
-        if rc != 0:
-            raise MemoryError("the LTC kernel could not allocate its scratch memory")
-        return y, out
+                return cell(x, h, dt)  # type: ignore[no-any-return]
+        out = cell._forward_inference(x, h, dt)
+        return out if out is not None else cell.forward(x, h, dt)  # type: ignore[no-any-return]
 
 
 class TorchEdgesImplementation:

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LTC_KERNEL_ABI 5
+#define LTC_KERNEL_ABI 6
 /* Lanes per batch chunk: 16 float32 = one 512-bit or two 256-bit registers; 8 float64 likewise. The lane loops
  * are written with explicit vector types: auto-vectorisation of the synapse scatter (num[dst] += ...) is defeated
  * by possible aliasing and then degrades to scalar code with store-forwarding stalls. */

@@ -16,7 +16,8 @@
  * Common arguments:
  * dims: B, T, S, N, K, E, ES, M, dt_stride_b, dt_stride_t, starts_stride_b, starts_stride_t, chunk_begin, chunk_end,
  *   check_finite (chunks of L samples; [chunk_begin, chunk_end) lets several threads share one call's work;
- *   check_finite = 1 makes the forward return 2, computing nothing, if x holds a NaN or an infinity).
+ *   check_finite = 1 makes the forward return 2, computing nothing, if x holds a NaN or an infinity, and 3 if a
+ *   dt it reads is not finite and > 0).
  * pp: gleak, vleak, cm (N); w, sigma, mu, erev (N, N); sw, ssigma, smu, serev (S, N); then (forward only, each may
  *   be NULL) input_w (S), input_b (S), output_w (M), output_b (M).
  * edges: (2, E) int32 rows src, dst; sedges: (2, ES) int32 rows input index, dst.
@@ -210,7 +211,7 @@ static int FN(forward_b1)(const FN(dims_t) * d, const FN(params_t) * p, const in
 
 /* Forward. states: (B, T, N) out; y: (B, T, M) out or NULL (readout output_w * v[:M] + output_b); vstore:
  * (chunks, T, K, N, L) pre-unfold states kept for the backward pass, or NULL for inference.
- * Returns 0; 1 if out of memory; 2 if check_finite is set and x is not finite. */
+ * Returns 0; 1 if out of memory; with check_finite set, 2 if x is not finite and 3 if dt is not finite and > 0. */
 int FN(ltc_forward)(const int64_t *dims, const REAL *const *pp, const int32_t *edges, const int32_t *sedges,
                     const REAL *x, const REAL *h0, const REAL *dt, const REAL *starts, double eps, REAL *states,
                     REAL *y, REAL *vstore) {
@@ -221,6 +222,11 @@ int FN(ltc_forward)(const int64_t *dims, const REAL *const *pp, const int32_t *e
     if (d.check_finite) {
         for (int64_t i = 0; i < B * T * S; ++i)
             if (!isfinite(x[i])) return 2;
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t t = 0; t < T; ++t) {
+                const REAL h = dt[b * d.dsb + t * d.dst];
+                if (!(h > 0) || !isfinite(h)) return 3;
+            }
     }
     if (B == 1 && !vstore && d.c0 == 0 && d.c1 == 1)
         return FN(forward_b1)(&d, &p, edges, sedges, x, h0, dt, starts, eps, states, y, iw, ib, ow, ob);
