@@ -134,7 +134,8 @@ class RolloutResult:
     Attributes:
         episodes: the :class:`EpisodeResult` of every episode.
         video: path of the mp4 (None when no video was written).
-        codec: FourCC of the video codec that ran (``"avc1"`` = H.264, ``"mp4v"`` = MPEG-4 Part 2).
+        codec: the video backend that ran (:attr:`ltc_control.video.VideoWriter.codec`): ``"h264"`` = H.264 by
+            ffmpeg/libx264 (plays in browsers), ``"avc1"`` = H.264 by OpenCV, ``"mp4v"`` = MPEG-4 Part 2.
         frames: number of frames written.
         frame_size: ``(width, height)`` of the frames as composed (the file is padded to even sizes).
         fps: frames per second of the video.
@@ -595,7 +596,7 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
             f"completed {m.completed}, mean |lateral| {m.mean_abs_lateral_m:.3f} m"
         )
     if result.video is not None:
-        codec = {"avc1": "H.264 (avc1)", "mp4v": "MPEG-4 Part 2 (mp4v)"}.get(result.codec or "", result.codec)
+        codec = vid.CODEC_NAMES.get(result.codec or "", result.codec)
         print(
             f"wrote {result.video}: {result.frames} frames {result.frame_size[0]}x{result.frame_size[1]} "
             f"at {result.fps:g} fps, codec {codec}"

@@ -47,6 +47,7 @@ from ltc_control.inspection.saliency import (
     write_saliency_video,
 )
 from ltc_control.inspection.trace import Trace
+from ltc_control.video import file_codec, plays_in_browser
 
 __all__ = [
     "InspectConfig",
@@ -340,7 +341,8 @@ def write_html_report(
         figures: ``(id, png_path, caption)`` for each figure, in order.
         summary: key -> value rows of the summary table.
         tables: ``(heading, table)`` perturbation tables to include (ablations, chosen perturbations).
-        video: an mp4 next to the page to link (videos are not embedded: they can be large).
+        video: an mp4 next to the page: shown in a ``<video controls>`` player when it is H.264 (browsers
+            play it; the file stays separate, only referenced), else linked.
         notes: extra remarks (e.g. plots skipped and why).
 
     Returns:
@@ -363,9 +365,19 @@ def write_html_report(
         rows = [[r["perturbation"], r["role"]] + [float(r[m]) for m in table.metrics] for r in table.rows]
         parts.append(_table(rows, header))
     if video is not None:
+        name = html.escape(video.name)
+        link = f'<a href="{name}">{name}</a>'
+        parts.append("<h2>Saliency video</h2>")
+        try:
+            playable = plays_in_browser(file_codec(video))
+        except (OSError, ValueError):  # missing or unreadable: the link still says where it should be
+            playable = False
+        if playable:
+            parts.append(
+                f'<video controls preload="metadata" src="{name}" style="max-width: 100%">{link}</video>'
+            )
         parts.append(
-            f'<h2>Saliency video</h2><p><a href="{html.escape(video.name)}">{html.escape(video.name)}</a> '
-            "(camera frames beside their saliency overlays; in the same folder as this page).</p>"
+            f"<p>{link} (camera frames beside their saliency overlays; in the same folder as this page).</p>"
         )
     page = _PAGE.format(title=html.escape(title), count=len(figures), body="\n".join(parts))
     out = Path(path)

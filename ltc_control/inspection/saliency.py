@@ -9,7 +9,7 @@
   Gaussian window (sigma 1.5), constants ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, ``L = 255``, computed
   on the valid region (no padding), as in the NCP paper's robustness measure.
 - :func:`overlay_saliency`, :func:`write_video`: colour overlays on camera frames and mp4 output
-  (``avc1`` / H.264 first, ``mp4v`` / MPEG-4 Part 2 when the OpenCV build has no H.264 encoder).
+  (H.264 by ffmpeg/libx264 first, which browsers play; OpenCV ``avc1`` / ``mp4v`` as fallbacks).
 
 Saliency maps are float arrays in ``[0, 1]`` with the input image's height and width.
 """
@@ -308,7 +308,7 @@ def overlay_saliency(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.5
 def write_video(
     frames: np.ndarray | Sequence[np.ndarray], path: str | os.PathLike[str], fps: float = 30.0
 ) -> tuple[Path, str]:
-    """Write RGB frames to an mp4 atomically, H.264 (``avc1``) when available, else MPEG-4 (``mp4v``).
+    """Write RGB frames to an mp4 atomically: H.264 (ffmpeg/libx264) when available, else OpenCV's fallbacks.
 
     Uses :class:`ltc_control.video.VideoWriter` (the project's one mp4 writer).
 
@@ -318,7 +318,8 @@ def write_video(
         fps: frames per second.
 
     Returns:
-        ``(path, fourcc)``: the file written and the codec that opened.
+        ``(path, codec)``: the file written and the codec that ran (``"h264"``, ``"avc1"`` or ``"mp4v"``, as
+        :attr:`ltc_control.video.VideoWriter.codec`).
     """
     stack = [np.asarray(f) for f in frames]
     if not stack:
@@ -328,7 +329,7 @@ def write_video(
         raise ValueError("All frames must be uint8 RGB of one shape (H, W, 3).")
     if fps <= 0:
         raise ValueError(f"fps must be > 0; got {fps}.")
-    # ltc_control.video tries avc1 (H.264) then mp4v, hides FFmpeg's probe noise and writes atomically
+    # ltc_control.video tries ffmpeg/libx264, then OpenCV avc1 and mp4v, and writes atomically
     with VideoWriter(path, float(fps), (w, h)) as writer:
         for frame in stack:
             writer.write(frame)
