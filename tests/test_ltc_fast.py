@@ -463,3 +463,182 @@ def test_kernel_entry_rejects_bad_arguments(kernel: object) -> None:
     # mixed dtypes through the cell fall back to PyTorch's promotion instead of failing
     cell64_x = cell.forward_sequence(x.double())[0]
     assert cell64_x.dtype == torch.float64
+
+
+# ------------------------------------------------------------------ inference hooks (no-grad fast path)
+def _mapped_pair(
+    wiring: Wiring, constraint: str, in_map: str, out_map: str, seed: int = 0
+) -> tuple[LTCCell, LTCCell]:
+    torch.manual_seed(seed)
+    kwargs = {"constraint": constraint, "input_mapping": in_map, "output_mapping": out_map}
+    ref = LTCCell(wiring, implementation="reference", **kwargs)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        ref.apply_constraints()
+    fast = LTCCell(wiring, implementation="fused-c", **kwargs)  # type: ignore[arg-type]
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+@pytest.mark.parametrize("out_map", ["affine", "linear", "none"])
+@pytest.mark.parametrize("in_map", ["affine", "linear", "none"])
+@pytest.mark.parametrize("constraint", ["softplus", "clamp"])
+@pytest.mark.parametrize("wiring_name", list(WIRINGS))
+def test_forward_step_hook_matches_reference(
+    kernel: object, wiring_name: str, constraint: str, in_map: str, out_map: str
+) -> None:
+    """``cell(x, h, dt)`` without gradients runs the ``forward_step`` hook (one kernel call incl. the maps and
+    the readout) and equals the reference: batch 1 and 5, dt float / (B,) / (B, 1), state carried in."""
+    wiring = WIRINGS[wiring_name]()
+    ref, fast = _mapped_pair(wiring, constraint, in_map, out_map)
+    gen = torch.Generator().manual_seed(3)
+    s, n = wiring.input_size, wiring.units
+    for b in (1, 5):
+        x = torch.randn(b, s, generator=gen)
+        h_r = h_f = 0.2 * torch.randn(b, n, generator=gen)
+        dts: list[object] = [0.4, torch.rand(b, generator=gen) + 0.1, torch.rand(b, 1, generator=gen) + 0.1]
+        with torch.no_grad():
+            assert fast._forward_inference(x, h_f, 1.0) is not None, "the hook path must take this call"
+            for dt in dts:
+                y_r, h_r = ref(x, h_r, dt)  # type: ignore[arg-type]
+                y_f, h_f = fast(x, h_f, dt)  # type: ignore[arg-type]
+                # y and h together: float32 tolerance relative to the state's scale (y can be tiny)
+                _assert_close(
+                    torch.cat([y_f, h_f], 1), torch.cat([y_r, h_r], 1), f"{wiring_name} B={b} dt={dt!r}"
+                )
+        assert y_f.shape == (b, wiring.output_size) and h_f.shape == (b, n)
+        assert fast.implementation_name == "fused-c"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("maps", [("affine", "affine"), ("none", "linear"), ("linear", "none")])
+def test_forward_sequence_hook_matches_reference(
+    kernel: object, dtype: torch.dtype, maps: tuple[str, str]
+) -> None:
+    """``forward_sequence`` without gradients runs the ``forward_sequence`` hook: batch 1 and 17 (a full
+    16-lane chunk plus one), float and (B, T) dt, episode resets, default and given h0."""
+    wiring = lane_keeping_ncp(seed=5)
+    ref, fast = _mapped_pair(wiring, "softplus", *maps, seed=1)
+    ref, fast = ref.to(dtype), fast.to(dtype)
+    gen = torch.Generator().manual_seed(8)
+    for b, t in ((1, 6), (17, 4)):
+        x = torch.randn(b, t, 32, generator=gen, dtype=dtype)
+        h0 = 0.2 * torch.randn(b, 19, generator=gen, dtype=dtype)
+        dt = torch.rand(b, t, generator=gen, dtype=dtype) + 0.1
+        starts = (torch.rand(b, t, generator=gen) < 0.3).to(dtype)
+        with torch.no_grad():
+            for args in ((None, None, None), (h0, 0.5, starts), (h0, dt, None), (h0, dt, starts.bool())):
+                assert fast._forward_sequence_inference(x, *args) is not None
+                y_r, h_r = ref.forward_sequence(x, *args)
+                y_f, h_f = fast.forward_sequence(x, *args)
+                _assert_close(
+                    torch.cat([y_f[:, -1], h_f], 1), torch.cat([y_r[:, -1], h_r], 1), f"B={b} y, h_T"
+                )
+                scale = float(h_r.abs().max())
+                torch.testing.assert_close(
+                    y_f, y_r, rtol=1e-5, atol=1e-5 * scale if dtype == torch.float32 else 1e-12
+                )
+                assert y_f.shape == (b, t, 1) and h_f.shape == (b, 19)
+
+
+def test_hook_path_validates_inside_the_kernel(kernel: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN/inf inputs and dt <= 0 raise the documented ValueErrors on the hook path, detected by the kernel
+    (no torch reduction runs); with validation off they are not checked."""
+    from ltc_control.cells import base as cell_base
+
+    _, cell = _pair(lane_keeping_ncp(seed=2), "fused-c", torch.float32)
+    h = cell.initial_state(2)
+    good = torch.zeros(2, 32)
+    nan_x = good.clone()
+    nan_x[1, 7] = float("nan")
+    inf_x = good.clone()
+    inf_x[0, 0] = float("inf")
+
+    def no_reduction(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the hook path must not check values with torch ops")
+
+    monkeypatch.setattr(torch, "isfinite", no_reduction)
+    with torch.no_grad():
+        for bad in (nan_x, inf_x):
+            with pytest.raises(ValueError, match="x contains non-finite values"):
+                cell(bad, h, 0.1)
+            with pytest.raises(ValueError, match="x contains non-finite values"):
+                cell.forward_sequence(bad.unsqueeze(1).expand(2, 3, 32), h, 0.1)
+        with pytest.raises(ValueError, match=r"for every sample, got values such as \[-0.5\]"):
+            cell(good, h, torch.tensor([0.1, -0.5]))
+        with pytest.raises(ValueError, match=r"got values such as \[nan\]"):
+            cell(good, h, torch.tensor([[float("nan")], [0.1]]))
+        with pytest.raises(ValueError, match=r"dt must be finite and > 0 at every \(batch, time\) position"):
+            cell.forward_sequence(good.unsqueeze(1).expand(2, 3, 32), h, torch.tensor([[0.1, 0.0, 0.1]] * 2))
+        with cell_base.validation(False):
+            y, _ = cell(nan_x, h, 0.1)  # not checked: no error
+            assert y.shape == (2, 1)
+    monkeypatch.undo()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"dt must be finite and > 0, got 0.0"):
+            cell(good, h, 0.0)
+        with pytest.raises(ValueError, match=r"x must have shape \(B, input_size=32\), got \(2, 31\)"):
+            cell(torch.zeros(2, 31), h)
+        with pytest.raises(ValueError, match=r"h \(state\) must have shape \(B=2, state_size=19\)"):
+            cell(good, torch.zeros(2, 18))
+        with pytest.raises(ValueError, match=r"dt must be a float or a tensor of shape \(B=2,\)"):
+            cell(good, h, torch.ones(3))
+        with pytest.raises(ValueError, match=r"x must have shape \(B, T, input_size=32\)"):
+            cell.forward_sequence(torch.zeros(2, 3, 31))
+
+
+def test_hook_path_follows_parameter_changes(kernel: object) -> None:
+    """The no-grad cache follows in-place updates of every parameter (maps included), re-assigned
+    parameters, a changed constraint and .double(); frozen parameters under grad mode also take the hook."""
+    from torch import nn
+
+    ref, fast = _mapped_pair(lane_keeping_ncp(seed=3), "softplus", "affine", "affine", seed=4)
+    x, h = torch.randn(1, 32), 0.1 * torch.randn(1, 19)
+
+    def check(what: str) -> None:
+        with torch.no_grad():
+            y_r, h_r = ref(x, h, 0.3)
+            y_f, h_f = fast(x, h, 0.3)
+        _assert_close(torch.cat([y_f, h_f], 1), torch.cat([y_r, h_r], 1), what)
+
+    check("initial")
+    with torch.no_grad():
+        for model in (ref, fast):
+            model.output_b.add_(0.5)
+            model.input_w.mul_(1.5)
+            model.sensory_sigma.add_(0.3)
+    check("in-place updates")
+    new_w = torch.rand(19, 19)
+    ref.w = nn.Parameter(new_w.clone())
+    fast.w = nn.Parameter(new_w.clone())
+    check("re-assigned w")
+    ref.constraint = fast.constraint = "clamp"
+    check("constraint changed")
+    for p in list(ref.parameters()) + list(fast.parameters()):
+        p.requires_grad_(False)
+    y_f, h_f = fast(x, h, 0.3)  # grad mode on, nothing requires grad: the hook runs
+    assert fast._forward_inference(x, h, 0.3) is not None
+    assert not y_f.requires_grad
+    _assert_close(h_f, ref(x, h, 0.3)[1], "frozen parameters")
+    ref.double()
+    fast.double()
+    x, h = x.double(), h.double()
+    check("float64")
+    # a mixed-dtype call is declined by the hook and still works through the general path
+    with torch.no_grad():
+        assert fast._forward_inference(x.float(), h.float(), 0.3) is None
+        _assert_close(fast(x.float(), h.float(), 0.3)[1], ref(x.float(), h.float(), 0.3)[1], "mixed dtypes")
+
+
+def test_grad_mode_still_builds_the_graph(kernel: object) -> None:
+    """With parameters that require grad the general path runs (hook skipped) and gradients match."""
+    ref, fast = _pair(lane_keeping_ncp(seed=9), "fused-c", torch.float32, seed=6)
+    x, h = torch.randn(1, 32), torch.zeros(1, 19)
+    for cell in (ref, fast):
+        y, h1 = cell(x, h, 0.2)
+        assert y.requires_grad
+        (y.sum() + h1.square().sum()).backward()
+    for (name, p_r), p_f in zip(ref.named_parameters(), fast.parameters()):
+        assert p_r.grad is not None and p_f.grad is not None, name
+        _assert_close(p_f.grad, p_r.grad, f"hook-era grad {name}")

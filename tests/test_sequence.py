@@ -150,3 +150,41 @@ def test_sequence_model_runs_baseline_cells() -> None:
     assert y.shape == (2, 5, 2) and h.shape == (2, cell.state_size)
     y_fresh, _ = model(x[:, 3:])
     torch.testing.assert_close(y[:, 3:], y_fresh, rtol=0, atol=1e-6)
+
+
+def test_control_loop_on_the_fast_cell_matches_the_reference() -> None:
+    """A no-grad control loop through SequenceModel.step and through Policy.act (whose controller runs
+    forward_sequence with T = 1) takes the fused inference hooks and reproduces the reference cell."""
+    fast_ltc = pytest.importorskip("ltc_control.cells.ltc_fast")
+    if not fast_ltc.kernel_available():
+        pytest.skip(f"no compiled kernel here: {fast_ltc.kernel_status()}")
+    from ltc_control.controllers import ControllerConfig
+    from ltc_control.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    policy = Policy(
+        PolicyConfig(observation="vector", vector_size=32, controller=ControllerConfig(kind="ltc", dt=0.25))
+    )
+    fast_cell = policy.controller.cell
+    assert isinstance(fast_cell, LTCCell)
+    ref_cell = LTCCell(fast_cell.wiring, implementation="reference")
+    with torch.no_grad():
+        for p in fast_cell.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ref_cell.load_state_dict(fast_cell.state_dict())
+    fast, ref = SequenceModel(fast_cell), SequenceModel(ref_cell)
+    obs = torch.randn(5, 32)
+    h_f = h_r = state = None
+    with torch.no_grad():
+        for t in range(5):
+            y_f, h_f = fast.step(obs[t : t + 1], h_f, 0.25)
+            y_r, h_r = ref.step(obs[t : t + 1], h_r, 0.25)
+            action, state = policy.act(obs[t].numpy(), state)
+            expected = torch.tanh(policy.action_scale * y_r + policy.action_bias)[0]
+            torch.testing.assert_close(h_f, h_r, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(torch.as_tensor(action), expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(state, h_r, rtol=1e-5, atol=1e-6)
+    assert fast_cell.implementation_name == "fused-c"
+    assert fast_cell._forward_inference(obs[:1], h_f, 0.25) is not None
+    with torch.no_grad():
+        assert fast_cell._forward_sequence_inference(obs[:1].unsqueeze(1), h_f, 0.25, None) is not None

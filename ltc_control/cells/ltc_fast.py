@@ -832,7 +832,8 @@ class FusedCImplementation:
         dtype = keep[0].dtype
         if v_c.dtype is not dtype or x_c.dtype is not dtype or dt.dtype is not dtype:
             if v_c.dtype is not dtype:
-                raise ValueError(f"state dtype {v_c.dtype} differs from the parameters' dtype {dtype}")
+                # mixed precision: PyTorch's type promotion, as the reference path does it
+                return _TORCH_EDGES.step(params, x_mapped, v, dt, unfolds, eps)
             x_c, dt = x_c.to(dtype), dt.to(dtype)
         b = v_c.shape[0]
         out = torch.empty_like(v_c)
