@@ -104,6 +104,27 @@ def _ncps_model(wiring: Any, unfolds: int) -> Any:
     return LTC(wiring.input_size, nw, batch_first=True, ode_unfolds=unfolds)
 
 
+def _ncps_cfc_model(wiring: Any) -> Any:
+    """An ``ncps.torch.CfC`` on an ncps ``NCP`` wiring of the same layer sizes and fan-outs as ``wiring`` (an
+    NCP built by :func:`_build_wiring`): ncps draws its own synapses, so both CfCs are compared on ncps'."""
+    from ncps.torch import CfC
+    from ncps.wirings import NCP as NcpsNCP
+
+    roles = list(wiring.roles)
+    args = dict(wiring.to_dict().get("builder_args") or {})
+    nw = NcpsNCP(
+        inter_neurons=roles.count("inter"),
+        command_neurons=roles.count("command"),
+        motor_neurons=roles.count("motor"),
+        sensory_fanout=int(args.get("sensory_fanout", 6)),
+        inter_fanout=int(args.get("inter_fanout", 4)),
+        recurrent_command_synapses=int(args.get("recurrent_command_synapses", 6)),
+        motor_fanin=int(args.get("motor_fanin", 6)),
+        seed=22222,
+    )
+    return CfC(wiring.input_size, nw, batch_first=True)
+
+
 def _median_of(samples: list[float]) -> float:
     return float(statistics.median(samples)) if samples else float("nan")
 
@@ -241,6 +262,64 @@ def _build_models(config: str, unfolds: int, which: Sequence[str]) -> dict[str, 
                     _, h_s[0] = stepper(x1, h_s[0], 1.0)
 
             out[impl]["controlstep"] = ctl_step
+
+            # the same cell behind SequenceModel.step and a vector-observation Policy.act (the control-loop
+            # entry points): Python around the cell call, the action head and the numpy conversion included
+            from ltc_control.controllers import ControllerConfig
+            from ltc_control.policy import Policy, PolicyConfig
+            from ltc_control.sequence import SequenceModel
+
+            seq_model = SequenceModel(c)
+            h_q = [c.initial_state(1)]
+
+            def seq_step(h_q: list[Any] = h_q, seq_model: Any = seq_model) -> None:
+                with torch.no_grad():
+                    _, h_q[0] = seq_model.step(x1, h_q[0], 1.0)
+
+            policy = Policy(
+                PolicyConfig(
+                    observation="vector",
+                    vector_size=wiring.input_size,
+                    action_size=wiring.output_size,
+                    controller=ControllerConfig(
+                        kind="ltc",
+                        wiring=_saved_wiring_config(wiring),
+                        ode_unfolds=unfolds,
+                        dt=1.0,
+                    ),
+                )
+            )
+            policy.controller.cell.load_state_dict(c.state_dict())
+            obs = x1[0].numpy()
+            st: list[Any] = [policy.reset(1)]
+
+            def policy_act(st: list[Any] = st, policy: Any = policy, obs: Any = obs) -> None:
+                _, st[0] = policy.act(obs, st[0])
+
+            out[impl]["seqstep"] = seq_step
+            out[impl]["policy_act"] = policy_act
+    if "cfc" in which or "ncps-cfc" in which:
+        from ltc_control.cells.cfc import cfc_from_ncps
+
+        ncps_cfc = _ncps_cfc_model(wiring)
+        ours_cfc = cfc_from_ncps(ncps_cfc)
+        for name, model, step_cell in (
+            ("ncps-cfc", ncps_cfc, ncps_cfc.rnn_cell),
+            ("cfc", ours_cfc, ours_cfc.cell),
+        ):
+            if name not in which:
+                continue
+            h_c = [torch.zeros(1, wiring.units)]
+
+            def cfc_step(step_cell: Any = step_cell, h_c: list[Any] = h_c) -> None:
+                with torch.no_grad():
+                    _, h_c[0] = step_cell(x1, h_c[0], 1.0)
+
+            def cfc_run(x: Any, model: Any = model) -> Any:
+                return model(x)[0]
+
+            out[name] = seq_fns(cfc_run, cfc_step, list(model.parameters()))
+        out["_cfc"] = {"ncps": ncps_cfc, "ours": ours_cfc}
     if "lstm" in which:
         lstm = torch.nn.LSTM(32, 64, batch_first=True)
         lcell = torch.nn.LSTMCell(32, 64)
@@ -255,6 +334,12 @@ def _build_models(config: str, unfolds: int, which: Sequence[str]) -> dict[str, 
     return out
 
 
+def _saved_wiring_config(wiring: Any) -> Any:
+    from ltc_control.controllers import WiringConfig
+
+    return WiringConfig(preset="saved", saved=wiring.to_dict())
+
+
 def run_ltc_benchmark(
     configs: Sequence[str] = ("ncp19", "autoncp64", "fc64"),
     batch: int = 32,
@@ -264,6 +349,7 @@ def run_ltc_benchmark(
     min_time: float = 0.2,
     memory: bool = True,
     include_slow: Sequence[str] = ("ncp19",),
+    cfc_configs: Sequence[str] = ("ncp19",),
     progress: bool = True,
     threads: int | None = 1,
 ) -> dict[str, Any]:
@@ -279,6 +365,8 @@ def run_ltc_benchmark(
         memory: also probe the peak memory of forward + backward in subprocesses.
         include_slow: configs on which the pure-PyTorch ``torch-edges`` and ``reference`` paths are also timed
             (they take tens of seconds per training batch on the 64-neuron wirings).
+        cfc_configs: NCP configs on which a wired CfC (ncps' ``CfC`` and this library's conversion of it, same
+            weights) is also timed.
         progress: show a tqdm progress bar.
         threads: torch intra-op threads for every model (``None``: leave torch's default). The default 1 is
             deliberate: on a shared machine an OpenMP team whose second thread is descheduled spins at every
@@ -319,8 +407,11 @@ def run_ltc_benchmark(
     bar = tqdm(total=len(configs) * repeats, desc="ltc bench", disable=not progress)
     for config in configs:
         wanted = fast_models + (["torch-edges", "reference"] if config in include_slow else [])
+        if config in cfc_configs:
+            wanted += ["ncps-cfc", "cfc"]
         models = _build_models(config, unfolds, which=wanted)
         meta = models.pop("_meta")
+        cfc_pair = models.pop("_cfc", None)
         wiring = meta["wiring"]
         torch.manual_seed(0)
         x = torch.randn(batch, steps, 32)
@@ -329,6 +420,10 @@ def run_ltc_benchmark(
             y_ncps = meta["ncps_model"](x)[0]
             y_ours = models["fused-c"]["cell"].forward_sequence(x)[0]
         max_diff = float((y_ncps - y_ours).abs().max())
+        cfc_diff = None
+        if cfc_pair is not None:
+            with torch.no_grad():
+                cfc_diff = float((cfc_pair["ncps"](x)[0] - cfc_pair["ours"](x)[0]).abs().max())
         kinds = ("train", "forward", "step")
         samples: dict[str, dict[str, list[tuple[float, float]]]] = {m: {k: [] for k in kinds} for m in models}
         for name in models:  # warm-up (kernel build/load, allocator)
@@ -340,10 +435,9 @@ def run_ltc_benchmark(
                     fn = functools.partial(fns[kind], x)
                     samples[name][kind].append(_time_call(fn, min_time))
                 samples[name]["step"].append(_time_call(fns["step"], min_time))
-                if "controlstep" in fns:
-                    samples[name].setdefault("controlstep", []).append(
-                        _time_call(fns["controlstep"], min_time)
-                    )
+                for extra in ("controlstep", "seqstep", "policy_act"):
+                    if extra in fns:
+                        samples[name].setdefault(extra, []).append(_time_call(fns[extra], min_time))
             bar.update(1)
         entry: dict[str, Any] = {
             "description": LTC_CONFIGS[config],
@@ -355,6 +449,8 @@ def run_ltc_benchmark(
             "implementation": models["fused-c"]["cell"].implementation_name,
             "models": {},
         }
+        if cfc_diff is not None:
+            entry["max_abs_diff_cfc_vs_ncps_cfc"] = cfc_diff
         for name, smp in samples.items():
             rec: dict[str, Any] = {}
             for clock, idx in (("wall", 0), ("cpu", 1)):
@@ -366,8 +462,9 @@ def run_ltc_benchmark(
                     "forward_seq_per_s": batch / t_fwd,
                     "step_us": t_step * 1e6,
                 }
-                if "controlstep" in smp:
-                    rec[clock]["controlstep_us"] = _median_of([v[idx] for v in smp["controlstep"]]) * 1e6
+                for extra in ("controlstep", "seqstep", "policy_act"):
+                    if extra in smp:
+                        rec[clock][f"{extra}_us"] = _median_of([v[idx] for v in smp[extra]]) * 1e6
             rec["samples_wall_cpu_s"] = smp
             entry["models"][name] = rec
         entry["ratios"] = {}
@@ -383,6 +480,17 @@ def run_ltc_benchmark(
                 "controlstep_speedup_vs_ncps": m["ncps"]["step_us"] / m["fused-c"]["controlstep_us"],
                 "controlstep_vs_lstmcell": m["lstm"]["step_us"] / m["fused-c"]["controlstep_us"],
             }
+            if "cfc" in m and "ncps-cfc" in m:
+                entry["ratios"][clock].update(
+                    {
+                        "cfc_train_vs_ncps_cfc": m["cfc"]["train_seq_per_s"]
+                        / m["ncps-cfc"]["train_seq_per_s"],
+                        "cfc_forward_vs_ncps_cfc": m["cfc"]["forward_seq_per_s"]
+                        / m["ncps-cfc"]["forward_seq_per_s"],
+                        "cfc_step_vs_ncps_cfc": m["ncps-cfc"]["step_us"] / m["cfc"]["step_us"],
+                        "ltc_step_vs_ncps_cfc": m["ncps-cfc"]["step_us"] / m["fused-c"]["step_us"],
+                    }
+                )
         # CPU cost of one (sample, step) of the forward pass: grows with the synapse count
         fwd_cpu = entry["models"]["fused-c"]["cpu"]["forward_seq_per_s"]
         entry["forward_cpu_us_per_sample_step"] = 1e6 / (fwd_cpu * steps)
@@ -468,6 +576,22 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
             f"{rc['controlstep_vs_lstmcell']:.2f}x the speed of nn.LSTMCell (CPU)",
             f"- fused-c forward CPU cost per (sample, step): {e['forward_cpu_us_per_sample_step']:.3f} us",
         ]
+        fc = m["fused-c"]["cpu"]
+        if "seqstep_us" in fc:
+            lines.append(
+                f"- batch-1 control-loop entry points on the same cell (CPU-us): `SequenceModel.step` "
+                f"{fc['seqstep_us']:.1f}, `Policy.act` (vector observation, tanh head, numpy action) "
+                f"{fc['policy_act_us']:.1f}"
+            )
+        if "cfc_step_vs_ncps_cfc" in e["ratios"]["cpu"]:
+            rc_ = e["ratios"]["cpu"]
+            lines.append(
+                f"- wired CfC (ncps' `CfC` on an ncps NCP of the same sizes; ours = `cfc_from_ncps` of it, "
+                f"max |diff| {e['max_abs_diff_cfc_vs_ncps_cfc']:.1e}), CPU clock, ours vs ncps: train "
+                f"{rc_['cfc_train_vs_ncps_cfc']:.2f}x, forward {rc_['cfc_forward_vs_ncps_cfc']:.2f}x, step "
+                f"{rc_['cfc_step_vs_ncps_cfc']:.2f}x; the fused LTC step is "
+                f"{rc_['ltc_step_vs_ncps_cfc']:.1f}x faster than ncps' CfC step"
+            )
         if "peak_memory_mib" in e:
             pm = e["peak_memory_mib"]
             lines.append(
@@ -577,6 +701,12 @@ def ltc_bench_main(argv: Sequence[str]) -> int:
         help="configs on which the slow torch-edges and reference paths are also timed (default ncp19; '' = "
         "none)",
     )
+    parser.add_argument(
+        "--cfc-configs",
+        default="ncp19",
+        help="NCP configs on which wired CfC models (ncps' and ours) are also timed (default ncp19; '' = "
+        "none)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the Markdown report to this file")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results (JSON) to this file")
     args = parser.parse_args(list(argv))
@@ -603,6 +733,7 @@ def ltc_bench_main(argv: Sequence[str]) -> int:
         min_time=args.min_time,
         memory=not args.no_memory,
         include_slow=[c.strip() for c in args.slow_configs.split(",") if c.strip()],
+        cfc_configs=[c.strip() for c in args.cfc_configs.split(",") if c.strip()],
         threads=args.threads if args.threads > 0 else None,
     )
     report = format_ltc_markdown(result)

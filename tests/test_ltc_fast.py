@@ -359,9 +359,14 @@ def test_bench_cli_smoke(kernel: object, tmp_path: Path, capsys: pytest.CaptureF
     assert entry["synapses"] == lane_keeping_ncp().num_synapses
     assert entry["implementation"] == "fused-c"
     assert entry["max_abs_diff_vs_ncps"] < 1e-5
-    assert set(entry["models"]) == {"ncps", "fused-c", "lstm"}
-    assert entry["models"]["fused-c"]["cpu"]["forward_seq_per_s"] > 0
-    assert "fused-c vs ncps" in out_md.read_text()
+    assert set(entry["models"]) == {"ncps", "fused-c", "lstm", "ncps-cfc", "cfc"}
+    assert entry["max_abs_diff_cfc_vs_ncps_cfc"] < 1e-5
+    fused = entry["models"]["fused-c"]["cpu"]
+    assert fused["forward_seq_per_s"] > 0
+    assert fused["seqstep_us"] > 0 and fused["policy_act_us"] > 0
+    assert entry["ratios"]["cpu"]["cfc_step_vs_ncps_cfc"] > 0
+    report = out_md.read_text()
+    assert "fused-c vs ncps" in report and "wired CfC" in report and "`Policy.act`" in report
     assert bench_main(["nonexistent"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
 
