@@ -836,8 +836,9 @@ def load_policy_weights(model: Any, policy: Policy) -> None:
     """Copy an :class:`~ltc_control.policy.Policy`'s perception, controller and action head into the sb3
     actor.
 
-    The sb3 policy must have been built with :func:`policy_kwargs_from_policy` (same shapes). The critic is
-    left as it is; the optimizer state is reset (its moments belonged to the old weights).
+    The sb3 policy must have been built with :func:`policy_kwargs_from_policy` (same shapes). The critic's
+    controller and value head are left as they are (a separate critic CNN head, if any, gets the perception
+    weights too); the optimizer state is reset (its moments belonged to the old weights).
 
     Args:
         model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
@@ -866,10 +867,15 @@ def load_policy_weights(model: Any, policy: Policy) -> None:
 
     copy(sb3_policy.controller, policy.controller, "controller")
     if policy.perception is not None:
-        ext = sb3_policy.pi_features_extractor
-        if not isinstance(ext, ConvHeadExtractor):
-            raise ValueError("the source policy has a ConvHead but the sb3 policy does not; use CnnLtcPolicy")
-        copy(ext.head, policy.perception, "perception")
+        extractors = [sb3_policy.pi_features_extractor]
+        if not sb3_policy.share_features_extractor:
+            extractors.append(sb3_policy.vf_features_extractor)  # the critic starts from the same features
+        for ext in extractors:
+            if not isinstance(ext, ConvHeadExtractor):
+                raise ValueError(
+                    "the source policy has a ConvHead but the sb3 policy does not; use CnnLtcPolicy"
+                )
+            copy(ext.head, policy.perception, "perception")
     with torch.no_grad():
         sb3_policy.motor_head.scale.copy_(policy.action_scale.detach().reshape(-1))
         sb3_policy.motor_head.bias.copy_(policy.action_bias.detach().reshape(-1))

@@ -95,7 +95,11 @@ def _eval_cue(model: RecurrentPPO, episodes: int = 200, seed: int = 123) -> floa
 # ---------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("kind", ["ltc"])
 def test_learns_cue_memory_task(kind: str) -> None:
-    """A short learn() run makes the policy remember the cue: mean return from ~0 (chance) to > 0.8."""
+    """A short learn() run makes the policy remember a cue shown 3 steps earlier.
+
+    Chance is a mean return of 0 (the untrained policy scores about +-0.2); measured after 2,500 steps: 1.0
+    for seeds 0 and 1.
+    """
     torch.manual_seed(0)
     env = make_vec_env(lambda: CueMemoryEnv(delay=3), n_envs=8, seed=0)
     model = RecurrentPPO(
@@ -104,20 +108,18 @@ def test_learns_cue_memory_task(kind: str) -> None:
         n_steps=32,
         batch_size=128,
         n_epochs=8,
-        learning_rate=1e-2,
+        learning_rate=2e-2,
         gamma=0.99,
         ent_coef=0.0,
         seed=0,
         device="cpu",
-        policy_kwargs={"controller": SMALL_LTC, "critic": "shared", "net_arch": [16]},
+        policy_kwargs={"controller": {**SMALL_LTC, "kind": kind}, "net_arch": [16]},
     )
     before = _eval_cue(model)
-    model.learn(6000)
+    model.learn(2500)
     after = _eval_cue(model)
     assert after > before + 0.3, f"learning should improve the mean return: {before} -> {after}"
-    assert after > 0.8, (
-        f"trained policy should remember the cue (mean return > 0.8), got {after} (before {before})"
-    )
+    assert after >= 0.9, f"trained policy should remember the cue (mean return >= 0.9), got {after}"
 
 
 # ------------------------------------------------------------------------------------------- episode starts

@@ -1,0 +1,535 @@
+"""Partially observed RL benchmark: LTC-PPO vs CfC-PPO vs LSTM-PPO (RecurrentPPO's own policy).
+
+Every model trains with the same PPO hyper-parameters, budget and seeds on a "NoVel" task (velocities masked,
+:mod:`ltc_control.agents.sb3_envs`). Each run writes a JSON record (training-episode returns over time, final
+deterministic evaluation, wall time, steps per second, parameter counts) to ``runs_dir``; runs whose
+record exists are skipped, so an interrupted benchmark resumes where it stopped. :func:`summarize` turns the
+records into a table (Markdown + CSV, mean and spread over seeds) and a learning-curve plot.
+
+Entry point: ``experiments/rl_benchmark.py`` (``--config experiments/configs/rl_pendulum_novel.yaml``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ltc_control.controllers import ControllerConfig
+from ltc_control.runs import atomic_write_json, atomic_write_text
+
+__all__ = [
+    "BenchmarkConfig",
+    "PPOConfig",
+    "RunSpec",
+    "evaluate_model",
+    "make_model",
+    "run_benchmark",
+    "run_one",
+    "summarize",
+]
+
+ModelName = Literal["ltc", "cfc", "lstm"]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """RecurrentPPO hyper-parameters shared by every model of a benchmark.
+
+    Args:
+        n_envs: parallel envs (``DummyVecEnv``).
+        n_steps: steps per env per rollout.
+        batch_size: minibatch size (in steps).
+        n_epochs: passes over each rollout.
+        learning_rate: Adam learning rate.
+        gamma: discount factor.
+        gae_lambda: GAE lambda.
+        clip_range: PPO clip range.
+        ent_coef: entropy bonus.
+        vf_coef: value-loss weight.
+        max_grad_norm: gradient-norm clip.
+        log_std_init: initial log standard deviation of Gaussian actions.
+        normalize_observations: wrap the envs in ``VecNormalize`` (observations only).
+    """
+
+    n_envs: int = 8
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 10
+    learning_rate: float = 1e-3
+    gamma: float = 0.9
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    log_std_init: float = 0.0
+    normalize_observations: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
+            raise ValueError("ppo.gamma and ppo.gae_lambda must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """One benchmark: an env, the models, the shared budget and seeds.
+
+    Args:
+        env_id: partially observed task, e.g. ``"PendulumNoVel-v1"`` or ``"HalfCheetahNoVel-v5"``.
+        timesteps: env steps per run (the same for every model).
+        seeds: training seeds (each model trains once per seed).
+        models: which of ``ltc``, ``cfc``, ``lstm`` to train.
+        ppo: shared PPO hyper-parameters.
+        ltc: the LTC controller (default: the paper-sized NCP, 12 inter / 6 command neurons).
+        cfc: the CfC controller (default: wired CfC on the same NCP).
+        critic: critic of the liquid policies: ``separate``, ``shared`` or ``feedforward``.
+        critic_outputs: motor neurons of a separate critic controller.
+        value_arch: hidden layers of the liquid policies' value MLP.
+        lstm_hidden_size: hidden units of RecurrentPPO's LSTMs (actor and critic; sb3-contrib's default 256).
+        lstm_net_arch: hidden layers after RecurrentPPO's LSTM (pi and vf; sb3's default is 64, 64).
+        eval_episodes: deterministic evaluation episodes after training (seeds 10_000 + i, not trained on).
+        curve_points: points of the learning curve (training-episode returns binned over the budget).
+        out_dir: where the table and the plot go.
+        runs_dir: where the per-run JSON records go (git-ignored ``runs/`` by default).
+        name: prefix of the result files (``<name>.md``, ``<name>.csv``, ``<name>.png``).
+        workers: parallel training processes.
+        torch_threads: torch threads per process.
+    """
+
+    env_id: str = "PendulumNoVel-v1"
+    timesteps: int = 100_000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    models: tuple[str, ...] = ("ltc", "cfc", "lstm")
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ltc: ControllerConfig = field(default_factory=lambda: ControllerConfig(kind="ltc"))
+    cfc: ControllerConfig = field(default_factory=lambda: ControllerConfig(kind="cfc"))
+    critic: Literal["separate", "shared", "feedforward"] = "shared"
+    critic_outputs: int = 8
+    value_arch: tuple[int, ...] = (64,)
+    lstm_hidden_size: int = 256
+    lstm_net_arch: tuple[int, ...] = (64, 64)
+    eval_episodes: int = 10
+    curve_points: int = 20
+    out_dir: str = "experiments/results"
+    runs_dir: str = "runs/rl_benchmark"
+    name: str = "rl_pendulum_novel"
+    workers: int = 1
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        bad = [m for m in self.models if m not in ("ltc", "cfc", "lstm")]
+        if bad or not self.models:
+            raise ValueError(f"models must be a non-empty subset of ltc, cfc, lstm; got {list(self.models)}")
+        if self.ltc.kind != "ltc" or self.cfc.kind != "cfc":
+            raise ValueError("the 'ltc' config must have kind 'ltc' and the 'cfc' config kind 'cfc'")
+        if self.eval_episodes < 1 or self.curve_points < 2 or self.workers < 1 or self.torch_threads < 1:
+            raise ValueError("eval_episodes, workers and torch_threads must be >= 1 and curve_points >= 2")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a model on the benchmark's env with one seed."""
+
+    model: str
+    seed: int
+
+    def file_name(self, env_id: str, timesteps: int) -> str:
+        """Name of the run's JSON record."""
+        return f"{env_id}__{self.model}__{self.seed}__{timesteps}.json"
+
+
+# ---------------------------------------------------------------------------------------------- building
+def _make_env_fn(env_id: str) -> Any:
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    def _fn() -> Any:
+        return make_novel_env(env_id)
+
+    return _fn
+
+
+def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
+    """The ``RecurrentPPO`` model of one run (envs built and seeded).
+
+    Args:
+        config: the benchmark config.
+        model: ``"ltc"``, ``"cfc"`` or ``"lstm"``.
+        seed: training seed.
+
+    Returns:
+        The model (``model.get_env()`` is its ``VecEnv``).
+    """
+    from ltc_control.agents.sb3 import LtcPolicy
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    ppo = config.ppo
+    env = make_vec_env(_make_env_fn(config.env_id), n_envs=ppo.n_envs, seed=seed)
+    if ppo.normalize_observations:
+        env = VecNormalize(env, norm_obs=True, norm_reward=False)
+    common: dict[str, Any] = dict(
+        n_steps=ppo.n_steps,
+        batch_size=ppo.batch_size,
+        n_epochs=ppo.n_epochs,
+        learning_rate=ppo.learning_rate,
+        gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda,
+        clip_range=ppo.clip_range,
+        ent_coef=ppo.ent_coef,
+        vf_coef=ppo.vf_coef,
+        max_grad_norm=ppo.max_grad_norm,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    if model == "lstm":
+        arch = list(config.lstm_net_arch)
+        kwargs: dict[str, Any] = {
+            "lstm_hidden_size": config.lstm_hidden_size,
+            "net_arch": {"pi": arch, "vf": arch},
+            "log_std_init": ppo.log_std_init,
+        }
+        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=kwargs, **common)
+    if model not in ("ltc", "cfc"):
+        raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
+    kwargs = {
+        "controller": config.ltc if model == "ltc" else config.cfc,
+        "critic": config.critic,
+        "critic_outputs": config.critic_outputs,
+        "net_arch": list(config.value_arch),
+        "log_std_init": ppo.log_std_init,
+    }
+    return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
+
+
+def evaluate_model(model: Any, env_id: str, episodes: int, seed0: int = 10_000) -> list[float]:
+    """Deterministic returns of ``episodes`` episodes on fresh envs seeded ``seed0 + i``.
+
+    Args:
+        model: a trained ``RecurrentPPO`` model.
+        env_id: the benchmark env id.
+        episodes: number of episodes.
+        seed0: seed of the first episode.
+
+    Returns:
+        One undiscounted return per episode.
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = _make_env_fn(env_id)()
+    norm = model.get_vec_normalize_env()
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed0 + i)
+        state, start, done, total = None, np.ones((1,), dtype=bool), False, 0.0
+        while not done:
+            x = norm.normalize_obs(obs) if isinstance(norm, VecNormalize) else obs
+            action, state = model.predict(x, state=state, episode_start=start, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = bool(terminated or truncated)
+            start = np.zeros((1,), dtype=bool)
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def _param_counts(model: Any) -> dict[str, int]:
+    policy = model.policy
+    total = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    out = {"policy_parameters": int(total)}
+    actor = getattr(policy, "controller", None)
+    if actor is not None:
+        from ltc_control.controllers import count_parameters, count_synapses
+
+        out["actor_controller_parameters"] = count_parameters(actor)
+        out["actor_controller_effective_parameters"] = count_parameters(actor, effective=True)
+        out["actor_synapses"] = int(count_synapses(actor) or 0)
+    else:
+        lstm = policy.lstm_actor
+        out["actor_controller_parameters"] = int(sum(p.numel() for p in lstm.parameters()))
+        out["actor_controller_effective_parameters"] = out["actor_controller_parameters"]
+    return out
+
+
+def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None) -> dict[str, Any]:
+    """Trains and evaluates one run; writes its JSON record atomically (if ``out_dir``) and returns it.
+
+    Args:
+        config: the benchmark config.
+        spec: model and seed.
+        out_dir: folder for the JSON record (None: do not write).
+
+    Returns:
+        The record: ``curve`` (``[timestep, return]`` of every finished training episode), ``eval_returns``,
+        ``eval_mean``, ``wall_time_s``, ``cpu_time_s``, ``steps_per_second``, parameter counts, config.
+    """
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    from ltc_control.config import to_dict
+
+    torch.set_num_threads(config.torch_threads)
+    model = make_model(config, spec.model, spec.seed)
+    curve: list[list[float]] = []
+    bar = tqdm(total=config.timesteps, desc=f"{spec.model} seed {spec.seed}", unit="step", mininterval=5.0)
+
+    class _Curve(BaseCallback):
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", []):
+                ep = info.get("episode")
+                if ep is not None:
+                    curve.append([float(self.num_timesteps), float(ep["r"])])
+            bar.update(self.num_timesteps - bar.n)
+            return True
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.learn(config.timesteps, callback=_Curve())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    bar.close()
+    returns = evaluate_model(model, config.env_id, config.eval_episodes)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    record: dict[str, Any] = {
+        "env_id": config.env_id,
+        "model": spec.model,
+        "seed": spec.seed,
+        "timesteps": int(model.num_timesteps),
+        "curve": curve,
+        "eval_returns": returns,
+        "eval_mean": float(np.mean(returns)),
+        "wall_time_s": wall,
+        "cpu_time_s": cpu,
+        "steps_per_second": model.num_timesteps / wall,
+        "steps_per_cpu_second": model.num_timesteps / max(cpu, 1e-9),
+        "load_average_at_end": load,
+        **_param_counts(model),
+        "config": to_dict(config),
+    }
+    if out_dir is not None:
+        atomic_write_json(out_dir / spec.file_name(config.env_id, config.timesteps), record)
+    return record
+
+
+def _worker(args: tuple[BenchmarkConfig, RunSpec, str]) -> str:
+    config, spec, out = args
+    run_one(config, spec, Path(out))
+    return f"{spec.model} seed {spec.seed}"
+
+
+def run_benchmark(config: BenchmarkConfig, resume: bool = True) -> Path:
+    """Trains every (model, seed) run that has no record yet, then writes the summary.
+
+    Args:
+        config: the benchmark config.
+        resume: skip runs whose record exists (False retrains and overwrites them).
+
+    Returns:
+        Path of the Markdown table.
+    """
+    out = Path(config.runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [
+        RunSpec(m, s)
+        for s in config.seeds
+        for m in config.models
+        if not (resume and (out / RunSpec(m, s).file_name(config.env_id, config.timesteps)).is_file())
+    ]
+    if config.workers == 1:
+        for spec in todo:
+            run_one(config, spec, out)
+    elif todo:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(config.workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_worker, (config, spec, str(out))) for spec in todo]
+            for fut in as_completed(futures):
+                print(f"finished {fut.result()}", flush=True)
+    return summarize(config)
+
+
+# ----------------------------------------------------------------------------------------------- summary
+def _load_records(config: BenchmarkConfig) -> list[dict[str, Any]]:
+    runs = Path(config.runs_dir)
+    records = []
+    for model in config.models:
+        for seed in config.seeds:
+            path = runs / RunSpec(model, seed).file_name(config.env_id, config.timesteps)
+            if not path.is_file():
+                continue
+            # Records of another budget (same file name) must not be mixed into this table.
+            try:
+                rec = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"corrupt run record {path}: {exc}; delete it to retrain that run") from exc
+            if int(rec.get("config", {}).get("timesteps", -1)) != config.timesteps:
+                continue
+            records.append(rec)
+    return records
+
+
+def _binned_curve(curve: Sequence[Sequence[float]], timesteps: int, points: int) -> np.ndarray:
+    """Mean training-episode return in ``points`` equal bins of the budget (NaN where no episode ended)."""
+    edges = np.linspace(0, timesteps, points + 1)
+    out = np.full(points, np.nan)
+    if not curve:
+        return out
+    arr = np.asarray(curve, dtype=np.float64)
+    idx = np.clip(np.searchsorted(edges, arr[:, 0], side="left") - 1, 0, points - 1)
+    for i in range(points):
+        sel = arr[idx == i, 1]
+        if sel.size:
+            out[i] = sel.mean()
+    return out
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def summarize(config: BenchmarkConfig) -> Path:
+    """Writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` from the run records in ``runs_dir``.
+
+    Args:
+        config: the benchmark config (the same one the runs used).
+
+    Returns:
+        Path of the Markdown table.
+
+    Raises:
+        ValueError: no run record exists yet, or a corrupt record (named).
+    """
+    records = _load_records(config)
+    if not records:
+        raise ValueError(
+            f"no run records in {config.runs_dir} for {config.env_id} at {config.timesteps} steps; run first"
+        )
+    out = Path(config.out_dir)
+    rows = []
+    for model in config.models:
+        recs = [r for r in records if r["model"] == model]
+        if not recs:
+            continue
+        evals = np.array([r["eval_mean"] for r in recs])
+        last = []
+        for r in recs:
+            tail = [ret for t, ret in r["curve"] if t > 0.9 * r["timesteps"]]
+            last.append(float(np.mean(tail)) if tail else float("nan"))
+        rows.append(
+            {
+                "model": model,
+                "seeds": len(recs),
+                "timesteps": int(np.mean([r["timesteps"] for r in recs])),
+                "eval_return_mean": float(evals.mean()),
+                "eval_return_std": float(evals.std(ddof=1)) if len(evals) > 1 else float("nan"),
+                "eval_return_min": float(evals.min()),
+                "eval_return_max": float(evals.max()),
+                "train_return_last10pct_mean": float(np.nanmean(last))
+                if np.isfinite(last).any()
+                else math.nan,
+                "per_seed_eval": " ".join(f"{r['seed']}:{r['eval_mean']:.1f}" for r in recs),
+                "policy_parameters": recs[0]["policy_parameters"],
+                "controller_parameters": recs[0]["actor_controller_parameters"],
+                "controller_effective_parameters": recs[0]["actor_controller_effective_parameters"],
+                "wall_time_s_mean": float(np.mean([r["wall_time_s"] for r in recs])),
+                "steps_per_second_mean": float(np.mean([r["steps_per_second"] for r in recs])),
+                "steps_per_cpu_second_mean": float(np.mean([r["steps_per_cpu_second"] for r in recs])),
+            }
+        )
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / f"{config.name}.csv", buf.getvalue())
+    ppo = config.ppo
+    lines = [
+        f"# {config.env_id}: LTC-PPO vs CfC-PPO vs LSTM-PPO",
+        "",
+        f"Budget {config.timesteps:,} env steps per run; seeds {list(config.seeds)} (rows list the seeds "
+        f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
+        f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, clip "
+        f"{ppo.clip_range}, no gSDE. Liquid critics: {config.critic}. Eval: deterministic, "
+        f"{config.eval_episodes} episodes on unseen seeds, mean per run; the table gives mean +- std (and "
+        "min..max) over seeds.",
+        "",
+        "| model | seeds | eval return (mean +- std) | min .. max | train return, last 10% | policy params | "
+        "controller params (effective) | wall time / run (s) | steps/s | steps/CPU-s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['seeds']} | "
+            f"{_fmt(r['eval_return_mean'])} +- {_fmt(r['eval_return_std'])} | "
+            f"{_fmt(r['eval_return_min'])} .. {_fmt(r['eval_return_max'])} | "
+            f"{_fmt(r['train_return_last10pct_mean'])} | {r['policy_parameters']:,} | "
+            f"{r['controller_parameters']:,} ({r['controller_effective_parameters']:,}) | "
+            f"{_fmt(r['wall_time_s_mean'], 0)} | {_fmt(r['steps_per_second_mean'], 1)} | "
+            f"{_fmt(r['steps_per_cpu_second_mean'], 1)} |"
+        )
+    lines += [
+        "",
+        "Per-seed eval returns: " + "; ".join(f"{r['model']} {r['per_seed_eval']}" for r in rows),
+        "",
+    ]
+    md = out / f"{config.name}.md"
+    atomic_write_text(md, "\n".join(lines))
+    _plot(config, records, out / f"{config.name}.png")
+    return md
+
+
+def _plot(config: BenchmarkConfig, records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ltc_control.runs import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = (np.arange(config.curve_points) + 0.5) * config.timesteps / config.curve_points
+    for model in config.models:
+        recs = [r for r in records if r["model"] == model]
+        if not recs:
+            continue
+        curves = np.stack([_binned_curve(r["curve"], config.timesteps, config.curve_points) for r in recs])
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(curves, axis=0)
+                lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+        (line,) = ax.plot(x, mean, label=f"{model} ({len(recs)} seeds)")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("training episode return")
+    ax.set_title(f"{config.env_id}: mean over seeds, band = min..max")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
