@@ -532,7 +532,8 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
         "shared machine",
         "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
         "step = one batch-1 control step with the state carried in, no grad (ours: `cell(x, h, dt)` with "
-        "input validation on; LSTM: `nn.LSTMCell(32, 64)`)",
+        "input validation on, which the `forward_step` hook runs inside the kernel call together with the "
+        "input mapping, solver and readout; LSTM: `nn.LSTMCell(32, 64)`)",
         "- peak memory: rise of the peak RSS during one forward + backward pass, fresh subprocess per model "
         "(see `ltc_control.bench`)",
         "",

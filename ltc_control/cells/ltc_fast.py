@@ -10,10 +10,12 @@ tens of PyTorch dispatches for about 540 synapse evaluations. Here:
   chunks of 16 (float32) / 8 (float64) SIMD lanes; the backward pass is a hand-written BPTT through the
   unfolds that replays the per-unfold states stored by the forward pass (``T * K * N * B`` values, far less
   than the ``(B, N, N)`` intermediates autograd keeps for the reference);
-* batch 1 without gradients vectorises over synapses instead of samples, and a control step is one ctypes
-  call on cached pointers (the cache follows ``LTCCell.effective_parameters()``, which changes whenever a
-  parameter is updated in place); :class:`LTCControlStep` also moves the input check, the input mapping and
-  the readout into that call.
+* batch 1 without gradients vectorises over synapses instead of samples;
+* without an autograd graph, ``LTCCell.forward`` / ``forward_sequence`` hand the whole step or sequence to
+  the ``forward_step`` / ``forward_sequence`` hooks of :class:`FusedCImplementation`: the finiteness and
+  ``dt > 0`` checks, the input mapping, the solver and the readout are one ctypes call on cached pointers (the
+  cache follows ``LTCCell``'s effective parameters, which change whenever a parameter is updated in place),
+  and a float ``dt`` travels in a per-thread C scalar instead of a new tensor.
 
 Implementations registered into ``ltc_control.cells.ltc`` (``cell.implementation_name`` says which one ran):
 
@@ -911,7 +913,7 @@ class FusedCImplementation:
 
     def _prepare_inference(self, params: Any, maps: Any) -> tuple[Any, ...]:
         """Caches, per (effective parameters, mappings), the pointer array the kernel reads; dtype ``None``
-        marks a combination the kernel cannot run (mixed dtypes)."""
+        marks a combination the kernel cannot run (mixed dtypes, non-contiguous mappings)."""
         kernel = self._kernel()
         plist = _param_list(params)
         mlist = [maps.input_w, maps.input_b, maps.output_w, maps.output_b]
@@ -920,6 +922,9 @@ class FusedCImplementation:
             dtype not in kernel.lanes
             or any(p.dtype != dtype for p in plist)
             or any(m is not None and m.dtype != dtype for m in mlist)
+            # the kernel reads the raw mappings in place (so in-place updates need no cache refresh): a
+            # strided one would have to be copied, and the copy would go stale
+            or any(m is not None and not m.is_contiguous() for m in mlist)
         ):
             entry: tuple[Any, ...] = (params, maps, None)
         else:
