@@ -647,3 +647,32 @@ def test_grad_mode_still_builds_the_graph(kernel: object) -> None:
     for (name, p_r), p_f in zip(ref.named_parameters(), fast.parameters()):
         assert p_r.grad is not None and p_f.grad is not None, name
         _assert_close(p_f.grad, p_r.grad, f"hook-era grad {name}")
+
+
+def test_hook_steps_from_several_threads_do_not_mix(kernel: object) -> None:
+    """The kernel call releases the GIL and the hook's argument arrays are per thread: two threads stepping
+    their own cells at once reproduce the single-threaded states exactly."""
+    import threading
+
+    cells = [_pair(lane_keeping_ncp(seed=s), "fused-c", torch.float32, seed=s)[1] for s in (1, 2)]
+    xs = torch.randn(2, 300, 32)
+
+    def run(i: int, out: dict[int, torch.Tensor]) -> None:
+        h = torch.zeros(1, 19)
+        with torch.no_grad():
+            for t in range(xs.shape[1]):
+                _, h = cells[i](xs[i, t : t + 1], h, 0.1 + 0.01 * (t % 7))
+        out[i] = h
+
+    expected: dict[int, torch.Tensor] = {}
+    for i in range(2):
+        run(i, expected)
+    got: dict[int, torch.Tensor] = {}
+    threads = [threading.Thread(target=run, args=(i, got)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for i in range(2):
+        assert torch.equal(got[i], expected[i]), f"thread {i} diverged"
+    assert not torch.equal(got[0], got[1])
