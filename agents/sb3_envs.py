@@ -11,6 +11,7 @@ No sb3 import here (Gymnasium only), so the wrappers are usable outside RL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -186,8 +187,15 @@ class HalfCheetahV5(gym.Env):  # type: ignore[type-arg]
         if not xml.is_file():
             raise FileNotFoundError(f"Gymnasium's half_cheetah.xml is missing at {xml}; reinstall gymnasium")
         self._mj = mujoco
-        self.model = mujoco.MjModel.from_xml_path(str(xml))
+        # MuJoCo 4 deprecates the XML's settotalmass (a warning plus MUJOCO_LOG.TXT in the working directory
+        # on every env): drop it and rescale after compiling, which gives bit-identical masses and inertias.
+        text = xml.read_text()
+        match = re.search(r'\s+settotalmass="([^"]+)"', text)
+        self.model = mujoco.MjModel.from_xml_string(text.replace(match.group(0), "") if match else text)
         self.data = mujoco.MjData(self.model)
+        if match:
+            mujoco.mj_setTotalmass(self.model, float(match.group(1)))
+            mujoco.mj_setConst(self.model, self.data)
         self.frame_skip = 5
         self.dt = float(self.model.opt.timestep) * self.frame_skip
         self.metadata = {"render_modes": [], "render_fps": int(np.round(1.0 / self.dt))}
