@@ -620,6 +620,14 @@ def test_hook_path_follows_parameter_changes(kernel: object) -> None:
     check("re-assigned w")
     ref.constraint = fast.constraint = "clamp"
     check("constraint changed")
+    # tensors swapped in without __setattr__ (torch.func.functional_call) are seen by identity
+    swapped = {k: v + 0.05 for k, v in fast.state_dict().items() if k in ("mu", "output_w")}
+    with torch.no_grad():
+        fast(x, h, 0.3)  # fill the cache with the cell's own tensors
+        y_s, h_s = torch.func.functional_call(fast, swapped, (x, h, 0.3))
+        y_e, h_e = torch.func.functional_call(ref, swapped, (x, h, 0.3))
+    _assert_close(torch.cat([y_s, h_s], 1), torch.cat([y_e, h_e], 1), "functional_call")
+    check("after functional_call")
     for p in list(ref.parameters()) + list(fast.parameters()):
         p.requires_grad_(False)
     y_f, h_f = fast(x, h, 0.3)  # grad mode on, nothing requires grad: the hook runs

@@ -124,10 +124,8 @@ _EFFECTIVE_SOURCES = (
     "sensory_erev",
 )
 _MASKS = ("sparsity_mask", "sensory_sparsity_mask")
-#: attributes whose re-assignment invalidates the cached effective parameters and mappings
-_CACHE_ATTRS = frozenset(
-    (*_EFFECTIVE_SOURCES, *_MASKS, "input_w", "input_b", "output_w", "output_b", "constraint")
-)
+_SOURCES_OF = operator.itemgetter(*_EFFECTIVE_SOURCES)
+_MASKS_OF = operator.itemgetter(*_MASKS)
 _VERSION = operator.attrgetter("_version")
 _INF = math.inf
 _MAPPINGS = ("affine", "linear", "none")
@@ -481,9 +479,9 @@ class LTCCell(RecurrentCell):
         self._last_impl: list[str | None] = [None]
         # (device, dtype, registry version) -> (name, impl, forward_step hook, forward_sequence hook)
         self._resolved: dict[tuple[Any, ...], tuple[str, Any, Any, Any]] = {}
-        # (sum of the watched version counters, effective parameters, mappings), valid while no grad flows
-        self._eff_cache: tuple[int, dict[str, Tensor], Mappings] | None = None
-        self._watched: tuple[Tensor, ...] | None = None
+        # (sum of the source tensors' version counters, constraint, the source tensors and mappings it was
+        # computed from, effective parameters, mappings); only used where no gradient flows
+        self._eff_cache: tuple[int, str, tuple[Any, ...], dict[str, Tensor], Mappings] | None = None
 
         n, s, m = wiring.units, wiring.input_size, wiring.output_size
         adj = torch.tensor(wiring.adjacency, dtype=torch.get_default_dtype())
@@ -583,10 +581,11 @@ class LTCCell(RecurrentCell):
         """The parameters the solver uses: constraint applied to gleak/cm/w/sensory_w, masks multiplied into
         w and sensory_w (keys listed in the module docstring).
 
-        With gradients disabled the result is cached until a parameter changes in place (optimizer step,
-        ``load_state_dict``), is re-assigned (``cell.w = nn.Parameter(...)``) or the module is moved/cast
-        (``.to()``, ``.double()``), which keeps control-loop steps cheap. Replacing ``param.data`` by hand
-        bypasses this: call :meth:`clear_cache` afterwards.
+        With gradients disabled the result is cached until a parameter or mask changes in place (optimizer
+        step, ``load_state_dict``), is replaced (``cell.w = nn.Parameter(...)``,
+        ``torch.func.functional_call``) or the module is moved/cast (``.to()``, ``.double()``), which keeps
+        control-loop steps cheap. Replacing ``param.data`` by hand bypasses this: call :meth:`clear_cache`
+        afterwards.
         """
         if torch.is_grad_enabled():
             return self._compute_effective()
@@ -594,22 +593,30 @@ class LTCCell(RecurrentCell):
 
     def _inference_parameters(self) -> tuple[dict[str, Tensor], Mappings]:
         """Cached effective parameters and mappings; only for use where no gradient flows to them."""
-        watched = self._watched
-        if watched is None:
-            sources = [self._parameters[k] for k in _EFFECTIVE_SOURCES] + [self._buffers[k] for k in _MASKS]
-            watched = tuple(t for t in sources if t is not None)
-            self._watched = watched
-        # Version counters only grow and change on every in-place update (optimizer steps,
-        # load_state_dict), so their sum changes whenever one of them does; re-assignments and .to() clear
-        # the cache (__setattr__, _apply). One C-level map over 13 tensors: this runs on every control step.
-        key = sum(map(_VERSION, watched))
+        params = self._parameters
+        get = params.get
+        # Everything the result is computed from, read from the module dicts on every call: a tensor swapped
+        # in by any route (assignment, load_state_dict(assign=True), torch.func.functional_call) differs by
+        # identity; an in-place update (optimizer step, load_state_dict) bumps its version counter, and as
+        # counters only grow, their sum changes whenever one of them does. C-level maps: this runs on every
+        # control step.
+        sources = (
+            _SOURCES_OF(params)
+            + _MASKS_OF(self._buffers)
+            + (get("input_w"), get("input_b"), get("output_w"), get("output_b"))
+        )
+        key = sum(map(_VERSION, sources[:13]))
         cache = self._eff_cache
-        if cache is not None and cache[0] == key:
-            return cache[1], cache[2]
+        if (
+            cache is not None
+            and cache[0] == key
+            and cache[1] == self.constraint
+            and all(map(operator.is_, sources, cache[2]))
+        ):
+            return cache[3], cache[4]
         eff = self._compute_effective()
-        get = self._parameters.get
-        maps = Mappings(get("input_w"), get("input_b"), get("output_w"), get("output_b"), self.output_size)
-        self._eff_cache = (key, eff, maps)
+        maps = Mappings(sources[13], sources[14], sources[15], sources[16], self.output_size)
+        self._eff_cache = (key, self.constraint, sources, eff, maps)
         return eff, maps
 
     def _compute_effective(self) -> dict[str, Tensor]:
@@ -636,37 +643,17 @@ class LTCCell(RecurrentCell):
         state = self.__dict__.copy()
         state["_resolved"] = {}
         state["_eff_cache"] = None
-        state["_watched"] = None
         state["_last_impl"] = [None]
         return state
 
     def clear_cache(self) -> None:
         """Drops the cached effective parameters and implementation choice."""
         self._eff_cache = None
-        self._watched = None
         self._resolved = {}
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _CACHE_ATTRS:
-            # a re-assigned parameter/buffer/constraint: the cache keyed on the old tensors is stale
-            self.__dict__["_eff_cache"] = None
-            self.__dict__["_watched"] = None
-        super().__setattr__(name, value)
-
-    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
-        self.__dict__["_eff_cache"] = None
-        self.__dict__["_watched"] = None
-        super().register_parameter(name, param)
-
-    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
-        self.__dict__["_eff_cache"] = None
-        self.__dict__["_watched"] = None
-        super().register_buffer(name, tensor, persistent)
 
     def _apply(self, fn: Any, recurse: bool = True) -> LTCCell:  # type: ignore[override]
         # .to()/.double()/.cuda() replace tensors: drop caches keyed on the old ones.
         self._eff_cache = None
-        self._watched = None
         self._resolved = {}
         return super()._apply(fn, recurse)  # type: ignore[no-any-return]
 
