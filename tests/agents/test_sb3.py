@@ -404,3 +404,26 @@ def test_cue_memory_env_rewards() -> None:
     assert obs[1] == 1.0
     _, r, term, _, _ = env.step(1 if cue > 0 else 0)
     assert r == 1.0 and term
+
+
+def test_inspection_recorder_reads_a_ppo_trained_policy() -> None:
+    """The exported actor drives the env and the recorder captures every LTC neuron's state and tau."""
+    from ltc_control.inspection import record
+
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=1, seed=0)
+    model = _tiny_model(env)
+    model.learn(32)
+    policy = to_policy(model)
+    gym_env = make_novel_env("PendulumNoVel-v1")
+    obs, _ = gym_env.reset(seed=0)
+    with record(policy) as rec:
+        state = policy.reset(1)
+        for _ in range(12):
+            action, state = policy.act(obs, state)
+            obs, _, _, _, info = gym_env.step(action)
+            rec.log(info)
+    trace = rec.trace
+    n = policy.controller.cell.num_neurons
+    assert trace.state.shape == (12, n) and trace.tau.shape == (12, n)
+    assert np.all(np.isfinite(trace.tau)) and np.all(trace.tau > 0)
+    np.testing.assert_allclose(trace.state[-1], state[0].numpy(), rtol=0, atol=1e-6)
