@@ -62,6 +62,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "curve_weighted_mse",
+    "select_round",
     "train",
     "train_main",
 ]
@@ -752,7 +753,29 @@ class _Trainer:
         return {
             "completion_rate": float(level.completion_rate.value),
             "distance_before_departure_m": float(level.distance_before_departure_m.value),
+            "mean_abs_lateral_m": float(level.mean_abs_lateral_m.value),
         }
+
+
+def select_round(scores: dict[int, dict[str, float]]) -> int:
+    """The DAgger round to keep, from closed-loop scores on the validation roads.
+
+    Highest completion rate first, then the distance before a departure in whole metres (finishing 250.05 m
+    or 250.03 m down the same road is the same result), then the smallest mean absolute lateral error, then
+    the later round (trained on more data).
+
+    Args:
+        scores: round -> ``{"completion_rate", "distance_before_departure_m", "mean_abs_lateral_m"}``.
+    """
+    if not scores:
+        raise ValueError("select_round needs at least one scored round")
+
+    def key(r: int) -> tuple[float, float, float, int]:
+        s = scores[r]
+        lateral = s.get("mean_abs_lateral_m", math.inf)
+        return (s["completion_rate"], math.floor(s["distance_before_departure_m"]), -lateral, r)
+
+    return max(scores, key=key)
 
 
 def _new_run_dir(config: TrainConfig, argv: Sequence[str] | None) -> Path:
@@ -858,10 +881,7 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
         chosen = last_round
         scores = state["round_scores"]
         if scores:
-            chosen = max(
-                scores,
-                key=lambda r: (scores[r]["completion_rate"], scores[r]["distance_before_departure_m"], r),
-            )
+            chosen = select_round(scores)
         if dist.main:
             _copy_checkpoint(trainer.ckpt_dir / f"round{chosen}", best)
         dist.barrier()

@@ -235,3 +235,19 @@ def test_controller_is_switchable_by_config(tmp_path: Path, kind: str) -> None:
     assert any(n.startswith("perception.") for n in changed) and any(
         n.startswith("controller.") for n in changed
     )
+
+
+def test_select_round_prefers_completion_then_distance_then_lateral_error() -> None:
+    from ltc_control.agents.imitation import select_round
+
+    def s(c: float, d: float, lat: float) -> dict[str, float]:
+        return {"completion_rate": c, "distance_before_departure_m": d, "mean_abs_lateral_m": lat}
+
+    assert select_round({0: s(0.5, 250.0, 0.1), 1: s(1.0, 250.0, 0.3)}) == 1
+    assert (
+        select_round({0: s(1.0, 250.06, 0.20), 1: s(1.0, 250.03, 0.15)}) == 1
+    )  # same metre: lateral decides
+    assert select_round({0: s(0.5, 180.0, 0.1), 1: s(0.5, 120.0, 0.1)}) == 0
+    assert select_round({0: s(1.0, 250.0, 0.2), 1: s(1.0, 250.0, 0.2)}) == 1  # full tie: the later round
+    with pytest.raises(ValueError, match="at least one"):
+        select_round({})
