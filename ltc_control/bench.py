@@ -40,6 +40,11 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "ltc_bench_main",
         "fast LTC vs ncps LTC and nn.LSTM (training, inference, latency)",
     ),
+    "env": (
+        "ltc_control.envs.bench",
+        "env_bench_main",
+        "LTC/LaneKeeping-v0 camera steps/s vs Gymnasium's CarRacing-v3, single env and 2 workers",
+    ),
 }
 
 
