@@ -521,8 +521,9 @@ def _plot(config: BenchmarkConfig, records: list[dict[str, Any]], path: Path) ->
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(curves, axis=0)
                 lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
-        (line,) = ax.plot(x, mean, label=f"{model} ({len(recs)} seeds)")
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        ok = np.isfinite(mean)  # bins in which no training episode ended are skipped, not drawn as gaps
+        (line,) = ax.plot(x[ok], mean[ok], marker=".", label=f"{model} ({len(recs)} seeds)")
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("env steps")
     ax.set_ylabel("training episode return")
     ax.set_title(f"{config.env_id}: mean over seeds, band = min..max")
