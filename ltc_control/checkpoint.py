@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from ltc_control._version import __version__
 from ltc_control.config import ConfigError, from_dict, to_dict
 from ltc_control.policy import Policy, PolicyConfig
+from ltc_control.runs import fsync_dir
 
 __all__ = [
     "FORMAT",
@@ -85,19 +86,6 @@ def _sha256(path: Path) -> str:
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -205,7 +193,7 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
             os.rename(backup, dest)
             raise
         shutil.rmtree(backup, ignore_errors=True)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def save_checkpoint(
@@ -286,7 +274,7 @@ def save_checkpoint(
             "metadata": meta,
         }
         _write_json(tmp / MODEL_JSON, doc)  # written last: a folder without it is never a checkpoint
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

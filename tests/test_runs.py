@@ -93,3 +93,31 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pyt
         atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"
     assert os.listdir(target.parent) == ["f.txt"]  # no temp file left behind
+
+
+def test_atomic_open_uses_umask_mode_and_keeps_old_file_on_error(tmp_path) -> None:
+    import os
+
+    from ltc_control.runs import atomic_open
+
+    target = tmp_path / "sub" / "data.bin"
+    old = os.umask(0o022)
+    try:
+        with atomic_open(target) as fh:
+            fh.write(b"first")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"first"
+    assert (target.stat().st_mode & 0o777) == 0o644  # not mkstemp's private 0o600
+
+    class Boom(RuntimeError):
+        pass
+
+    try:
+        with atomic_open(target, "w") as fh:
+            fh.write("second, half written")
+            raise Boom
+    except Boom:
+        pass
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data.bin"]  # no temp file left behind

@@ -21,7 +21,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ltc_control.inspection._hooks import find_cell, stepwise
+from ltc_control.runs import atomic_write_text
 
 __all__ = [
     "AblationTable",
@@ -219,16 +219,7 @@ class AblationTable:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the CSV atomically to ``path``."""
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                fh.write(self.to_csv())
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(out, self.to_csv())
         return out
 
     def plot(self, path: str | os.PathLike[str], metric: str = "mean_abs_lateral_m") -> Path:

@@ -9,7 +9,6 @@ pyplot state), so they are safe in scripts, tests and worker threads alike.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ import numpy as np
 
 from ltc_control.inspection.analysis import correlations, lipschitz_profile, pca
 from ltc_control.inspection.trace import Trace
+from ltc_control.runs import atomic_open
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,16 +75,8 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     fmt = _FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise ValueError(f"Unsupported figure suffix {out.suffix!r} in {out}; use one of {sorted(_FORMATS)}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=110)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=110)
     return out
 
 

@@ -22,7 +22,6 @@ import html
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from ltc_control.inspection.saliency import (
     write_saliency_video,
 )
 from ltc_control.inspection.trace import Trace
+from ltc_control.runs import atomic_write_text
 from ltc_control.video import file_codec, plays_in_browser
 
 __all__ = [
@@ -381,29 +381,12 @@ def write_html_report(
         )
     page = _PAGE.format(title=html.escape(title), count=len(figures), body="\n".join(parts))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out, page)
     return out
 
 
 def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

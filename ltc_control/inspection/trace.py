@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ltc_control.runs import atomic_open
 
 __all__ = ["NEURON_KEYS", "Trace", "TraceError", "FORMAT_VERSION"]
 
@@ -249,15 +250,8 @@ class Trace:
             "metadata": self.metadata,
         }
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(out, "wb") as fh:
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
         return out
 
     @classmethod
