@@ -25,7 +25,6 @@ CPU, nccl on GPU): rank 0 collects and writes, every rank trains on its share of
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -980,7 +979,3 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"best checkpoint: {result.best_checkpoint}")
         print(json.dumps(result.metrics, indent=1))
     return 130 if result.interrupted else 0
-
-
-def _dataclass_fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
