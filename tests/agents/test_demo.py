@@ -50,6 +50,7 @@ def test_demo_writes_checkpoint_video_and_report(tmp_path: Path, capsys) -> None
 
     html = (run / "inspection" / "index.html").read_text()
     assert html.count("<img") >= 5
-    summary = json.loads((run / "inspection" / "summary.json").read_text())
+    summary = json.loads((run / "inspection" / "summary.json").read_text())["summary"]
+    assert summary["steps recorded"] >= 2
     assert 0.0 < summary["PC1 share of hidden variance"] <= 1.0
     assert "tau range (time units)" in summary  # the LTC's liquid time constants were recorded
