@@ -6,7 +6,7 @@ build a :class:`~ltc_control.agents.sb3.CnnLtcPolicy` with the same perception, 
 weights in -> train only the critic for ``value_warmup_steps`` (a random critic would otherwise push the
 imitation actor around with meaningless advantages) -> PPO on everything -> export the actor back to a
 ``Policy`` checkpoint -> the same closed-loop metrics. Writes a Markdown report, a JSON record and the
-fine-tuned checkpoint.
+fine-tuned checkpoint (with the JSON record beside it).
 
 Entry point: ``experiments/finetune_lane_keeping_rl.py``.
 """
@@ -59,7 +59,7 @@ class FinetuneConfig:
         eval_seeds: held-out road seeds for the closed-loop comparison (never used in training).
         eval_max_steps: step cap per evaluation episode (0 = the env's own end).
         seed: RL seed (PPO sampling, critic initialisation).
-        out_dir: where the report (``<name>.md`` / ``.json``) goes.
+        out_dir: where the Markdown report ``<name>.md`` goes (the JSON record goes beside ``checkpoint_out``).
         checkpoint_out: where the fine-tuned policy checkpoint goes.
         name: file name stem of the report.
     """
@@ -249,7 +249,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "ep_info": [dict(e) for e in (model.ep_info_buffer or [])],
     }
     out = Path(config.out_dir)
-    atomic_write_json(out / f"{config.name}.json", json.loads(json.dumps(record, default=float)))
+    # The full record (per-episode metrics, training episodes) stays beside the checkpoint, out of git.
+    atomic_write_json(
+        Path(config.checkpoint_out).parent / f"{config.name}.json",
+        json.loads(json.dumps(record, default=float)),
+    )
     atomic_write_text(out / f"{config.name}.md", _report(config, record))
     return record
 
