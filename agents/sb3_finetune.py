@@ -59,7 +59,7 @@ class FinetuneConfig:
         eval_seeds: held-out road seeds for the closed-loop comparison (never used in training).
         eval_max_steps: step cap per evaluation episode (0 = the env's own end).
         seed: RL seed (PPO sampling, critic initialisation).
-        out_dir: where the Markdown report ``<name>.md`` goes (the JSON record goes beside ``checkpoint_out``).
+        out_dir: where the Markdown report ``<name>.md`` goes (the JSON record: beside ``checkpoint_out``).
         checkpoint_out: where the fine-tuned policy checkpoint goes.
         name: file name stem of the report.
     """
