@@ -1002,11 +1002,13 @@ def _worker_init(spec: AgentSpec, env_id: str, env_kwargs: dict[str, Any], devic
 def _worker_objects() -> tuple[Any, Agent]:
     if "env" not in _WORKER:
         spec, env_id, env_kwargs, device, threads = _WORKER["setup"]
+        _WORKER["env"] = make_env(env_id, env_kwargs)
+        _WORKER["agent"] = make_agent(spec, device=device)
+        # After the agent is built: only then is torch imported (ltc_control.envs does not import it), and a
+        # worker left at torch's default threads oversubscribes the cores (about 7x slower episodes).
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(max(1, threads))  # see torch_threads: batch-1 inference, shared cores
-        _WORKER["env"] = make_env(env_id, env_kwargs)
-        _WORKER["agent"] = make_agent(spec, device=device)
     return _WORKER["env"], _WORKER["agent"]
 
 

@@ -451,3 +451,31 @@ def test_torch_threads_is_restored() -> None:
         with torch_threads(1):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_worker_runs_torch_single_threaded_even_when_torch_was_not_imported(tmp_path: Path) -> None:
+    """A spawned worker imports torch only while loading the checkpoint; its threads must still be set."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from ltc_control.checkpoint import save_checkpoint
+    from ltc_control.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ckpt", Policy(PolicyConfig(observation="vector", vector_size=11)), {})
+    code = (
+        "import sys\n"
+        "from ltc_control.agents import evaluation as ev\n"
+        "assert 'torch' not in sys.modules\n"
+        f"ev._worker_init({str(tmp_path / 'ckpt')!r}, 'LTC/LaneKeeping-v0',"
+        " {'observation': 'state'}, 'cpu', 1)\n"
+        "ev._worker_objects()\n"
+        "import torch\n"
+        "print('threads', torch.get_num_threads())\n"
+    )
+    env = {"OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "threads 1" in out.stdout
