@@ -8,28 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltc_control.cells.ltc import LTCCell
+from ltc_control.cells.ltc import PARAMETER_NAMES, LTCCell
 from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import VALID_ROLES, Wiring
-
-# Parameters copied from an ncps LTCCell; the sparsity masks are derived from the wiring and checked instead.
-_LTC_PARAMS = (
-    "gleak",
-    "vleak",
-    "cm",
-    "sigma",
-    "mu",
-    "w",
-    "erev",
-    "sensory_sigma",
-    "sensory_mu",
-    "sensory_w",
-    "sensory_erev",
-    "input_w",
-    "input_b",
-    "output_w",
-    "output_b",
-)
 
 
 def _import_ncps() -> Any:
@@ -143,7 +124,8 @@ def from_ncps(module: nn.Module) -> SequenceModel:
                     f"ncps {mask_name} does not equal |adjacency| of its wiring; the model was edited after "
                     "construction and cannot be converted faithfully"
                 )
-        for name in _LTC_PARAMS:
+        # the sparsity masks are derived from the wiring and checked above instead of copied
+        for name in PARAMETER_NAMES:
             target = getattr(ours, name)
             if target is None:
                 continue

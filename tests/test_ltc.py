@@ -21,23 +21,7 @@ from ltc_control.cells import ltc as ltc_mod
 from ltc_control.cells.ltc import LTCCell, reference_step, register_implementation, unregister_implementation
 from ltc_control.wirings import NCP, Random, Wiring, lane_keeping_ncp
 
-PARAM_NAMES = [
-    "gleak",
-    "vleak",
-    "cm",
-    "sigma",
-    "mu",
-    "w",
-    "erev",
-    "sensory_sigma",
-    "sensory_mu",
-    "sensory_w",
-    "sensory_erev",
-    "input_w",
-    "input_b",
-    "output_w",
-    "output_b",
-]
+PARAM_NAMES = list(ltc_mod.PARAMETER_NAMES)
 
 
 def _ncps_wiring(kind: str, seed: int) -> Any:
@@ -608,3 +592,9 @@ def test_copy_and_pickle_preserve_outputs_without_caches(tiny_ncp: Wiring) -> No
         with torch.no_grad():
             assert torch.equal(clone(x, h, 0.5)[0], y)
         assert clone.wiring == cell.wiring
+
+
+def test_parameter_names_are_exactly_the_cells_parameters() -> None:
+    cell = LTCCell(lane_keeping_ncp(seed=0))
+    assert {name for name, _ in cell.named_parameters()} == set(PARAM_NAMES)
+    assert len(PARAM_NAMES) == 15  # ncps' LTCCell parameters (the masks are buffers)

@@ -85,6 +85,7 @@ __all__ = [
     "LTCCell",
     "LTCImplementation",
     "Mappings",
+    "PARAMETER_NAMES",
     "available_implementations",
     "get_implementation",
     "reference_diagnostics",
@@ -124,6 +125,8 @@ _EFFECTIVE_SOURCES = (
     "sensory_erev",
 )
 _MASKS = ("sparsity_mask", "sensory_sparsity_mask")
+#: every parameter an LTCCell may own, in ncps' naming (the affine maps exist only for their mapping option)
+PARAMETER_NAMES: tuple[str, ...] = (*_EFFECTIVE_SOURCES, "input_w", "input_b", "output_w", "output_b")
 _SOURCES_OF = operator.itemgetter(*_EFFECTIVE_SOURCES)
 _MASKS_OF = operator.itemgetter(*_MASKS)
 _VERSION = operator.attrgetter("_version")
