@@ -464,19 +464,9 @@ def test_gradcheck_float64(mode: str) -> None:
 
 
 @pytest.mark.parametrize("polarity", ["init", "constrain"])
-def test_gradcheck_wired_float64(polarity: str) -> None:
+def test_gradcheck_wired_float64(polarity: str, tiny_ncp: Wiring) -> None:
     torch.manual_seed(17)
-    w = NCP(
-        inter=3,
-        command=2,
-        motor=1,
-        sensory_fanout=2,
-        inter_fanout=1,
-        recurrent_command_synapses=2,
-        motor_fanin=2,
-        input_size=3,
-        seed=7,
-    )
+    w = tiny_ncp
     cell = WiredCfCCell(w, polarity=polarity).double()
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)

@@ -21,7 +21,7 @@ import torch
 from ltc_control.cells import ltc_fast
 from ltc_control.cells.ltc import LTCCell
 from ltc_control.cells.ltc_fast import EdgeList, LTCKernelUnavailableWarning
-from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Wiring, lane_keeping_ncp
+from ltc_control.wirings import AutoNCP, FullyConnected, Wiring, lane_keeping_ncp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,18 +35,10 @@ def kernel() -> ltc_fast._Kernel:
     return k
 
 
-def _small_ncp() -> Wiring:
-    return NCP(
-        inter=3,
-        command=2,
-        motor=1,
-        sensory_fanout=2,
-        inter_fanout=1,
-        recurrent_command_synapses=2,
-        motor_fanin=2,
-        input_size=3,
-        seed=7,
-    )
+def _kernel_params(cell: LTCCell) -> list[torch.Tensor]:
+    """The cell's effective parameters in the kernel's argument order."""
+    effective = cell.effective_parameters()
+    return [effective[k] for k in ltc_fast.PARAM_NAMES]
 
 
 WIRINGS = {
@@ -165,10 +157,10 @@ def test_no_grad_step_sees_parameter_updates(kernel: object) -> None:
         _assert_close(fast(x, h)[1], ref(x, h)[1], "after in-place update")
 
 
-def test_kernel_gradcheck_float64(kernel: object) -> None:
+def test_kernel_gradcheck_float64(kernel: object, tiny_ncp: Wiring) -> None:
     """The hand-written backward against finite differences, including dt and the resets."""
     torch.manual_seed(0)
-    wiring = _small_ncp()
+    wiring = tiny_ncp
     cell = LTCCell(wiring).double()
     with torch.no_grad():
         for p in cell.parameters():
@@ -423,12 +415,7 @@ def test_training_step_frees_its_memory_without_the_cyclic_gc(kernel: object) ->
     import weakref
 
     cell = LTCCell(lane_keeping_ncp(seed=0))
-    params = [
-        p.detach().clone().requires_grad_(True)
-        for p in ltc_fast.softplus_constrained(
-            {k: getattr(cell, k) for k in ltc_fast.PARAM_NAMES}, "softplus"
-        )
-    ]
+    params = [p.detach().clone().requires_grad_(True) for p in _kernel_params(cell)]
     edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
     gc.disable()
     try:
@@ -443,10 +430,10 @@ def test_training_step_frees_its_memory_without_the_cyclic_gc(kernel: object) ->
         gc.enable()
 
 
-def test_kernel_entry_rejects_bad_arguments(kernel: object) -> None:
+def test_kernel_entry_rejects_bad_arguments(kernel: object, tiny_ncp: Wiring) -> None:
     """The C kernel trusts its pointers, so its Python entry checks every shape and dtype first."""
-    cell = LTCCell(_small_ncp())
-    params = ltc_fast.softplus_constrained({k: getattr(cell, k) for k in ltc_fast.PARAM_NAMES}, "softplus")
+    cell = LTCCell(tiny_ncp)
+    params = _kernel_params(cell)
     edges = EdgeList.from_masks(cell.sparsity_mask, cell.sensory_sparsity_mask)
     x, h0, dt = torch.randn(2, 4, 3), torch.zeros(2, 6), torch.ones(1, 1)
 

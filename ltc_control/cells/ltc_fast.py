@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -75,12 +74,12 @@ __all__ = [
     "kernel_status",
     "load_kernel",
     "ltc_sequence",
-    "softplus_constrained",
     "ltc_sequence_kernel",
     "ltc_sequence_torch",
 ]
 
-#: Order of the (constrained) parameter tensors every function here takes.
+#: Order of the (constrained) parameter tensors every function here takes: the C kernel's argument order;
+#: the names are the keys of ``LTCCell.effective_parameters()``.
 PARAM_NAMES: tuple[str, ...] = (
     "gleak",
     "vleak",
@@ -688,23 +687,7 @@ def ltc_sequence(
     return ltc_sequence_torch(x, h0, dt, starts, params, edges, unfolds, epsilon), "torch-edges"
 
 
-def softplus_constrained(raw: dict[str, Tensor], constraint: str) -> list[Tensor]:
-    """The 11 parameters in :data:`PARAM_NAMES` order with the cell's positivity constraint applied.
-
-    Args:
-        raw: the cell's raw parameters by name.
-        constraint: ``"softplus"`` (softplus on gleak, cm, w, sensory_w) or ``"clamp"`` (used raw).
-    """
-    positive = {"gleak", "cm", "w", "sensory_w"}
-    if constraint == "softplus":
-        return [F.softplus(raw[k]) if k in positive else raw[k] for k in PARAM_NAMES]
-    return [raw[k] for k in PARAM_NAMES]
-
-
 # ---------------------------------------------------------------------------------------------- registry glue
-_EFFECTIVE_KEYS: tuple[str, ...] = PARAM_NAMES  # effective-parameter dict keys, as LTCCell names them
-
-
 class _EdgeCache:
     """Edge lists keyed on the sparsity-mask tensors (identity + version counter): built once per wiring."""
 
@@ -726,12 +709,12 @@ class _EdgeCache:
 
 def _param_list(params: Any) -> list[Tensor]:
     try:
-        return [params[k] for k in _EFFECTIVE_KEYS]
+        return [params[k] for k in PARAM_NAMES]
     except KeyError as exc:
         raise ValueError(
             f"effective parameters lack {exc.args[0]!r}; expected the keys of "
             f"LTCCell.effective_parameters(): "
-            f"{list(_EFFECTIVE_KEYS)} plus sparsity_mask and sensory_sparsity_mask"
+            f"{list(PARAM_NAMES)} plus sparsity_mask and sensory_sparsity_mask"
         ) from None
 
 
