@@ -1507,6 +1507,12 @@ class EvalConfig:
         )
 
 
+def check_agent_argument(parser: argparse.ArgumentParser, agent: str) -> None:
+    """Exit through ``parser.error`` unless ``agent`` is ``expert[:kind]`` or a checkpoint folder."""
+    if not (agent == "expert" or agent.startswith("expert:")) and not Path(agent).is_dir():
+        parser.error(f"checkpoint {agent!r} is not a directory; pass a checkpoint folder or 'expert'")
+
+
 def agent_label(spec: str) -> str:
     """A short name for an agent spec (checkpoint folder name or ``expert``), for run-folder names."""
     if spec == "expert" or spec.startswith("expert:"):
@@ -1580,8 +1586,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser = build_eval_parser()
     cfg, ns = parse_args_and_config(EvalConfig, args, parser)
     agent = str(ns.agent)
-    if not (agent == "expert" or agent.startswith("expert:")) and not Path(agent).is_dir():
-        parser.error(f"checkpoint {agent!r} is not a directory; pass a checkpoint folder or 'expert'")
+    check_agent_argument(parser, agent)
     seeds = parse_seeds(cfg.seeds)
     record = {"agent": agent, **to_dict(cfg)}
     folder = prepare_run_dir(

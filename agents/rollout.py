@@ -41,6 +41,7 @@ from ltc_control.agents.evaluation import (
     PolicyAgent,
     StepRecord,
     agent_label,
+    check_agent_argument,
     make_agent,
     make_env,
     prepare_run_dir,
@@ -578,8 +579,7 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
     parser = build_rollout_parser()
     cfg, ns = parse_args_and_config(RolloutConfig, args, parser)
     agent = str(ns.agent)
-    if not (agent == "expert" or agent.startswith("expert:")) and not Path(agent).is_dir():
-        parser.error(f"checkpoint {agent!r} is not a directory; pass a checkpoint folder or 'expert'")
+    check_agent_argument(parser, agent)
     record = {"agent": agent, **to_dict(cfg)}
     folder = prepare_run_dir(
         cfg.out, cfg.env, f"rollout-{agent_label(agent)}", cfg.seed, record, ["ltc-control", "rollout", *args]
