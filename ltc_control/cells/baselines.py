@@ -55,7 +55,42 @@ def _torch_rnn_init_(cell: nn.Module, hidden: int) -> None:
         nn.init.uniform_(getattr(cell, name), -bound, bound)
 
 
-class LSTMCell(RecurrentCell):
+class _GatedCell(RecurrentCell):
+    """Shared construction of the torch-style gated cells: ``gates`` stacked weight blocks, readout ``fc``."""
+
+    #: weight blocks stacked in ``weight_ih`` / ``weight_hh`` (LSTM 4, GRU 3)
+    gates: int = 1
+    #: state width in units of ``hidden`` (LSTM 2: ``[h, c]``; GRU 1)
+    state_factor: int = 1
+
+    def __init__(self, input_size: int, hidden: int, output_size: int | None = None) -> None:
+        _check_positive_int("input_size", input_size)
+        _check_positive_int("hidden", hidden)
+        if output_size is not None:
+            _check_positive_int("output_size", output_size)
+        super().__init__(
+            input_size,
+            self.state_factor * hidden,
+            hidden if output_size is None else output_size,
+            hidden,
+            [f"hidden_{i}" for i in range(hidden)],
+            ["hidden"] * hidden,
+        )
+        self.hidden = hidden
+        self.proj_size = output_size
+        self.weight_ih = nn.Parameter(torch.empty(self.gates * hidden, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(self.gates * hidden, hidden))
+        self.bias_ih = nn.Parameter(torch.empty(self.gates * hidden))
+        self.bias_hh = nn.Parameter(torch.empty(self.gates * hidden))
+        _torch_rnn_init_(self, hidden)
+        self.fc = _readout(hidden, output_size)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (``type(cell)(**cell.config())`` rebuilds the architecture)."""
+        return {"input_size": self.input_size, "hidden": self.hidden, "output_size": self.proj_size}
+
+
+class LSTMCell(_GatedCell):
     """Long short-term memory cell (``torch.nn.LSTMCell``'s equations) with a linear readout.
 
     The state is ``[h, c]`` concatenated, ``(B, 2 * hidden)``; inspection sees the ``hidden`` units of ``h``
@@ -79,32 +114,8 @@ class LSTMCell(RecurrentCell):
         output_size: width of the linear readout ``fc``; ``None`` outputs ``h`` itself.
     """
 
-    def __init__(self, input_size: int, hidden: int, output_size: int | None = None) -> None:
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden", hidden)
-        if output_size is not None:
-            _check_positive_int("output_size", output_size)
-        names = [f"hidden_{i}" for i in range(hidden)]
-        super().__init__(
-            input_size,
-            2 * hidden,
-            hidden if output_size is None else output_size,
-            hidden,
-            names,
-            ["hidden"] * hidden,
-        )
-        self.hidden = hidden
-        self.proj_size = output_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden))
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden))
-        _torch_rnn_init_(self, hidden)
-        self.fc = _readout(hidden, output_size)
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments (``LSTMCell(**cell.config())`` rebuilds the architecture)."""
-        return {"input_size": self.input_size, "hidden": self.hidden, "output_size": self.proj_size}
+    gates = 4
+    state_factor = 2
 
     def readout(self, h: Tensor) -> Tensor:
         """Output ``(B, output_size)`` from the state ``(B, 2 * hidden)`` (reads ``h``, not ``c``)."""
@@ -131,7 +142,7 @@ class LSTMCell(RecurrentCell):
         return self.fc(h_new), state
 
 
-class GRUCell(RecurrentCell):
+class GRUCell(_GatedCell):
     """Gated recurrent unit (``torch.nn.GRUCell``'s equations) with a linear readout.
 
     The state is ``h`` ``(B, hidden)``; gates in torch's row order ``r, z, n``::
@@ -147,32 +158,8 @@ class GRUCell(RecurrentCell):
         output_size: width of the linear readout ``fc``; ``None`` outputs ``h`` itself.
     """
 
-    def __init__(self, input_size: int, hidden: int, output_size: int | None = None) -> None:
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden", hidden)
-        if output_size is not None:
-            _check_positive_int("output_size", output_size)
-        names = [f"hidden_{i}" for i in range(hidden)]
-        super().__init__(
-            input_size,
-            hidden,
-            hidden if output_size is None else output_size,
-            hidden,
-            names,
-            ["hidden"] * hidden,
-        )
-        self.hidden = hidden
-        self.proj_size = output_size
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden, hidden))
-        self.bias_ih = nn.Parameter(torch.empty(3 * hidden))
-        self.bias_hh = nn.Parameter(torch.empty(3 * hidden))
-        _torch_rnn_init_(self, hidden)
-        self.fc = _readout(hidden, output_size)
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments (``GRUCell(**cell.config())`` rebuilds the architecture)."""
-        return {"input_size": self.input_size, "hidden": self.hidden, "output_size": self.proj_size}
+    gates = 3
+    state_factor = 1
 
     def readout(self, h: Tensor) -> Tensor:
         """Output ``(B, output_size)`` from the state ``(B, hidden)``."""
