@@ -131,6 +131,22 @@ def _xavier_2d_(module: nn.Module) -> None:
             nn.init.xavier_uniform_(p)
 
 
+def _add_heads(module: nn.Module, features: int, units: int, mode: str) -> None:
+    """The CfC heads in ncps' names: ``ff1`` always; ``ff2``, ``time_a``, ``time_b`` (gated modes) or
+    ``w_tau``, ``A`` (pure mode); the others are set to ``None``."""
+    gated = mode != "pure"
+    heads: dict[str, nn.Module | nn.Parameter | None] = {
+        "ff1": nn.Linear(features, units),
+        "ff2": nn.Linear(features, units) if gated else None,
+        "time_a": nn.Linear(features, units) if gated else None,
+        "time_b": nn.Linear(features, units) if gated else None,
+        "w_tau": None if gated else nn.Parameter(torch.zeros(1, units)),
+        "A": None if gated else nn.Parameter(torch.ones(1, units)),
+    }
+    for name, value in heads.items():
+        setattr(module, name, value)
+
+
 class CfCCell(RecurrentCell):
     """Dense closed-form continuous-time cell (ncps ``CfCCell`` + the ``CfC`` wrapper's ``fc`` projection).
 
@@ -213,19 +229,13 @@ class CfCCell(RecurrentCell):
             self.backbone = nn.Sequential(*layers)
         features = backbone_units if backbone_layers > 0 else input_size + units
 
-        self.ff1 = nn.Linear(features, units)
-        self.ff2: nn.Linear | None = None
-        self.time_a: nn.Linear | None = None
-        self.time_b: nn.Linear | None = None
-        self.w_tau: nn.Parameter | None = None
-        self.A: nn.Parameter | None = None
-        if mode == "pure":
-            self.w_tau = nn.Parameter(torch.zeros(1, units))
-            self.A = nn.Parameter(torch.ones(1, units))
-        else:
-            self.ff2 = nn.Linear(features, units)
-            self.time_a = nn.Linear(features, units)
-            self.time_b = nn.Linear(features, units)
+        self.ff1: nn.Linear
+        self.ff2: nn.Linear | None
+        self.time_a: nn.Linear | None
+        self.time_b: nn.Linear | None
+        self.w_tau: nn.Parameter | None
+        self.A: nn.Parameter | None
+        _add_heads(self, features, units, mode)
         for m in self.modules():
             if m is not self:
                 _xavier_2d_(m)
@@ -305,19 +315,13 @@ class _WiredCfCLayer(nn.Module):
         self.units = units
         self.constrain = constrain
         features = in_features + units
-        self.ff1 = nn.Linear(features, units)
-        self.ff2: nn.Linear | None = None
-        self.time_a: nn.Linear | None = None
-        self.time_b: nn.Linear | None = None
-        self.w_tau: nn.Parameter | None = None
-        self.A: nn.Parameter | None = None
-        if mode == "pure":
-            self.w_tau = nn.Parameter(torch.zeros(1, units))
-            self.A = nn.Parameter(torch.ones(1, units))
-        else:
-            self.ff2 = nn.Linear(features, units)
-            self.time_a = nn.Linear(features, units)
-            self.time_b = nn.Linear(features, units)
+        self.ff1: nn.Linear
+        self.ff2: nn.Linear | None
+        self.time_a: nn.Linear | None
+        self.time_b: nn.Linear | None
+        self.w_tau: nn.Parameter | None
+        self.A: nn.Parameter | None
+        _add_heads(self, features, units, mode)
         for m in self.modules():
             _xavier_2d_(m)
         # (units, in + units): row j = the synapses into neuron j, as F.linear wants them.
