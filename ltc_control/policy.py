@@ -19,10 +19,11 @@ No env or stable-baselines3 imports: the env adapters live in ``ltc_control.agen
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -93,6 +94,65 @@ class PolicyConfig:
 
 def _shape(x: Any) -> str:
     return str(tuple(x.shape)) if hasattr(x, "shape") else type(x).__name__
+
+
+#: methods the fast path of :meth:`Policy.act` stands in for; a subclass or instance overriding one of them
+#: gets the general path
+_FAST_ACT_METHODS = ("forward", "features", "preprocess", "_obs_tensor", "_check_sequence_obs")
+_FAST_ACT_CLASSES: dict[type, bool] = {}
+_MODULE_TRAIN = nn.Module.train
+#: observations with at most this many values are checked for NaN/inf with one Python sum (no tensor call)
+_SMALL_OBS = 1024
+
+
+def _fast_act_allowed(policy: Policy) -> bool:
+    """Whether ``policy``'s class and instance keep every method the fast ``act`` path stands in for."""
+    cls = type(policy)
+    ok = _FAST_ACT_CLASSES.get(cls)
+    if ok is None:
+        ok = all(getattr(cls, name) is getattr(Policy, name) for name in _FAST_ACT_METHODS)
+        _FAST_ACT_CLASSES[cls] = ok
+    if not ok:
+        return False
+    d = policy.__dict__
+    return not any(name in d for name in _FAST_ACT_METHODS)
+
+
+def _uniform_mode_modules(root: nn.Module) -> list[nn.Module] | None:
+    """The modules of ``root``'s tree if all share its mode and none overrides ``train()``, else None.
+
+    Under these conditions ``root.eval()`` / ``root.train(mode)`` only set each module's ``training`` flag,
+    so the fast ``act`` path may set the flags itself (and skip them entirely in eval mode).
+    """
+    mode = root.training
+    tree = [root]
+    for m in tree:  # appending while iterating visits every module once, breadth first
+        if m.training is not mode or type(m).train is not _MODULE_TRAIN:
+            return None
+        for child in m._modules.values():
+            if child is not None:
+                tree.append(child)
+    return tree
+
+
+def _all_finite(obs: Tensor | np.ndarray) -> bool:
+    """``False`` if ``obs`` (floating point) may hold NaN or inf; integer observations are always finite.
+
+    Small observations are summed in Python floats: any NaN or inf makes the sum non-finite, so a finite sum
+    proves every value finite (a sum that overflows only sends the call to the general path, which checks
+    exactly). Larger ones use one elementwise check.
+    """
+    if isinstance(obs, np.ndarray):
+        if obs.dtype.kind != "f":
+            return True
+        if obs.size <= _SMALL_OBS:
+            return math.isfinite(sum(obs.ravel().tolist()))
+        return bool(np.isfinite(obs).all())
+    if not obs.is_floating_point():
+        return True
+    if obs.numel() <= _SMALL_OBS:
+        return math.isfinite(sum(obs.reshape(-1).tolist()))
+    return bool(torch.isfinite(obs).all())
 
 
 class Policy(nn.Module):
@@ -309,6 +369,12 @@ class Policy(nn.Module):
     ) -> tuple[np.ndarray, Tensor]:
         """One control step without gradients, in eval mode (no augmentation, no dropout).
 
+        The result is bit for bit that of :meth:`forward` on ``obs[:, None]`` under ``torch.no_grad()`` with
+        the policy in eval mode; afterwards the policy is back in the mode it was in. Common control-loop
+        calls (a numpy or CPU observation of the configured shape, a CPU policy whose modules all share one
+        mode) take a fast path that skips the mode switch and the repeated checks around the networks; every
+        other call, and every error, goes through the general path.
+
         Args:
             obs: one observation (``(H, W, C)`` image or ``(D,)`` vector) or a batch (``(B, H, W, C)`` /
                 ``(B, D)``).
@@ -318,7 +384,112 @@ class Policy(nn.Module):
         Returns:
             ``(action, state)``: float32 numpy ``(A,)`` for a single observation or ``(B, A)`` for a batch,
             and the new state tensor (keep it for the next call).
+
+        Raises:
+            ValueError: observations of the wrong shape/dtype or non-finite, a state of the wrong shape.
         """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                out = self._act_fast(obs, state, dt)
+        else:  # a control loop that already disabled gradients saves entering the context again
+            out = self._act_fast(obs, state, dt)
+        if out is not None:
+            return out
+        return self._act_general(obs, state, dt)
+
+    def _act_fast(
+        self, obs: Tensor | np.ndarray, state: Tensor | None, dt: float | None
+    ) -> tuple[np.ndarray, Tensor] | None:
+        """:meth:`act` for the common control-loop call (gradients already off), or ``None`` to decline.
+
+        It runs exactly the tensor operations of :meth:`_act_general` (same functions, same arguments, same
+        order) and leaves out only work whose outcome is known: the second observation check, no-op
+        conversions, and the mode switch when every module is already in eval mode. In training mode it sets
+        the modules' ``training`` flags to False and back itself, which is all ``eval()`` / ``train()`` do
+        when every module shares the mode and none overrides ``train``. It declines before changing anything
+        whenever a check of the general path could fail or the call is unusual (a non-CPU policy, observation
+        or state, a mixed-mode module tree, an overridden method, an empty batch): observation errors are
+        raised by the general path, errors of the network calls (e.g. a state of the wrong shape) by the same
+        calls as there, so the messages are the same. Module internals (``_modules``, ``_parameters``) are
+        read directly because ``nn.Module.__getattr__`` costs about a microsecond per lookup.
+        """
+        if not _fast_act_allowed(self):
+            return None
+        scale: Tensor | None = self._parameters.get("action_scale")
+        if scale is None:
+            scale = self._buffers.get("action_scale")
+        if scale is None or not scale.is_cpu:
+            return None
+        cfg = self.config
+        modules = self._modules
+        perception = cast("ConvHead | None", modules.get("perception"))
+        if (perception is not None) != (cfg.observation == "image"):
+            return None
+        tail: tuple[int, ...] = cfg.image_shape if perception is not None else (cfg.vector_size,)
+        k = len(tail)
+        if isinstance(obs, np.ndarray):
+            if not (obs.dtype.kind == "f" or (perception is not None and obs.dtype == np.uint8)):
+                return None
+        elif isinstance(obs, Tensor):
+            if not obs.is_cpu or not (
+                obs.is_floating_point() or (perception is not None and obs.dtype == torch.uint8)
+            ):
+                return None
+        else:
+            return None
+        ndim = obs.ndim
+        if ndim == k:
+            single = True
+        elif ndim == k + 1 and obs.shape[0] >= 1:
+            single = False
+        else:
+            return None
+        if tuple(obs.shape[-k:]) != tail or not _all_finite(obs):
+            return None  # the general path raises its shape / "NaN or inf" error
+        if state is not None and not (isinstance(state, Tensor) and state.is_cpu):
+            return None
+        tree = _uniform_mode_modules(self)
+        if tree is None:
+            return None
+        if isinstance(obs, np.ndarray):
+            arr = np.ascontiguousarray(obs)
+            x = torch.from_numpy(arr[None, None] if single else arr[:, None])
+        else:
+            x = obs[None, None] if single else obs[:, None]
+        dtype = scale.dtype
+        training = self.training
+        if training:
+            for m in tree:
+                m.__dict__["training"] = False
+        try:
+            if perception is not None:
+                images = frames_to_float(x)
+                if images.dtype is not dtype:
+                    images = images.to(dtype)
+                images = cast(Augment, modules["augment"])(images, group_size=1)
+                if cfg.perception.standardize:
+                    images = standardize(images)
+                feats = perception(images).view(x.shape[0], 1, -1)
+            else:
+                feats = x if x.dtype is dtype else x.to(dtype)
+            y, new_state = cast(SequenceModel, modules["controller"])(
+                feats, state, cfg.controller.dt if dt is None else dt, episode_starts=None
+            )
+            actions = self.action_head(y)
+        finally:
+            if training:
+                for m in tree:
+                    m.__dict__["training"] = True
+        if actions.dtype is torch.float32 and actions.is_cpu:
+            out = actions.numpy()
+            return (out[0, 0] if single else out[:, 0]), new_state
+        out = actions[:, 0].to("cpu", torch.float32).numpy()
+        return (out[0] if single else out), new_state
+
+    def _act_general(
+        self, obs: Tensor | np.ndarray, state: Tensor | None = None, dt: float | None = None
+    ) -> tuple[np.ndarray, Tensor]:
+        """:meth:`act` through :meth:`forward` with the whole module switched to eval mode and back."""
         x = self._obs_tensor(obs)
         single_ndim = 3 if self.config.observation == "image" else 1
         if x.dim() == single_ndim:

@@ -241,3 +241,185 @@ def test_policy_config_yaml_and_overrides() -> None:
     assert from_dict(PolicyConfig, to_dict(resolved)) == resolved
     rebuilt = Policy(dataclasses.replace(resolved))
     assert rebuilt.controller.wiring == policy.controller.wiring
+
+
+# ------------------------------------------------------------------------ act: fast path == general path
+def _count_general(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of the general act path (the fast path declines into it)."""
+    calls = [0]
+    general = Policy._act_general
+
+    def counting(self: Policy, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return general(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Policy, "_act_general", counting)
+    return calls
+
+
+def _act_both(
+    policy: Policy, obs: np.ndarray | torch.Tensor, s_fast: object, s_gen: object, dt: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step through act() and through the general path; asserts bit-identical actions and states."""
+    a_fast, new_fast = policy.act(obs, s_fast, dt)  # type: ignore[arg-type]
+    a_gen, new_gen = policy._act_general(obs, s_gen, dt)  # type: ignore[arg-type]
+    assert a_fast.dtype == a_gen.dtype == np.float32 and a_fast.shape == a_gen.shape
+    assert np.array_equal(a_fast, a_gen)
+    assert torch.equal(new_fast, new_gen) and not new_fast.requires_grad
+    return new_fast, new_gen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("training", [False, True])
+def test_vector_act_fast_path_is_bit_identical(
+    kind: str, training: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = _vector_policy(kind).train(training)
+    g = torch.Generator().manual_seed(4)
+    obs = torch.randn(40, 3, 5, generator=g).numpy()
+    calls = _count_general(monkeypatch)
+    s_fast = s_gen = None
+    single_fast = single_gen = None
+    for t in range(40):
+        if t in (13, 27):  # episode resets: a fresh state, by None or by reset()
+            s_fast = s_gen = None if t == 13 else policy.reset(3)
+            single_fast = single_gen = None
+        dt = None if t % 3 else 0.5
+        s_fast, s_gen = _act_both(policy, obs[t], s_fast, s_gen, dt)  # batch of 3
+        single_fast, single_gen = _act_both(policy, obs[t, 0].astype(np.float64), single_fast, single_gen, dt)
+    assert calls[0] == 40 * 2  # the general path ran only when called directly: act took the fast path
+    assert policy.training is training
+    assert all(m.training is training for m in policy.modules())
+    _assert_act_is_forward_per_step(policy, obs[:13])
+
+
+def _assert_act_is_forward_per_step(policy: Policy, obs: np.ndarray) -> None:
+    """act(obs[t], state) is, bit for bit, forward(obs[t][:, None], state) in eval mode, state carried."""
+    training = policy.training
+    state = fwd_state = None
+    for t in range(len(obs)):
+        action, state = policy.act(obs[t], state)
+        with torch.no_grad():
+            expected, fwd_state = policy.eval()(obs[t][:, None], fwd_state)
+        policy.train(training)
+        np.testing.assert_array_equal(action, expected[:, 0].numpy())
+        assert torch.equal(state, fwd_state)
+
+
+@pytest.mark.parametrize("kind", ["ltc", "cfc", "mlp"])
+def test_image_act_fast_path_is_bit_identical_and_acts_in_eval_mode(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dropout and augmentation would change the actions if act() ran in training mode
+    perception = PerceptionConfig(
+        dropout=0.5, augment=AugmentConfig(enabled=True, shadow_prob=1.0, brightness_prob=1.0)
+    )
+    policy = _image_policy(kind, perception=perception)
+    frames = _frames(2, 6, seed=7)
+    calls = _count_general(monkeypatch)
+    for training in (True, False):
+        policy.train(training)
+        s_fast = s_gen = None
+        for t in range(6):
+            s_fast, s_gen = _act_both(policy, frames[:, t], s_fast, s_gen, None)
+        s_fast = s_gen = None
+        for t in range(3):  # single frames, uint8 and float in [0, 1] (numpy and torch)
+            as_float = torch.tensor(frames[0, t], dtype=torch.float32) / 255.0
+            for obs in (frames[0, t], as_float, as_float.numpy()):
+                _act_both(policy, obs, s_fast, s_gen, None)
+            s_fast, s_gen = _act_both(policy, frames[0, t], s_fast, s_gen, None)
+        assert all(m.training is training for m in policy.modules())
+        _assert_act_is_forward_per_step(policy, frames.swapaxes(0, 1))
+    assert calls[0] == 2 * (6 + 3 * 4)
+
+
+def test_act_keeps_grad_mode_and_forward_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = _vector_policy("ltc").eval()
+    obs = np.linspace(-1, 1, 5, dtype=np.float32)
+    seen: list[int] = []
+    policy.controller.register_forward_hook(lambda _m, _i, out: seen.append(out[0].shape[0]))
+    calls = _count_general(monkeypatch)
+    with torch.no_grad():
+        a_off, s_off = policy.act(obs)
+    assert torch.is_grad_enabled()
+    a_on, s_on = policy.act(obs)
+    assert torch.is_grad_enabled() and not s_on.requires_grad
+    np.testing.assert_array_equal(a_off, a_on)
+    torch.testing.assert_close(s_off, s_on, rtol=0, atol=0)
+    assert seen == [1, 1] and calls[0] == 0
+
+
+def test_act_falls_back_to_general_path_for_unusual_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = _image_policy("ltc").train()
+    policy.perception.eval()  # type: ignore[union-attr]  # a mixed-mode tree: act() behaves as it always did
+    calls = _count_general(monkeypatch)
+    policy.act(_frames(1, 1)[0, 0])
+    assert calls[0] == 1
+    assert all(m.training for m in policy.modules())  # eval() then train(True) of the whole tree, as before
+
+    class Shifted(Policy):
+        def features(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
+            return super().features(obs) + 1.0
+
+    torch.manual_seed(0)
+    shifted = Shifted(
+        PolicyConfig(observation="vector", vector_size=5, action_size=2, controller=_ctrl("gru"))
+    )
+    plain = _vector_policy("gru")
+    obs = np.ones(5, np.float32)
+    # an overridden method the fast path stands in for sends act() through forward()
+    np.testing.assert_array_equal(shifted.act(obs)[0], plain.act(obs + 1.0)[0])
+    assert calls[0] == 2
+    with pytest.raises(ValueError, match="uint8 or float"):  # an unusual dtype: the general path decides
+        policy.act(_frames(1, 1)[0, 0].astype(np.int16))
+    assert calls[0] == 3
+
+
+def _error(fn: object, *args: object) -> str:
+    with pytest.raises(ValueError) as info:
+        fn(*args)  # type: ignore[operator]
+    return str(info.value)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_act_errors_are_those_of_the_general_path(training: bool) -> None:
+    vec = _vector_policy("ltc").train(training)
+    nan = np.ones(5, np.float32)
+    nan[2] = np.nan
+    inf_pair = np.ones((2, 5))
+    inf_pair[1, :2] = (np.inf, -np.inf)  # sums to NaN
+    bad_vectors: list[tuple[object, object]] = [
+        (np.ones(4, np.float32), None),  # wrong width
+        (np.ones((1, 2, 5), np.float32), None),  # a sequence
+        (np.ones((0, 5), np.float32), None),  # empty batch
+        (nan, None),
+        (torch.from_numpy(nan), None),
+        (inf_pair, None),
+        (np.full(5, np.inf, np.float32), None),
+        (np.ones(5, np.float32), torch.zeros(1, 7)),  # state of the wrong width
+        (np.ones((2, 5), np.float32), torch.zeros(3, vec.state_size)),  # state of the wrong batch
+        ("not an array", None),
+    ]
+    for obs, state in bad_vectors:
+        message = _error(vec._act_general, obs, state)
+        assert _error(vec.act, obs, state) == message
+        assert all(m.training is training for m in vec.modules())
+    img = _image_policy("ltc").train(training)
+    frame = _frames(1, 1)[0, 0]
+    nan_frame = frame.astype(np.float32) / 255.0
+    nan_frame[3, 4, 1] = np.nan
+    bad_images: list[tuple[object, object]] = [
+        (frame.astype(np.int32), None),
+        (np.moveaxis(frame, -1, 0), None),  # channel-first
+        (np.zeros((32, 32, 3), np.uint8), None),  # another image size
+        (_frames(1, 2), None),  # a sequence
+        (nan_frame, None),
+        (torch.from_numpy(nan_frame), None),
+        (frame, torch.zeros(2, img.state_size)),
+    ]
+    for obs, state in bad_images:
+        message = _error(img._act_general, obs, state)
+        assert _error(img.act, obs, state) == message
+        assert all(m.training is training for m in img.modules())
+    huge = np.full(5, 1e300)  # finite float64 whose sum overflows: same outcome on both paths
+    assert _error(vec.act, huge, None) == _error(vec._act_general, huge, None)
