@@ -538,3 +538,226 @@ def test_bad_configurations_raise_clear_errors() -> None:
     back = Wiring.from_matrices(adj2, np.array(w.sensory_adjacency), roles=w.roles)
     with pytest.raises(ValueError, match=r"1 synapse\(s\) that skip or go back a layer \(motor_0->inter_0\)"):
         WiredCfCCell(back)
+
+
+# --------------------------------------------------------------------------------------- fast paths
+def _fast_cells(mode: str) -> list[torch.nn.Module]:
+    """Every structural variant the fast paths handle: dense with 0/1/2 backbone layers and several
+    activations, wired with several wirings, polarities and the ncps-compatible masks."""
+    torch.manual_seed(21)
+    return [
+        CfCCell(5, 7, 3, mode=mode, backbone_units=9, backbone_layers=2),
+        CfCCell(5, 7, None, mode=mode, backbone_layers=0),
+        CfCCell(5, 6, 2, mode=mode, backbone_units=8, activation="relu"),
+        CfCCell(5, 6, None, mode=mode, backbone_units=8, activation="gelu"),
+        WiredCfCCell(AutoNCP(12, 2, input_size=5, seed=1), mode=mode, output_size=3),
+        WiredCfCCell(AutoNCP(12, 2, input_size=5, seed=1), mode=mode, ncps_compatible=True),
+        WiredCfCCell(FullyConnected(6, input_size=5, output_size=2, seed=1), mode=mode, polarity="constrain"),
+        WiredCfCCell(
+            NCP(
+                inter=4,
+                command=3,
+                motor=2,
+                sensory_fanout=2,
+                inter_fanout=2,
+                recurrent_command_synapses=2,
+                motor_fanin=2,
+                input_size=5,
+                seed=2,
+            ),
+            mode=mode,
+            polarity="ignore",
+        ),
+    ]
+
+
+def _graph_has(t: torch.Tensor, name: str) -> bool:
+    """Whether autograd node ``name`` is in ``t``'s graph (proves which path ran)."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == name:
+            return True
+        todo += [n for n, _ in node.next_functions]
+    return False
+
+
+def _sequence_and_grads(
+    cell: torch.nn.Module,
+    fast: bool,
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    dt: torch.Tensor | float | None,
+    starts: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """y, h_T and the gradients (x, h0, every parameter) of a fixed loss, via the fast path or the reference
+    step loop (``RecurrentCell.forward_sequence``: ``cell.forward`` with gradients on)."""
+    from ltc_control.cells.base import RecurrentCell
+
+    cell.zero_grad()
+    x, h0 = x.detach().requires_grad_(), h0.detach().requires_grad_()
+    run = type(cell).forward_sequence if fast else RecurrentCell.forward_sequence
+    y, h = run(cell, x, h0, dt, starts)
+    assert _graph_has(y, "_CfCSequenceBackward") is fast
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    ((y * w).sum() + h.square().sum()).backward()
+    grads = [p.grad.clone() for p in cell.parameters() if p.requires_grad]
+    return [y.detach(), h.detach(), x.grad, h0.grad, *grads]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_sequence_equals_the_step_loop_in_float64(mode: str) -> None:
+    """Hand-written BPTT and the fused forward loop against autograd through the reference step, in float64
+    (agreement to 1e-10 shows the derivation is exact), over batch sizes 1 and 3, sequence lengths 1 and 6,
+    float / per-sample dt, with and without episode resets."""
+    for cell in _fast_cells(mode):
+        cell = cell.double()
+        for b, t in ((1, 1), (3, 6), (1, 6), (3, 1)):
+            gen = torch.Generator().manual_seed(b * 10 + t)
+            x = torch.randn(b, t, 5, generator=gen, dtype=torch.float64)
+            h0 = torch.randn(b, cell.state_size, generator=gen, dtype=torch.float64)
+            starts = (torch.rand(b, t, generator=gen) < 0.4).to(torch.float64)
+            starts[0, -1] = 1.0
+            dts = (None, 0.6, torch.rand(b, t, generator=gen, dtype=torch.float64) + 0.1)
+            for dt, es in zip(dts, (starts, None, starts)):
+                ref = _sequence_and_grads(cell, False, x, h0, dt, es)
+                fast = _sequence_and_grads(cell, True, x, h0, dt, es)
+                assert len(ref) == len(fast)
+                for i, (a, r) in enumerate(zip(fast, ref)):
+                    assert a.shape == r.shape
+                    assert _maxdiff(a, r) <= 1e-10 * max(1.0, float(r.abs().max())), (type(cell), b, t, i)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_sequence_matches_ncps_in_float32(mode: str) -> None:
+    """The fast sequence path of converted ncps CfCs (wired: an NCP at the benchmark's width; dense) against
+    ncps itself: outputs and every gradient within 1e-5 relative in float32 (float32 summation order differs:
+    the input part is one matmul over all steps, weight gradients one matmul over all T * B rows)."""
+    torch.manual_seed(22)
+    for units in (_ncps_ncp(3), 10):
+        dense = {"backbone_units": 12} if isinstance(units, int) else {}
+        ref = ncps_torch.CfC(6, units, mode=mode, proj_size=2, batch_first=True, **dense)
+        model = cfc_from_ncps(ref)
+        for b, t in ((1, 1), (4, 24)):
+            ref.zero_grad()
+            model.zero_grad()
+            x = torch.randn(b, t, 6)
+            y_ref, h_ref = ref(x)
+            y, h = model(x)
+            assert _maxdiff(y, y_ref) <= 1e-6 * max(1.0, float(y_ref.detach().abs().max()))
+            assert _graph_has(y, "_CfCSequenceBackward")
+            w = torch.randn_like(y_ref)
+            (y_ref * w).sum().backward()
+            (y * w).sum().backward()
+            g_ref = {k.replace("rnn_cell.", ""): v for k, v in _grads(ref).items()}
+            g = _grads(model, "cell.")
+            assert set(g) == set(g_ref)
+            for name in g:
+                scale = max(1e-3, float(g_ref[name].abs().max()))
+                assert _maxdiff(g[name], g_ref[name]) <= 1e-5 * scale, (units, b, t, name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_grad_step_equals_the_reference_step(mode: str) -> None:
+    """``cell(x, h, dt)`` without gradients (cached weights, fused layers) equals the reference step: 1e-12 in
+    float64, 1e-6 relative in float32; batch 1 and 3, float and per-sample dt."""
+    for cell in [*_fast_cells(mode), WiredCfCCell(lane_keeping_ncp(seed=3), mode=mode)]:
+        s = cell.input_size
+        for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+            cell = cell.to(dtype)
+            for b in (1, 3):
+                x, h = torch.randn(b, s, dtype=dtype), torch.randn(b, cell.state_size, dtype=dtype)
+                for dt in (1.0, 0.3, torch.rand(b, dtype=dtype) + 0.1):
+                    y_ref, h_ref = (t.detach() for t in cell(x, h, dt))  # gradients on: the reference step
+                    with torch.no_grad():
+                        y, h_new = cell(x, h, dt)
+                    assert _maxdiff(h_new, h_ref) <= tol * max(1.0, float(h_ref.abs().max()))
+                    assert _maxdiff(y, y_ref) <= tol * max(1.0, float(y_ref.abs().max()))
+
+
+def test_no_grad_cache_follows_parameter_changes() -> None:
+    """The cached no-grad weights follow in-place updates, load_state_dict, dtype changes and copies."""
+    import copy
+    import pickle
+
+    torch.manual_seed(23)
+    for cell in (WiredCfCCell(lane_keeping_ncp(seed=4)), CfCCell(32, 8, 2, backbone_units=10)):
+        x, h = torch.randn(2, 32), torch.randn(2, cell.state_size)
+
+        def check(c: torch.nn.Module, x: torch.Tensor = x, h: torch.Tensor = h) -> torch.Tensor:
+            with torch.no_grad():
+                _, fast = c(x.to(h.dtype), h)
+            _, ref = c(x.to(h.dtype), h)
+            assert _maxdiff(fast, ref) <= 1e-6
+            return fast
+
+        first = check(cell)
+        with torch.no_grad():
+            for p in cell.parameters():
+                p.add_(0.3 * torch.randn_like(p))  # an optimizer step
+        second = check(cell)
+        assert _maxdiff(first, second) > 1e-3
+        other = type(cell)(**cell.config()) if isinstance(cell, CfCCell) else WiredCfCCell(cell.wiring)
+        cell.load_state_dict(other.state_dict())
+        check(cell)
+        for clone in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
+            with torch.no_grad():
+                assert torch.equal(clone(x, h)[1], cell(x, h)[1])
+        double = cell.double()
+        check(double, h=h.double())
+
+
+def test_fast_paths_fall_back_for_dropout_and_dt_gradients() -> None:
+    """Active backbone dropout and a dt that requires grad run the reference loop (same dropout draws, the
+    gradient w.r.t. dt); in eval mode the dropout cell runs the fast path again."""
+    from ltc_control.cells.base import RecurrentCell
+
+    torch.manual_seed(24)
+    cell = CfCCell(3, 5, 2, backbone_units=6, backbone_layers=2, backbone_dropout=0.3)
+    x = torch.randn(2, 4, 3)
+    torch.manual_seed(0)
+    y_fast = cell.forward_sequence(x)[0]
+    torch.manual_seed(0)
+    y_loop = RecurrentCell.forward_sequence(cell, x)[0]
+    assert torch.equal(y_fast, y_loop) and not _graph_has(y_fast, "_CfCSequenceBackward")
+    cell.eval()
+    assert _maxdiff(cell.forward_sequence(x)[0], RecurrentCell.forward_sequence(cell, x)[0]) <= 1e-6
+    wired = WiredCfCCell(AutoNCP(8, 2, input_size=3, seed=5))
+    grads = []
+    for run in (type(wired).forward_sequence, RecurrentCell.forward_sequence):
+        dt = torch.full((2, 4), 0.5, requires_grad=True)
+        run(wired, x, None, dt)[0].sum().backward()
+        grads.append(dt.grad)
+    assert grads[0] is not None and grads[1] is not None
+    assert _maxdiff(grads[0], grads[1]) <= 1e-6 and float(grads[0].abs().max()) > 0.0
+
+
+def test_fast_sequence_keeps_masked_gradients_exactly_zero() -> None:
+    x = torch.randn(3, 6, 4)
+    for cell in _sparse_cells():
+        y, h = cell.forward_sequence(x)
+        (y.square().sum() + h.sum()).backward()
+        for layer in cell._layers:
+            for head, mask in (("ff1", layer.ff_mask), ("ff2", layer.ff_mask), ("time_b", layer.gate_mask)):
+                mod = getattr(layer, head)
+                if mod is not None:
+                    assert float(mod.weight.grad[mask == 0].abs().max()) == 0.0
+                    assert float(mod.weight.grad[mask == 1].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_sequence_gradcheck_float64(mode: str, tiny_ncp: Wiring) -> None:
+    torch.manual_seed(25)
+    for cell in (
+        WiredCfCCell(tiny_ncp, mode=mode).double(),
+        CfCCell(3, 4, 2, mode=mode, backbone_units=5).double(),
+    ):
+        x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+        h = torch.randn(2, cell.state_size, dtype=torch.float64, requires_grad=True)
+        starts = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+        assert torch.autograd.gradcheck(
+            lambda a, b, c=cell, s=starts: c.forward_sequence(a, b, 0.7, s), (x, h), eps=1e-6, atol=1e-6
+        )

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltc_control.cells import cfc_fast
 from ltc_control.cells.base import RecurrentCell
 from ltc_control.wirings import Wiring
 
@@ -147,7 +148,80 @@ def _add_heads(module: nn.Module, features: int, units: int, mode: str) -> None:
         setattr(module, name, value)
 
 
-class CfCCell(RecurrentCell):
+class _FastCfC(RecurrentCell):
+    """What both CfC cells share: the fast sequence path, the cached no-grad step, and their cache.
+
+    ``forward_sequence`` runs :func:`ltc_control.cells.cfc_fast.cfc_sequence` (hand-written BPTT, see there);
+    the step-by-step :meth:`forward` with gradients enabled stays the slow, obviously-correct reference that
+    the tests hold the fast paths equal to. Without gradients :meth:`forward` runs the same arithmetic on
+    effective weights cached across calls (:func:`~ltc_control.cells.cfc_fast.cached_plan`).
+    """
+
+    _plan_cache: tuple[Any, ...] | None = None
+    _step_cache: tuple[Any, ...] | None = None
+
+    def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dropout_active(self) -> bool:
+        return False
+
+    def forward(self, x: Tensor, h: Tensor, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
+        """Advance by one input step.
+
+        Args:
+            x: input ``(B, input_size)``.
+            h: state ``(B, state_size)`` (for a wired cell in wiring order, motor neurons first).
+            dt: elapsed time of this step (> 0), a float or a tensor ``(B,)`` / ``(B, 1)`` for per-sample
+                times.
+
+        Returns:
+            ``(y, h')``: output ``(B, output_size)`` and the new state ``(B, state_size)``.
+        """
+        ts = _check_step(self, x, h, dt)
+        if torch.is_grad_enabled() or self._dropout_active():
+            new_h = self._reference_step(x, h, ts)
+        else:
+            new_h = cfc_fast.cfc_step(self, x, h, ts)  # type: ignore[arg-type]
+        return self.readout(new_h), new_h
+
+    def forward_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Runs the cell over a batch-first sequence on the fast path (the contract of
+        :meth:`RecurrentCell.forward_sequence <ltc_control.cells.base.RecurrentCell.forward_sequence>`).
+
+        Active backbone dropout (training mode) and a ``dt`` that requires grad fall back to the step-by-step
+        loop.
+        """
+        if not cfc_fast.supports(self, dt):  # type: ignore[arg-type]
+            return super().forward_sequence(x, h0, dt, episode_starts)
+        x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
+        return cfc_fast.cfc_sequence(self, x, h, dt_seq, resets)  # type: ignore[arg-type]
+
+    def clear_cache(self) -> None:
+        """Drops the cached no-grad weights (needed only after replacing ``param.data`` by hand)."""
+        self._plan_cache = None
+        self._step_cache = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .to()/.double() replace tensors: the cache would keep the old ones alive.
+        self._plan_cache = None
+        self._step_cache = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_plan_cache"] = None
+        state["_step_cache"] = None
+        return state
+
+
+class CfCCell(_FastCfC):
     """Dense closed-form continuous-time cell (ncps ``CfCCell`` + the ``CfC`` wrapper's ``fc`` projection).
 
     The state is the ``units`` neuron values ``(B, units)``; the output is ``fc(h)``, where ``fc`` is the
@@ -259,23 +333,15 @@ class CfCCell(RecurrentCell):
         """Map the state ``(B, units)`` to the output ``(B, output_size)``."""
         return self.fc(h)
 
-    def forward(self, x: Tensor, h: Tensor, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
-        """Advance by one input step.
+    def _dropout_active(self) -> bool:
+        return self.training and self.backbone_dropout > 0.0
 
-        Args:
-            x: input ``(B, input_size)``.
-            h: state ``(B, units)``.
-            dt: elapsed time of this step (> 0), a float or a tensor ``(B,)`` / ``(B, 1)`` for per-sample
-                times.
-
-        Returns:
-            ``(y, h')``: output ``(B, output_size)`` and the new state ``(B, units)``.
-        """
-        ts = _check_step(self, x, h, dt)
+    def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+        """The step-by-step reference: ncps' arithmetic, module by module."""
         z = torch.cat([x, h], dim=1)
         if self.backbone is not None:
             z = self.backbone(z)
-        new_h = _cfc_update(
+        return _cfc_update(
             self.mode,
             z,
             ts,
@@ -289,7 +355,6 @@ class CfCCell(RecurrentCell):
             self.w_tau,
             self.A,
         )
-        return self.readout(new_h), new_h
 
 
 class _WiredCfCLayer(nn.Module):
@@ -384,7 +449,7 @@ def wiring_layers(wiring: Wiring) -> list[np.ndarray]:
     return [np.arange(wiring.units, dtype=np.int64)]
 
 
-class WiredCfCCell(RecurrentCell):
+class WiredCfCCell(_FastCfC):
     """CfC constrained by a wiring: one backbone-free CfC sub-cell per layer (ncps' ``WiredCfCCell`` layout).
 
     Layer 0 reads the sensory input, layer ``l > 0`` the *new* state of layer ``l - 1`` (computed in the same
@@ -539,26 +604,15 @@ class WiredCfCCell(RecurrentCell):
         """Output ``(B, output_size)`` from the state ``(B, units)``: ``fc(h[:, :M])`` (the motor neurons)."""
         return self.fc(h[..., : self.motor_size])
 
-    def forward(self, x: Tensor, h: Tensor, dt: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
-        """Advance by one input step.
-
-        Args:
-            x: sensory input ``(B, input_size)``.
-            h: state ``(B, units)`` in wiring order (motor neurons first).
-            dt: elapsed time of this step (> 0), a float or a tensor ``(B,)`` / ``(B, 1)``.
-
-        Returns:
-            ``(y, h')``: output ``(B, output_size)`` and the new state ``(B, units)`` in wiring order.
-        """
-        ts = _check_step(self, x, h, dt)
+    def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+        """The step-by-step reference: layer by layer, masks applied at every step."""
         layer_states = torch.split(h[:, self.perm], self.layer_sizes, dim=1)
         inputs = x
         outs: list[Tensor] = []
         for layer, h_l in zip(self._layers, layer_states):
             inputs = layer(inputs, h_l, ts)
             outs.append(inputs)
-        new_h = torch.cat(outs, dim=1)[:, self.inv_perm]
-        return self.readout(new_h), new_h
+        return torch.cat(outs, dim=1)[:, self.inv_perm]
 
 
 def _check_step(cell: RecurrentCell, x: Tensor, h: Tensor, dt: float | Tensor) -> Tensor:
