@@ -54,8 +54,8 @@ raised.
 Register it with ``register_implementation("name", impl, priority=10)``. ``LTCCell(implementation="auto")``
 (the default) picks, per device and dtype, the available registered implementation with the highest priority,
 else ``"reference"``; ``implementation="name"`` forces one (error if unavailable);
-``cell.implementation_name`` reports which one ran last. ``"auto"`` imports ``ltc_control.cells.ltc_fast``
-once (if it exists) so that its implementations register themselves.
+``cell.implementation_name`` reports which one ran last. ``"auto"`` imports ``ltc_control.cells.ltc_fast`` and
+``ltc_control.cells.ltc_cuda`` once (if they import) so that their implementations register themselves.
 
 ``params`` keys (all tensors on the cell's device/dtype; effective = constraint applied):
 ``gleak (N)`` >= 0, ``vleak (N)``, ``cm (N)`` >= 0, ``sigma (N,N)``, ``mu (N,N)``, ``w (N,N)`` >= 0 with the
@@ -345,11 +345,12 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED[0]:
         return
     _BUILTINS_LOADED[0] = True
-    try:
-        importlib.import_module("ltc_control.cells.ltc_fast")
-    except ImportError:
-        # The fast path is optional (e.g. no compiler); the reference path always works.
-        pass
+    for module in ("ltc_control.cells.ltc_fast", "ltc_control.cells.ltc_cuda"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            # The fast paths are optional (e.g. no compiler); the reference path always works.
+            pass
 
 
 def available_implementations(device: torch.device | str | None = None) -> list[str]:
