@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -660,11 +662,30 @@ def test_fast_sequence_matches_ncps_in_float32(mode: str) -> None:
                 assert _maxdiff(g[name], g_ref[name]) <= 1e-5 * scale, (units, b, t, name)
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def no_grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on the compiled CfC kernel and again with the kernel switched off (the PyTorch path)."""
+    from ltc_control.cells import cfc_fast
+
+    if request.param == "torch":
+        monkeypatch.setattr(cfc_fast, "_KERNEL", None)
+        monkeypatch.setattr(cfc_fast, "_KERNEL_TRIED", True)
+    elif cfc_fast.load_kernel() is None:
+        pytest.skip(f"CfC kernel unavailable here: {cfc_fast.kernel_status()}")
+    return str(request.param)
+
+
+def _activation_cells(mode: str) -> list[torch.nn.Module]:
+    torch.manual_seed(26)
+    return [CfCCell(5, 6, 2, mode=mode, backbone_units=7, activation=a) for a in ("tanh", "silu")]
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_no_grad_step_equals_the_reference_step(mode: str) -> None:
-    """``cell(x, h, dt)`` without gradients (cached weights, fused layers) equals the reference step: 1e-12 in
-    float64, 1e-6 relative in float32; batch 1 and 3, float and per-sample dt."""
-    for cell in [*_fast_cells(mode), WiredCfCCell(lane_keeping_ncp(seed=3), mode=mode)]:
+def test_no_grad_step_equals_the_reference_step(mode: str, no_grad_path: str) -> None:
+    """``cell(x, h, dt)`` without gradients (cached weights; the C kernel or the fused PyTorch layers) equals
+    the reference step: 1e-12 in float64, 1e-6 relative in float32; batch 1 and 3, float and per-sample dt."""
+    cells = [*_fast_cells(mode), *_activation_cells(mode), WiredCfCCell(lane_keeping_ncp(seed=3), mode=mode)]
+    for cell in cells:
         s = cell.input_size
         for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
             cell = cell.to(dtype)
@@ -761,3 +782,56 @@ def test_fast_sequence_gradcheck_float64(mode: str, tiny_ncp: Wiring) -> None:
         assert torch.autograd.gradcheck(
             lambda a, b, c=cell, s=starts: c.forward_sequence(a, b, 0.7, s), (x, h), eps=1e-6, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_grad_sequence_equals_the_step_loop(mode: str, no_grad_path: str) -> None:
+    """``forward_sequence`` without gradients (C kernel for backbone-free cells, else the fused PyTorch loop)
+    equals the reference step loop: batch 1 and 3, length 1 and 5, dt None / float / per-sample, resets."""
+    from ltc_control.cells.base import RecurrentCell
+
+    for cell in [*_fast_cells(mode), *_activation_cells(mode)]:
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+            cell = cell.to(dtype)
+            for b, t in ((1, 1), (3, 5)):
+                gen = torch.Generator().manual_seed(b + t)
+                x = torch.randn(b, t, 5, generator=gen, dtype=dtype)
+                h0 = torch.randn(b, cell.state_size, generator=gen, dtype=dtype)
+                starts = (torch.rand(b, t, generator=gen) < 0.4).to(dtype)
+                for dt, es in ((None, None), (0.4, starts), (torch.rand(b, t, dtype=dtype) + 0.1, starts)):
+                    y_ref, h_ref = (v.detach() for v in RecurrentCell.forward_sequence(cell, x, h0, dt, es))
+                    with torch.no_grad():
+                        y, h = cell.forward_sequence(x, h0, dt, es)
+                    assert _maxdiff(y, y_ref) <= tol * max(1.0, float(y_ref.abs().max()))
+                    assert _maxdiff(h, h_ref) <= tol * max(1.0, float(h_ref.abs().max()))
+
+
+def test_missing_compiler_falls_back_to_torch_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No C compiler: one CfCKernelUnavailableWarning naming the cause, kernel_status says why, and the
+    no-grad step and sequence still equal the reference (PyTorch path)."""
+    import warnings
+
+    from ltc_control.cells import cfc_fast
+
+    monkeypatch.setenv("LTC_CONTROL_CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("LTC_CONTROL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LTC_CONTROL_DISABLE_KERNEL", raising=False)
+    monkeypatch.delenv("LTC_CONTROL_CFLAGS", raising=False)
+    cfc_fast._reset_kernel_for_tests()
+    try:
+        cell = WiredCfCCell(AutoNCP(10, 2, input_size=4, seed=6))
+        x, h = torch.randn(2, 4), torch.randn(2, 10)
+        with pytest.warns(cfc_fast.CfCKernelUnavailableWarning, match="no-such-cc"):
+            with torch.no_grad():
+                _, h_fast = cell(x, h)
+        assert cfc_fast.load_kernel() is None and "unavailable" in cfc_fast.kernel_status()
+        assert _maxdiff(h_fast, cell(x, h)[1]) <= 1e-6
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # only one warning per process
+            with torch.no_grad():
+                y_seq, _ = cell.forward_sequence(x[:, None])
+        assert _maxdiff(y_seq[:, 0], cell(x, cell.initial_state(2))[0]) <= 1e-6
+    finally:
+        cfc_fast._reset_kernel_for_tests()

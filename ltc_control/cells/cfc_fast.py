@@ -31,9 +31,17 @@ backward is ``once_differentiable`` (no double backward through a sequence).
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import operator
+import os
+import subprocess
+import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -545,6 +553,245 @@ class _CfCSequence(torch.autograd.Function):
         return (None, None, None, g_x, g_h0, *grads)
 
 
+# ------------------------------------------------------------------------------------------- C kernel
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = ("cfc_kernel.c", "cfc_kernel_body.h")
+_ABI = 1
+_MODE_CODES = {"default": 0, "no_gate": 1, "pure": 2}
+
+
+class CfCKernelUnavailableWarning(RuntimeWarning):
+    """The compiled CfC kernel could not be built or loaded; the PyTorch paths run instead (same numbers)."""
+
+
+class _Kernel:
+    """The loaded CfC kernel library: ``forward[dtype](meta, B, T, w, x, h0, ts, ts_scalar, resets, out)``."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.lib = lib
+        self.path = path
+        p = ctypes.c_void_p
+        self.forward: dict[torch.dtype, Any] = {}
+        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+            fn = getattr(lib, f"cfc_forward_{suffix}")
+            i64 = ctypes.c_int64
+            fn.argtypes = [p, i64, i64, p, p, p, p, ctypes.c_double, p, p]
+            fn.restype = ctypes.c_int
+            self.forward[dtype] = fn
+
+
+_KERNEL_LOCK = threading.Lock()
+_KERNEL: _Kernel | None = None
+_KERNEL_TRIED = False
+_KERNEL_STATUS = "not built yet (built lazily on first use)"
+
+
+def _source_hash(compiler: Sequence[str], flags: Sequence[str]) -> str:
+    from ltc_control.cells import ltc_fast
+
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((_CSRC / name).read_bytes())
+    for part in (" ".join(compiler), " ".join(flags), ltc_fast._cpu_fingerprint(), str(_ABI)):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:20]
+
+
+def _try_load(path: Path) -> _Kernel | None:
+    try:
+        lib = ctypes.CDLL(str(path))
+        if int(lib.cfc_kernel_abi()) != _ABI:
+            return None
+        return _Kernel(lib, path)
+    except (OSError, AttributeError):
+        return None
+
+
+def _build() -> _Kernel:
+    """Loads the cached library or compiles it (the LTC kernel's compiler, flags and cache directory)."""
+    from ltc_control.cells import ltc_fast
+
+    compiler = ltc_fast._compiler()
+    cache = ltc_fast._cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    for flags in ltc_fast._flag_sets():
+        target = cache / f"cfc_kernel_{_source_hash(compiler, flags)}.so"
+        if target.exists():
+            kernel = _try_load(target)
+            if kernel is not None:
+                return kernel
+        fd, tmp_name = tempfile.mkstemp(prefix=".cfc_kernel_", suffix=".so.tmp", dir=cache)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        cmd = [*compiler, *flags, "-o", str(tmp), str(_CSRC / "cfc_kernel.c"), "-lm"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, FileNotFoundError):
+                raise FileNotFoundError(f"C compiler {compiler[0]!r} not found ({exc})") from exc
+            errors.append(f"{' '.join(cmd)}: {exc}")
+            continue
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            errors.append(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
+            continue
+        os.replace(tmp, target)  # atomic: concurrent builders never expose a half-written library
+        kernel = _try_load(target)
+        if kernel is not None:
+            return kernel
+        errors.append(f"built {target} but could not load it")
+    raise RuntimeError("compiling the CfC kernel failed:\n" + "\n".join(errors))
+
+
+def load_kernel() -> _Kernel | None:
+    """The compiled CfC kernel, built on first use; ``None`` when unavailable.
+
+    The first failure issues one :class:`CfCKernelUnavailableWarning` naming the cause and the fix, and is
+    remembered for the process (:func:`kernel_status`). ``LTC_CONTROL_DISABLE_KERNEL=1`` disables this kernel
+    too, without a warning.
+    """
+    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
+    if _KERNEL_TRIED:
+        return _KERNEL
+    with _KERNEL_LOCK:
+        if _KERNEL_TRIED:
+            return _KERNEL
+        if os.environ.get("LTC_CONTROL_DISABLE_KERNEL", "") not in ("", "0"):
+            _KERNEL_STATUS = "disabled by LTC_CONTROL_DISABLE_KERNEL"
+        else:
+            try:
+                _KERNEL = _build()
+                _KERNEL_STATUS = f"loaded {_KERNEL.path}"
+            except Exception as exc:  # noqa: BLE001 - any build failure must degrade to the PyTorch path
+                _KERNEL_STATUS = f"unavailable: {exc}"
+                warnings.warn(
+                    "ltc_control: the compiled CfC kernel is unavailable, so no-grad CfC steps and sequences "
+                    f"run on the PyTorch path (slower, same numbers). Cause: {exc}. Fix: install a C "
+                    "compiler (e.g. 'apt-get install gcc') or point LTC_CONTROL_CC at one; set "
+                    "LTC_CONTROL_DISABLE_KERNEL=1 to silence this warning.",
+                    CfCKernelUnavailableWarning,
+                    stacklevel=3,
+                )
+        _KERNEL_TRIED = True
+        return _KERNEL
+
+
+def kernel_status() -> str:
+    """A one-line description of the CfC kernel's state (path loaded, or why it is unavailable)."""
+    return _KERNEL_STATUS
+
+
+def _reset_kernel_for_tests() -> None:
+    """Forgets the loaded kernel so that the next use rebuilds/reloads it (tests of the fallback only)."""
+    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
+    with _KERNEL_LOCK:
+        _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS = None, False, "not built yet (built lazily on first use)"
+
+
+_ACT_CODES: dict[str, int] = {"LeCunTanh": 1, "Tanh": 2, "ReLU": 3, "SiLU": 4, "GELU": 5}
+
+
+def _act_code(act: Any) -> int | None:
+    """The kernel's code for a backbone activation module, ``None`` if the kernel has no such activation."""
+    if act is None:
+        return 0
+    if type(act).__name__ == "GELU" and getattr(act, "approximate", "none") != "none":
+        return None
+    return _ACT_CODES.get(type(act).__name__)
+
+
+@dataclass
+class _Packed:
+    """A plan flattened for the kernel: ``meta`` (int64) and every weight in one buffer (see cfc_kernel.c)."""
+
+    meta: Tensor
+    w: Tensor
+    in_cell_order: bool  # the state is the cell's own order (else layer order: permute around the call)
+
+
+def _pack(plan: Plan, like: Tensor) -> _Packed | None:
+    """Packs ``plan`` (no gradients) for the kernel, or ``None`` where the kernel does not apply."""
+    act = plan.layers[0].act
+    code = _act_code(act)
+    if code is None or like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
+        return None
+    starts = _cell_layout(plan)
+    if starts is None:
+        starts = [sum(plan.sizes[:i]) for i in range(len(plan.layers))]
+        in_cell_order = plan.perm is None
+    else:
+        in_cell_order = True
+    n_total = sum(plan.sizes)
+    meta = [
+        0,
+        0,
+        int(plan.layers[0].wu.shape[1]),
+        n_total,
+        len(plan.layers),
+        _MODE_CODES[plan.layers[0].mode],
+        code,
+        0,
+    ]
+    chunks: list[Tensor] = []
+    off = 0
+    maxw = n_total
+    for l_id, lay in enumerate(plan.layers):
+        parts = [lay.wu.t(), lay.wh.t(), lay.b0]
+        units = 0
+        if lay.head is not None:
+            units = int(lay.head[0].shape[1])
+            parts += [t for w, b in lay.mlp for t in (w.t(), b)]
+            parts += [lay.head[0].t(), lay.head[1]]
+        if lay.mode == "pure":
+            assert lay.w_tau is not None and lay.A is not None
+            parts += [lay.w_tau, lay.A]
+        flat = torch.cat([t.reshape(-1) for t in parts]).to(like.dtype)
+        in_off = -1 if l_id == 0 else starts[l_id - 1]
+        meta += [lay.n, int(lay.wu.shape[1]), lay.width0, len(lay.mlp), units, starts[l_id], off, in_off]
+        maxw = max(maxw, lay.width0, units, lay.heads * lay.n)
+        chunks.append(flat)
+        off += flat.numel()
+    meta[7] = maxw
+    return _Packed(
+        torch.tensor(meta, dtype=torch.int64),
+        torch.cat(chunks).contiguous(),
+        in_cell_order,
+    )
+
+
+def _kernel_run(
+    kernel: _Kernel,
+    packed: _Packed,
+    x: Tensor,
+    h: Tensor,
+    ts: Tensor | float | None,
+    resets: Tensor | None,
+) -> Tensor:
+    """Runs the kernel on ``x (B, T, S)`` from ``h (B, N)`` (both in the kernel's state order, contiguous);
+    ``ts`` is ``None`` (1.0), a float or ``(B, T)`` contiguous, ``resets`` ``(B, T)`` or ``None``.
+    Returns the states ``(B, T, N)``."""
+    batch, steps = int(x.shape[0]), int(x.shape[1])
+    out = torch.empty(batch, steps, int(h.shape[1]), dtype=x.dtype)
+    ts_ptr = ts.data_ptr() if isinstance(ts, Tensor) else None
+    rc = kernel.forward[x.dtype](
+        packed.meta.data_ptr(),
+        batch,
+        steps,
+        packed.w.data_ptr(),
+        x.data_ptr(),
+        h.data_ptr(),
+        ts_ptr,
+        1.0 if ts is None or isinstance(ts, Tensor) else float(ts),
+        None if resets is None else resets.data_ptr(),
+        out.data_ptr(),
+    )
+    if rc != 0:
+        raise RuntimeError(f"the CfC kernel failed with code {rc} (meta {packed.meta.tolist()})")
+    return out
+
+
 # ------------------------------------------------------------------------------------------- entry points
 def supports(cell: CfCCell | WiredCfCCell, dt: float | Tensor | None) -> bool:
     """Whether :func:`cfc_sequence` can run ``cell`` (else use the step-by-step loop): not with active
@@ -582,10 +829,38 @@ def cfc_sequence(
         states = _CfCSequence.apply(plan, ts, res, x_tb, hold, *weights)
     else:
         with torch.no_grad():
+            hs = _kernel_sequence(cell, plan, x, h, dt, resets)
+            if hs is not None:
+                return cell.readout(hs), hs[:, -1]
             states = _run(plan, x_tb, hold, ts, res, None)
     hs = states.transpose(0, 1)
     hs = (hs if plan.inv_perm is None else hs[..., plan.inv_perm]).contiguous()
     return cell.readout(hs), hs[:, -1]
+
+
+def _kernel_sequence(
+    cell: CfCCell | WiredCfCCell,
+    plan: Plan,
+    x: Tensor,
+    h: Tensor,
+    dt: float | Tensor | None,
+    resets: Tensor | None,
+) -> Tensor | None:
+    """The no-grad sequence on the kernel, ``(B, T, N)`` in the cell's order; ``None`` where it does not apply
+    (no kernel, not CPU float32/float64, or a backbone: batched matmuls beat the kernel there)."""
+    if any(lay.head is not None for lay in plan.layers):
+        return None
+    packed = _step_prep(cell, plan, int(x.shape[0]), x)[3]
+    kernel = _use_kernel(packed, x, h, *(t for t in (dt, resets) if isinstance(t, Tensor)))
+    if kernel is None:
+        return None
+    assert packed is not None
+    b, t = int(x.shape[0]), int(x.shape[1])
+    hk = h if packed.in_cell_order else h[:, plan.perm]
+    ts = dt.reshape(b, t).contiguous() if isinstance(dt, Tensor) else dt
+    res = None if resets is None else resets.reshape(b, t).contiguous()
+    out = _kernel_run(kernel, packed, x.contiguous(), hk.contiguous(), ts, res)
+    return out if packed.in_cell_order else out[..., plan.inv_perm]
 
 
 def cached_plan(cell: CfCCell | WiredCfCCell) -> Plan:
@@ -615,8 +890,39 @@ def cached_plan(cell: CfCCell | WiredCfCCell) -> Plan:
     return plan
 
 
+def _step_prep(cell: CfCCell | WiredCfCCell, plan: Plan, batch: int, like: Tensor) -> tuple[Any, ...]:
+    """The per-(plan, batch size, dtype) constants of :func:`cfc_step`, cached on the cell."""
+    prep = cell._step_cache
+    if prep is None or prep[0] is not plan or prep[1] != batch or prep[2] != like.dtype:
+        starts = _cell_layout(plan)
+        weights_dtype = plan.layers[0].wu.dtype
+        packed = _pack(plan, like) if like.dtype == weights_dtype else None
+        prep = (
+            plan,
+            batch,
+            like.dtype,
+            packed,
+            starts is not None,
+            *_prepare(plan, batch, like, False, starts),
+        )
+        cell._step_cache = prep
+    return prep
+
+
+def _use_kernel(packed: _Packed | None, *tensors: Tensor) -> _Kernel | None:
+    """The kernel if ``packed`` exists and every tensor is a CPU tensor of the packed dtype, else ``None``."""
+    if packed is None:
+        return None
+    dtype = packed.w.dtype
+    if any(t.dtype != dtype or t.device.type != "cpu" for t in tensors):
+        return None
+    return load_kernel()
+
+
 def cfc_step(cell: CfCCell | WiredCfCCell, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
     """One step without gradients on the cached plan; returns the new state ``(B, N)`` in the cell's order.
+
+    Runs the compiled kernel (CPU, float32 / float64) when it is available, else the PyTorch loop body.
 
     Args:
         cell: the cell.
@@ -626,12 +932,15 @@ def cfc_step(cell: CfCCell | WiredCfCCell, x: Tensor, h: Tensor, ts: Tensor) -> 
     """
     plan = cached_plan(cell)
     batch = int(x.shape[0])
-    prep = cell._step_cache
-    if prep is None or prep[0] is not plan or prep[1] != batch:
-        starts = _cell_layout(plan)
-        prep = (plan, batch, starts is not None, *_prepare(plan, batch, x, hoisted=False, starts=starts))
-        cell._step_cache = prep
-    _, _, in_place, wrec_t, bias, specs = prep
+    _, _, _, packed, in_place, wrec_t, bias, specs = _step_prep(cell, plan, batch, x)
+    kernel = _use_kernel(packed, x, h, ts)
+    if kernel is not None:
+        assert packed is not None
+        hk = h if packed.in_cell_order else h[:, plan.perm]
+        out = _kernel_run(kernel, packed, x.contiguous()[:, None], hk.contiguous(), ts.contiguous(), None)[
+            :, 0
+        ]
+        return out if packed.in_cell_order else out[:, plan.inv_perm]
     permute = plan.perm is not None and not in_place
     hold = h[:, plan.perm] if permute else h
     new = torch.empty(batch, hold.shape[1], dtype=hold.dtype, device=hold.device)
