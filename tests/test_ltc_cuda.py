@@ -84,7 +84,7 @@ def emu_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return ctypes.CDLL(str(out))
 
 
-def _emu_kernels(lib: ctypes.CDLL, block_threads: int | None) -> CudaKernels:
+def _emu_kernels(lib: ctypes.CDLL, block_threads: int | None, max_shared: int = 48 * 1024) -> CudaKernels:
     return CudaKernels(
         forward={
             torch.float32: _EmuLauncher(lib.emu_ltc_cuda_forward_f32),
@@ -96,16 +96,19 @@ def _emu_kernels(lib: ctypes.CDLL, block_threads: int | None) -> CudaKernels:
         },
         where="CPU emulation",
         block_threads=block_threads,
+        max_shared=max_shared,
     )
 
 
 @pytest.fixture
 def emu_impl(emu_lib: ctypes.CDLL) -> Iterator[dict[str, str]]:
-    """Emulated implementations registered for CPU tensors: block of 5 threads (strided) and of 32 (idle)."""
+    """Emulated implementations registered for CPU tensors: a block of 5 threads (strided loops) keeping the
+    gradient accumulators in global memory, and one of 32 (idle threads) keeping them in shared memory."""
     names = {}
-    for threads in (5, 32):
+    for threads, max_shared in ((5, 0), (32, 1 << 20)):
         name = f"fused-cuda-emu{threads}"
-        impl = FusedCudaImplementation(kernels=_emu_kernels(emu_lib, threads), device_types=("cpu",))
+        kernels = _emu_kernels(emu_lib, threads, max_shared)
+        impl = FusedCudaImplementation(kernels=kernels, device_types=("cpu",))
         ltc_module.register_implementation(name, impl, priority=-100)
         names[str(threads)] = name
     yield names

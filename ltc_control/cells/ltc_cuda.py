@@ -19,9 +19,11 @@ tensors run on the pure-PyTorch ``"torch-edges"`` path instead (same numbers, sl
 Registered into ``ltc_control.cells.ltc`` as ``"fused-cuda"`` (priority 30: ``"auto"`` picks it for CUDA
 tensors in float32/float64 when it builds). ``cell.implementation_name`` reports which path ran.
 
-Limits: per-sample parameter gradients are accumulated in float64 buffers of ``B * (4 E + 4 ES + 3 N)`` values
-before the batch sum (deterministic, but memory grows with the batch); a wiring whose per-block shared memory
-(``(9 N + S)`` reals) exceeds 48 KiB falls back to ``"torch-edges"``.
+Limits: each block accumulates its sample's parameter gradients in float64 (in shared memory when the
+``4 E + 4 ES + 3 N`` accumulators fit the GPU's per-block opt-in limit, else in global memory, which is much
+slower), and the batch sum is taken afterwards from ``B * (4 E + 4 ES + 3 N)`` float64 values (deterministic,
+but memory grows with the batch); a wiring whose per-block working set (``(9 N + S)`` reals) exceeds 48 KiB
+falls back to ``"torch-edges"``.
 
 The same source also compiles as C++ on the CPU with real threads standing in for a block (``tests/csrc``),
 which is how the test suite checks the kernel's logic without a GPU; a GPU run checks it for real
@@ -93,12 +95,15 @@ class CudaKernels:
         where: where the kernels came from (for messages).
         block_threads: threads per block; ``None`` picks a multiple of 32 covering ``max(N, S)`` (at most
             1024). Tests set small odd values to exercise the strided loops.
+        max_shared: dynamic shared memory a block may use (bytes): the backward kernel keeps the parameter
+            gradient accumulators there when they fit, else in global memory.
     """
 
     forward: dict[torch.dtype, Launcher]
     backward: dict[torch.dtype, Launcher]
     where: str
     block_threads: int | None = None
+    max_shared: int = 48 * 1024
 
     def threads(self, units: int, inputs: int) -> int:
         """Threads per block for a wiring of ``units`` neurons and ``inputs`` input features."""
@@ -181,10 +186,20 @@ def compile_cuda_kernels(device: torch.device | str | int | None = None) -> Cuda
     with torch.cuda.device(index):
         kernels = cuda_utils._cuda_load_module(binary, names)
     assert isinstance(kernels, dict)
+    max_shared = _SHARED_LIMIT
+    optin = int(getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", 0))
+    if optin > _SHARED_LIMIT:
+        try:
+            for _, name in _NAMES.values():
+                kernels[name].set_shared_memory_config(optin)
+            max_shared = optin
+        except Exception:  # noqa: BLE001 - an older helper without this method: stay at the default limit
+            max_shared = _SHARED_LIMIT
     return CudaKernels(
         forward={dt: kernels[f] for dt, (f, _) in _NAMES.items()},
         backward={dt: kernels[b] for dt, (_, b) in _NAMES.items()},
         where=f"NVRTC sm_{arch} ({target})",
+        max_shared=max_shared,
     )
 
 
@@ -309,9 +324,14 @@ class CsrEdges:
 
 
 # ---------------------------------------------------------------------------------------------- autograd
-def _shared_bytes(kind: str, n: int, s: int, dtype: torch.dtype) -> int:
+def _shared_bytes(kind: str, n: int, s: int, dtype: torch.dtype, accumulators: int = 0) -> int:
+    """Dynamic shared memory of a block; ``accumulators``: number of float64 gradient accumulators kept there
+    (backward only)."""
     item = torch.empty((), dtype=dtype).element_size()
-    return (5 * n + s) * item if kind == "forward" else (9 * n + s) * item
+    if kind == "forward":
+        return (5 * n + s) * item
+    base = (9 * n + s) * item
+    return base if not accumulators else (base // 8 + 1 + accumulators) * 8
 
 
 def fits_shared_memory(n: int, s: int, dtype: torch.dtype) -> bool:
@@ -414,6 +434,10 @@ class _CudaLTCFunction(torch.autograd.Function):
         gn = torch.zeros(b, 3, n, dtype=torch.float64, device=dev)
         dse = torch.empty(b, max(e, 1), dtype=dtype, device=dev)
         dsx = torch.empty(b, max(es, 1), dtype=dtype, device=dev)
+        shared = _shared_bytes("backward", n, s, dtype, 4 * e + 4 * es + 3 * n)
+        acc_shared = shared <= kernels.max_shared
+        if not acc_shared:
+            shared = _shared_bytes("backward", n, s, dtype)
         kernels.backward[dtype](
             grid=(b, 1, 1),
             block=(kernels.threads(n, s), 1, 1),
@@ -431,6 +455,7 @@ class _CudaLTCFunction(torch.autograd.Function):
                 sst,
                 int(has_starts),
                 int(need_dt),
+                int(acc_shared),
                 float(epsilon),
                 gleak,
                 vleak,
@@ -466,7 +491,7 @@ class _CudaLTCFunction(torch.autograd.Function):
                 dse,
                 dsx,
             ],
-            shared_mem=_shared_bytes("backward", n, s, dtype),
+            shared_mem=shared,
         )
         ge_sum, gs_sum, gn_sum = (g.sum(0).to(dtype) for g in (ge, gs, gn))
         needs = ctx.needs_input_grad

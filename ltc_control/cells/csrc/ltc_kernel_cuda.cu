@@ -23,7 +23,9 @@
  *   gleak, vleak, cm (N); per-synapse ew, esig, emu, eerev, esrc (E, sorted by dst) and rowptr (N + 1);
  *   per-sensory-synapse sw, ssig, smu, serev, ssrc (ES, sorted by dst) and srowptr (N + 1);
  *   x (B, T, S) mapped inputs; dt; starts (1 zeroes the state before step t; ignored unless has_starts).
- * Dynamic shared memory: forward (5 N + S) reals, backward (9 N + S) reals.
+ * Dynamic shared memory: forward (5 N + S) reals; backward (9 N + S) reals rounded up to a multiple of 8 bytes, plus,
+ * when acc_shared is set, the block's parameter-gradient accumulators (4 E + 4 ES + 3 N doubles), which are then
+ * flushed to the global per-sample buffers once at the end instead of being updated in global memory at every unfold.
  */
 
 #ifndef LTC_EMULATED
@@ -104,7 +106,7 @@ LTC_DEVICE void ltc_forward_block(int B, int T, int S, int N, int K, int dsb, in
 template <typename R>
 LTC_DEVICE void ltc_backward_block(
     int B, int T, int S, int N, int K, int E, int ES, int dsb, int dst, int ssb, int sst, int has_starts, int has_gdt,
-    double eps, const R *__restrict__ gleak, const R *__restrict__ vleak, const R *__restrict__ cm,
+    int acc_shared, double eps, const R *__restrict__ gleak, const R *__restrict__ vleak, const R *__restrict__ cm,
     const R *__restrict__ ew, const R *__restrict__ esig, const R *__restrict__ emu, const R *__restrict__ eerev,
     const int *__restrict__ esrc, const int *__restrict__ rowptr, const int *__restrict__ outptr,
     const int *__restrict__ outidx, const R *__restrict__ sw, const R *__restrict__ ssig, const R *__restrict__ smu,
@@ -119,9 +121,15 @@ LTC_DEVICE void ltc_backward_block(
     const int tid = LTC_TID, nt = LTC_NT;
     R *vcur = smem, *gv = vcur + N, *gvn = gv + N, *cmt = gvn + N, *sden = cmt + N, *gsnum = sden + N,
       *gsden = gsnum + N, *gcmt = gsden + N, *red = gcmt + N, *xs = red + N;
-    double *aw = ge + b * 4 * E, *asig = aw + E, *amu = asig + E, *aerev = amu + E;
-    double *asw = gsn + b * 4 * ES, *assig = asw + ES, *asmu = assig + ES, *aserev = asmu + ES;
-    double *agl = gn + b * 3 * N, *avl = agl + N, *acm = avl + N;
+    double *ge_b = ge + b * 4 * E, *gs_b = gsn + b * 4 * ES, *gn_b = gn + b * 3 * N;
+    const long long nacc = 4LL * E + 4LL * ES + 3LL * N;
+    /* accumulators: in shared memory after the reals (8-byte aligned) or directly in the global buffers */
+    double *acc = acc_shared ? (double *)smem + (9LL * N + S) * (long long)sizeof(R) / 8 + 1 : (double *)0;
+    if (acc_shared)
+        for (long long i = tid; i < nacc; i += nt) acc[i] = 0;
+    double *aw = acc_shared ? acc : ge_b, *asig = aw + E, *amu = asig + E, *aerev = amu + E;
+    double *asw = acc_shared ? aerev + E : gs_b, *assig = asw + ES, *asmu = assig + ES, *aserev = asmu + ES;
+    double *agl = acc_shared ? aserev + ES : gn_b, *avl = agl + N, *acm = avl + N;
     R *dse_b = dse + b * E, *dsx_b = dsx + b * ES;
     const R Kr = (R)K, epsr = (R)eps;
     for (int j = tid; j < N; j += nt) gv[j] = 0;
@@ -215,6 +223,12 @@ LTC_DEVICE void ltc_backward_block(
         LTC_SYNC();
     }
     for (int j = tid; j < N; j += nt) gh0[b * N + j] = gv[j];
+    if (acc_shared) {
+        /* each accumulator was written by its owner thread only; after the last barrier any thread may copy */
+        for (long long i = tid; i < 4LL * E; i += nt) ge_b[i] = acc[i];
+        for (long long i = tid; i < 4LL * ES; i += nt) gs_b[i] = acc[4LL * E + i];
+        for (long long i = tid; i < 3LL * N; i += nt) gn_b[i] = acc[4LL * E + 4LL * ES + i];
+    }
 }
 
 #define LTC_FORWARD_KERNEL(NAME, R)                                                                                  \
@@ -232,7 +246,8 @@ LTC_DEVICE void ltc_backward_block(
 
 #define LTC_BACKWARD_KERNEL(NAME, R)                                                                                 \
     LTC_KERNEL void NAME(int B, int T, int S, int N, int K, int E, int ES, int dsb, int dst, int ssb, int sst,      \
-                         int has_starts, int has_gdt, double eps, const R *gleak, const R *vleak, const R *cm,      \
+                         int has_starts, int has_gdt, int acc_shared, double eps, const R *gleak, const R *vleak,   \
+                         const R *cm,                                                                               \
                          const R *ew, const R *esig, const R *emu, const R *eerev, const int *esrc,                 \
                          const int *rowptr, const int *outptr, const int *outidx, const R *sw, const R *ssig,       \
                          const R *smu, const R *serev, const int *ssrc, const int *srowptr, const int *soutptr,     \
@@ -240,7 +255,8 @@ LTC_DEVICE void ltc_backward_block(
                          const R *vstore, const R *gstates, R *gx, R *gh0, R *gdt, double *ge, double *gsn,         \
                          double *gn, R *dse, R *dsx) {                                                              \
         LTC_SHARED_DECL                                                                                             \
-        ltc_backward_block<R>(B, T, S, N, K, E, ES, dsb, dst, ssb, sst, has_starts, has_gdt, eps, gleak, vleak, cm, \
+        ltc_backward_block<R>(B, T, S, N, K, E, ES, dsb, dst, ssb, sst, has_starts, has_gdt, acc_shared, eps, gleak, \
+                              vleak, cm,                                                                            \
                               ew, esig, emu, eerev, esrc, rowptr, outptr, outidx, sw, ssig, smu, serev, ssrc,       \
                               srowptr, soutptr, soutidx, x, dt, starts, states, vstore, gstates, gx, gh0, gdt, ge,  \
                               gsn, gn, dse, dsx, (R *)LTC_SMEM);                                                    \
