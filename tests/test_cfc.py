@@ -835,3 +835,16 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(
         assert _maxdiff(y_seq[:, 0], cell(x, cell.initial_state(2))[0]) <= 1e-6
     finally:
         cfc_fast._reset_kernel_for_tests()
+
+
+def test_cfc_benchmark_smoke() -> None:
+    """``ltc-control bench ltc --cfc-only`` on a tiny budget: every model timed, ours equal to ncps."""
+    from ltc_control.bench import CFC_MODELS, format_cfc_markdown, run_cfc_benchmark
+
+    result = run_cfc_benchmark(batch=2, steps=3, repeats=1, min_time=0.001, progress=False)
+    entry = result["configs"]["ncp19"]
+    assert set(entry["models"]) == set(CFC_MODELS)
+    assert max(entry["max_abs_diff"].values()) <= 1e-5
+    assert entry["ratios"]["cpu"]["cfc_vs_ncps-cfc"]["train"] > 0.0
+    report = format_cfc_markdown(result)
+    assert "| cfc vs ncps-cfc |" in report and "ncp19" in report

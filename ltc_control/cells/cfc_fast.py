@@ -156,6 +156,32 @@ def _heads_of(
     return w, b
 
 
+class _LeCunConstants:
+    """``LeCunTanh`` with its two constants as 0-dim tensors of the weights' dtype: the same float operations
+    (a Python scalar is converted to the tensor's dtype the same way), but a tensor operand dispatches about
+    twice as fast as a Python scalar. Keeps the module (its type tells the C kernel which activation it is).
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        self.module = module
+        self.inner = torch.tensor(0.666, dtype=dtype, device=device)
+        self.outer = torch.tensor(1.7159, dtype=dtype, device=device)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.outer * torch.tanh(self.inner * x)
+
+
+def _fast_activation(
+    module: nn.Module, dtype: torch.dtype, device: torch.device
+) -> Callable[[Tensor], Tensor]:
+    """The backbone activation as the loops call it (see :class:`_LeCunConstants`); others unchanged."""
+    from ltc_control.cells.cfc import LeCunTanh
+
+    if type(module) is LeCunTanh:
+        return _LeCunConstants(module, dtype, device)
+    return module
+
+
 def cfc_plan(cell: CfCCell | WiredCfCCell) -> Plan:
     """The effective weights of ``cell`` (computed with autograd, so gradients reach the parameters)."""
     from ltc_control.cells.cfc import WiredCfCCell
@@ -184,7 +210,7 @@ def cfc_plan(cell: CfCCell | WiredCfCCell) -> Plan:
             first.bias,
             mlp=[(m.weight, m.bias) for m in linears[1:]],
             head=(w, b),
-            act=cell.backbone[1],
+            act=_fast_activation(cell.backbone[1], first.weight.dtype, first.weight.device),
             w_tau=cell.w_tau,
             A=cell.A,
         )
@@ -697,6 +723,8 @@ def _act_code(act: Any) -> int | None:
     """The kernel's code for a backbone activation module, ``None`` if the kernel has no such activation."""
     if act is None:
         return 0
+    if isinstance(act, _LeCunConstants):
+        act = act.module
     if type(act).__name__ == "GELU" and getattr(act, "approximate", "none") != "none":
         return None
     return _ACT_CODES.get(type(act).__name__)
