@@ -215,6 +215,32 @@ def run(repeats: int, min_time: float, unfolds: int) -> dict[str, Any]:
     return result
 
 
+def profile_fused(config: str, unfolds: int, batch: int = 32) -> str:
+    """Where one training step of the fused path spends its time: torch.profiler's table (CUDA time and the
+    CPU time of the launches), to tell kernel time from Python/launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    models = _build(config, unfolds)
+    m = models[f"ltc-control {FUSED[DEVICE[0]]}"]
+    x = torch.randn(batch, 64, 32, device=DEVICE[0])
+
+    def train() -> None:
+        for p in m["params"]:
+            p.grad = None
+        m["run"](x).square().mean().backward()
+
+    for _ in range(3):
+        train()
+    _sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE[0] == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            train()
+        _sync()
+    key = "self_cuda_time_total" if DEVICE[0] == "cuda" else "self_cpu_time_total"
+    return str(prof.key_averages().table(sort_by=key, row_limit=12))
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     lines = [
         "# LTC speed on a CUDA GPU",
@@ -265,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the script"
     )
     parser.add_argument("--large-batch", type=int, default=1024)
+    parser.add_argument("--profile", action="store_true", help="append a profiler table of the fused path")
     args = parser.parse_args(argv)
     DEVICE[0] = args.device
     BATCHES[1] = args.large_batch
@@ -273,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run(args.repeats, args.min_time, args.unfolds)
     text = to_markdown(result)
+    if args.profile:
+        table = profile_fused("ncp19", args.unfolds)
+        title = "## Profile: 5 training steps of the fused path, ncp19, batch 32"
+        text += f"\n{title}\n\n```\n{table}\n```\n"
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
