@@ -341,7 +341,7 @@ def test_act_keeps_grad_mode_and_forward_hooks(monkeypatch: pytest.MonkeyPatch) 
     calls = _count_general(monkeypatch)
     with torch.no_grad():
         a_off, s_off = policy.act(obs)
-    assert torch.is_grad_enabled()
+        assert not torch.is_grad_enabled()
     a_on, s_on = policy.act(obs)
     assert torch.is_grad_enabled() and not s_on.requires_grad
     np.testing.assert_array_equal(a_off, a_on)
