@@ -760,8 +760,11 @@ def run_cfc_benchmark(
     import torch
     from tqdm import tqdm
 
+    from ltc_control.cells import cfc_fast
+
     if threads is not None:
         torch.set_num_threads(int(threads))
+    cfc_fast.load_kernel()
     result: dict[str, Any] = {
         "meta": {
             "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -773,6 +776,7 @@ def run_cfc_benchmark(
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "ncps": _version_of("ncps"),
+            "cfc_kernel": cfc_fast.kernel_status(),
             "batch": batch,
             "steps": steps,
             "repeats": repeats,
@@ -859,6 +863,7 @@ def format_cfc_markdown(result: dict[str, Any]) -> str:
         "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
         "step = one batch-1 step with the state carried in, no grad (`cell(x, h, 1.0)`, input validation on)",
         "- wall = wall-clock throughput; CPU = per CPU-second of this process, steadier on a shared machine",
+        f"- CfC C kernel (no-grad steps, backbone-free no-grad sequences): {meta['cfc_kernel']}",
         "",
         "Models:",
         "",

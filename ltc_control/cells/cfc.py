@@ -331,7 +331,7 @@ class CfCCell(_FastCfC):
 
     def readout(self, h: Tensor) -> Tensor:
         """Map the state ``(B, units)`` to the output ``(B, output_size)``."""
-        return self.fc(h)
+        return h if self.proj_size is None else self.fc(h)
 
     def _dropout_active(self) -> bool:
         return self.training and self.backbone_dropout > 0.0
@@ -602,7 +602,8 @@ class WiredCfCCell(_FastCfC):
 
     def readout(self, h: Tensor) -> Tensor:
         """Output ``(B, output_size)`` from the state ``(B, units)``: ``fc(h[:, :M])`` (the motor neurons)."""
-        return self.fc(h[..., : self.motor_size])
+        motors = h[..., : self.motor_size]
+        return motors if self.proj_size is None else self.fc(motors)
 
     def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
         """The step-by-step reference: layer by layer, masks applied at every step."""

@@ -41,6 +41,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -891,6 +892,13 @@ def _kernel_sequence(
     return out if packed.in_cell_order else out[..., plan.inv_perm]
 
 
+def _tensor_dicts(cell: nn.Module) -> list[dict[str, Any]]:
+    """The ``_parameters`` and ``_buffers`` dicts of every module of ``cell`` that holds tensors (the module
+    tree is fixed after construction; the dicts are read on every call, so replaced tensors are seen)."""
+    dicts = [d for m in cell.modules() for d in (m._parameters, m._buffers)]
+    return [d for d in dicts if d]
+
+
 def cached_plan(cell: CfCCell | WiredCfCCell) -> Plan:
     """:func:`cfc_plan` computed without gradients and cached on the cell until a parameter or buffer changes.
 
@@ -900,9 +908,8 @@ def cached_plan(cell: CfCCell | WiredCfCCell) -> Plan:
     """
     cache = cell._plan_cache
     # the module tree is fixed after construction; its tensors are read from the module dicts every call
-    modules = cache[3] if cache is not None else list(cell.modules())
-    sources = [t for m in modules for t in m._parameters.values()]
-    sources += [t for m in modules for t in m._buffers.values()]
+    dicts = cache[3] if cache is not None else _tensor_dicts(cell)
+    sources = list(chain.from_iterable(map(dict.values, dicts)))
     key = (sum(map(_VERSION, sources)), torch.is_inference_mode_enabled())
     if (
         cache is not None
@@ -914,7 +921,7 @@ def cached_plan(cell: CfCCell | WiredCfCCell) -> Plan:
     with torch.no_grad():
         plan = cfc_plan(cell)
         plan = plan.with_tensors([t.contiguous() for t in plan.tensors()])
-    cell._plan_cache = (key, sources, plan, modules)
+    cell._plan_cache = (key, sources, plan, dicts)
     return plan
 
 
