@@ -543,6 +543,19 @@ def test_bad_configurations_raise_clear_errors() -> None:
 
 
 # --------------------------------------------------------------------------------------- fast paths
+@pytest.fixture(params=["kernel", "torch"])
+def kernel_or_torch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on the compiled CfC kernel and again with the kernel switched off (the PyTorch path)."""
+    from ltc_control.cells import cfc_fast
+
+    if request.param == "torch":
+        monkeypatch.setattr(cfc_fast, "_KERNEL", None)
+        monkeypatch.setattr(cfc_fast, "_KERNEL_TRIED", True)
+    elif cfc_fast.load_kernel() is None:
+        pytest.skip(f"CfC kernel unavailable here: {cfc_fast.kernel_status()}")
+    return str(request.param)
+
+
 def _fast_cells(mode: str) -> list[torch.nn.Module]:
     """Every structural variant the fast paths handle: dense with 0/1/2 backbone layers and several
     activations, wired with several wirings, polarities and the ncps-compatible masks."""
@@ -611,10 +624,10 @@ def _sequence_and_grads(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fast_sequence_equals_the_step_loop_in_float64(mode: str) -> None:
-    """Hand-written BPTT and the fused forward loop against autograd through the reference step, in float64
-    (agreement to 1e-10 shows the derivation is exact), over batch sizes 1 and 3, sequence lengths 1 and 6,
-    float / per-sample dt, with and without episode resets."""
+def test_fast_sequence_equals_the_step_loop_in_float64(mode: str, kernel_or_torch: str) -> None:
+    """Hand-written BPTT and the forward loop (C kernel for backbone-free cells, or PyTorch) against
+    autograd through the reference step, in float64 (agreement to 1e-10 shows the derivation is exact), over
+    batch sizes 1 and 3, sequence lengths 1 and 6, float / per-sample dt, with and without episode resets."""
     for cell in _fast_cells(mode):
         cell = cell.double()
         for b, t in ((1, 1), (3, 6), (1, 6), (3, 1)):
@@ -635,9 +648,10 @@ def test_fast_sequence_equals_the_step_loop_in_float64(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_sequence_matches_ncps_in_float32(mode: str) -> None:
-    """The fast sequence path of converted ncps CfCs (wired: an NCP at the benchmark's width; dense) against
-    ncps itself: outputs and every gradient within 1e-5 relative in float32 (float32 summation order differs:
-    the input part is one matmul over all steps, weight gradients one matmul over all T * B rows)."""
+    """The fast sequence path of converted ncps CfCs (wired: a small NCP; dense) against ncps itself:
+    outputs within 1e-6 and every gradient within 1e-5 of the largest gradient, in float32 (the summation
+    order differs: the input part is one matmul over all steps, weight gradients one matmul over all T * B
+    rows; the C kernel's tanh / exp are libm's)."""
     torch.manual_seed(22)
     for units in (_ncps_ncp(3), 10):
         dense = {"backbone_units": 12} if isinstance(units, int) else {}
@@ -657,22 +671,11 @@ def test_fast_sequence_matches_ncps_in_float32(mode: str) -> None:
             g_ref = {k.replace("rnn_cell.", ""): v for k, v in _grads(ref).items()}
             g = _grads(model, "cell.")
             assert set(g) == set(g_ref)
+            # relative to the largest gradient of the model: a small sum with cancellation (pure mode's
+            # w_tau) carries the absolute float32 rounding of the large terms it sums
+            scale = max(float(v.abs().max()) for v in g_ref.values())
             for name in g:
-                scale = max(1e-3, float(g_ref[name].abs().max()))
                 assert _maxdiff(g[name], g_ref[name]) <= 1e-5 * scale, (units, b, t, name)
-
-
-@pytest.fixture(params=["kernel", "torch"])
-def no_grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test on the compiled CfC kernel and again with the kernel switched off (the PyTorch path)."""
-    from ltc_control.cells import cfc_fast
-
-    if request.param == "torch":
-        monkeypatch.setattr(cfc_fast, "_KERNEL", None)
-        monkeypatch.setattr(cfc_fast, "_KERNEL_TRIED", True)
-    elif cfc_fast.load_kernel() is None:
-        pytest.skip(f"CfC kernel unavailable here: {cfc_fast.kernel_status()}")
-    return str(request.param)
 
 
 def _activation_cells(mode: str) -> list[torch.nn.Module]:
@@ -681,7 +684,7 @@ def _activation_cells(mode: str) -> list[torch.nn.Module]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_no_grad_step_equals_the_reference_step(mode: str, no_grad_path: str) -> None:
+def test_no_grad_step_equals_the_reference_step(mode: str, kernel_or_torch: str) -> None:
     """``cell(x, h, dt)`` without gradients (cached weights; the C kernel or the fused PyTorch layers) equals
     the reference step: 1e-12 in float64, 1e-6 relative in float32; batch 1 and 3, float and per-sample dt."""
     cells = [*_fast_cells(mode), *_activation_cells(mode), WiredCfCCell(lane_keeping_ncp(seed=3), mode=mode)]
@@ -785,7 +788,7 @@ def test_fast_sequence_gradcheck_float64(mode: str, tiny_ncp: Wiring) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_no_grad_sequence_equals_the_step_loop(mode: str, no_grad_path: str) -> None:
+def test_no_grad_sequence_equals_the_step_loop(mode: str, kernel_or_torch: str) -> None:
     """``forward_sequence`` without gradients (C kernel for backbone-free cells, else the fused PyTorch loop)
     equals the reference step loop: batch 1 and 3, length 1 and 5, dt None / float / per-sample, resets."""
     from ltc_control.cells.base import RecurrentCell

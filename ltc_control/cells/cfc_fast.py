@@ -227,6 +227,13 @@ class _Saved:
     s: list[list[Tensor]]  # gated: the gate; pure: the exponential
     bb_pre: list[list[list[Tensor]]]  # backbone pre-activations, per layer and stage
     bb_out: list[list[list[Tensor]]]  # backbone outputs, per layer and stage
+    stacked: list[tuple[Tensor, Tensor]] | None = None  # per layer (f, s) as (T, B, .) (the kernel's output)
+
+    def f_s(self, l_id: int) -> tuple[Tensor, Tensor]:
+        """``f`` and ``s`` of layer ``l_id`` over all steps, ``(T, B, .)``."""
+        if self.stacked is not None:
+            return self.stacked[l_id]
+        return torch.stack(self.f[l_id]), torch.stack(self.s[l_id])
 
 
 def _times(ts: Tensor | float, batch: int, like: Tensor) -> Tensor | None:
@@ -462,7 +469,9 @@ class _CfCSequence(torch.autograd.Function):
         plan = plan.with_tensors(weights)
         saved = _Saved([], [], [], [])
         with torch.no_grad():
-            states = _run(plan, x_tb, hold0, ts, resets, saved)
+            states = _kernel_forward_saving(plan, x_tb, hold0, ts, resets, saved)
+            if states is None:
+                states = _run(plan, x_tb, hold0, ts, resets, saved)
         ctx.plan, ctx.ts, ctx.resets, ctx.saved = plan, ts, resets, saved
         ctx.save_for_backward(x_tb, hold0, states)
         return states
@@ -485,9 +494,7 @@ class _CfCSequence(torch.autograd.Function):
             n_off.append(n_off[-1] + lay.n)
             w_off.append(w_off[-1] + lay.width0)
         coef = [
-            _coefficients(lay, torch.stack(saved.f[i]), torch.stack(saved.s[i]), tsv).view(
-                steps, batch, lay.heads, lay.n
-            )
+            _coefficients(lay, *saved.f_s(i), tsv).view(steps, batch, lay.heads, lay.n)
             for i, lay in enumerate(layers)
         ]
         dact = [
@@ -568,7 +575,8 @@ class _CfCSequence(torch.autograd.Function):
             if lay.mode == "pure":
                 assert lay.A is not None and lay.w_tau is not None
                 gn = torch.stack(g_new[l_id][::-1])
-                pe = torch.stack(saved.f[l_id]) * torch.stack(saved.s[l_id])
+                f_l, s_l = saved.f_s(l_id)
+                pe = f_l * s_l
                 c_w = lay.A * pe if tsv is None else lay.A * pe * tsv
                 g_wtau = (gn * c_w).sum((0, 1)).unsqueeze(0) * torch.sign(lay.w_tau)
                 g_a = (gn * (1.0 - pe)).sum((0, 1)).unsqueeze(0)
@@ -583,7 +591,8 @@ class _CfCSequence(torch.autograd.Function):
 # ------------------------------------------------------------------------------------------- C kernel
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("cfc_kernel.c", "cfc_kernel_body.h")
-_ABI = 1
+_ABI = 2
+_LAYER_META = 10
 _MODE_CODES = {"default": 0, "no_gate": 1, "pure": 2}
 
 
@@ -592,7 +601,8 @@ class CfCKernelUnavailableWarning(RuntimeWarning):
 
 
 class _Kernel:
-    """The loaded CfC kernel library: ``forward[dtype](meta, B, T, w, x, h0, ts, ts_scalar, resets, out)``."""
+    """The loaded CfC kernel: ``forward[dtype](meta, B, T, w, x, h0, ts, ts_scalar, resets, out, save_f,
+    save_s)`` (see csrc/cfc_kernel.c)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.lib = lib
@@ -602,7 +612,7 @@ class _Kernel:
         for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
             fn = getattr(lib, f"cfc_forward_{suffix}")
             i64 = ctypes.c_int64
-            fn.argtypes = [p, i64, i64, p, p, p, p, ctypes.c_double, p, p]
+            fn.argtypes = [p, i64, i64, p, p, p, p, ctypes.c_double, p, p, p, p]
             fn.restype = ctypes.c_int
             self.forward[dtype] = fn
 
@@ -740,13 +750,15 @@ class _Packed:
     in_cell_order: bool  # the state is the cell's own order (else layer order: permute around the call)
 
 
-def _pack(plan: Plan, like: Tensor) -> _Packed | None:
-    """Packs ``plan`` (no gradients) for the kernel, or ``None`` where the kernel does not apply."""
+def _pack(plan: Plan, like: Tensor, layer_order: bool = False) -> _Packed | None:
+    """Packs ``plan`` (no gradients) for the kernel, or ``None`` where the kernel does not apply. The state is
+    in the cell's order where the layers are contiguous blocks of it, else (or with ``layer_order``) in layer
+    order."""
     act = plan.layers[0].act
     code = _act_code(act)
     if code is None or like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
         return None
-    starts = _cell_layout(plan)
+    starts = None if layer_order else _cell_layout(plan)
     if starts is None:
         starts = [sum(plan.sizes[:i]) for i in range(len(plan.layers))]
         in_cell_order = plan.perm is None
@@ -765,6 +777,8 @@ def _pack(plan: Plan, like: Tensor) -> _Packed | None:
     ]
     chunks: list[Tensor] = []
     off = 0
+    f_off = 0
+    s_off = 0
     maxw = n_total
     for l_id, lay in enumerate(plan.layers):
         parts = [lay.wu.t(), lay.wh.t(), lay.b0]
@@ -779,9 +793,13 @@ def _pack(plan: Plan, like: Tensor) -> _Packed | None:
         flat = torch.cat([t.reshape(-1) for t in parts]).to(like.dtype)
         in_off = -1 if l_id == 0 else starts[l_id - 1]
         meta += [lay.n, int(lay.wu.shape[1]), lay.width0, len(lay.mlp), units, starts[l_id], off, in_off]
+        meta += [f_off, s_off]  # where the backward pass's values go in a save_f / save_s row
         maxw = max(maxw, lay.width0, units, lay.heads * lay.n)
         chunks.append(flat)
         off += flat.numel()
+        f_off += lay.n if lay.mode == "pure" else 2 * lay.n
+        s_off += lay.n
+    meta[0] = f_off
     meta[7] = maxw
     return _Packed(
         torch.tensor(meta, dtype=torch.int64),
@@ -797,10 +815,12 @@ def _kernel_run(
     h: Tensor,
     ts: Tensor | float | None,
     resets: Tensor | None,
+    save: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Runs the kernel on ``x (B, T, S)`` from ``h (B, N)`` (both in the kernel's state order, contiguous);
-    ``ts`` is ``None`` (1.0), a float or ``(B, T)`` contiguous, ``resets`` ``(B, T)`` or ``None``.
-    Returns the states ``(B, T, N)``."""
+    ``ts`` is ``None`` (1.0), a float or ``(B, T)`` contiguous, ``resets`` ``(B, T)`` or ``None``; ``save``:
+    contiguous ``(B, T, meta[0])`` and ``(B, T, N)`` buffers for the backward pass's values. Returns the
+    states ``(B, T, N)``."""
     batch, steps = int(x.shape[0]), int(x.shape[1])
     out = torch.empty(batch, steps, int(h.shape[1]), dtype=x.dtype)
     ts_ptr = ts.data_ptr() if isinstance(ts, Tensor) else None
@@ -815,10 +835,56 @@ def _kernel_run(
         1.0 if ts is None or isinstance(ts, Tensor) else float(ts),
         None if resets is None else resets.data_ptr(),
         out.data_ptr(),
+        None if save is None else save[0].data_ptr(),
+        None if save is None else save[1].data_ptr(),
     )
     if rc != 0:
         raise RuntimeError(f"the CfC kernel failed with code {rc} (meta {packed.meta.tolist()})")
     return out
+
+
+def _kernel_forward_saving(
+    plan: Plan,
+    x_tb: Tensor,
+    hold0: Tensor,
+    ts: Tensor | float,
+    resets: Tensor | None,
+    saved: _Saved,
+) -> Tensor | None:
+    """The training forward on the kernel: layer-ordered states ``(T, B, N)`` with ``saved.stacked`` filled,
+    or ``None`` where the kernel does not apply (no kernel, not CPU float32/float64, a backbone)."""
+    if any(lay.head is not None for lay in plan.layers):
+        return None
+    extra = [t for t in (ts, resets) if isinstance(t, Tensor)]
+    if any(t.dtype != x_tb.dtype or t.device.type != "cpu" for t in (hold0, *extra)):
+        return None
+    if plan.layers[0].wu.dtype != x_tb.dtype or load_kernel() is None:
+        return None
+    packed = _pack(plan.with_tensors([t.detach() for t in plan.tensors()]), x_tb, layer_order=True)
+    kernel = load_kernel()
+    if packed is None or kernel is None:
+        return None
+    b, t = int(x_tb.shape[1]), int(x_tb.shape[0])
+    save = (
+        torch.empty(b, t, int(packed.meta[0]), dtype=x_tb.dtype),
+        torch.empty(b, t, int(hold0.shape[1]), dtype=x_tb.dtype),
+    )
+    ts_bt = ts.transpose(0, 1).reshape(b, t).contiguous() if isinstance(ts, Tensor) else ts
+    res = None if resets is None else resets.transpose(0, 1).reshape(b, t).contiguous()
+    out = _kernel_run(kernel, packed, x_tb.transpose(0, 1).contiguous(), hold0.contiguous(), ts_bt, res, save)
+    meta = packed.meta.tolist()
+    stacked = []
+    for l_id, lay in enumerate(plan.layers):
+        m = meta[8 + _LAYER_META * l_id :]
+        width = lay.n if lay.mode == "pure" else 2 * lay.n
+        stacked.append(
+            (
+                save[0][..., m[8] : m[8] + width].transpose(0, 1),
+                save[1][..., m[9] : m[9] + lay.n].transpose(0, 1),
+            )
+        )
+    saved.stacked = stacked
+    return out.transpose(0, 1)
 
 
 # ------------------------------------------------------------------------------------------- entry points

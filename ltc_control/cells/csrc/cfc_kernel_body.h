@@ -28,10 +28,13 @@ static inline void FN(cfc_affine)(REAL* restrict acc, const REAL* restrict bias,
 
 /* Forward of a CfC (stack of layers) over B batch-first sequences of T steps; see cfc_kernel.c for the layout of
  * meta and w. x: (B, T, S); h0: (B, N); ts: (B, T) or NULL (then ts_scalar); resets: (B, T) or NULL;
- * out: (B, T, N). Returns 0, or a negative error code. Thread-safe (no shared scratch). */
+ * out: (B, T, N). save_f (B, T, meta[0]) and save_s (B, T, N), or NULL: what the backward pass needs (gated:
+ * tanh(ff1), tanh(ff2) and the gate; pure: the head pre-activation and the exponential), each layer at its
+ * offsets. Returns 0, or a negative error code. Thread-safe (no shared scratch). */
 int FN(cfc_forward)(const int64_t* meta, int64_t B, int64_t T, const REAL* w, const REAL* x, const REAL* h0,
-                    const REAL* ts, double ts_scalar, const REAL* resets, REAL* out) {
-    const int64_t S = meta[2], N = meta[3], NL = meta[4];
+                    const REAL* ts, double ts_scalar, const REAL* resets, REAL* out, REAL* save_f,
+                    REAL* save_s) {
+    const int64_t FW = meta[0], S = meta[2], N = meta[3], NL = meta[4];
     const int mode = (int)meta[5], act = (int)meta[6];
     const int64_t maxw = meta[7];
     if (NL < 1 || NL > CFC_MAX_LAYERS || maxw < 1 || maxw > CFC_MAX_WIDTH || N > maxw) return -1;
@@ -51,7 +54,7 @@ int FN(cfc_forward)(const int64_t* meta, int64_t B, int64_t T, const REAL* w, co
             const REAL tsv = ts ? ts[bt] : (REAL)ts_scalar;
             REAL* o = out + bt * N;
             for (int64_t l = 0; l < NL; ++l) {
-                const int64_t* m = meta + 8 + 8 * l;
+                const int64_t* m = meta + 8 + CFC_LAYER_META * l;
                 const int64_t n = m[0], in = m[1], f0 = m[2], nmid = m[3], U = m[4], so = m[5], in_off = m[7];
                 const REAL* p = w + m[6];
                 const REAL* u = in_off < 0 ? x + bt * S : o + in_off;
@@ -74,18 +77,29 @@ int FN(cfc_forward)(const int64_t* meta, int64_t B, int64_t T, const REAL* w, co
                     p += U * hn + hn;
                 }
                 REAL* dst = o + so;
+                REAL* sf = save_f ? save_f + bt * FW + m[8] : NULL;
+                REAL* ss = save_s ? save_s + bt * N + m[9] : NULL;
                 if (mode == MODE_PURE) {
                     const REAL* w_tau = p;
                     const REAL* A = p + n;
                     for (int64_t j = 0; j < n; ++j) {
                         const REAL e = EXP(-tsv * (FABS(w_tau[j]) + FABS(pre[j])));
                         dst[j] = -A[j] * e * pre[j] + A[j];
+                        if (sf) {
+                            sf[j] = pre[j];
+                            ss[j] = e;
+                        }
                     }
                 } else {
                     for (int64_t j = 0; j < n; ++j) {
                         const REAL f1 = TANH(pre[j]), f2 = TANH(pre[n + j]);
                         const REAL g = (REAL)1 / ((REAL)1 + EXP(-(pre[2 * n + j] * tsv + pre[3 * n + j])));
                         dst[j] = mode == MODE_NO_GATE ? f1 + g * f2 : f1 * ((REAL)1 - g) + g * f2;
+                        if (sf) {
+                            sf[j] = f1;
+                            sf[n + j] = f2;
+                            ss[j] = g;
+                        }
                     }
                 }
             }
