@@ -863,7 +863,8 @@ def format_cfc_markdown(result: dict[str, Any]) -> str:
         "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
         "step = one batch-1 step with the state carried in, no grad (`cell(x, h, 1.0)`, input validation on)",
         "- wall = wall-clock throughput; CPU = per CPU-second of this process, steadier on a shared machine",
-        f"- CfC C kernel (no-grad steps, backbone-free no-grad sequences): {meta['cfc_kernel']}",
+        "- CfC C kernel (no-grad steps of every cell; the forward of backbone-free sequences, with and "
+        f"without gradients): {meta['cfc_kernel']}",
         "",
         "Models:",
         "",
