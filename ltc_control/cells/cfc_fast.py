@@ -27,21 +27,21 @@ What makes it faster:
   cell, keyed on every parameter's and buffer's identity and version counter (like ``LTCCell``'s cache).
 
 Measured (``ltc-control bench ltc --cfc-only``, ``experiments/results/cfc_speed.md``; CPU-time ratios against
-ncps 1.0.1's CfC with the same weights, interleaved in one process, 2-core shared CPU, load ~4, one thread;
-batch 32 x 64 steps, 32 inputs; step = batch 1, no grad):
+ncps 1.0.1's CfC with the same weights, interleaved in one process, 2-core shared CPU at load 4-6, one thread;
+batch 32 x 64 steps, 32 inputs; step = batch 1, no grad; repeated runs moved by about +-15%):
 
 ==========================================  =======  =======  ============
 model (mode ``default``)                    train    forward  batch-1 step
 ==========================================  =======  =======  ============
-wired NCP-19 (ncps-converted), before       0.77x    0.84x    0.94x
+wired NCP-19 (ncps-converted), before       0.87x    0.92x    0.82x
 wired NCP-19, vectorised autograd only      ~1.4x    --       --
 wired NCP-19, + hand-written BPTT           ~3.5x    ~2x      ~1.5x
-wired NCP-19, + C kernel (final)            5.7x     6.5x     5.1x (48 us)
-dense CfC(32, 19), backbone 128 (final)     1.9x     2.0x     2.4x (42 us)
+wired NCP-19, + C kernel (final)            5.8x     7.0x     5.1x (46 us)
+dense CfC(32, 19), backbone 128 (final)     2.1x     2.0x     2.3x (45 us)
 ==========================================  =======  =======  ============
 
-``no_gate``: 5.5x / 5.6x / 4.9x wired, 2.1x / 1.9x / 2.0x dense; ``pure``: 4.9x / 10.5x / 2.9x wired, 1.7x /
-1.8x / 1.6x dense (ncps' pure mode is cheaper per step, so its ratios differ).
+``no_gate``: 6.9x / 7.0x / 4.5x wired, 2.2x / 1.8x / 1.5x dense; ``pure``: 5.3x / 10.6x / 2.9x wired, 1.8x /
+1.8x / 1.6x dense (ncps' pure mode has one head, so it is cheaper per step and the ratios differ).
 
 Not worth it (measured): the C kernel for the forward of cells *with* a backbone at batch 32 (11.1 ms vs
 5.3 ms for the batched PyTorch loop per 32 x 64 batch: the 128-wide backbone matmuls belong to BLAS), so those
