@@ -851,3 +851,35 @@ def test_cfc_benchmark_smoke() -> None:
     assert entry["ratios"]["cpu"]["cfc_vs_ncps-cfc"]["train"] > 0.0
     report = format_cfc_markdown(result)
     assert "| cfc vs ncps-cfc |" in report and "ncp19" in report
+
+
+def test_state_sequence_is_every_steps_state(kernel_or_torch: str) -> None:
+    """``state_sequence`` returns the states the reference loop visits (its last one is ``forward_sequence``'s
+    h_T, ``readout`` of it the outputs), on the fast path and on the dropout fallback, with gradients."""
+    from ltc_control.cells.base import RecurrentCell
+
+    torch.manual_seed(27)
+    cells = [
+        WiredCfCCell(lane_keeping_ncp(seed=6), mode="no_gate"),
+        CfCCell(32, 6, 2, backbone_units=8, backbone_layers=2, backbone_dropout=0.2).eval(),
+    ]
+    for cell in cells:
+        x = torch.randn(3, 5, 32)
+        starts = torch.zeros(3, 5)
+        starts[1, 2] = 1.0
+        h0 = torch.randn(3, cell.state_size)
+        ref = []
+        h = h0
+        for t in range(5):
+            h = (1.0 - starts[:, t : t + 1]) * h
+            h = cell(x[:, t], h, 0.5)[1]
+            ref.append(h)
+        states = cell.state_sequence(x, h0, 0.5, starts)
+        assert states.shape == (3, 5, cell.state_size)
+        assert _maxdiff(states, torch.stack(ref, 1)) <= 1e-5
+        y, h_t = RecurrentCell.forward_sequence(cell, x, h0, 0.5, starts)
+        assert _maxdiff(cell.readout(states), y) <= 1e-5 and _maxdiff(states[:, -1], h_t) <= 1e-5
+        states.square().sum().backward()
+        assert all(p.grad is not None for n, p in cell.named_parameters() if not n.startswith("fc."))
+    cells[1].train()  # active dropout: the step-loop fallback
+    assert cells[1].state_sequence(torch.randn(2, 3, 32)).shape == (2, 3, 6)

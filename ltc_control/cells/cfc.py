@@ -208,6 +208,30 @@ class _FastCfC(RecurrentCell):
         x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
         return cfc_fast.cfc_sequence(self, x, h, dt_seq, resets)  # type: ignore[arg-type]
 
+    def state_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> Tensor:
+        """Every step's state ``(B, T, state_size)`` (after each step) on the fast path; arguments as
+        :meth:`forward_sequence` (of which this is the state half: ``forward_sequence``'s outputs are
+        ``readout`` of these states). For callers that read the neurons, e.g. a critic on the actor's state.
+        """
+        if not cfc_fast.supports(self, dt):  # type: ignore[arg-type]
+            x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
+            states = []
+            for t in range(x.shape[1]):
+                if resets is not None:
+                    h = (1.0 - resets[:, t]) * h  # the initial state is zero
+                step_dt = dt_seq[:, t] if isinstance(dt_seq, Tensor) else (1.0 if dt_seq is None else dt_seq)
+                _, h = self.forward(x[:, t], h, step_dt)
+                states.append(h)
+            return torch.stack(states, dim=1)
+        x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
+        return cfc_fast.cfc_states(self, x, h, dt_seq, resets)  # type: ignore[arg-type]
+
     def clear_cache(self) -> None:
         """Drops the cached no-grad weights (needed only after replacing ``param.data`` by hand)."""
         self._plan_cache = None

@@ -74,7 +74,18 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from ltc_control.cells.cfc import CfCCell, WiredCfCCell
 
-__all__ = ["Plan", "cfc_plan", "cfc_sequence", "cfc_step"]
+__all__ = [
+    "CfCKernelUnavailableWarning",
+    "Plan",
+    "cached_plan",
+    "cfc_plan",
+    "cfc_sequence",
+    "cfc_states",
+    "cfc_step",
+    "kernel_status",
+    "load_kernel",
+    "supports",
+]
 
 _VERSION = operator.attrgetter("_version")
 
@@ -918,23 +929,23 @@ def supports(cell: CfCCell | WiredCfCCell, dt: float | Tensor | None) -> bool:
     return not (isinstance(dt, Tensor) and dt.requires_grad and torch.is_grad_enabled())
 
 
-def cfc_sequence(
+def cfc_states(
     cell: CfCCell | WiredCfCCell,
     x: Tensor,
     h: Tensor,
     dt: float | Tensor | None,
     resets: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """``forward_sequence`` of a CfC cell on validated inputs (``RecurrentCell._prepare_sequence``'s output).
+) -> Tensor:
+    """Every step's state of a CfC cell on validated inputs (``RecurrentCell._prepare_sequence``'s output).
 
     With gradients enabled the effective weights are built with autograd and the loop runs in
     :class:`_CfCSequence` (hand-written BPTT); without, on the cached weights of :func:`cached_plan`.
 
     Returns:
-        ``(y (B, T, M), h_T (B, N))``, equal to the step-by-step reference up to float rounding.
+        ``(B, T, N)`` in the cell's state order, equal to the step-by-step reference up to float rounding.
     """
     if not supports(cell, dt):
-        raise ValueError("cfc_sequence cannot run this cell/dt (see cfc_fast.supports); use the step loop.")
+        raise ValueError("cfc_states cannot run this cell/dt (see cfc_fast.supports); use the step loop.")
     grad = torch.is_grad_enabled()
     plan = cfc_plan(cell) if grad else cached_plan(cell)
     x_tb = x.transpose(0, 1)
@@ -948,10 +959,22 @@ def cfc_sequence(
         with torch.no_grad():
             hs = _kernel_sequence(cell, plan, x, h, dt, resets)
             if hs is not None:
-                return cell.readout(hs), hs[:, -1]
+                return hs
             states = _run(plan, x_tb, hold, ts, res, None)
     hs = states.transpose(0, 1)
-    hs = (hs if plan.inv_perm is None else hs[..., plan.inv_perm]).contiguous()
+    return (hs if plan.inv_perm is None else hs[..., plan.inv_perm]).contiguous()
+
+
+def cfc_sequence(
+    cell: CfCCell | WiredCfCCell,
+    x: Tensor,
+    h: Tensor,
+    dt: float | Tensor | None,
+    resets: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``forward_sequence`` of a CfC cell on validated inputs: ``(y (B, T, M), h_T (B, N))`` from
+    :func:`cfc_states`."""
+    hs = cfc_states(cell, x, h, dt, resets)
     return cell.readout(hs), hs[:, -1]
 
 
