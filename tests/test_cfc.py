@@ -883,3 +883,17 @@ def test_state_sequence_is_every_steps_state(kernel_or_torch: str) -> None:
         assert all(p.grad is not None for n, p in cell.named_parameters() if not n.startswith("fc."))
     cells[1].train()  # active dropout: the step-loop fallback
     assert cells[1].state_sequence(torch.randn(2, 3, 32)).shape == (2, 3, 6)
+
+
+def test_layers_wider_than_the_kernel_run_on_torch() -> None:
+    """A backbone wider than the C kernel's stack scratch allows is not packed for it: same numbers via the
+    PyTorch path instead of a kernel error."""
+    from ltc_control.cells import cfc_fast
+
+    torch.manual_seed(28)
+    cell = CfCCell(3, 5, backbone_units=cfc_fast._MAX_WIDTH + 1)
+    x, h = torch.randn(2, 3), torch.randn(2, 5)
+    assert cfc_fast._pack(cfc_fast.cached_plan(cell), x) is None
+    with torch.no_grad():
+        _, fast = cell(x, h)
+    assert _maxdiff(fast, cell(x, h)[1]) <= 1e-6

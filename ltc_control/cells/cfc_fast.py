@@ -626,6 +626,7 @@ _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("cfc_kernel.c", "cfc_kernel_body.h")
 _ABI = 2
 _LAYER_META = 10
+_MAX_WIDTH = 4096  # csrc/cfc_kernel.c's CFC_MAX_WIDTH: wider layers run the PyTorch paths
 _MODE_CODES = {"default": 0, "no_gate": 1, "pure": 2}
 
 
@@ -832,6 +833,8 @@ def _pack(plan: Plan, like: Tensor, layer_order: bool = False) -> _Packed | None
         off += flat.numel()
         f_off += lay.n if lay.mode == "pure" else 2 * lay.n
         s_off += lay.n
+    if maxw > _MAX_WIDTH:
+        return None
     meta[0] = f_off
     meta[7] = maxw
     return _Packed(
@@ -889,7 +892,7 @@ def _kernel_forward_saving(
     if any(lay.head is not None for lay in plan.layers):
         return None
     extra = [t for t in (ts, resets) if isinstance(t, Tensor)]
-    if any(t.dtype != x_tb.dtype or t.device.type != "cpu" for t in (hold0, *extra)):
+    if any(t.dtype != x_tb.dtype or t.device.type != "cpu" for t in (x_tb, hold0, *extra)):
         return None
     if plan.layers[0].wu.dtype != x_tb.dtype or load_kernel() is None:
         return None

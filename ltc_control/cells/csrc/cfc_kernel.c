@@ -18,7 +18,7 @@
 #define CFC_KERNEL_ABI 2
 #define CFC_LAYER_META 10
 #define CFC_MAX_LAYERS 64
-#define CFC_MAX_WIDTH 65536 /* scratch lives on the stack: 3 * width values */
+#define CFC_MAX_WIDTH 4096 /* scratch lives on the stack: 3 * width values (the Python side checks) */
 #define MODE_DEFAULT 0
 #define MODE_NO_GATE 1
 #define MODE_PURE 2
