@@ -44,9 +44,10 @@ dense CfC(32, 19), backbone 128 (final)     2.1x     2.0x     2.3x (45 us)
 1.8x / 1.6x dense (ncps' pure mode has one head, so it is cheaper per step and the ratios differ).
 
 Not worth it (measured): the C kernel for the forward of cells *with* a backbone at batch 32 (11.1 ms vs
-5.3 ms for the batched PyTorch loop per 32 x 64 batch: the 128-wide backbone matmuls belong to BLAS), so those
-run the PyTorch loop (the kernel still does their batch-1 steps); autograd through the vectorised loop (about
-1.4x ncps for training: per-op autograd overhead dominates at these sizes), replaced by the hand-written BPTT.
+5.3 ms for the batched PyTorch loop per 32 x 64 batch; blocking 8 samples per pass over the weights did not
+help: the scalar libm ``tanh`` of every backbone unit dominates), so those run the PyTorch loop (the kernel
+still does their batch-1 steps); autograd through the vectorised loop (about 1.4x ncps for training: per-op
+autograd overhead dominates at these sizes), replaced by the hand-written BPTT.
 Not tried: a C backward pass (the PyTorch BPTT is now about 60% of a wired training step), and
 ``torch.lerp`` / ``addcmul`` rewrites of the update (fewer ops, but a different rounding from the reference).
 """
