@@ -331,6 +331,21 @@ def test_cuda_kernel_matches_reference_on_gpu(dtype: torch.dtype, wiring_name: s
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_cuda_kernel_wide_wiring_on_gpu(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More synapses than threads a block (strided synapse loops) on the real GPU."""
+    monkeypatch.setitem(WIRINGS, "fc40", lambda: FullyConnected(40, input_size=7, output_size=2, seed=0))
+    _check_against_reference("fused-cuda", "fc40", dtype, "cuda")
+
+
+def test_block_size_is_capped() -> None:
+    kernels = CudaKernels(forward={}, backward={}, where="test")
+    assert kernels.threads(19, 32, 192) == 192
+    assert kernels.threads(64, 32, 4096) == 256
+    assert kernels.threads(3, 2, 1) == 32
+
+
+@cuda
 def test_auto_picks_fused_cuda_on_gpu() -> None:
     cell = LTCCell(lane_keeping_ncp(seed=0)).cuda()
     y, _ = cell.forward_sequence(torch.randn(4, 8, 32, device="cuda"))

@@ -74,6 +74,8 @@ _NAMES: dict[torch.dtype, tuple[str, str]] = {
     torch.float32: ("ltc_cuda_forward_f32", "ltc_cuda_backward_f32"),
     torch.float64: ("ltc_cuda_forward_f64", "ltc_cuda_backward_f64"),
 }
+#: Threads per block at most (the kernels' __launch_bounds__; wider wirings loop over their synapses).
+_MAX_THREADS = 256
 #: Shared memory a block may use without opting in to more (every CUDA GPU has at least this).
 _SHARED_LIMIT = 48 * 1024
 #: A launcher: ``launcher(grid=(gx, gy, gz), block=(bx, by, bz), args=[...], shared_mem=bytes)``, where args
@@ -93,8 +95,8 @@ class CudaKernels:
         forward: dtype -> launcher of the forward kernel.
         backward: dtype -> launcher of the backward kernel.
         where: where the kernels came from (for messages).
-        block_threads: threads per block; ``None`` picks a multiple of 32 covering ``max(N, S)`` (at most
-            1024). Tests set small odd values to exercise the strided loops.
+        block_threads: threads per block; ``None`` picks a multiple of 32 covering ``max(N, S, E, ES)`` (at
+            most 256). Tests set small odd values to exercise the strided loops.
         max_shared: dynamic shared memory a block may use (bytes): the backward kernel keeps the parameter
             gradient accumulators there when they fit, else in global memory.
     """
@@ -105,12 +107,13 @@ class CudaKernels:
     block_threads: int | None = None
     max_shared: int = 48 * 1024
 
-    def threads(self, units: int, inputs: int) -> int:
-        """Threads per block for a wiring of ``units`` neurons and ``inputs`` input features."""
+    def threads(self, units: int, inputs: int, synapses: int = 0) -> int:
+        """Threads per block for ``units`` neurons, ``inputs`` input features and up to ``synapses`` synapses
+        of one kind (recurrent or sensory): one thread per synapse or neuron, up to 256."""
         if self.block_threads is not None:
             return int(self.block_threads)
-        need = max(units, inputs, 1)
-        return min(1024, -(-need // 32) * 32)
+        need = max(units, inputs, synapses, 1)
+        return min(_MAX_THREADS, -(-need // 32) * 32)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -190,7 +193,7 @@ def compile_cuda_kernels(device: torch.device | str | int | None = None) -> Cuda
     optin = int(getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", 0))
     if optin > _SHARED_LIMIT:
         try:
-            for _, name in _NAMES.values():
+            for name in names:
                 kernels[name].set_shared_memory_config(optin)
             max_shared = optin
         except Exception:  # noqa: BLE001 - an older helper without this method: stay at the default limit
@@ -258,22 +261,24 @@ class CsrEdges:
     Attributes:
         flat: ``(E,)`` int64 ``src * N + dst`` of each synapse in kernel order (to gather ``(N, N)``
             parameters).
-        src: ``(E,)`` int32 presynaptic neuron in kernel order.
+        src, dst: ``(E,)`` int32 presynaptic and postsynaptic neuron in kernel order.
         rowptr: ``(N + 1,)`` int32: synapses into neuron ``j`` are ``[rowptr[j], rowptr[j + 1])``.
         outptr, outidx: ``(N + 1,)``, ``(E,)`` int32: kernel-order indices of the synapses out of neuron ``i``
             are ``outidx[outptr[i]:outptr[i + 1]]``.
-        sflat, ssrc, srowptr, soutptr, soutidx: the same for the sensory synapses (``soutptr`` has ``S + 1``
-            entries, one group per input feature).
+        sflat, ssrc, sdst, srowptr, soutptr, soutidx: the same for the sensory synapses (``soutptr`` has
+            ``S + 1`` entries, one group per input feature).
         units: ``N``; input_size: ``S``.
     """
 
     flat: Tensor
     src: Tensor
+    dst: Tensor
     rowptr: Tensor
     outptr: Tensor
     outidx: Tensor
     sflat: Tensor
     ssrc: Tensor
+    sdst: Tensor
     srowptr: Tensor
     soutptr: Tensor
     soutidx: Tensor
@@ -283,7 +288,7 @@ class CsrEdges:
     @staticmethod
     def _group(
         src: Tensor, dst: Tensor, n_dst: int, n_src: int, n_cols: int
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         order = torch.sort(dst, stable=True).indices
         src_s, dst_s = src[order], dst[order]
         rowptr = torch.zeros(n_dst + 1, dtype=torch.int64)
@@ -295,6 +300,7 @@ class CsrEdges:
         return (
             flat,
             src_s.to(torch.int32),
+            dst_s.to(torch.int32),
             rowptr.to(torch.int32),
             outptr.to(torch.int32),
             out_order.to(torch.int32),
@@ -304,15 +310,12 @@ class CsrEdges:
     def from_edge_list(cls, edges: EdgeList, device: torch.device | str = "cpu") -> CsrEdges:
         """Sorts ``edges`` (CPU) for the kernel and moves the result to ``device``."""
         n, s = edges.units, edges.input_size
-        flat, src, rowptr, outptr, outidx = cls._group(edges.src.cpu(), edges.dst.cpu(), n, n, n)
-        sflat, ssrc, srowptr, soutptr, soutidx = cls._group(
-            edges.sensory_src.cpu(), edges.sensory_dst.cpu(), n, s, n
-        )
+        rec = cls._group(edges.src.cpu(), edges.dst.cpu(), n, n, n)
+        sens = cls._group(edges.sensory_src.cpu(), edges.sensory_dst.cpu(), n, s, n)
         dev = torch.device(device)
-        f, sr, rp, op, oi, sf, ss, srp, sop, soi = (
-            t.to(dev) for t in (flat, src, rowptr, outptr, outidx, sflat, ssrc, srowptr, soutptr, soutidx)
-        )
-        return cls(f, sr, rp, op, oi, sf, ss, srp, sop, soi, n, s)
+        f, sr, ds, rp, op, oi = (t.to(dev) for t in rec)
+        sf, ss, sd, srp, sop, soi = (t.to(dev) for t in sens)
+        return cls(f, sr, ds, rp, op, oi, sf, ss, sd, srp, sop, soi, n, s)
 
     @property
     def num_edges(self) -> int:
@@ -324,14 +327,14 @@ class CsrEdges:
 
 
 # ---------------------------------------------------------------------------------------------- autograd
-def _shared_bytes(kind: str, n: int, s: int, dtype: torch.dtype, accumulators: int = 0) -> int:
-    """Dynamic shared memory of a block; ``accumulators``: number of float64 gradient accumulators kept there
-    (backward only)."""
+def _shared_bytes(
+    kind: str, n: int, s: int, dtype: torch.dtype, edge_buffer: int = 0, accumulators: int = 0
+) -> int:
+    """Dynamic shared memory of a block: the per-neuron and per-input reals, ``edge_buffer`` more reals when
+    the synapse scratch lives there, and ``accumulators`` float64 gradient accumulators (backward only)."""
     item = torch.empty((), dtype=dtype).element_size()
-    if kind == "forward":
-        return (5 * n + s) * item
-    base = (9 * n + s) * item
-    return base if not accumulators else (base // 8 + 1 + accumulators) * 8
+    reals = (5 * n + s if kind == "forward" else 11 * n + s) + edge_buffer
+    return reals * item if not accumulators else (reals * item // 8 + 1 + accumulators) * 8
 
 
 def fits_shared_memory(n: int, s: int, dtype: torch.dtype) -> bool:
@@ -366,22 +369,33 @@ class _CudaLTCFunction(torch.autograd.Function):
         vstore = torch.empty(b, t, unfolds, n, dtype=x.dtype, device=x.device) if need_grad else states
         dsb, dst = _dt_strides(dt, b, t)
         ssb, sst = _dt_strides(starts, b, t) if starts is not None else (0, 0)
-        threads = kernels.threads(n, s)
+        e, es = csr.num_edges, csr.num_sensory_edges
+        m = max(e, es, 1)
+        shared = _shared_bytes("forward", n, s, x.dtype, 2 * m)
+        ebuf_shared = shared <= kernels.max_shared
+        if ebuf_shared:
+            ebuf = x
+        else:
+            shared = _shared_bytes("forward", n, s, x.dtype)
+            ebuf = torch.empty(b, 2 * m, dtype=x.dtype, device=x.device)
         kernels.forward[x.dtype](
             grid=(b, 1, 1),
-            block=(threads, 1, 1),
+            block=(kernels.threads(n, s, m), 1, 1),
             args=[
                 b,
                 t,
                 s,
                 n,
                 unfolds,
+                e,
+                es,
                 dsb,
                 dst,
                 ssb,
                 sst,
                 int(starts is not None),
                 int(need_grad),
+                int(ebuf_shared),
                 float(epsilon),
                 gleak,
                 vleak,
@@ -404,8 +418,9 @@ class _CudaLTCFunction(torch.autograd.Function):
                 starts if starts is not None else x,
                 states,
                 vstore,
+                ebuf,
             ],
-            shared_mem=_shared_bytes("forward", n, s, x.dtype),
+            shared_mem=shared,
         )
         if need_grad:
             ctx.save_for_backward(x, dt, states, vstore, *eparams, *([starts] if starts is not None else []))
@@ -432,15 +447,20 @@ class _CudaLTCFunction(torch.autograd.Function):
         ge = torch.zeros(b, 4, e, dtype=torch.float64, device=dev)
         gs = torch.zeros(b, 4, es, dtype=torch.float64, device=dev)
         gn = torch.zeros(b, 3, n, dtype=torch.float64, device=dev)
-        dse = torch.empty(b, max(e, 1), dtype=dtype, device=dev)
-        dsx = torch.empty(b, max(es, 1), dtype=dtype, device=dev)
-        shared = _shared_bytes("backward", n, s, dtype, 4 * e + 4 * es + 3 * n)
-        acc_shared = shared <= kernels.max_shared
-        if not acc_shared:
+        m = max(e, es, 1)
+        # shared memory: the synapse scratch first (touched several times per unfold), then the accumulators
+        shared = _shared_bytes("backward", n, s, dtype, 3 * m)
+        ebuf_shared = shared <= kernels.max_shared
+        if not ebuf_shared:
             shared = _shared_bytes("backward", n, s, dtype)
+        with_acc = _shared_bytes("backward", n, s, dtype, 3 * m if ebuf_shared else 0, 4 * e + 4 * es + 3 * n)
+        acc_shared = with_acc <= kernels.max_shared
+        if acc_shared:
+            shared = with_acc
+        ebuf = x if ebuf_shared else torch.empty(b, 3 * m, dtype=dtype, device=dev)
         kernels.backward[dtype](
             grid=(b, 1, 1),
-            block=(kernels.threads(n, s), 1, 1),
+            block=(kernels.threads(n, s, m), 1, 1),
             args=[
                 b,
                 t,
@@ -455,6 +475,7 @@ class _CudaLTCFunction(torch.autograd.Function):
                 sst,
                 int(has_starts),
                 int(need_dt),
+                int(ebuf_shared),
                 int(acc_shared),
                 float(epsilon),
                 gleak,
@@ -465,6 +486,7 @@ class _CudaLTCFunction(torch.autograd.Function):
                 emu,
                 eerev,
                 csr.src,
+                csr.dst,
                 csr.rowptr,
                 csr.outptr,
                 csr.outidx,
@@ -473,6 +495,7 @@ class _CudaLTCFunction(torch.autograd.Function):
                 smu,
                 serev,
                 csr.ssrc,
+                csr.sdst,
                 csr.srowptr,
                 csr.soutptr,
                 csr.soutidx,
@@ -488,8 +511,7 @@ class _CudaLTCFunction(torch.autograd.Function):
                 ge,
                 gs,
                 gn,
-                dse,
-                dsx,
+                ebuf,
             ],
             shared_mem=shared,
         )
