@@ -60,6 +60,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
+from ltc_control.cells.ltc import LTCCell, get_implementation
 from ltc_control.config import from_dict
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
 from ltc_control.perception import ConvHead, PerceptionConfig, standardize
@@ -228,6 +229,50 @@ class ControllerAdapter(nn.Module):
             )
         return h[0, :, : self.state_size]
 
+    def state_sequence(self, x: Tensor, h: Tensor, starts: Tensor) -> Tensor:
+        """Every step's cell state of a batch of sequences.
+
+        LTC cells whose implementation has a fused ``sequence`` path (the compiled kernel, the reference)
+        use it (no Python loop over time); other cells run a step loop over ``cell.forward`` (the same
+        numbers, tested).
+
+        Args:
+            x: inputs ``(n_seq, T, F)``.
+            h: state before the first step ``(n_seq, state_size)``.
+            starts: ``(n_seq, T)`` 0/1: 1 resets the state to the cell's initial state before that step.
+
+        Returns:
+            States ``(n_seq, T, state_size)`` (after each step).
+        """
+        cell = self.controller.cell
+        n_seq, t = x.shape[0], x.shape[1]
+        if isinstance(cell, LTCCell):
+            fused = getattr(get_implementation(cell.implementation_name), "sequence", None)
+            if fused is not None:
+                dt = torch.full((n_seq, t, 1), self.dt, device=x.device, dtype=x.dtype)
+                params = cell.effective_parameters()
+                # LTCCell's initial state is zero: the implementations reset with (1 - d) * v.
+                return cast(
+                    Tensor,
+                    fused(
+                        params,
+                        cell.map_inputs(x),
+                        h,
+                        dt,
+                        starts.unsqueeze(-1),
+                        cell.ode_unfolds,
+                        cell.epsilon,
+                    ),
+                )
+        h0 = cell.initial_state(n_seq, device=x.device, dtype=x.dtype)
+        seq = []
+        for i in range(t):
+            d = starts[:, i : i + 1]
+            h = (1.0 - d) * h + d * h0
+            _, h = cell(x[:, i], h, self.dt)
+            seq.append(h)
+        return torch.stack(seq, dim=1)
+
     def forward(
         self,
         features: Tensor,
@@ -242,7 +287,7 @@ class ControllerAdapter(nn.Module):
             states: ``(h, c)``, each ``(1, n_seq, hidden_size)``: the state before the first step.
             episode_starts: ``(n_seq * T,)`` 0/1: 1 resets the state to the initial state before that step.
             return_states: also return every step's cell state ``(n_seq * T, state_size)`` (for a critic that
-                reads the actor's neurons); uses a step loop.
+                reads the actor's neurons, and gSDE's latent); see :meth:`state_sequence`.
 
         Returns:
             ``(outputs (n_seq * T, M), states_seq or None, (h', c'))``.
@@ -256,14 +301,7 @@ class ControllerAdapter(nn.Module):
             y, h_t = self.controller(x, h, self.dt, episode_starts=starts)
             return y.reshape(n_seq * t, -1), None, (self.pack(h_t), torch.zeros_like(states[1]))
         cell = self.controller.cell
-        h0 = cell.initial_state(n_seq, device=x.device, dtype=x.dtype)
-        seq = []
-        for i in range(t):
-            d = starts[:, i : i + 1]
-            h = (1.0 - d) * h + d * h0
-            _, h = cell(x[:, i], h, self.dt)
-            seq.append(h)
-        hs = torch.stack(seq, dim=1)
+        hs = self.state_sequence(x, h, starts)
         y = cell.readout(hs)
         return (
             y.reshape(n_seq * t, -1),
@@ -273,6 +311,18 @@ class ControllerAdapter(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- policy
+def _scale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Step pre-hook: each param group's ``lr`` times its ``lr_scale`` for this step."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+
+
+def _unscale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Step post-hook: restores the groups' ``lr`` (what sb3's schedule set)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] / group.get("lr_scale", 1.0)
+
+
 def _motor_size(action_space: spaces.Space) -> int:
     if isinstance(action_space, spaces.Box):
         return int(np.prod(action_space.shape))
@@ -363,15 +413,33 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         activation_fn: activation of the value MLP.
         ortho_init: orthogonal init of the value MLP, value head and (non-ConvHead) features extractor, as sb3
             does; the controllers keep their own initialisation.
-        use_sde: must be False (gSDE needs a latent feature vector; the actor's latent is the action itself).
-        log_std_init: initial log standard deviation of Gaussian actions.
-        full_std: unused (gSDE only); kept for sb3 signature compatibility.
-        use_expln: unused (gSDE only).
-        squash_output: unused (gSDE only); use ``action_squash``.
+        use_sde: generalised state-dependent exploration (gSDE, Box actions): the Gaussian noise is
+            ``latent @ eps`` with ``latent`` the actor controller's full neuron state (all ``state_size``
+            entries: sensory-driven inter, command and motor neurons) and ``eps`` a noise matrix redrawn every
+            ``sde_sample_freq`` steps, so exploration depends on the controller's state and is correlated in
+            time. Needs every step's neuron state in training (the LTC's fused sequence path provides it).
+        log_std_init: initial log standard deviation of Gaussian actions (gSDE: of the noise-matrix entries).
+        full_std: gSDE: one std per (latent, action) pair (True) or per latent (False).
+        use_expln: gSDE: ``expln`` instead of ``exp`` to keep the std positive.
+        squash_output: must be False (use ``action_squash``).
         action_squash: ``"tanh"`` bounds the Gaussian mean to [-1, 1]; ``"none"`` leaves it affine;
             ``"auto"``:
             tanh for ``Box(-1, 1)`` action spaces, none otherwise (and for discrete actions).
         action_scale_init: initial scale of the motor head.
+        input_scale_init: initial ``input_w`` (every input) of the LTC controllers' input mapping (actor and
+            a separate LTC critic); None keeps the cell's init (1). The LTC's sensory synapses are sigmoids
+            ``sigmoid(sigma * (x_in - mu))`` with ``mu`` in [0.3, 0.8] and ``sigma`` in [3, 8] at init:
+            unit-scale, zero-centred inputs (e.g. observations normalised by ``VecNormalize``) mostly sit
+            on their flat tails or switch them like steps; a small scale with ``input_bias_init`` near the
+            ``mu`` range keeps them in the sigmoids' graded range.
+        input_bias_init: initial ``input_b`` of the LTC controllers (needs ``ltc_input_mapping="affine"``);
+            None keeps the cell's init (0).
+        controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
+            separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
+            algorithm's rate. The LTC's parameters (``sigma`` 3..8, ``mu``, ``erev``, ...) move slowly at the
+            rates tuned for MLP/LSTM policies; the NCP paper trains them with a higher rate. The multiplier
+            is applied at every optimizer step, so it survives sb3 setting each group's ``lr`` from the
+            schedule.
         features_extractor_class: sb3 features extractor (``FlattenExtractor`` for vectors).
         features_extractor_kwargs: its keyword arguments.
         share_features_extractor: one extractor for actor and critic.
@@ -380,8 +448,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         optimizer_kwargs: optimizer keyword arguments (besides the learning rate).
 
     Raises:
-        ValueError: an unsupported action space, ``use_sde=True``, unknown critic mode or config keys, a
-            ``net_arch`` with actor layers.
+        ValueError: an unsupported action space, ``use_sde=True`` with non-Box actions, unknown critic mode or
+            config keys, a ``net_arch`` with actor layers.
     """
 
     def __init__(
@@ -403,6 +471,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         squash_output: bool = False,
         action_squash: SquashMode = "auto",
         action_scale_init: float = 1.0,
+        input_scale_init: float | None = None,
+        input_bias_init: float | None = None,
+        controller_lr_scale: float = 1.0,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = True,
@@ -410,11 +481,14 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if use_sde:
+        if use_sde and not isinstance(action_space, spaces.Box):
             raise ValueError(
-                "LtcPolicy does not support gSDE (use_sde=True): gSDE draws noise from a latent feature "
-                "vector, "
-                "and the actor's latent is its motor neurons (the action itself); use use_sde=False"
+                f"use_sde=True (gSDE) needs continuous (Box) actions, got {type(action_space).__name__}"
+            )
+        if use_sde and squash_output:
+            raise ValueError(
+                "squash_output=True is not supported: the motor head bounds the Gaussian mean "
+                "(action_squash='tanh') and sb3 clips the sampled action to the action space"
             )
         if critic not in ("separate", "shared", "feedforward"):
             raise ValueError(f"critic must be 'separate', 'shared' or 'feedforward', got {critic!r}")
@@ -442,6 +516,11 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.motor_size = _motor_size(action_space)
         self.action_squash: Literal["tanh", "none"] = _resolve_squash(action_squash, action_space)
         self.action_scale_init = float(action_scale_init)
+        self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
+        self.input_bias_init = None if input_bias_init is None else float(input_bias_init)
+        if not (float(controller_lr_scale) > 0 and np.isfinite(controller_lr_scale)):
+            raise ValueError(f"controller_lr_scale must be a finite number > 0, got {controller_lr_scale}")
+        self.controller_lr_scale = float(controller_lr_scale)
         # sb3-contrib attributes that callers may read
         self.shared_lstm = critic == "shared"
         self.enable_critic_lstm = critic == "separate"
@@ -484,6 +563,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             else None
         )
         self.lstm_critic = critic_adapter  # type: ignore[assignment]
+        for model in (actor, critic_model):
+            if model is not None:
+                self._init_input_mapping(model)
         self.critic = None  # sb3-contrib's feed-forward critic projection; ours is the value MLP itself
         self.lstm_output_dim = hidden
         self.lstm_hidden_state_shape = (1, 1, hidden)
@@ -500,6 +582,24 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             device=self.device,
         )
 
+    def _init_input_mapping(self, model: SequenceModel) -> None:
+        """Applies ``input_scale_init`` / ``input_bias_init`` to an LTC controller's input mapping."""
+        cell = model.cell
+        if not isinstance(cell, LTCCell):
+            return
+        for name, value in (("input_w", self.input_scale_init), ("input_b", self.input_bias_init)):
+            if value is None:
+                continue
+            param = getattr(cell, name)
+            if param is None:
+                raise ValueError(
+                    f"{name.replace('input_w', 'input_scale_init').replace('input_b', 'input_bias_init')} "
+                    f"needs the LTC's {name}; the controller's ltc_input_mapping is "
+                    f"{self.controller_config.ltc_input_mapping!r} (use 'affine')"
+                )
+            with torch.no_grad():
+                param.fill_(value)
+
     def _build(self, lr_schedule: Schedule) -> None:
         self._build_mlp_extractor()
         m = self.motor_size
@@ -507,10 +607,11 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             _, self.log_std = self.action_dist.proba_distribution_net(
                 latent_dim=m, log_std_init=self.log_std_init
             )
-        elif isinstance(
-            self.action_dist, StateDependentNoiseDistribution
-        ):  # pragma: no cover - rejected above
-            raise ValueError("gSDE is not supported by LtcPolicy")
+        elif isinstance(self.action_dist, StateDependentNoiseDistribution):
+            # gSDE's latent: the actor controller's full neuron state (the mean stays the motor head's).
+            _, self.log_std = self.action_dist.proba_distribution_net(
+                latent_dim=m, log_std_init=self.log_std_init, latent_sde_dim=self.controller.state_size
+            )
         elif not isinstance(
             self.action_dist, CategoricalDistribution | MultiCategoricalDistribution | BernoulliDistribution
         ):
@@ -531,9 +632,34 @@ class LtcPolicy(RecurrentActorCriticPolicy):
                     gains[ext] = float(np.sqrt(2))
             for module, gain in gains.items():
                 module.apply(partial(self.init_weights, gain=gain))
-        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
-            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        self.optimizer = self.make_optimizer(lr_schedule(1))
+
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """The policy's optimizer: ``optimizer_class`` over every parameter, with the controllers' parameters
+        in their own group stepped at ``controller_lr_scale`` times the group's ``lr``.
+
+        Args:
+            lr: learning rate (sb3 sets it again from the schedule before each update).
+
+        Returns:
+            The optimizer (also used by :func:`load_policy_weights` to reset the moments).
+        """
+        if self.controller_lr_scale == 1.0:  # one group (the layout of models saved before the option)
+            return cast(
+                torch.optim.Optimizer,
+                self.optimizer_class(self.parameters(), lr=lr, **self.optimizer_kwargs),  # type: ignore[call-arg]
+            )
+        controllers = [m for m in (self.lstm_actor, self.lstm_critic) if m is not None]
+        ctrl_ids = {id(p) for m in controllers for p in m.parameters()}
+        ctrl = [p for p in self.parameters() if id(p) in ctrl_ids]
+        rest = [p for p in self.parameters() if id(p) not in ctrl_ids]
+        groups = [{"params": rest, "lr_scale": 1.0}, {"params": ctrl, "lr_scale": self.controller_lr_scale}]
+        optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            [g for g in groups if g["params"]], lr=lr, **self.optimizer_kwargs
         )
+        optimizer.register_step_pre_hook(_scale_group_lrs)
+        optimizer.register_step_post_hook(_unscale_group_lrs)
+        return cast(torch.optim.Optimizer, optimizer)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -547,6 +673,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             net_arch=list(self.value_arch),
             action_squash=self.action_squash,
             action_scale_init=self.action_scale_init,
+            input_scale_init=self.input_scale_init,
+            input_bias_init=self.input_bias_init,
+            controller_lr_scale=self.controller_lr_scale,
         )
         return data
 
@@ -580,8 +709,18 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
         return cast(
             tuple[Tensor, Tensor | None, tuple[Tensor, ...]],
-            self.lstm_actor(features, states, episode_starts, return_states=with_states),
+            self.lstm_actor(features, states, episode_starts, return_states=with_states or self.use_sde),
         )
+
+    def _get_action_dist_from_latent(
+        self, latent_pi: Tensor, latent_sde: Tensor | None = None
+    ) -> Distribution:
+        """The action distribution from the motor outputs (gSDE: and the neuron states ``latent_sde``)."""
+        if isinstance(self.action_dist, StateDependentNoiseDistribution):
+            if latent_sde is None:
+                raise ValueError("gSDE needs the actor's neuron states (latent_sde)")
+            return self.action_dist.proba_distribution(self.action_net(latent_pi), self.log_std, latent_sde)
+        return super()._get_action_dist_from_latent(latent_pi)
 
     def _critic_latent(
         self,
@@ -630,7 +769,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         motor, seq, pi_states = self._actor(pi_f, lstm_states.pi, episode_starts, shared)
         latent_vf, vf_states = self._critic_latent(vf_f, lstm_states.vf, episode_starts, seq, pi_states)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
-        distribution = self._get_action_dist_from_latent(motor)
+        distribution = self._get_action_dist_from_latent(motor, seq)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
@@ -641,8 +780,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[Distribution, tuple[Tensor, ...]]:
         """The action distribution and the actor's new ``(h, c)`` (used by ``predict``)."""
         features = BaseModel.extract_features(self, obs, self.pi_features_extractor)
-        motor, _, states = self._actor(features, lstm_states, episode_starts, False)
-        return self._get_action_dist_from_latent(motor), states
+        motor, seq, states = self._actor(features, lstm_states, episode_starts, False)
+        return self._get_action_dist_from_latent(motor, seq), states
 
     def predict_values(  # type: ignore[override]
         self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
@@ -667,7 +806,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         shared = self.critic_mode == "shared"
         motor, seq, pi_states = self._actor(pi_f, lstm_states.pi, episode_starts, shared)
         latent_vf, _ = self._critic_latent(vf_f, lstm_states.vf, episode_starts, seq, pi_states)
-        distribution = self._get_action_dist_from_latent(motor)
+        distribution = self._get_action_dist_from_latent(motor, seq)
         log_prob = distribution.log_prob(actions)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
         return values, log_prob, distribution.entropy()
@@ -879,6 +1018,4 @@ def load_policy_weights(model: Any, policy: Policy) -> None:
     with torch.no_grad():
         sb3_policy.motor_head.scale.copy_(policy.action_scale.detach().reshape(-1))
         sb3_policy.motor_head.bias.copy_(policy.action_bias.detach().reshape(-1))
-    sb3_policy.optimizer = sb3_policy.optimizer_class(  # type: ignore[call-arg]
-        sb3_policy.parameters(), lr=sb3_policy.optimizer.param_groups[0]["lr"], **sb3_policy.optimizer_kwargs
-    )
+    sb3_policy.optimizer = sb3_policy.make_optimizer(sb3_policy.optimizer.param_groups[0]["lr"])

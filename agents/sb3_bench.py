@@ -58,8 +58,15 @@ class PPOConfig:
         ent_coef: entropy bonus.
         vf_coef: value-loss weight.
         max_grad_norm: gradient-norm clip.
-        log_std_init: initial log standard deviation of Gaussian actions.
-        normalize_observations: wrap the envs in ``VecNormalize`` (observations only).
+        log_std_init: initial log standard deviation of Gaussian actions (gSDE: of the noise-matrix entries).
+        normalize_observations: ``VecNormalize`` the observations (running mean and std; the statistics
+            are frozen and reused for the final evaluation and saved beside the run record).
+        normalize_rewards: ``VecNormalize`` the rewards (divided by the running std of the discounted
+            return, with ``gamma``; as the RL Zoo's ``normalize: True``). Evaluation reports raw returns.
+        use_sde: generalised state-dependent exploration (gSDE) for continuous actions.
+        sde_sample_freq: redraw gSDE's noise matrix every this many steps (-1: once per rollout).
+        ortho_init: sb3's orthogonal initialisation (for the liquid policies: value MLP and heads only).
+        activation: activation of the MLPs (``tanh``, sb3's default, or ``relu``).
     """
 
     n_envs: int = 8
@@ -75,11 +82,20 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     log_std_init: float = 0.0
     normalize_observations: bool = False
+    normalize_rewards: bool = False
+    use_sde: bool = False
+    sde_sample_freq: int = -1
+    ortho_init: bool = True
+    activation: Literal["tanh", "relu"] = "tanh"
 
     def __post_init__(self) -> None:
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.activation not in ("tanh", "relu"):
+            raise ValueError(f"ppo.activation must be 'tanh' or 'relu', got {self.activation!r}")
+        if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
+            raise ValueError(f"ppo.sde_sample_freq must be -1 or >= 1, got {self.sde_sample_freq}")
         if not self.learning_rate > 0:
             raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
         if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
@@ -103,6 +119,11 @@ class BenchmarkConfig:
         value_arch: hidden layers of the liquid policies' value MLP.
         lstm_hidden_size: hidden units of RecurrentPPO's LSTMs (actor and critic; sb3-contrib's default 256).
         lstm_net_arch: hidden layers after RecurrentPPO's LSTM (pi and vf; sb3's default is 64, 64).
+        lstm_critic: the LSTM critic has its own LSTM (sb3-contrib's ``enable_critic_lstm``, its default).
+        liquid_policy_kwargs: extra keyword arguments of the liquid policies (``LtcPolicy``), e.g.
+            ``action_scale_init``, ``critic_controller`` (a mapping of ``ControllerConfig`` fields) or
+            ``optimizer_kwargs``.
+        save_models: also save each trained model (``.zip``) beside its record.
         eval_episodes: deterministic evaluation episodes after training (seeds 10_000 + i, not trained on).
         curve_points: points of the learning curve (training-episode returns binned over the budget).
         out_dir: where the table and the plot go.
@@ -124,6 +145,9 @@ class BenchmarkConfig:
     value_arch: tuple[int, ...] = (64,)
     lstm_hidden_size: int = 256
     lstm_net_arch: tuple[int, ...] = (64, 64)
+    lstm_critic: bool = True
+    liquid_policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    save_models: bool = True
     eval_episodes: int = 10
     curve_points: int = 20
     out_dir: str = "experiments/results"
@@ -183,11 +207,14 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
+    from torch import nn
 
     ppo = config.ppo
     env = make_vec_env(_make_env_fn(config.env_id), n_envs=ppo.n_envs, seed=seed)
-    if ppo.normalize_observations:
-        env = VecNormalize(env, norm_obs=True, norm_reward=False)
+    if ppo.normalize_observations or ppo.normalize_rewards:
+        env = VecNormalize(
+            env, norm_obs=ppo.normalize_observations, norm_reward=ppo.normalize_rewards, gamma=ppo.gamma
+        )
     common: dict[str, Any] = dict(
         n_steps=ppo.n_steps,
         batch_size=ppo.batch_size,
@@ -199,16 +226,24 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         ent_coef=ppo.ent_coef,
         vf_coef=ppo.vf_coef,
         max_grad_norm=ppo.max_grad_norm,
+        use_sde=ppo.use_sde,
+        sde_sample_freq=ppo.sde_sample_freq,
         seed=seed,
         device="cpu",
         verbose=0,
     )
+    shared_kwargs: dict[str, Any] = {
+        "log_std_init": ppo.log_std_init,
+        "ortho_init": ppo.ortho_init,
+        "activation_fn": nn.ReLU if ppo.activation == "relu" else nn.Tanh,
+    }
     if model == "lstm":
         arch = list(config.lstm_net_arch)
         kwargs: dict[str, Any] = {
             "lstm_hidden_size": config.lstm_hidden_size,
             "net_arch": {"pi": arch, "vf": arch},
-            "log_std_init": ppo.log_std_init,
+            "enable_critic_lstm": config.lstm_critic,
+            **shared_kwargs,
         }
         return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=kwargs, **common)
     if model not in ("ltc", "cfc"):
@@ -218,19 +253,27 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         "critic": config.critic,
         "critic_outputs": config.critic_outputs,
         "net_arch": list(config.value_arch),
-        "log_std_init": ppo.log_std_init,
+        **shared_kwargs,
+        **dict(config.liquid_policy_kwargs),
     }
     return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
 
 
-def evaluate_model(model: Any, env_id: str, episodes: int, seed0: int = 10_000) -> list[float]:
+def evaluate_model(
+    model: Any, env_id: str, episodes: int, seed0: int = 10_000, vec_normalize: Any | None = None
+) -> list[float]:
     """Deterministic returns of ``episodes`` episodes on fresh envs seeded ``seed0 + i``.
+
+    Observations go through ``VecNormalize`` statistics (if any) as in training, without updating them; the
+    returns are the env's raw (unnormalised) rewards.
 
     Args:
         model: a trained ``RecurrentPPO`` model.
         env_id: the benchmark env id.
         episodes: number of episodes.
         seed0: seed of the first episode.
+        vec_normalize: the ``VecNormalize`` whose observation statistics to use (e.g. loaded from a run's
+            ``.vecnormalize.pkl`` for a loaded model); default: the model's own (``None`` if it has none).
 
     Returns:
         One undiscounted return per episode.
@@ -238,7 +281,7 @@ def evaluate_model(model: Any, env_id: str, episodes: int, seed0: int = 10_000) 
     from stable_baselines3.common.vec_env import VecNormalize
 
     env = _make_env_fn(env_id)()
-    norm = model.get_vec_normalize_env()
+    norm = vec_normalize if vec_normalize is not None else model.get_vec_normalize_env()
     returns = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed0 + i)
@@ -309,7 +352,20 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
     model.learn(config.timesteps, callback=_Curve())
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     bar.close()
+    norm = model.get_vec_normalize_env()
+    if norm is not None:
+        norm.training = False  # freeze the statistics for evaluation
     returns = evaluate_model(model, config.env_id, config.eval_episodes)
+    saved: dict[str, str] = {}
+    if out_dir is not None:  # the model and statistics first: the record (written last) marks a finished run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = out_dir / spec.file_name(config.env_id, config.timesteps).removesuffix(".json")
+        if norm is not None:
+            norm.save(str(stem) + ".vecnormalize.pkl")
+            saved["vecnormalize"] = str(stem) + ".vecnormalize.pkl"
+        if config.save_models:
+            model.save(str(stem) + ".zip")
+            saved["model"] = str(stem) + ".zip"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     record: dict[str, Any] = {
         "env_id": config.env_id,
@@ -325,6 +381,7 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         "steps_per_cpu_second": model.num_timesteps / max(cpu, 1e-9),
         "load_average_at_end": load,
         **_param_counts(model),
+        "saved": saved,
         "config": to_dict(config),
     }
     if out_dir is not None:
@@ -464,13 +521,19 @@ def summarize(config: BenchmarkConfig) -> Path:
     writer.writerows(rows)
     atomic_write_text(out / f"{config.name}.csv", buf.getvalue())
     ppo = config.ppo
+    sde = f"gSDE (sample freq {ppo.sde_sample_freq})" if ppo.use_sde else "no gSDE"
+    normed = [w for w, on in (("obs", ppo.normalize_observations), ("reward", ppo.normalize_rewards)) if on]
+    norm = f"VecNormalize({', '.join(normed)})" if normed else "no VecNormalize"
     lines = [
         f"# {config.env_id}: LTC-PPO vs CfC-PPO vs LSTM-PPO",
         "",
         f"Budget {config.timesteps:,} env steps per run; seeds {list(config.seeds)} (rows list the seeds "
         f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
         f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, clip "
-        f"{ppo.clip_range}, no gSDE. Liquid critics: {config.critic}. Eval: deterministic, "
+        f"{ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
+        f"log_std_init {ppo.log_std_init}. Liquid critics: {config.critic}. LSTM: "
+        f"{config.lstm_hidden_size} units, net_arch {list(config.lstm_net_arch)}, critic LSTM "
+        f"{config.lstm_critic}. Eval: deterministic, "
         f"{config.eval_episodes} episodes on unseen seeds, mean per run; the table gives mean +- std (and "
         "min..max) over seeds.",
         "",

@@ -188,6 +188,122 @@ def test_step_loop_matches_sequence_path() -> None:
     torch.testing.assert_close(seq.reshape(2, 7, -1)[:, -1], s2[0][0, :, : adapter.state_size])
 
 
+@pytest.mark.parametrize("implementation", ["auto", "reference"])
+def test_fused_state_sequence_matches_step_loop(implementation: str) -> None:
+    """Every step's neuron state from the LTC's fused sequence path (gSDE's latent, the shared critic's
+    input) equals a step loop over ``cell.forward`` with resets, values and gradients."""
+    ctrl = {**SMALL_LTC, "ltc_implementation": implementation}
+    adapter = _tiny_model(policy_kwargs={"controller": ctrl}).policy.lstm_actor
+    cell = adapter.controller.cell
+    torch.manual_seed(3)
+    x = torch.randn(2, 7, 3)
+    h = torch.rand(2, adapter.state_size)
+    starts = torch.zeros(2, 7)
+    starts[0, 3] = 1.0
+    starts[1, 0] = 1.0
+    fused = adapter.state_sequence(x, h, starts)
+    g_fused = torch.autograd.grad(fused.square().sum(), cell.w)[0]
+    v, seq = h, []
+    for i in range(7):
+        v = (1.0 - starts[:, i : i + 1]) * v  # the LTC's initial state is zero
+        _, v = cell(x[:, i], v, 1.0)
+        seq.append(v)
+    loop = torch.stack(seq, dim=1)
+    g_loop = torch.autograd.grad(loop.square().sum(), cell.w)[0]
+    torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fused, g_loop, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- gSDE
+def test_gsde_learns_saves_loads_and_predicts(tmp_path: Path) -> None:
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0)
+    model = _tiny_model(env, use_sde=True, sde_sample_freq=2)
+    policy = model.policy
+    assert policy.log_std.shape == (policy.controller.state_size, 1)  # one std per (neuron, action)
+    before = policy.log_std.detach().clone()
+    model.learn(64)
+    assert not torch.equal(before, policy.log_std.detach()), "PPO should train gSDE's log_std"
+    path = tmp_path / "ppo_ltc_sde.zip"
+    model.save(path)
+    loaded = RecurrentPPO.load(path, device="cpu")
+    assert loaded.use_sde and isinstance(loaded.policy, LtcPolicy)
+    obs = np.array([[0.5, -0.8], [-0.1, 0.9]], np.float32)
+    s1 = s2 = None
+    for _ in range(3):
+        a1, s1 = model.predict(obs, state=s1, deterministic=True)
+        a2, s2 = loaded.predict(obs, state=s2, deterministic=True)
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(s1[0], s2[0])
+    sampled, _ = model.predict(obs, state=s1, deterministic=False)
+    mean, _ = model.predict(obs, state=s1, deterministic=True)
+    assert not np.allclose(sampled, mean), "stochastic actions should carry exploration noise"
+
+
+def test_gsde_noise_depends_on_the_controller_state() -> None:
+    """gSDE's noise is ``neuron state @ exploration matrix``: with one drawn matrix, two controller states
+    seeing the same observation get different noise (and the same state the same noise)."""
+    model = _tiny_model(use_sde=True)
+    policy = model.policy
+    policy.reset_noise(1)
+    obs = torch.tensor([[0.3, -0.2, 0.5]])
+    start = torch.zeros(1)
+    n, hid = policy.lstm_actor.state_size, policy.lstm_actor.hidden_size
+    noises, latents = [], []
+    with torch.no_grad():
+        for seed in (0, 1, 0):
+            g = torch.Generator().manual_seed(seed)
+            h = torch.zeros(1, 1, hid)
+            h[0, 0, :n] = torch.rand(n, generator=g) * 2 - 1
+            dist, (h_new, _) = policy.get_distribution(obs, (h, torch.zeros_like(h)), start)
+            noises.append(dist.get_actions(deterministic=False) - dist.get_actions(deterministic=True))
+            latents.append(h_new[0, :, :n])
+    assert float((noises[0] - noises[1]).abs().max()) > 1e-3, "noise should depend on the neuron state"
+    torch.testing.assert_close(noises[0], noises[2])
+    expected = latents[1] @ policy.action_dist.exploration_mat
+    torch.testing.assert_close(noises[1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_controller_lr_scale_steps_the_controllers_faster(tmp_path: Path) -> None:
+    """Adam's first step moves every parameter by about its lr: controllers by scale * lr, the rest by lr;
+    the groups' lr (what sb3's schedule sets) is left as set; saving and loading keeps the option."""
+    from stable_baselines3.common.utils import update_learning_rate
+
+    model = _tiny_model(learning_rate=1e-3, policy_kwargs={"controller_lr_scale": 10.0})
+    policy = model.policy
+    update_learning_rate(policy.optimizer, 2e-3)  # as RecurrentPPO.train does before each update
+    ctrl = policy.lstm_actor.controller.cell.sigma
+    before_ctrl, before_vf = ctrl.detach().clone(), policy.value_net.weight.detach().clone()
+    obs = torch.randn(8, 3)
+    h = torch.zeros(1, 8, policy.lstm_actor.hidden_size)
+    states = RNNStates((h, h), (h, h))
+    values, logp, _ = policy.evaluate_actions(obs, torch.zeros(8, 1), states, torch.ones(8))
+    policy.optimizer.zero_grad()
+    (values.square().mean() - logp.mean()).backward()
+    policy.optimizer.step()
+    step_ctrl = (ctrl.detach() - before_ctrl)[ctrl.grad != 0].abs()
+    step_vf = (policy.value_net.weight.detach() - before_vf).abs()
+    torch.testing.assert_close(step_ctrl.max(), torch.tensor(2e-2), rtol=5e-2, atol=0)
+    torch.testing.assert_close(step_vf.max(), torch.tensor(2e-3), rtol=5e-2, atol=0)
+    assert [g["lr"] for g in policy.optimizer.param_groups] == [2e-3, 2e-3]
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy.controller_lr_scale == 10.0
+    assert [g["lr_scale"] for g in loaded.policy.optimizer.param_groups] == [1.0, 10.0]
+    with pytest.raises(ValueError, match="controller_lr_scale must be"):
+        _tiny_model(policy_kwargs={"controller_lr_scale": 0.0})
+
+
+def test_input_mapping_init() -> None:
+    model = _tiny_model(policy_kwargs={"input_scale_init": 0.2, "input_bias_init": 0.55})
+    for cell in (model.policy.controller.cell, model.policy.critic_controller.cell):
+        torch.testing.assert_close(cell.input_w.detach(), torch.full((3,), 0.2))
+        torch.testing.assert_close(cell.input_b.detach(), torch.full((3,), 0.55))
+    with pytest.raises(ValueError, match="input_bias_init needs the LTC's input_b"):
+        _tiny_model(
+            policy_kwargs={"controller": {**SMALL_LTC, "ltc_input_mapping": "linear"}, "input_bias_init": 0.5}
+        )
+
+
 def test_predict_episode_start_equals_fresh_state() -> None:
     model = _tiny_model()
     obs = np.array([[0.3, -0.2, 0.5]], dtype=np.float32)
@@ -338,8 +454,10 @@ def from_small(d: dict):
 
 # ------------------------------------------------------------------------------------------- bad input
 def test_bad_configs_raise_clear_errors() -> None:
-    with pytest.raises(ValueError, match="gSDE"):
-        _tiny_model(use_sde=True)
+    with pytest.raises(ValueError, match=r"gSDE\) needs continuous \(Box\) actions"):
+        LtcPolicy(spaces.Box(-1, 1, (3,)), spaces.Discrete(2), lambda _: 1e-3, use_sde=True)
+    with pytest.raises(ValueError, match="squash_output=True is not supported"):
+        _tiny_model(use_sde=True, policy_kwargs={"squash_output": True})
     with pytest.raises(ValueError, match="motor neurons are the action"):
         _tiny_model(policy_kwargs={"net_arch": {"pi": [64], "vf": [64]}})
     with pytest.raises(ValueError, match="unknown config key 'controller.hidden'"):
@@ -427,3 +545,71 @@ def test_inspection_recorder_reads_a_ppo_trained_policy() -> None:
     assert trace.state.shape == (12, n) and trace.tau.shape == (12, n)
     assert np.all(np.isfinite(trace.tau)) and np.all(trace.tau > 0)
     np.testing.assert_allclose(trace.state[-1], state[0].numpy(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
+    """A tiny benchmark run (LTC and LSTM, VecNormalize of observations and rewards, gSDE) writes its record,
+    the VecNormalize statistics and the model; evaluation uses the saved statistics; the summary is
+    written."""
+    import pickle
+
+    from ltc_control.agents.sb3_bench import (
+        BenchmarkConfig,
+        PPOConfig,
+        RunSpec,
+        evaluate_model,
+        run_one,
+        summarize,
+    )
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    config = BenchmarkConfig(
+        env_id="PendulumNoVel-v1",
+        timesteps=32,
+        seeds=(0,),
+        models=("ltc", "lstm"),
+        ppo=PPOConfig(
+            n_envs=2,
+            n_steps=16,
+            batch_size=16,
+            n_epochs=1,
+            normalize_observations=True,
+            normalize_rewards=True,
+            use_sde=True,
+            sde_sample_freq=4,
+            ortho_init=False,
+            activation="relu",
+        ),
+        ltc=from_small(SMALL_LTC),
+        lstm_hidden_size=8,
+        lstm_net_arch=(8,),
+        liquid_policy_kwargs={"action_scale_init": 1.5},
+        eval_episodes=1,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+        name="tiny",
+    )
+    for model_name in ("ltc", "lstm"):
+        record = run_one(config, RunSpec(model_name, 0), tmp_path / "runs")
+        assert record["timesteps"] == 32 and len(record["eval_returns"]) == 1
+        stem = tmp_path / "runs" / f"PendulumNoVel-v1__{model_name}__0__32"
+        assert record["saved"] == {"vecnormalize": f"{stem}.vecnormalize.pkl", "model": f"{stem}.zip"}
+        model = RecurrentPPO.load(f"{stem}.zip", device="cpu")
+        assert model.use_sde
+        if model_name == "ltc":  # liquid_policy_kwargs reach the policy
+            assert model.policy.action_scale_init == 1.5
+        with open(f"{stem}.vecnormalize.pkl", "rb") as f:
+            norm = pickle.load(f)
+        assert isinstance(norm, VecNormalize) and norm.norm_obs and norm.norm_reward and not norm.training
+        assert norm.gamma == config.ppo.gamma
+        # the loaded model with the saved statistics reproduces the record (deterministic, same seeds)
+        again = evaluate_model(model, config.env_id, 1, vec_normalize=norm)
+        np.testing.assert_allclose(again, record["eval_returns"], rtol=1e-5)
+        if model_name == "ltc":  # without the statistics the policy sees other inputs
+            assert evaluate_model(model, config.env_id, 1) != pytest.approx(record["eval_returns"])
+    md = summarize(config)
+    text = md.read_text()
+    assert "gSDE (sample freq 4)" in text and "VecNormalize(obs, reward)" in text
+    assert (tmp_path / "results" / "tiny.png").is_file() and (tmp_path / "results" / "tiny.csv").is_file()
