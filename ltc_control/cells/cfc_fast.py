@@ -55,11 +55,8 @@ Not tried: a C backward pass (the PyTorch BPTT is now about 60% of a wired train
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import operator
 import os
-import subprocess
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -658,17 +655,6 @@ _KERNEL_TRIED = False
 _KERNEL_STATUS = "not built yet (built lazily on first use)"
 
 
-def _source_hash(compiler: Sequence[str], flags: Sequence[str]) -> str:
-    from ltc_control.cells import ltc_fast
-
-    h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update((_CSRC / name).read_bytes())
-    for part in (" ".join(compiler), " ".join(flags), ltc_fast._cpu_fingerprint(), str(_ABI)):
-        h.update(b"\0" + part.encode())
-    return h.hexdigest()[:20]
-
-
 def _try_load(path: Path) -> _Kernel | None:
     try:
         lib = ctypes.CDLL(str(path))
@@ -683,38 +669,7 @@ def _build() -> _Kernel:
     """Loads the cached library or compiles it (the LTC kernel's compiler, flags and cache directory)."""
     from ltc_control.cells import ltc_fast
 
-    compiler = ltc_fast._compiler()
-    cache = ltc_fast._cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    for flags in ltc_fast._flag_sets():
-        target = cache / f"cfc_kernel_{_source_hash(compiler, flags)}.so"
-        if target.exists():
-            kernel = _try_load(target)
-            if kernel is not None:
-                return kernel
-        fd, tmp_name = tempfile.mkstemp(prefix=".cfc_kernel_", suffix=".so.tmp", dir=cache)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        cmd = [*compiler, *flags, "-o", str(tmp), str(_CSRC / "cfc_kernel.c"), "-lm"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, FileNotFoundError):
-                raise FileNotFoundError(f"C compiler {compiler[0]!r} not found ({exc})") from exc
-            errors.append(f"{' '.join(cmd)}: {exc}")
-            continue
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            errors.append(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
-            continue
-        os.replace(tmp, target)  # atomic: concurrent builders never expose a half-written library
-        kernel = _try_load(target)
-        if kernel is not None:
-            return kernel
-        errors.append(f"built {target} but could not load it")
-    raise RuntimeError("compiling the CfC kernel failed:\n" + "\n".join(errors))
+    return ltc_fast.build_cached_library("cfc_kernel", _SOURCES, _ABI, _try_load, "CfC kernel")
 
 
 def load_kernel() -> _Kernel | None:

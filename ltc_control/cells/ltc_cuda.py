@@ -54,6 +54,7 @@ from ltc_control.cells.ltc_fast import (
     _EdgeCache,
     _param_list,
     _reduce_to,
+    canonical_dt_starts,
 )
 
 __all__ = [
@@ -672,12 +673,7 @@ class FusedCudaImplementation:
         eps: float,
     ) -> Tensor:
         """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
-        dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
-        starts = (
-            None
-            if reset is None
-            else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
-        )
+        dt2, starts = canonical_dt_starts(dt, reset)
         plist = _param_list(params)
         kernels = self._get_kernels(x_mapped.device)
         if kernels is None or not fits_shared_memory(v0.shape[-1], x_mapped.shape[-1], x_mapped.dtype):

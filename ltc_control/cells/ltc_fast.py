@@ -55,10 +55,10 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -178,9 +178,15 @@ def _cpu_fingerprint() -> str:
     return platform.processor() or "unknown"
 
 
-def _source_hash(compiler: Sequence[str], flags: Sequence[str]) -> str:
+def _source_hash(
+    compiler: Sequence[str],
+    flags: Sequence[str],
+    sources: Sequence[str] = _SOURCES,
+    abi: int = _ABI,
+) -> str:
+    """Cache key of a kernel library: its sources, the compiler and flags, torch, the platform and the CPU."""
     h = hashlib.sha256()
-    for name in _SOURCES:
+    for name in sources:
         h.update((_CSRC / name).read_bytes())
     for part in (
         " ".join(compiler),
@@ -189,7 +195,7 @@ def _source_hash(compiler: Sequence[str], flags: Sequence[str]) -> str:
         platform.machine(),
         platform.system(),
         _cpu_fingerprint(),
-        str(_ABI),
+        str(abi),
     ):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:20]
@@ -214,23 +220,37 @@ def _try_load(path: Path) -> _Kernel | None:
         return None
 
 
-def _build() -> _Kernel:
-    """Loads the cached library or compiles it; raises RuntimeError/FileNotFoundError naming the cause."""
+_L = TypeVar("_L")
+
+
+def build_cached_library(
+    name: str, sources: Sequence[str], abi: int, load: Callable[[Path], _L | None], what: str
+) -> _L:
+    """Loads ``<cache>/<name>_<hash>.so`` or compiles ``csrc/<sources[0]>`` into it; used by every C kernel.
+
+    Tries each flag set of :func:`_flag_sets` in order. The build writes to a private temporary file and
+    ``os.replace``-s it into place, so concurrent builds from several processes never expose a half-written
+    library; a corrupt or foreign file under the name is rebuilt. ``load(path)`` returns the loaded kernel or
+    ``None`` (wrong ABI, missing symbol).
+
+    Raises:
+        FileNotFoundError: no compiler.
+        RuntimeError: every flag set failed (the message holds each command and its error).
+    """
     compiler = _compiler()
     cache = _cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     for flags in _flag_sets():
-        target = cache / f"ltc_kernel_{_source_hash(compiler, flags)}.so"
+        target = cache / f"{name}_{_source_hash(compiler, flags, sources, abi)}.so"
         if target.exists():
-            kernel = _try_load(target)
+            kernel = load(target)
             if kernel is not None:
                 return kernel
-            # a corrupt or foreign file under our name: rebuild it (os.replace below swaps it atomically)
-        fd, tmp_name = tempfile.mkstemp(prefix=".ltc_kernel_", suffix=".so.tmp", dir=cache)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}_", suffix=".so.tmp", dir=cache)
         os.close(fd)
         tmp = Path(tmp_name)
-        cmd = [*compiler, *flags, "-o", str(tmp), str(_CSRC / "ltc_kernel.c"), "-lm"]
+        cmd = [*compiler, *flags, "-o", str(tmp), str(_CSRC / sources[0]), "-lm"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -244,11 +264,16 @@ def _build() -> _Kernel:
             errors.append(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
             continue
         os.replace(tmp, target)
-        kernel = _try_load(target)
+        kernel = load(target)
         if kernel is not None:
             return kernel
         errors.append(f"built {target} but could not load it")
-    raise RuntimeError("compiling the LTC kernel failed:\n" + "\n".join(errors))
+    raise RuntimeError(f"compiling the {what} failed:\n" + "\n".join(errors))
+
+
+def _build() -> _Kernel:
+    """Loads the cached library or compiles it; raises RuntimeError/FileNotFoundError naming the cause."""
+    return build_cached_library("ltc_kernel", _SOURCES, _ABI, _try_load, "LTC kernel")
 
 
 def load_kernel() -> _Kernel | None:
@@ -1102,6 +1127,14 @@ class LTCControlStep:
         return out if out is not None else cell.forward(x, h, dt)  # type: ignore[no-any-return]
 
 
+def canonical_dt_starts(dt: Tensor, reset: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The ``(B, T)`` forms of an implementation's ``dt`` and ``reset`` arguments (``(B, T, 1)`` squeezed)."""
+    dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
+    if reset is not None and reset.dim() == 3:
+        reset = reset.reshape(reset.shape[0], reset.shape[1])
+    return dt2, reset
+
+
 class TorchEdgesImplementation:
     """``LTCCell`` implementation ``"torch-edges"``: pure PyTorch, any device and dtype.
 
@@ -1145,12 +1178,7 @@ class TorchEdgesImplementation:
     ) -> Tensor:
         """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
         edges = self._edge_list(params, x_mapped.device)
-        dt2 = dt.reshape(dt.shape[0], dt.shape[1]) if dt.dim() == 3 else dt
-        starts = (
-            None
-            if reset is None
-            else (reset.reshape(reset.shape[0], reset.shape[1]) if reset.dim() == 3 else reset)
-        )
+        dt2, starts = canonical_dt_starts(dt, reset)
         return ltc_sequence_torch(x_mapped, v0, dt2, starts, _param_list(params), edges, unfolds, eps)
 
     def step(self, params: Any, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float) -> Tensor:
