@@ -52,6 +52,8 @@ class PPOConfig:
         batch_size: minibatch size (in steps).
         n_epochs: passes over each rollout.
         learning_rate: Adam learning rate.
+        learning_rate_schedule: ``constant`` or ``linear`` (decays to 0 over the budget, the RL Zoo's
+            ``lin_<rate>``).
         gamma: discount factor.
         gae_lambda: GAE lambda.
         clip_range: PPO clip range.
@@ -74,6 +76,7 @@ class PPOConfig:
     batch_size: int = 256
     n_epochs: int = 10
     learning_rate: float = 1e-3
+    learning_rate_schedule: Literal["constant", "linear"] = "constant"
     gamma: float = 0.9
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -92,6 +95,11 @@ class PPOConfig:
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate_schedule not in ("constant", "linear"):
+            raise ValueError(
+                "ppo.learning_rate_schedule must be 'constant' or 'linear', got "
+                f"{self.learning_rate_schedule!r}"
+            )
         if self.activation not in ("tanh", "relu"):
             raise ValueError(f"ppo.activation must be 'tanh' or 'relu', got {self.activation!r}")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
@@ -192,6 +200,15 @@ def _make_env_fn(env_id: str) -> Any:
     return _fn
 
 
+def _schedule(rate: float, kind: str) -> Any:
+    """A constant rate, or sb3's linear schedule (``progress_remaining`` 1 -> 0)."""
+    if kind == "constant":
+        return rate
+    from stable_baselines3.common.utils import LinearSchedule
+
+    return LinearSchedule(rate, 0.0, 1.0)
+
+
 def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     """The ``RecurrentPPO`` model of one run (envs built and seeded).
 
@@ -219,7 +236,7 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         n_steps=ppo.n_steps,
         batch_size=ppo.batch_size,
         n_epochs=ppo.n_epochs,
-        learning_rate=ppo.learning_rate,
+        learning_rate=_schedule(ppo.learning_rate, ppo.learning_rate_schedule),
         gamma=ppo.gamma,
         gae_lambda=ppo.gae_lambda,
         clip_range=ppo.clip_range,
@@ -380,6 +397,9 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         "steps_per_second": model.num_timesteps / wall,
         "steps_per_cpu_second": model.num_timesteps / max(cpu, 1e-9),
         "load_average_at_end": load,
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "versions": _versions(),
         **_param_counts(model),
         "saved": saved,
         "config": to_dict(config),
@@ -387,6 +407,19 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
     if out_dir is not None:
         atomic_write_json(out_dir / spec.file_name(config.env_id, config.timesteps), record)
     return record
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the packages a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("ltc-control", "torch", "stable-baselines3", "sb3-contrib", "gymnasium", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def _worker(args: tuple[BenchmarkConfig, RunSpec, str]) -> str:
@@ -521,6 +554,7 @@ def summarize(config: BenchmarkConfig) -> Path:
     writer.writerows(rows)
     atomic_write_text(out / f"{config.name}.csv", buf.getvalue())
     ppo = config.ppo
+    lr_kind = " (linear decay)" if ppo.learning_rate_schedule == "linear" else ""
     sde = f"gSDE (sample freq {ppo.sde_sample_freq})" if ppo.use_sde else "no gSDE"
     normed = [w for w, on in (("obs", ppo.normalize_observations), ("reward", ppo.normalize_rewards)) if on]
     norm = f"VecNormalize({', '.join(normed)})" if normed else "no VecNormalize"
@@ -529,8 +563,8 @@ def summarize(config: BenchmarkConfig) -> Path:
         "",
         f"Budget {config.timesteps:,} env steps per run; seeds {list(config.seeds)} (rows list the seeds "
         f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
-        f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, clip "
-        f"{ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
+        f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}{lr_kind}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
+        f"clip {ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
         f"log_std_init {ppo.log_std_init}. Liquid critics: {config.critic}. LSTM: "
         f"{config.lstm_hidden_size} units, net_arch {list(config.lstm_net_arch)}, critic LSTM "
         f"{config.lstm_critic}. Eval: deterministic, "
@@ -555,11 +589,28 @@ def summarize(config: BenchmarkConfig) -> Path:
         "",
         "Per-seed eval returns: " + "; ".join(f"{r['model']} {r['per_seed_eval']}" for r in rows),
         "",
+        _provenance(records),
+        "",
     ]
     md = out / f"{config.name}.md"
     atomic_write_text(md, "\n".join(lines))
     _plot(config, records, out / f"{config.name}.png")
     return md
+
+
+def _provenance(records: list[dict[str, Any]]) -> str:
+    """A line with when, where and with which versions the runs were recorded."""
+    loads = [float(r["load_average_at_end"]) for r in records if "load_average_at_end" in r]
+    done = sorted(r["finished_utc"] for r in records if "finished_utc" in r)
+    cpus = sorted({int(r["cpu_count"]) for r in records if r.get("cpu_count")})
+    versions = next((r["versions"] for r in reversed(records) if "versions" in r), None) or _versions()
+    parts = [
+        f"Runs finished {done[0]} .. {done[-1]} UTC" if done else "Run finish times not recorded",
+        f"on a {'/'.join(map(str, cpus)) or os.cpu_count()}-CPU machine (1 torch thread per run)",
+        f"1-minute load average at the end of the runs {min(loads):.1f} .. {max(loads):.1f}" if loads else "",
+        "versions " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+    return "; ".join(p for p in parts if p) + "."
 
 
 def _plot(config: BenchmarkConfig, records: list[dict[str, Any]], path: Path) -> None:

@@ -612,4 +612,5 @@ def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
     md = summarize(config)
     text = md.read_text()
     assert "gSDE (sample freq 4)" in text and "VecNormalize(obs, reward)" in text
+    assert "Runs finished" in text and "sb3-contrib" in text
     assert (tmp_path / "results" / "tiny.png").is_file() and (tmp_path / "results" / "tiny.csv").is_file()
