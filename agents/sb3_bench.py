@@ -565,7 +565,9 @@ def summarize(config: BenchmarkConfig) -> Path:
         f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
         f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}{lr_kind}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
         f"clip {ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
-        f"log_std_init {ppo.log_std_init}. Liquid critics: {config.critic}. LSTM: "
+        f"log_std_init {ppo.log_std_init}. LTC: {_controller_text(config.ltc)}; CfC: "
+        f"{_controller_text(config.cfc)}; liquid policy kwargs {dict(config.liquid_policy_kwargs)}. "
+        f"Liquid critics: {config.critic}. LSTM: "
         f"{config.lstm_hidden_size} units, net_arch {list(config.lstm_net_arch)}, critic LSTM "
         f"{config.lstm_critic}. Eval: deterministic, "
         f"{config.eval_episodes} episodes on unseen seeds, mean per run; the table gives mean +- std (and "
@@ -596,6 +598,18 @@ def summarize(config: BenchmarkConfig) -> Path:
     atomic_write_text(md, "\n".join(lines))
     _plot(config, records, out / f"{config.name}.png")
     return md
+
+
+def _controller_text(ctrl: ControllerConfig) -> str:
+    """A short description of a liquid controller config (wiring, unfolds)."""
+    w = ctrl.wiring
+    if w.preset in ("ncp", "lane_keeping"):
+        wiring = f"{w.preset} wiring ({w.inter} inter, {w.command} command)"
+    elif w.preset == "saved":
+        wiring = "saved wiring"
+    else:
+        wiring = f"{w.preset} wiring ({w.units} units)"
+    return wiring + (f", {ctrl.ode_unfolds} ODE unfolds" if ctrl.kind == "ltc" else "")
 
 
 def _provenance(records: list[dict[str, Any]]) -> str:
