@@ -60,6 +60,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
+from ltc_control.cells.cfc import CfCCell, WiredCfCCell
 from ltc_control.cells.ltc import LTCCell, get_implementation
 from ltc_control.config import from_dict
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
@@ -232,9 +233,9 @@ class ControllerAdapter(nn.Module):
     def state_sequence(self, x: Tensor, h: Tensor, starts: Tensor) -> Tensor:
         """Every step's cell state of a batch of sequences.
 
-        LTC cells whose implementation has a fused ``sequence`` path (the compiled kernel, the reference)
-        use it (no Python loop over time); other cells run a step loop over ``cell.forward`` (the same
-        numbers, tested).
+        LTC cells whose implementation has a fused ``sequence`` path (the compiled kernels, the reference)
+        and CfC cells (their ``state_sequence``) use it (no Python loop over time); other cells run a step
+        loop over ``cell.forward`` (the same numbers, tested).
 
         Args:
             x: inputs ``(n_seq, T, F)``.
@@ -264,6 +265,9 @@ class ControllerAdapter(nn.Module):
                         cell.epsilon,
                     ),
                 )
+        if isinstance(cell, (CfCCell, WiredCfCCell)):
+            # the CfC cells' fused sequence path (their initial state is zero, reset with (1 - d) * h)
+            return cell.state_sequence(x, h, self.dt, starts)
         h0 = cell.initial_state(n_seq, device=x.device, dtype=x.dtype)
         seq = []
         for i in range(t):

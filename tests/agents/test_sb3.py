@@ -214,6 +214,41 @@ def test_fused_state_sequence_matches_step_loop(implementation: str) -> None:
     torch.testing.assert_close(g_fused, g_loop, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("wired", [True, False], ids=["wired_cfc", "dense_cfc"])
+def test_cfc_state_sequence_matches_step_loop(wired: bool) -> None:
+    """CfC controllers hand the whole sequence to the cell's fused ``state_sequence``: it equals a step loop
+    over ``cell.forward`` with resets, values and gradients."""
+    dense = {"kind": "cfc", "cfc_wired": False, "units": 8, "cfc_backbone_units": 8}
+    ctrl = {**SMALL_CFC} if wired else dense
+    adapter = _tiny_model(policy_kwargs={"controller": ctrl}).policy.lstm_actor
+    cell = adapter.controller.cell
+    torch.manual_seed(4)
+    x = torch.randn(2, 6, 3)
+    h = torch.rand(2, adapter.state_size)
+    starts = torch.zeros(2, 6)
+    starts[0, 2] = 1.0
+    starts[1, 0] = 1.0
+    params = [p for p in cell.parameters() if p.requires_grad]
+    fused = adapter.state_sequence(x, h, starts)
+    # readout-only parameters (the output head) get no gradient from the states: allow_unused
+    g_fused = torch.autograd.grad(fused.square().sum(), params, allow_unused=True)
+    v, seq = h, []
+    for i in range(6):
+        v = (1.0 - starts[:, i : i + 1]) * v  # the CfC's initial state is zero
+        _, v = cell(x[:, i], v, 1.0)
+        seq.append(v)
+    loop = torch.stack(seq, dim=1)
+    g_loop = torch.autograd.grad(loop.square().sum(), params, allow_unused=True)
+    torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-6)
+    assert sum(g is not None for g in g_loop) >= 4
+    for a, b in zip(g_fused, g_loop):
+        if a is None or b is None:
+            assert a is None or not bool(a.any()), "a parameter only one path depends on"
+            assert b is None or not bool(b.any()), "a parameter only one path depends on"
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------- gSDE
 def test_gsde_learns_saves_loads_and_predicts(tmp_path: Path) -> None:
     env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0)
