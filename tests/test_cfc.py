@@ -549,8 +549,8 @@ def kernel_or_torch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     from ltc_control.cells import cfc_fast
 
     if request.param == "torch":
-        monkeypatch.setattr(cfc_fast, "_KERNEL", None)
-        monkeypatch.setattr(cfc_fast, "_KERNEL_TRIED", True)
+        monkeypatch.setattr(cfc_fast._LAZY, "kernel", None)
+        monkeypatch.setattr(cfc_fast._LAZY, "tried", True)
     elif cfc_fast.load_kernel() is None:
         pytest.skip(f"CfC kernel unavailable here: {cfc_fast.kernel_status()}")
     return str(request.param)

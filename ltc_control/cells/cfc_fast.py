@@ -56,9 +56,6 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import os
-import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -68,6 +65,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ltc_control.cells import ltc_fast
 
 if TYPE_CHECKING:
     from ltc_control.cells.cfc import CfCCell, WiredCfCCell
@@ -649,12 +648,6 @@ class _Kernel:
             self.forward[dtype] = fn
 
 
-_KERNEL_LOCK = threading.Lock()
-_KERNEL: _Kernel | None = None
-_KERNEL_TRIED = False
-_KERNEL_STATUS = "not built yet (built lazily on first use)"
-
-
 def _try_load(path: Path) -> _Kernel | None:
     try:
         lib = ctypes.CDLL(str(path))
@@ -667,9 +660,21 @@ def _try_load(path: Path) -> _Kernel | None:
 
 def _build() -> _Kernel:
     """Loads the cached library or compiles it (the LTC kernel's compiler, flags and cache directory)."""
-    from ltc_control.cells import ltc_fast
-
     return ltc_fast.build_cached_library("cfc_kernel", _SOURCES, _ABI, _try_load, "CfC kernel")
+
+
+def _message(exc: Exception) -> str:
+    return (
+        "ltc_control: the compiled CfC kernel is unavailable, so no-grad CfC steps and sequences run on the "
+        f"PyTorch path (slower, same numbers). Cause: {exc}. Fix: install a C compiler (e.g. "
+        "'apt-get install gcc') or point LTC_CONTROL_CC at one; set LTC_CONTROL_DISABLE_KERNEL=1 to silence "
+        "this warning."
+    )
+
+
+_LAZY: ltc_fast.LazyKernel[_Kernel] = ltc_fast.LazyKernel(
+    lambda: _build(), CfCKernelUnavailableWarning, _message
+)
 
 
 def load_kernel() -> _Kernel | None:
@@ -679,42 +684,17 @@ def load_kernel() -> _Kernel | None:
     remembered for the process (:func:`kernel_status`). ``LTC_CONTROL_DISABLE_KERNEL=1`` disables this kernel
     too, without a warning.
     """
-    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
-    if _KERNEL_TRIED:
-        return _KERNEL
-    with _KERNEL_LOCK:
-        if _KERNEL_TRIED:
-            return _KERNEL
-        if os.environ.get("LTC_CONTROL_DISABLE_KERNEL", "") not in ("", "0"):
-            _KERNEL_STATUS = "disabled by LTC_CONTROL_DISABLE_KERNEL"
-        else:
-            try:
-                _KERNEL = _build()
-                _KERNEL_STATUS = f"loaded {_KERNEL.path}"
-            except Exception as exc:  # noqa: BLE001 - any build failure must degrade to the PyTorch path
-                _KERNEL_STATUS = f"unavailable: {exc}"
-                warnings.warn(
-                    "ltc_control: the compiled CfC kernel is unavailable, so no-grad CfC steps and sequences "
-                    f"run on the PyTorch path (slower, same numbers). Cause: {exc}. Fix: install a C "
-                    "compiler (e.g. 'apt-get install gcc') or point LTC_CONTROL_CC at one; set "
-                    "LTC_CONTROL_DISABLE_KERNEL=1 to silence this warning.",
-                    CfCKernelUnavailableWarning,
-                    stacklevel=3,
-                )
-        _KERNEL_TRIED = True
-        return _KERNEL
+    return _LAZY.load()
 
 
 def kernel_status() -> str:
     """A one-line description of the CfC kernel's state (path loaded, or why it is unavailable)."""
-    return _KERNEL_STATUS
+    return _LAZY.status
 
 
 def _reset_kernel_for_tests() -> None:
-    """Forgets the loaded kernel so that the next use rebuilds/reloads it (tests of the fallback only)."""
-    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
-    with _KERNEL_LOCK:
-        _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS = None, False, "not built yet (built lazily on first use)"
+    """Forgets the loaded kernel so that the next use rebuilds/reloads it (fallback tests only)."""
+    _LAZY.reset()
 
 
 _ACT_CODES: dict[str, int] = {"LeCunTanh": 1, "Tanh": 2, "ReLU": 3, "SiLU": 4, "GELU": 5}

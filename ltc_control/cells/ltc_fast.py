@@ -58,7 +58,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -135,12 +135,6 @@ class _Kernel:
             packed.argtypes = [i64p, p, ctypes.c_double]
             packed.restype = ctypes.c_int
             self.forward_packed[dtype] = packed
-
-
-_KERNEL_LOCK = threading.Lock()
-_KERNEL: _Kernel | None = None
-_KERNEL_TRIED = False
-_KERNEL_STATUS = "not built yet (built lazily on first use)"
 
 
 def _cache_dir() -> Path:
@@ -276,38 +270,65 @@ def _build() -> _Kernel:
     return build_cached_library("ltc_kernel", _SOURCES, _ABI, _try_load, "LTC kernel")
 
 
+class LazyKernel(Generic[_L]):
+    """A compiled C kernel built on first use, once per process (shared by the LTC and CfC kernels).
+
+    ``LTC_CONTROL_DISABLE_KERNEL=1`` disables it without a warning. A failed build is remembered for the
+    rest of the process and issues one warning of class ``warning`` with ``message(exc)``; :attr:`status`
+    says where the kernel was loaded from or why it is unavailable.
+    """
+
+    def __init__(
+        self, build: Callable[[], _L], warning: type[Warning], message: Callable[[Exception], str]
+    ) -> None:
+        self._build, self._warning, self._message = build, warning, message
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the kernel so that the next :meth:`load` rebuilds/reloads it (tests of the fallback)."""
+        self.kernel: _L | None = None
+        self.tried = False
+        self.status = "not built yet (built lazily on first use)"
+
+    def load(self) -> _L | None:
+        """The kernel (built on the first call), or ``None`` when it is unavailable."""
+        if self.tried:
+            return self.kernel
+        with self._lock:
+            if self.tried:
+                return self.kernel
+            if os.environ.get("LTC_CONTROL_DISABLE_KERNEL", "") not in ("", "0"):
+                self.status = "disabled by LTC_CONTROL_DISABLE_KERNEL"
+            else:
+                try:
+                    self.kernel = self._build()
+                    self.status = f"loaded {getattr(self.kernel, 'path', self.kernel)}"
+                except Exception as exc:  # noqa: BLE001 - any build failure must degrade to the PyTorch path
+                    self.status = f"unavailable: {exc}"
+                    warnings.warn(self._message(exc), self._warning, stacklevel=4)
+            self.tried = True
+            return self.kernel
+
+
+_LAZY: LazyKernel[_Kernel] = LazyKernel(
+    lambda: _build(),
+    LTCKernelUnavailableWarning,
+    lambda exc: (
+        "ltc_control: the compiled LTC kernel is unavailable, so the fast LTC runs on its pure-PyTorch path "
+        f"(slower, same numbers). Cause: {exc}. Fix: install a C compiler (e.g. 'apt-get install gcc') or "
+        "point LTC_CONTROL_CC at one; set LTC_CONTROL_DISABLE_KERNEL=1 to silence this warning."
+    ),
+)
+
+
 def load_kernel() -> _Kernel | None:
     """Returns the compiled kernel, building it on first use; ``None`` when it is unavailable.
 
     The first failure issues one :class:`LTCKernelUnavailableWarning` (cause and fix) and is remembered for
     the rest of the process; :func:`kernel_status` repeats the reason.
     """
-    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
-    if _KERNEL_TRIED:
-        return _KERNEL
-    with _KERNEL_LOCK:
-        if _KERNEL_TRIED:
-            return _KERNEL
-        if os.environ.get("LTC_CONTROL_DISABLE_KERNEL", "") not in ("", "0"):
-            _KERNEL_STATUS = "disabled by LTC_CONTROL_DISABLE_KERNEL"
-        else:
-            try:
-                _KERNEL = _build()
-                _KERNEL_STATUS = f"loaded {_KERNEL.path}"
-            except Exception as exc:  # noqa: BLE001 - any build failure must degrade to the PyTorch path
-                _KERNEL_STATUS = f"unavailable: {exc}"
-                warnings.warn(
-                    "ltc_control: the compiled LTC kernel is unavailable, so the fast LTC runs on its "
-                    "pure-PyTorch "
-                    f"path (slower, same numbers). Cause: {exc}. Fix: install a C compiler (e.g. "
-                    "'apt-get install gcc') or point LTC_CONTROL_CC at one; set "
-                    "LTC_CONTROL_DISABLE_KERNEL=1 to "
-                    "silence this warning.",
-                    LTCKernelUnavailableWarning,
-                    stacklevel=3,
-                )
-        _KERNEL_TRIED = True
-        return _KERNEL
+    return _LAZY.load()
 
 
 def kernel_available() -> bool:
@@ -317,14 +338,12 @@ def kernel_available() -> bool:
 
 def kernel_status() -> str:
     """A one-line description of the kernel's state (path loaded, or why it is unavailable)."""
-    return _KERNEL_STATUS
+    return _LAZY.status
 
 
 def _reset_kernel_for_tests() -> None:
     """Forgets the loaded kernel so that the next use rebuilds/reloads it (tests of the fallback only)."""
-    global _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS
-    with _KERNEL_LOCK:
-        _KERNEL, _KERNEL_TRIED, _KERNEL_STATUS = None, False, "not built yet (built lazily on first use)"
+    _LAZY.reset()
 
 
 # ---------------------------------------------------------------------------------------------- edge list
