@@ -53,6 +53,7 @@ from ltc_control.cells.ltc_fast import (
     _dt_strides,
     _EdgeCache,
     _param_list,
+    _PerDeviceCache,
     _reduce_to,
     canonical_dt_starts,
 )
@@ -639,7 +640,7 @@ class FusedCudaImplementation:
         self._kernels = kernels
         self._device_types = tuple(device_types)
         self._edges = _EdgeCache()
-        self._csr: dict[tuple[int, torch.device], tuple[EdgeList, CsrEdges]] = {}
+        self._csr: _PerDeviceCache[CsrEdges] = _PerDeviceCache(CsrEdges.from_edge_list)
         # gathered per-synapse parameters for calls without autograd (control loops), keyed on the parameter
         # tensors' identities and version counters: a changed or replaced parameter misses the cache
         self._gathered: tuple[tuple[Any, ...], tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
@@ -653,14 +654,7 @@ class FusedCudaImplementation:
 
     def _csr_for(self, params: Any, device: torch.device) -> CsrEdges:
         edges = self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
-        key = (id(edges), device)
-        hit = self._csr.get(key)
-        if hit is None or hit[0] is not edges:
-            if len(self._csr) >= 32:
-                self._csr.clear()
-            hit = (edges, CsrEdges.from_edge_list(edges, device))
-            self._csr[key] = hit
-        return hit[1]
+        return self._csr.get(edges, device)
 
     def sequence(
         self,

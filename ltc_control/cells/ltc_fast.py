@@ -751,6 +751,26 @@ class _EdgeCache:
         return edges
 
 
+class _PerDeviceCache(Generic[_L]):
+    """Something derived from an :class:`EdgeList` for one device (a device copy, a sorted layout), built once
+    per (edge list, device); at most 32 entries."""
+
+    def __init__(self, make: Callable[[EdgeList, torch.device], _L]) -> None:
+        self._make = make
+        self._cache: dict[tuple[int, torch.device], tuple[EdgeList, _L]] = {}
+
+    def get(self, edges: EdgeList, device: torch.device) -> _L:
+        key = (id(edges), device)
+        hit = self._cache.get(key)
+        # the stored edge list keeps its id alive, so a hit with the same object is the same wiring
+        if hit is None or hit[0] is not edges:
+            if len(self._cache) >= 32:
+                self._cache.clear()
+            hit = (edges, self._make(edges, device))
+            self._cache[key] = hit
+        return hit[1]
+
+
 def _param_list(params: Any) -> list[Tensor]:
     try:
         return [params[k] for k in PARAM_NAMES]
@@ -1166,7 +1186,7 @@ class TorchEdgesImplementation:
     def __init__(self) -> None:
         self._edges = _EdgeCache()
         # device copies of the index tensors (CUDA): copied once, not on every call
-        self._on_device: dict[tuple[int, torch.device], tuple[EdgeList, EdgeList]] = {}
+        self._on_device: _PerDeviceCache[EdgeList] = _PerDeviceCache(lambda e, d: e.to(d))
 
     def available(self, device: torch.device) -> bool:
         """Always ``True`` (pure PyTorch)."""
@@ -1174,16 +1194,7 @@ class TorchEdgesImplementation:
 
     def _edge_list(self, params: Any, device: torch.device) -> EdgeList:
         edges = self._edges.get(params["sparsity_mask"], params["sensory_sparsity_mask"])
-        if edges.src.device == device:
-            return edges
-        key = (id(edges), device)
-        hit = self._on_device.get(key)
-        if hit is None or hit[0] is not edges:
-            if len(self._on_device) >= 32:
-                self._on_device.clear()
-            hit = (edges, edges.to(device))
-            self._on_device[key] = hit
-        return hit[1]
+        return edges if edges.src.device == device else self._on_device.get(edges, device)
 
     def sequence(
         self,
