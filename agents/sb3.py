@@ -61,7 +61,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
 from ltc_control.cells.cfc import CfCCell, WiredCfCCell
-from ltc_control.cells.ltc import LTCCell, get_implementation
+from ltc_control.cells.ltc import LTCCell
 from ltc_control.config import from_dict
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
 from ltc_control.perception import ConvHead, PerceptionConfig, standardize
@@ -233,9 +233,9 @@ class ControllerAdapter(nn.Module):
     def state_sequence(self, x: Tensor, h: Tensor, starts: Tensor) -> Tensor:
         """Every step's cell state of a batch of sequences.
 
-        LTC cells whose implementation has a fused ``sequence`` path (the compiled kernels, the reference)
-        and CfC cells (their ``state_sequence``) use it (no Python loop over time); other cells run a step
-        loop over ``cell.forward`` (the same numbers, tested).
+        LTC and CfC cells use their ``state_sequence`` (the fused sequence paths: no Python loop over time
+        where the implementation has one); other cells run a step loop over ``cell.forward`` (the same
+        numbers, tested).
 
         Args:
             x: inputs ``(n_seq, T, F)``.
@@ -247,27 +247,9 @@ class ControllerAdapter(nn.Module):
         """
         cell = self.controller.cell
         n_seq, t = x.shape[0], x.shape[1]
-        if isinstance(cell, LTCCell):
-            fused = getattr(get_implementation(cell.implementation_name), "sequence", None)
-            if fused is not None:
-                dt = torch.full((n_seq, t, 1), self.dt, device=x.device, dtype=x.dtype)
-                params = cell.effective_parameters()
-                # LTCCell's initial state is zero: the implementations reset with (1 - d) * v.
-                return cast(
-                    Tensor,
-                    fused(
-                        params,
-                        cell.map_inputs(x),
-                        h,
-                        dt,
-                        starts.unsqueeze(-1),
-                        cell.ode_unfolds,
-                        cell.epsilon,
-                    ),
-                )
-        if isinstance(cell, (CfCCell, WiredCfCCell)):
-            # the CfC cells' fused sequence path (their initial state is zero, reset with (1 - d) * h)
-            return cell.state_sequence(x, h, self.dt, starts)
+        if isinstance(cell, (LTCCell, CfCCell, WiredCfCCell)):
+            # the liquid cells' fused sequence paths (initial state zero, reset with (1 - d) * h)
+            return cast(Tensor, cell.state_sequence(x, h, self.dt, starts))
         h0 = cell.initial_state(n_seq, device=x.device, dtype=x.dtype)
         seq = []
         for i in range(t):

@@ -331,6 +331,34 @@ def test_batched_dt_equals_per_sample_loop() -> None:
     torch.testing.assert_close(h_seq, h_loop, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("implementation", ["auto", "reference"])
+def test_state_sequence_is_every_steps_state(implementation: str) -> None:
+    """``state_sequence`` returns the states the step loop visits (resets included); ``forward_sequence``'s
+    outputs are ``readout`` of them and its h_T the last one; gradients flow from every state."""
+    torch.manual_seed(8)
+    for wiring in (lane_keeping_ncp(seed=3), Random(7, input_size=5, output_size=3, sparsity=0.3, seed=2)):
+        cell = LTCCell(wiring, implementation=implementation)
+        x = torch.randn(3, 6, cell.input_size)
+        starts = torch.zeros(3, 6)
+        starts[1, 3] = 1.0
+        h0 = 0.3 * torch.randn(3, cell.state_size)
+        ref, h = [], h0
+        for t in range(6):
+            h = (1.0 - starts[:, t : t + 1]) * h
+            h = cell(x[:, t], h, 0.7)[1]
+            ref.append(h)
+        states = cell.state_sequence(x, h0, 0.7, starts)
+        assert states.shape == (3, 6, cell.state_size)
+        torch.testing.assert_close(states, torch.stack(ref, 1), rtol=0, atol=1e-5)
+        y, h_t = cell.forward_sequence(x, h0, 0.7, starts)
+        torch.testing.assert_close(cell.readout(states), y, rtol=0, atol=1e-6)
+        torch.testing.assert_close(states[:, -1], h_t, rtol=0, atol=1e-6)
+        states.square().sum().backward()
+        for name, p in cell.named_parameters():  # the output mapping is after the states
+            assert (p.grad is None) == name.startswith("output_"), name
+            assert p.grad is None or bool(p.grad.abs().sum() > 0), name
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_input_raises_clear_errors(tiny_ncp: Wiring) -> None:
     cell = LTCCell(tiny_ncp)

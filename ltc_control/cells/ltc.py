@@ -746,6 +746,20 @@ class LTCCell(RecurrentCell):
             out = self._forward_sequence_inference(x, h0, dt, episode_starts)
             if out is not None:
                 return out
+        states = self.state_sequence(x, h0, dt, episode_starts)
+        return self.readout(states), states[:, -1]
+
+    def state_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> Tensor:
+        """Every step's state ``(B, T, N)`` (after each step), through the selected implementation's fused
+        sequence when it has one; arguments as :meth:`forward_sequence`, whose outputs are ``readout`` of
+        these states. For callers that read every neuron, e.g. a critic or gSDE on the actor's state.
+        """
         x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
         b, t = x.shape[0], x.shape[1]
         if not isinstance(dt_seq, Tensor):
@@ -767,7 +781,7 @@ class LTCCell(RecurrentCell):
                 outs.append(v)
             states = torch.stack(outs, dim=1)
         self._last_impl[0] = name
-        return self.readout(states), states[:, -1]
+        return states
 
     # ------------------------------------------------------------------ inference fast path
     def _needs_graph(self, *tensors: object) -> bool:
