@@ -214,13 +214,27 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     load_policy_weights(model, source)
     start = to_policy(model)
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    total = config.value_warmup_steps + config.timesteps
+    bar = tqdm(total=total, desc="PPO fine-tuning", unit="step", mininterval=5.0)
+
+    class _Progress(BaseCallback):
+        def _on_step(self) -> bool:
+            bar.update(self.num_timesteps - bar.n)
+            return True
+
     t0 = time.perf_counter()
     if config.value_warmup_steps:
+        bar.set_postfix_str("critic-only warm-up")
         _set_actor_trainable(model.policy, False)
-        model.learn(config.value_warmup_steps, progress_bar=False)
+        model.learn(config.value_warmup_steps, callback=_Progress(), progress_bar=False)
         _set_actor_trainable(model.policy, True)
-    model.learn(config.timesteps, reset_num_timesteps=False, progress_bar=False)
+        bar.set_postfix_str("")
+    model.learn(config.timesteps, callback=_Progress(), reset_num_timesteps=False, progress_bar=False)
     train_time = time.perf_counter() - t0
+    bar.close()
     tuned = to_policy(model)
     after = closed_loop_metrics(tuned, config.env_id, env_kwargs, config.eval_seeds, config.eval_max_steps)
     export_policy(
