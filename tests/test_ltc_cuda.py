@@ -293,6 +293,43 @@ def test_registered_but_not_available_on_cpu() -> None:
     assert cell.implementation_name != "fused-cuda"
 
 
+def test_cached_binary_is_rebuilt_when_missing_or_damaged(tmp_path: Path) -> None:
+    """The compiled-kernel cache: built once, reused, and a truncated / damaged file is rebuilt and replaced
+    (the CUDA module loader rejects it) instead of disabling the kernel; an unwritable cache still loads."""
+    built: list[int] = []
+
+    def build() -> bytes:
+        built.append(1)
+        return b"GOOD-CUBIN"
+
+    def load(binary: bytes) -> dict[str, bool]:
+        if binary != b"GOOD-CUBIN":
+            raise RuntimeError("CUDA error: device kernel image is invalid")
+        return {"loaded": True}
+
+    target = tmp_path / "cache" / "ltc_kernel_cuda_sm90_x.cubin"
+    assert ltc_cuda.load_cached_binary(target, build, load) == {"loaded": True}
+    assert len(built) == 1 and target.read_bytes() == b"GOOD-CUBIN"
+    assert ltc_cuda.load_cached_binary(target, build, load) == {"loaded": True} and len(built) == 1
+    target.write_bytes(b"GOOD-")  # truncated by outside damage
+    assert ltc_cuda.load_cached_binary(target, build, load) == {"loaded": True} and len(built) == 2
+    assert target.read_bytes() == b"GOOD-CUBIN"
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp file left
+    target.write_bytes(b"")  # empty
+    ltc_cuda.load_cached_binary(target, build, load)
+    assert len(built) == 3 and target.read_bytes() == b"GOOD-CUBIN"
+
+    def failing_build() -> bytes:
+        raise RuntimeError("NVRTC compilation failed: error in line 1")
+
+    target.write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="NVRTC compilation failed"):  # the caller warns and falls back
+        ltc_cuda.load_cached_binary(target, failing_build, load)
+    (tmp_path / "file").write_text("not a folder")
+    blocked = tmp_path / "file" / "k.cubin"  # the cache folder cannot be created
+    assert ltc_cuda.load_cached_binary(blocked, build, load) == {"loaded": True}
+
+
 def test_compile_failure_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed NVRTC build degrades to the PyTorch path with one warning naming the cause."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -11,7 +11,8 @@ neuron. No atomics: results are deterministic.
 Building. The kernel source is compiled with NVRTC, which ships with the CUDA build of PyTorch: no nvcc, host
 compiler or CUDA toolkit is needed. The binary is cached in the same directory as the CPU kernel
 (``$LTC_CONTROL_CACHE_DIR``, default ``~/.cache/ltc_control``), keyed by the source, the GPU architecture and
-the NVRTC version, and written atomically. If anything fails (no NVRTC, a driver too old for the binary, a
+the NVRTC version, and written atomically; a cached file that no longer loads (damaged, truncated) is
+recompiled and replaced. If anything fails (no NVRTC, a driver too old for the binary, a
 private PyTorch helper that moved), one :class:`LTCCudaKernelUnavailableWarning` names the cause and CUDA
 tensors run on the pure-PyTorch ``"torch-edges"`` path instead (same numbers, slower).
 ``LTC_CONTROL_DISABLE_CUDA_KERNEL=1`` forces that path without a warning.
@@ -41,7 +42,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -154,6 +155,34 @@ def _nvrtc_compile(source: bytes, arch: str, lib: Any) -> bytes:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
+_T = TypeVar("_T")
+
+
+def load_cached_binary(target: Path, build: Callable[[], bytes], load: Callable[[bytes], _T]) -> _T:
+    """``load`` of the binary cached at ``target``, built with ``build`` (and cached atomically: temp file,
+    then rename) when the file is missing, empty, or fails to load (a damaged or truncated file is rebuilt
+    and replaced, once). A cache folder that cannot be written only costs a rebuild next time.
+    """
+    cached = target.read_bytes() if target.is_file() else b""
+    if cached:
+        try:
+            return load(cached)
+        except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it below
+            pass
+    binary = build()
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}_", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(binary)
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return load(binary)
+
+
 def compile_cuda_kernels(device: torch.device | str | int | None = None) -> CudaKernels:
     """Compiles (or loads from the cache) the CUDA kernels for ``device``'s architecture.
 
@@ -176,20 +205,13 @@ def compile_cuda_kernels(device: torch.device | str | int | None = None) -> Cuda
     ).hexdigest()[:20]
     cache = _cache_dir()
     target = cache / f"ltc_kernel_cuda_sm{arch}_{key}.cubin"
-    binary = target.read_bytes() if target.exists() else b""
-    if not binary:
-        binary = _nvrtc_compile(source, arch, lib)
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ltc_kernel_cuda_", suffix=".tmp", dir=cache)
-            with os.fdopen(fd, "wb") as f:
-                f.write(binary)
-            os.replace(tmp, target)
-        except OSError:
-            pass  # a read-only cache only costs a recompile next time
     names = [n for pair in _NAMES.values() for n in pair]
-    with torch.cuda.device(index):
-        kernels = cuda_utils._cuda_load_module(binary, names)
+
+    def load(binary: bytes) -> Any:
+        with torch.cuda.device(index):
+            return cuda_utils._cuda_load_module(binary, names)
+
+    kernels = load_cached_binary(target, lambda: _nvrtc_compile(source, arch, lib), load)
     assert isinstance(kernels, dict)
     max_shared = _SHARED_LIMIT
     optin = int(getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", 0))
