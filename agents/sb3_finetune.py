@@ -123,11 +123,12 @@ def closed_loop_metrics(
     import gymnasium as gym
     import ltc_control.envs  # noqa: F401  (registers the LTC/ ids)
     from ltc_control.agents.evaluation import PolicyAgent, episode_metrics, run_episode
+    from tqdm.auto import tqdm
 
     env = gym.make(env_id, **env_kwargs)
     agent = PolicyAgent(policy)
     episodes = []
-    for seed in seeds:
+    for seed in tqdm(seeds, desc="closed-loop evaluation", unit="road", leave=False, disable=len(seeds) < 2):
         result = run_episode(env, agent, seed=seed, max_steps=max_steps or None)
         m = episode_metrics(result)
         row = {k: float(getattr(m, k)) for k in _METRICS}
