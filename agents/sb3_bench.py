@@ -558,20 +558,36 @@ def summarize(config: BenchmarkConfig) -> Path:
     sde = f"gSDE (sample freq {ppo.sde_sample_freq})" if ppo.use_sde else "no gSDE"
     normed = [w for w, on in (("obs", ppo.normalize_observations), ("reward", ppo.normalize_rewards)) if on]
     norm = f"VecNormalize({', '.join(normed)})" if normed else "no VecNormalize"
+    title = " vs ".join(_MODEL_NAMES[m] for m in config.models)
+    models_text = []
+    if "ltc" in config.models:
+        models_text.append(f"LTC: {_controller_text(config.ltc)}. ")
+    if "cfc" in config.models:
+        models_text.append(f"CfC: {_controller_text(config.cfc)}. ")
+    if "ltc" in config.models or "cfc" in config.models:
+        critic = config.critic
+        if critic == "separate":
+            critic += f" ({config.critic_outputs} motor neurons)"
+        models_text.append(
+            f"Liquid policy kwargs {dict(config.liquid_policy_kwargs)}; liquid critics: {critic}, value MLP "
+            f"{list(config.value_arch)}. "
+        )
+    if "lstm" in config.models:
+        models_text.append(
+            f"LSTM: {config.lstm_hidden_size} units, net_arch {list(config.lstm_net_arch)}, critic LSTM "
+            f"{config.lstm_critic}. "
+        )
     lines = [
-        f"# {config.env_id}: LTC-PPO vs CfC-PPO vs LSTM-PPO",
+        f"# {config.env_id}: {title}",
         "",
         f"Budget {config.timesteps:,} env steps per run; seeds {list(config.seeds)} (rows list the seeds "
         f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
         f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}{lr_kind}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
         f"clip {ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
-        f"log_std_init {ppo.log_std_init}. LTC: {_controller_text(config.ltc)}; CfC: "
-        f"{_controller_text(config.cfc)}; liquid policy kwargs {dict(config.liquid_policy_kwargs)}. "
-        f"Liquid critics: {config.critic}. LSTM: "
-        f"{config.lstm_hidden_size} units, net_arch {list(config.lstm_net_arch)}, critic LSTM "
-        f"{config.lstm_critic}. Eval: deterministic, "
-        f"{config.eval_episodes} episodes on unseen seeds, mean per run; the table gives mean +- std (and "
-        "min..max) over seeds.",
+        f"log_std_init {ppo.log_std_init}. "
+        + "".join(models_text)
+        + f"Eval: deterministic, {config.eval_episodes} episodes on unseen seeds, mean per run; the table "
+        "gives mean +- std (and min..max) over seeds.",
         "",
         "| model | seeds | eval return (mean +- std) | min .. max | train return, last 10% | policy params | "
         "controller params (effective) | wall time / run (s) | steps/s | steps/CPU-s |",
@@ -590,14 +606,37 @@ def summarize(config: BenchmarkConfig) -> Path:
     lines += [
         "",
         "Per-seed eval returns: " + "; ".join(f"{r['model']} {r['per_seed_eval']}" for r in rows),
-        "",
-        _provenance(records),
-        "",
     ]
+    gaps = _differences_to_lstm(rows)
+    if gaps:
+        lines += [
+            "",
+            "Difference of the mean eval return to LSTM-PPO (+- its standard error, Welch; positive = better "
+            "than LSTM-PPO): " + "; ".join(gaps),
+        ]
+    lines += ["", _provenance(records), ""]
     md = out / f"{config.name}.md"
     atomic_write_text(md, "\n".join(lines))
     _plot(config, records, out / f"{config.name}.png")
     return md
+
+
+_MODEL_NAMES = {"ltc": "LTC-PPO", "cfc": "CfC-PPO", "lstm": "LSTM-PPO"}
+
+
+def _differences_to_lstm(rows: list[dict[str, Any]]) -> list[str]:
+    """``"<model> - lstm: d +- se (n vs m seeds)"`` for each liquid row, when both have two seeds or more."""
+    ref = next((r for r in rows if r["model"] == "lstm"), None)
+    if ref is None or ref["seeds"] < 2:
+        return []
+    out = []
+    for r in rows:
+        if r["model"] == "lstm" or r["seeds"] < 2:
+            continue
+        d = r["eval_return_mean"] - ref["eval_return_mean"]
+        se = math.sqrt(r["eval_return_std"] ** 2 / r["seeds"] + ref["eval_return_std"] ** 2 / ref["seeds"])
+        out.append(f"{r['model']} - lstm: {d:+.1f} +- {se:.1f} ({r['seeds']} vs {ref['seeds']} seeds)")
+    return out
 
 
 def _controller_text(ctrl: ControllerConfig) -> str:

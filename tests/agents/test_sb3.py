@@ -646,6 +646,20 @@ def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
             assert evaluate_model(model, config.env_id, 1) != pytest.approx(record["eval_returns"])
     md = summarize(config)
     text = md.read_text()
+    assert text.startswith("# PendulumNoVel-v1: LTC-PPO vs LSTM-PPO\n") and "CfC:" not in text
     assert "gSDE (sample freq 4)" in text and "VecNormalize(obs, reward)" in text
     assert "Runs finished" in text and "sb3-contrib" in text
     assert (tmp_path / "results" / "tiny.png").is_file() and (tmp_path / "results" / "tiny.csv").is_file()
+
+
+def test_benchmark_difference_to_lstm_is_welch() -> None:
+    from ltc_control.agents.sb3_bench import _differences_to_lstm
+
+    rows = [
+        {"model": "ltc", "seeds": 5, "eval_return_mean": -150.0, "eval_return_std": 10.0},
+        {"model": "cfc", "seeds": 1, "eval_return_mean": -100.0, "eval_return_std": float("nan")},
+        {"model": "lstm", "seeds": 4, "eval_return_mean": -140.0, "eval_return_std": 20.0},
+    ]
+    # se = sqrt(10^2 / 5 + 20^2 / 4) = sqrt(120); a single-seed row has no spread and is left out
+    assert _differences_to_lstm(rows) == [f"ltc - lstm: -10.0 +- {120**0.5:.1f} (5 vs 4 seeds)"]
+    assert _differences_to_lstm(rows[:2]) == []
