@@ -5,9 +5,10 @@ Usage::
     .venv/bin/python experiments/finetune_lane_keeping_rl.py --checkpoint runs/<run>/checkpoints/best \\
         --set 'env_kwargs={road_length: 250.0}' --timesteps 4096
 
-Writes ``experiments/results/rl_lane_keeping_finetune.md``, and under ``runs/rl_finetune/`` the JSON
-record and the fine-tuned ``Policy`` checkpoint (``--checkpoint_out``), which ``ltc-control
-rollout|evaluate|inspect`` read like any other. Library code: :mod:`ltc_control.agents.sb3_finetune`.
+Writes ``experiments/results/<name>.md`` (default ``rl_lane_keeping_finetune``), and under
+``runs/rl_finetune/`` the JSON record and the fine-tuned ``Policy`` checkpoint (``--checkpoint_out``), which
+``ltc-control rollout|evaluate|inspect`` read like any other. Library code:
+:mod:`ltc_control.agents.sb3_finetune`.
 """
 
 from __future__ import annotations
