@@ -565,7 +565,7 @@ def summarize(config: BenchmarkConfig) -> Path:
     if "cfc" in config.models:
         models_text.append(f"CfC: {_controller_text(config.cfc)}. ")
     if "ltc" in config.models or "cfc" in config.models:
-        critic = config.critic
+        critic: str = config.critic
         if critic == "separate":
             critic += f" ({config.critic_outputs} motor neurons)"
         models_text.append(
