@@ -1,8 +1,8 @@
 """Plumbing shared by the recorder and the perturbations: find the cell, route every step via ``forward``.
 
-Both tools attach ``nn.Module`` forward hooks to the cell. A cell's fused ``forward_sequence`` fast path would
-bypass ``forward`` (and so the hooks), so while a tool is active the cell instance gets the base class's
-step-by-step loop as its ``forward_sequence``; the class (and every other instance) is untouched.
+Both tools attach ``nn.Module`` forward hooks to the cell. A cell's fused ``forward_sequence`` /
+``state_sequence`` fast paths would bypass ``forward`` (and so the hooks), so while a tool is active the cell
+instance gets the base class's step-by-step loop for both; the class (and every other instance) is untouched.
 """
 
 from __future__ import annotations
@@ -55,8 +55,33 @@ def find_cell(target: Any) -> RecurrentCell:
 _DEPTH_ATTR = "_ltc_inspection_stepwise_depth"
 
 
+def _stepwise_loop(
+    cell: RecurrentCell,
+    x: Tensor,
+    h0: Tensor | None,
+    dt: float | Tensor | None,
+    episode_starts: Tensor | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The base class's sequence loop, calling the module (``cell(...)``) so forward hooks run: every step's
+    ``(outputs, states)``."""
+    x, h, dt_seq, resets = cell._prepare_sequence(x, h0, dt, episode_starts)
+    h_init = cell.initial_state(x.shape[0], device=x.device, dtype=h.dtype)
+    ys, hs = [], []
+    for t in range(x.shape[1]):
+        if resets is not None:
+            d = resets[:, t]
+            h = (1.0 - d) * h + d * h_init
+        step_dt: float | Tensor = (
+            1.0 if dt_seq is None else (dt_seq[:, t] if isinstance(dt_seq, Tensor) else dt_seq)
+        )
+        y, h = cell(x[:, t], h, step_dt)
+        ys.append(y)
+        hs.append(h)
+    return ys, hs
+
+
 def _hooked_sequence(cell: RecurrentCell) -> Callable[..., tuple[Tensor, Tensor]]:
-    """The base class's sequence loop, but calling the module (``cell(...)``) so forward hooks run."""
+    """``forward_sequence`` through the hooked step loop."""
 
     def forward_sequence(
         x: Tensor,
@@ -64,31 +89,41 @@ def _hooked_sequence(cell: RecurrentCell) -> Callable[..., tuple[Tensor, Tensor]
         dt: float | Tensor | None = None,
         episode_starts: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        x, h, dt_seq, resets = cell._prepare_sequence(x, h0, dt, episode_starts)
-        h_init = cell.initial_state(x.shape[0], device=x.device, dtype=h.dtype)
-        ys = []
-        for t in range(x.shape[1]):
-            if resets is not None:
-                d = resets[:, t]
-                h = (1.0 - d) * h + d * h_init
-            step_dt: float | Tensor = (
-                1.0 if dt_seq is None else (dt_seq[:, t] if isinstance(dt_seq, Tensor) else dt_seq)
-            )
-            y, h = cell(x[:, t], h, step_dt)
-            ys.append(y)
-        return torch.stack(ys, dim=1), h
+        ys, hs = _stepwise_loop(cell, x, h0, dt, episode_starts)
+        return torch.stack(ys, dim=1), hs[-1]
 
     return forward_sequence
 
 
+def _hooked_states(cell: RecurrentCell) -> Callable[..., Tensor]:
+    """``state_sequence`` (every step's state, the fused path of the LTC and CfC cells) through the hooked
+    step loop."""
+
+    def state_sequence(
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> Tensor:
+        return torch.stack(_stepwise_loop(cell, x, h0, dt, episode_starts)[1], dim=1)
+
+    return state_sequence
+
+
+_ROUTED = ("forward_sequence", "state_sequence")
+
+
 @contextlib.contextmanager
 def stepwise(cell: nn.Module) -> Iterator[None]:
-    """Make ``cell.forward_sequence`` loop over ``cell.forward`` (so hooks see every step) meanwhile."""
+    """Make ``cell.forward_sequence`` (and ``cell.state_sequence`` where the cell has one) loop over
+    ``cell.forward`` (so hooks see every step) meanwhile."""
     depth = int(getattr(cell, _DEPTH_ATTR, 0))
     if depth == 0:
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"Expected a RecurrentCell; got {type(cell).__name__}.")
         cell.forward_sequence = _hooked_sequence(cell)  # type: ignore[method-assign]
+        if hasattr(cell, "state_sequence"):
+            cell.state_sequence = _hooked_states(cell)  # type: ignore[assignment]
     setattr(cell, _DEPTH_ATTR, depth + 1)
     try:
         yield
@@ -96,7 +131,9 @@ def stepwise(cell: nn.Module) -> Iterator[None]:
         depth = int(getattr(cell, _DEPTH_ATTR, 1)) - 1
         setattr(cell, _DEPTH_ATTR, depth)
         if depth == 0:
-            del cell.forward_sequence
+            for name in _ROUTED:
+                if name in vars(cell):
+                    delattr(cell, name)
             delattr(cell, _DEPTH_ATTR)
 
 

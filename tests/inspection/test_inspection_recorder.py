@@ -139,3 +139,26 @@ def test_info_to_arrays_keeps_numeric_consistent_keys() -> None:
     assert set(out) == {"a", "p", "b"}
     np.testing.assert_array_equal(out["a"], [1.0, np.nan, 3.0])
     assert out["p"].shape == (3, 2) and out["b"][2] == 0.0
+
+
+@pytest.mark.parametrize("make", [lambda: two_neuron_ltc(sigma=2.0), lambda: CfCCell(1, 6, 1).double()])
+def test_state_sequence_calls_are_recorded_and_perturbed_step_by_step(make) -> None:
+    """``state_sequence`` (the fused every-state path the sb3 adapter uses) goes through the hooks too, so a
+    recorder sees every step and a clamp holds the neuron; both overrides are gone afterwards."""
+    from ltc_control.inspection.perturbation import clamp_neurons
+
+    cell = make()
+    x = torch.linspace(-1, 1, 7, dtype=torch.float64).reshape(1, 7, 1)
+    with torch.no_grad():
+        plain = cell.state_sequence(x)
+    with record(cell) as trace, torch.no_grad():
+        recorded = cell.state_sequence(x)
+    assert trace.num_steps == 7
+    np.testing.assert_allclose(recorded.numpy(), plain.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(trace.state, plain[0, :, : cell.num_neurons].numpy(), rtol=1e-9, atol=1e-12)
+    with clamp_neurons(cell, {1: 0.25}), torch.no_grad():
+        clamped = cell.state_sequence(x)
+    assert torch.all(clamped[0, :, 1] == 0.25) and not torch.allclose(clamped, plain)
+    assert "state_sequence" not in vars(cell) and "forward_sequence" not in vars(cell)
+    assert not cell._forward_hooks
+    torch.testing.assert_close(cell.state_sequence(x), plain)
