@@ -246,18 +246,10 @@ class ControllerAdapter(nn.Module):
             States ``(n_seq, T, state_size)`` (after each step).
         """
         cell = self.controller.cell
-        n_seq, t = x.shape[0], x.shape[1]
         if isinstance(cell, (LTCCell, CfCCell, WiredCfCCell)):
             # the liquid cells' fused sequence paths (initial state zero, reset with (1 - d) * h)
             return cast(Tensor, cell.state_sequence(x, h, self.dt, starts))
-        h0 = cell.initial_state(n_seq, device=x.device, dtype=x.dtype)
-        seq = []
-        for i in range(t):
-            d = starts[:, i : i + 1]
-            h = (1.0 - d) * h + d * h0
-            _, h = cell(x[:, i], h, self.dt)
-            seq.append(h)
-        return torch.stack(seq, dim=1)
+        return torch.stack(cell.step_loop(x, h, self.dt, starts, step=cell)[1], dim=1)
 
     def forward(
         self,

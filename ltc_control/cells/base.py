@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -188,9 +188,25 @@ class RecurrentCell(nn.Module):
         Returns:
             ``(y (B, T, M), h_T (B, state_size))``.
         """
+        ys, hs = self.step_loop(x, h0, dt, episode_starts)
+        return torch.stack(ys, dim=1), hs[-1]
+
+    def step_loop(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+        step: Callable[[Tensor, Tensor, float | Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The reference sequence loop: every step's ``(outputs, states)`` as lists of ``(B, M)`` /
+        ``(B, state_size)``; arguments as :meth:`forward_sequence`. ``step`` is the per-step call (default
+        :meth:`forward`; the inspection tools pass the module itself so forward hooks run).
+        """
         x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
         h_init = self.initial_state(x.shape[0], device=x.device, dtype=h.dtype)
-        ys = []
+        step_fn = self.forward if step is None else step
+        ys, hs = [], []
         for t in range(x.shape[1]):
             if resets is not None:
                 d = resets[:, t]
@@ -198,9 +214,10 @@ class RecurrentCell(nn.Module):
             step_dt: float | Tensor = (
                 1.0 if dt_seq is None else (dt_seq[:, t] if isinstance(dt_seq, Tensor) else dt_seq)
             )
-            y, h = self.forward(x[:, t], h, step_dt)
+            y, h = step_fn(x[:, t], h, step_dt)
             ys.append(y)
-        return torch.stack(ys, dim=1), h
+            hs.append(h)
+        return ys, hs
 
     # ------------------------------------------------------------------ validation helpers
     def _check_input(self, x: Tensor, name: str = "x") -> None:

@@ -220,15 +220,7 @@ class _FastCfC(RecurrentCell):
         ``readout`` of these states). For callers that read the neurons, e.g. a critic on the actor's state.
         """
         if not cfc_fast.supports(self, dt):  # type: ignore[arg-type]
-            x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
-            states = []
-            for t in range(x.shape[1]):
-                if resets is not None:
-                    h = (1.0 - resets[:, t]) * h  # the initial state is zero
-                step_dt = dt_seq[:, t] if isinstance(dt_seq, Tensor) else (1.0 if dt_seq is None else dt_seq)
-                _, h = self.forward(x[:, t], h, step_dt)
-                states.append(h)
-            return torch.stack(states, dim=1)
+            return torch.stack(self.step_loop(x, h0, dt, episode_starts)[1], dim=1)
         x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
         return cfc_fast.cfc_states(self, x, h, dt_seq, resets)  # type: ignore[arg-type]
 

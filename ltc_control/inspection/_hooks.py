@@ -55,33 +55,8 @@ def find_cell(target: Any) -> RecurrentCell:
 _DEPTH_ATTR = "_ltc_inspection_stepwise_depth"
 
 
-def _stepwise_loop(
-    cell: RecurrentCell,
-    x: Tensor,
-    h0: Tensor | None,
-    dt: float | Tensor | None,
-    episode_starts: Tensor | None,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The base class's sequence loop, calling the module (``cell(...)``) so forward hooks run: every step's
-    ``(outputs, states)``."""
-    x, h, dt_seq, resets = cell._prepare_sequence(x, h0, dt, episode_starts)
-    h_init = cell.initial_state(x.shape[0], device=x.device, dtype=h.dtype)
-    ys, hs = [], []
-    for t in range(x.shape[1]):
-        if resets is not None:
-            d = resets[:, t]
-            h = (1.0 - d) * h + d * h_init
-        step_dt: float | Tensor = (
-            1.0 if dt_seq is None else (dt_seq[:, t] if isinstance(dt_seq, Tensor) else dt_seq)
-        )
-        y, h = cell(x[:, t], h, step_dt)
-        ys.append(y)
-        hs.append(h)
-    return ys, hs
-
-
 def _hooked_sequence(cell: RecurrentCell) -> Callable[..., tuple[Tensor, Tensor]]:
-    """``forward_sequence`` through the hooked step loop."""
+    """``forward_sequence`` through the base class's step loop, calling the module so forward hooks run."""
 
     def forward_sequence(
         x: Tensor,
@@ -89,7 +64,7 @@ def _hooked_sequence(cell: RecurrentCell) -> Callable[..., tuple[Tensor, Tensor]
         dt: float | Tensor | None = None,
         episode_starts: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        ys, hs = _stepwise_loop(cell, x, h0, dt, episode_starts)
+        ys, hs = cell.step_loop(x, h0, dt, episode_starts, step=cell)  # cell(...): the hooks run
         return torch.stack(ys, dim=1), hs[-1]
 
     return forward_sequence
@@ -105,7 +80,7 @@ def _hooked_states(cell: RecurrentCell) -> Callable[..., Tensor]:
         dt: float | Tensor | None = None,
         episode_starts: Tensor | None = None,
     ) -> Tensor:
-        return torch.stack(_stepwise_loop(cell, x, h0, dt, episode_starts)[1], dim=1)
+        return torch.stack(cell.step_loop(x, h0, dt, episode_starts, step=cell)[1], dim=1)
 
     return state_sequence
 
