@@ -60,7 +60,6 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-from ltc_control.cells.cfc import CfCCell, WiredCfCCell
 from ltc_control.cells.ltc import LTCCell
 from ltc_control.config import from_dict
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
@@ -233,9 +232,8 @@ class ControllerAdapter(nn.Module):
     def state_sequence(self, x: Tensor, h: Tensor, starts: Tensor) -> Tensor:
         """Every step's cell state of a batch of sequences.
 
-        LTC and CfC cells use their ``state_sequence`` (the fused sequence paths: no Python loop over time
-        where the implementation has one); other cells run a step loop over ``cell.forward`` (the same
-        numbers, tested).
+        The cell's ``state_sequence``: the LTC and CfC cells' fused sequence paths (no Python loop over
+        time), the base class's step loop for the other cells (the same numbers, tested).
 
         Args:
             x: inputs ``(n_seq, T, F)``.
@@ -245,11 +243,7 @@ class ControllerAdapter(nn.Module):
         Returns:
             States ``(n_seq, T, state_size)`` (after each step).
         """
-        cell = self.controller.cell
-        if isinstance(cell, (LTCCell, CfCCell, WiredCfCCell)):
-            # the liquid cells' fused sequence paths (initial state zero, reset with (1 - d) * h)
-            return cast(Tensor, cell.state_sequence(x, h, self.dt, starts))
-        return torch.stack(cell.step_loop(x, h, self.dt, starts, step=cell)[1], dim=1)
+        return cast(Tensor, self.controller.cell.state_sequence(x, h, self.dt, starts))
 
     def forward(
         self,

@@ -191,6 +191,20 @@ class RecurrentCell(nn.Module):
         ys, hs = self.step_loop(x, h0, dt, episode_starts)
         return torch.stack(ys, dim=1), hs[-1]
 
+    def state_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> Tensor:
+        """Every step's state ``(B, T, state_size)`` (after each step); arguments as :meth:`forward_sequence`,
+        whose outputs are ``readout`` of these states. For callers that read every neuron (a critic or gSDE
+        on the actor's state). Default: :meth:`step_loop`; the LTC and CfC cells override it with their fused
+        paths.
+        """
+        return torch.stack(self.step_loop(x, h0, dt, episode_starts)[1], dim=1)
+
     def step_loop(
         self,
         x: Tensor,

@@ -220,7 +220,7 @@ class _FastCfC(RecurrentCell):
         ``readout`` of these states). For callers that read the neurons, e.g. a critic on the actor's state.
         """
         if not cfc_fast.supports(self, dt):  # type: ignore[arg-type]
-            return torch.stack(self.step_loop(x, h0, dt, episode_starts)[1], dim=1)
+            return super().state_sequence(x, h0, dt, episode_starts)
         x, h, dt_seq, resets = self._prepare_sequence(x, h0, dt, episode_starts)
         return cfc_fast.cfc_states(self, x, h, dt_seq, resets)  # type: ignore[arg-type]
 

@@ -71,8 +71,7 @@ def _hooked_sequence(cell: RecurrentCell) -> Callable[..., tuple[Tensor, Tensor]
 
 
 def _hooked_states(cell: RecurrentCell) -> Callable[..., Tensor]:
-    """``state_sequence`` (every step's state, the fused path of the LTC and CfC cells) through the hooked
-    step loop."""
+    """``state_sequence`` (every step's state; fused in LTC and CfC cells) through the hooked step loop."""
 
     def state_sequence(
         x: Tensor,
@@ -90,15 +89,14 @@ _ROUTED = ("forward_sequence", "state_sequence")
 
 @contextlib.contextmanager
 def stepwise(cell: nn.Module) -> Iterator[None]:
-    """Make ``cell.forward_sequence`` (and ``cell.state_sequence`` where the cell has one) loop over
-    ``cell.forward`` (so hooks see every step) meanwhile."""
+    """Make ``cell.forward_sequence`` and ``cell.state_sequence`` loop over ``cell.forward`` (so hooks see
+    every step) meanwhile."""
     depth = int(getattr(cell, _DEPTH_ATTR, 0))
     if depth == 0:
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"Expected a RecurrentCell; got {type(cell).__name__}.")
         cell.forward_sequence = _hooked_sequence(cell)  # type: ignore[method-assign]
-        if hasattr(cell, "state_sequence"):
-            cell.state_sequence = _hooked_states(cell)  # type: ignore[assignment]
+        cell.state_sequence = _hooked_states(cell)  # type: ignore[method-assign]
     setattr(cell, _DEPTH_ATTR, depth + 1)
     try:
         yield
