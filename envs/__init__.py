@@ -9,24 +9,17 @@ kwarg):
 - ``LTC/LaneKeepingRandomized-v0``: image observation with per-episode visual randomisation (training
   conditions that differ on purpose from the plain id's test conditions).
 
-Importing this package sets ``MUJOCO_GL=egl`` when no ``DISPLAY`` is present and ``MUJOCO_GL`` is unset,
-before MuJoCo is imported, so offscreen rendering works on headless machines, and ``LP_NUM_THREADS=0`` (unless
-set) so that Mesa's CPU renderer is fork-safe (see below).
+The parent package (``ltc_control/__init__.py``, run before this one) sets ``MUJOCO_GL=egl`` when no
+``DISPLAY`` is present and ``MUJOCO_GL`` is unset, before MuJoCo is imported, so offscreen rendering works on
+headless machines, and ``LP_NUM_THREADS=0`` (unless set): Mesa's llvmpipe rasterises on worker threads that a
+forked child does not inherit, so a child of a process that has rendered would hang in its first render
+(AsyncVectorEnv and SubprocVecEnv fork by default on Linux); rasterising on the calling thread is fork-safe
+and, with one env per core, costs little. Export either variable yourself to override.
 """
 
 from __future__ import annotations
 
-import os
-
-if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-# Mesa's llvmpipe rasterises on worker threads that a forked child does not inherit: a child of a process that
-# has rendered then hangs in its first render (AsyncVectorEnv and SubprocVecEnv fork by default on Linux).
-# Rasterising on the calling thread is fork-safe and, with one env per core, costs little. Set before any GL
-# context exists; export LP_NUM_THREADS yourself to override.
-os.environ.setdefault("LP_NUM_THREADS", "0")
-
-from gymnasium.envs.registration import register, registry  # noqa: E402
+from gymnasium.envs.registration import register, registry
 
 from .lane_keeping import STATE_FEATURES, LaneKeepingEnv  # noqa: E402
 from .road import Projection, Road, RoadGenerationConfig, Segment, wrap_angle  # noqa: E402

@@ -7,12 +7,24 @@ Main API::
     y, h = model(x)          # x: (B, T, 32) -> y: (B, T, 1), h: (B, 19)
 
 Names are imported on first access, so ``import ltc_control.envs`` does not import torch.
+
+Importing the package (any of its modules) sets two rendering defaults before anything can import MuJoCo:
+``MUJOCO_GL=egl`` when no ``DISPLAY`` is present and ``MUJOCO_GL`` is unset (offscreen rendering on headless
+machines; MuJoCo reads it once, at its own import, so a module that imports MuJoCo first, such as the
+HalfCheetah benchmark env, would otherwise fix it to "no GL" for the whole process), and ``LP_NUM_THREADS=0``
+unless set (Mesa's CPU renderer then rasterises on the calling thread, which is fork-safe: see
+:mod:`ltc_control.envs`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 from ltc_control._version import __version__
 

@@ -413,3 +413,29 @@ def test_reset_options_select_road_and_visuals() -> None:
     with pytest.raises(ValueError, match="road seeds"):
         env.reset(options={"road_seed": -1})
     env.close()
+
+
+def test_headless_gl_default_is_set_by_any_ltc_control_import(tmp_path: Any) -> None:
+    """MuJoCo fixes its GL backend at its own import: a process whose first MuJoCo user is another module (the
+    HalfCheetah benchmark env here) must still render the camera, so importing any ``ltc_control`` module sets
+    ``MUJOCO_GL=egl`` on a machine without a display (it used to be set only by ``ltc_control.envs``)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from ltc_control.agents.sb3_envs import make_novel_env\n"
+        "assert os.environ['MUJOCO_GL'] == 'egl', os.environ.get('MUJOCO_GL')\n"
+        "make_novel_env('HalfCheetahNoVel-v5').reset(seed=0)\n"
+        "import gymnasium as gym, ltc_control.envs\n"
+        "env = gym.make('LTC/LaneKeeping-v0', image_height=16, image_width=32, road_length=20.0)\n"
+        "obs, _ = env.reset(seed=0)\n"
+        "assert obs.shape == (16, 32, 3) and obs.std() > 0\n"
+        "print('rendered')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "rendered" in out.stdout, out.stderr[-2000:]
