@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ltc_control.agents.experts import ExpertConfig, NoiseConfig, NoisyAgent, SteeringNoise, make_expert
 
+from ltc_control.agents.experts import ExpertConfig, NoiseConfig, NoisyAgent, SteeringNoise, make_expert
 from ltc_control.runs import atomic_write_bytes
 
 __all__ = [
@@ -822,8 +822,8 @@ def _learner_agent(checkpoint: str) -> Any:
     policies = _WORKER["policies"]
     if checkpoint not in policies:
         import torch
-        from ltc_control.agents.evaluation import PolicyAgent
 
+        from ltc_control.agents.evaluation import PolicyAgent
         from ltc_control.checkpoint import load_checkpoint
 
         torch.set_num_threads(max(1, int(_WORKER.get("torch_threads", 1))))

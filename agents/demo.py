@@ -147,7 +147,6 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
         0 on success, 130 when interrupted.
     """
     from ltc_control.agents.imitation import TrainConfig
-
     from ltc_control.config import make_parser, parse_args_and_config
 
     args = list(sys.argv[1:] if argv is None else argv)

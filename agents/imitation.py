@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from ltc_control.agents.datasets import (
     CollectConfig,
     DemoDataset,
@@ -49,8 +51,6 @@ from ltc_control.agents.datasets import (
     split_road_seeds,
 )
 from ltc_control.agents.experts import ExpertConfig, NoiseConfig
-from torch import nn
-
 from ltc_control.policy import PolicyConfig
 
 __all__ = [

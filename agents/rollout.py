@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ltc_control import video as vid
 from ltc_control.agents.evaluation import (
     Agent,
     AgentSpec,
@@ -48,8 +50,6 @@ from ltc_control.agents.evaluation import (
     run_episode,
     torch_threads,
 )
-
-from ltc_control import video as vid
 
 __all__ = ["PANELS", "FrameComposer", "RolloutConfig", "RolloutResult", "rollout", "rollout_main"]
 

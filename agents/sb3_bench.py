@@ -220,11 +220,12 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     Returns:
         The model (``model.get_env()`` is its ``VecEnv``).
     """
-    from ltc_control.agents.sb3 import LtcPolicy
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
     from torch import nn
+
+    from ltc_control.agents.sb3 import LtcPolicy
 
     ppo = config.ppo
     env = make_vec_env(_make_env_fn(config.env_id), n_envs=ppo.n_envs, seed=seed)

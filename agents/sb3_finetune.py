@@ -121,9 +121,10 @@ def closed_loop_metrics(
         ``{"episodes": [per-episode metrics], "mean": {metric: mean over episodes}, "return": mean return}``.
     """
     import gymnasium as gym
+    from tqdm.auto import tqdm
+
     import ltc_control.envs  # noqa: F401  (registers the LTC/ ids)
     from ltc_control.agents.evaluation import PolicyAgent, episode_metrics, run_episode
-    from tqdm.auto import tqdm
 
     env = gym.make(env_id, **env_kwargs)
     agent = PolicyAgent(policy)
@@ -163,8 +164,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         FileNotFoundError: a missing checkpoint folder.
         ValueError: a checkpoint that is not an image policy.
     """
-    import ltc_control.envs  # noqa: F401
     import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import ltc_control.envs  # noqa: F401
     from ltc_control.agents.sb3 import (
         CnnLtcPolicy,
         export_policy,
@@ -172,9 +176,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         policy_kwargs_from_policy,
         to_policy,
     )
-    from sb3_contrib import RecurrentPPO
-    from stable_baselines3.common.env_util import make_vec_env
-
     from ltc_control.checkpoint import load_checkpoint
 
     if not config.checkpoint:

@@ -31,9 +31,10 @@ from typing import Any
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium as gym  # noqa: E402
-import ltc_control.envs  # noqa: E402, F401  (registers the LTC/ ids)
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+import ltc_control.envs  # noqa: E402, F401  (registers the LTC/ ids)
 
 
 def follower(info: dict[str, Any]) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ltc_control.agents.datasets import (
     MANIFEST_NAME,
     DatasetError,

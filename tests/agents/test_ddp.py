@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from ltc_control.agents.datasets import DatasetWriter, Episode
 from ltc_control.agents.imitation import TrainConfig, train
-
 from ltc_control.config import from_dict
 
 H, W = 16, 32

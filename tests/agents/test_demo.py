@@ -7,8 +7,8 @@ from pathlib import Path
 
 import cv2
 import torch
-from ltc_control.agents.demo import demo_main
 
+from ltc_control.agents.demo import demo_main
 from ltc_control.checkpoint import load_checkpoint
 
 

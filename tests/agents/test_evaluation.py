@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ltc_control.agents.evaluation import (
     ConstantAgent,
     EpisodeMetrics,
@@ -258,8 +259,8 @@ def test_noise_reaches_the_agent_exactly_as_the_protocol_says() -> None:
 
 def test_checkpoint_policy_in_worker_processes_matches_in_process(tmp_path: Path) -> None:
     import torch
-    from ltc_control.agents.evaluation import PolicyAgent, evaluate, make_env
 
+    from ltc_control.agents.evaluation import PolicyAgent, evaluate, make_env
     from ltc_control.checkpoint import save_checkpoint
     from ltc_control.controllers import ControllerConfig
     from ltc_control.policy import Policy, PolicyConfig
@@ -376,8 +377,8 @@ def test_worker_failures_surface_as_the_original_error(tmp_path: Path) -> None:
 
 def test_policy_is_wrapped_and_carries_its_state() -> None:
     import torch
-    from ltc_control.agents.evaluation import PolicyAgent, make_agent
 
+    from ltc_control.agents.evaluation import PolicyAgent, make_agent
     from ltc_control.policy import Policy, PolicyConfig
 
     torch.manual_seed(0)
@@ -441,6 +442,7 @@ def test_dict_observations_get_image_noise_only() -> None:
 
 def test_torch_threads_is_restored() -> None:
     import torch
+
     from ltc_control.agents.evaluation import torch_threads
 
     before = torch.get_num_threads()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from ltc_control.agents.experts import (
     ExpertConfig,
     NoiseConfig,
@@ -133,6 +134,7 @@ def test_noisy_agent_executes_noise_but_labels_clean() -> None:
 @pytest.mark.parametrize("kind", ["stanley", "pure_pursuit"])
 def test_expert_drives_held_out_roads_without_leaving_the_lane(kind: str) -> None:
     import gymnasium as gym
+
     import ltc_control.envs  # noqa: F401
 
     env = gym.make("LTC/LaneKeepingState-v0", road_length=100.0)

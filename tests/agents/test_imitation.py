@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from ltc_control.agents.datasets import DatasetWriter, EnvSpec, Episode
 from ltc_control.agents.imitation import (
     BCConfig,
@@ -21,7 +22,6 @@ from ltc_control.agents.imitation import (
     train,
     train_main,
 )
-
 from ltc_control.checkpoint import load_checkpoint, load_trainer_state
 from ltc_control.config import ConfigError, apply_overrides, from_dict
 from ltc_control.policy import PolicyConfig
@@ -200,7 +200,6 @@ def lane_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 def test_trained_policy_beats_untrained_in_closed_loop(lane_run) -> None:  # noqa: ANN001
     from ltc_control.agents.datasets import DemoDataset
     from ltc_control.agents.evaluation import evaluate
-
     from ltc_control.checkpoint import save_checkpoint
     from ltc_control.policy import Policy
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from ltc_control.agents.evaluation import PolicyAgent, make_env
 from ltc_control.agents.rollout import FrameComposer, RolloutConfig, rollout, rollout_main
-
 from ltc_control.controllers import ControllerConfig
 from ltc_control.policy import Policy, PolicyConfig
 from ltc_control.video import ROLE_COLORS, read_video

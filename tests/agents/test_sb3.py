@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.env_util import make_vec_env
+
 from ltc_control.agents.sb3 import (
     CnnLtcPolicy,
     LtcPolicy,
@@ -18,10 +22,6 @@ from ltc_control.agents.sb3 import (
     to_policy,
 )
 from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
-from sb3_contrib import RecurrentPPO
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.env_util import make_vec_env
-
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
 
@@ -516,6 +516,7 @@ def test_mask_velocity_pendulum_and_halfcheetah() -> None:
 
 def test_halfcheetah_fallback_passes_env_checker() -> None:
     from gymnasium.utils.env_checker import check_env
+
     from ltc_control.agents.sb3_envs import HalfCheetahV5
 
     env = HalfCheetahV5()
@@ -576,6 +577,8 @@ def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
     written."""
     import pickle
 
+    from stable_baselines3.common.vec_env import VecNormalize
+
     from ltc_control.agents.sb3_bench import (
         BenchmarkConfig,
         PPOConfig,
@@ -584,7 +587,6 @@ def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
         run_one,
         summarize,
     )
-    from stable_baselines3.common.vec_env import VecNormalize
 
     config = BenchmarkConfig(
         env_id="PendulumNoVel-v1",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ltc_control.agents.sb3_finetune import FinetuneConfig, finetune
 
+from ltc_control.agents.sb3_finetune import FinetuneConfig, finetune
 from ltc_control.checkpoint import load_checkpoint, save_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
 

@@ -8,10 +8,11 @@ import warnings
 from typing import Any
 
 import gymnasium as gym
-import ltc_control.envs as lenvs
 import mujoco
 import numpy as np
 import pytest
+
+import ltc_control.envs as lenvs
 from ltc_control.envs import CAR, ENV_IDS, LaneKeepingEnv, Road, Segment
 from ltc_control.envs.scene import build_model
 

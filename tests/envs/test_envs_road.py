@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+
 from ltc_control.envs import Road, RoadGenerationConfig, Segment, wrap_angle
 
 R = 20.0  # radius of the test arc (m)
