@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "inspect_main",
         "record a rollout and write neuron plots + HTML",
     ),
+    "study": (
+        "ltc_control.agents.study.cli",
+        "study_main",
+        "the NCP study: train and evaluate every controller under the same budget",
+    ),
     "bench": (
         "ltc_control.bench",
         "bench_main",

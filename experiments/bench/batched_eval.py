@@ -1,0 +1,195 @@
+"""Batched lockstep evaluation vs today's per-episode `ltc-control evaluate` path, side by side.
+
+Same checkpoint, same roads, same noise levels, the same number of worker processes; the two paths run
+interleaved ``--repeats`` times so they share the machine's background load. Reported: env steps per second
+of each path (median over repeats), their ratio, where the time goes in the lockstep path (policy vs env),
+and the equality check: per-episode metrics of both paths (steps and departures exactly, distances and errors
+to 1e-5 relative) and, in-process, the actions of every step (max absolute difference).
+
+    python experiments/bench/batched_eval.py --checkpoint CKPT --roads 8 --noise 0,0.1,0.2,0.3 \\
+        --env-kwargs '{image_height: 32, image_width: 64, road_length: 100.0}' --write experiments/results/batched_eval.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _load() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ltc_control.agents.evaluation import (
+        Perturbation,
+        PolicyAgent,
+        episode_metrics,
+        evaluate,
+        make_env,
+        run_episode,
+        torch_threads,
+    )
+    from ltc_control.agents.lockstep import EpisodeJob, LockstepStats, run_lockstep, run_lockstep_parallel
+    from ltc_control.checkpoint import load_checkpoint
+    from ltc_control.config import yaml_load
+    from ltc_control.runs import atomic_write_text, versions
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.json + model.safetensors)")
+    p.add_argument("--env-id", default="LTC/LaneKeeping-v0")
+    p.add_argument(
+        "--env-kwargs",
+        default="{image_height: 32, image_width: 64, road_length: 100.0}",
+        help="env keyword arguments (YAML mapping); the camera must match the checkpoint",
+    )
+    p.add_argument("--roads", type=int, default=8, help="test roads (seeds 100000..)")
+    p.add_argument("--noise", default="0,0.1,0.2,0.3", help="noise variances (comma separated)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of both paths")
+    p.add_argument("--num-envs", type=int, default=16, help="lockstep envs per worker")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
+    p.add_argument("--max-steps", type=int, default=0, help="per-episode step cap (0: none)")
+    p.add_argument("--write", type=Path, default=None, help="markdown output file")
+    args = p.parse_args(argv)
+
+    kwargs = dict(yaml_load(args.env_kwargs) or {})
+    seeds = list(range(100_000, 100_000 + args.roads))
+    levels = [float(x) for x in args.noise.split(",")]
+    max_steps = args.max_steps or None
+    jobs = [EpisodeJob(seed=s, perturbation=Perturbation(noise_variance=v)) for v in levels for s in seeds]
+    load_before = _load()
+
+    # 1. equality, in-process: every action of every episode
+    policy, _ = load_checkpoint(args.checkpoint)
+    agent = PolicyAgent(policy)
+    env = make_env(args.env_id, kwargs)
+    t0 = time.perf_counter()
+    with torch_threads(1):
+        ref = [run_episode(env, agent, j.seed, noise=j.perturbation, max_steps=max_steps) for j in jobs]
+    t_ref1 = time.perf_counter() - t0
+    env.close()
+    st1 = LockstepStats()
+    got = run_lockstep(
+        policy, args.env_id, jobs, env_kwargs=kwargs, num_envs=args.num_envs, max_steps=max_steps, stats=st1
+    )
+    steps_ref1 = sum(r.steps for r in ref)
+    same_steps = sum(a.steps == b.steps for a, b in zip(got, ref))
+    diffs = [
+        float(np.abs(a.actions[: min(a.steps, b.steps)] - b.actions[: min(a.steps, b.steps)]).max())
+        for a, b in zip(got, ref)
+    ]
+
+    def metrics_equal(a: object, b: object) -> bool:
+        da, db = a.to_dict(), b.to_dict()  # type: ignore[attr-defined]
+        for k, v in db.items():
+            if isinstance(v, float) and da[k] is not None:
+                if abs(da[k] - v) > 1e-5 * max(1.0, abs(v)):
+                    return False
+            elif da[k] != v:
+                return False
+        return True
+
+    eq_inproc = sum(metrics_equal(episode_metrics(a), episode_metrics(b)) for a, b in zip(got, ref))
+
+    # 2. timing with workers, interleaved
+    old_rates, new_rates, eq_par = [], [], []
+    last_new: LockstepStats | None = None
+    for _ in range(args.repeats):
+        report = evaluate(
+            args.checkpoint,
+            args.env_id,
+            seeds,
+            noise_levels=levels,
+            workers=args.workers,
+            env_kwargs=kwargs,
+            max_steps=max_steps,
+            progress=False,
+        )
+        old_steps = sum(m.steps for m in report.episodes)
+        old_rates.append(old_steps / report.elapsed_s)
+        res, st = run_lockstep_parallel(
+            args.checkpoint,
+            args.env_id,
+            jobs,
+            workers=args.workers,
+            env_kwargs=kwargs,
+            num_envs=args.num_envs,
+            max_steps=max_steps,
+        )
+        new_rates.append(sum(r.steps for r in res) / st.seconds)
+        last_new = st
+        eq_par.append(sum(metrics_equal(episode_metrics(a), m) for a, m in zip(res, report.episodes)))
+    load_after = _load()
+    ratio = float(np.median(new_rates) / np.median(old_rates))
+    assert last_new is not None
+    v = versions()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# Batched lockstep evaluation vs the per-episode `evaluate` path",
+        "",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {platform.node()} ({cpu}, {os.cpu_count()} logical CPUs), MUJOCO_GL="
+        f"{os.environ.get('MUJOCO_GL', '')}",
+        f"- `uptime` before: {load_before}",
+        f"- `uptime` after: {load_after}",
+        f"- Versions: python {v['python']}, torch {v['torch']}, mujoco {v['mujoco']}, numpy {v['numpy']}",
+        f"- Command: `python experiments/bench/batched_eval.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"- Workload: checkpoint `{args.checkpoint}`, env `{args.env_id}` {kwargs}, {args.roads} roads x noise "
+        f"{levels} = {len(jobs)} episodes; {args.workers} worker processes on both paths; lockstep "
+        f"{args.num_envs} envs per worker; torch 1 thread per worker; {args.repeats} interleaved repeats.",
+        "",
+        "| path | env steps/s (median) | all repeats |",
+        "|---|---:|---|",
+        f"| per-episode `evaluate(..., workers={args.workers})` (today's `ltc-control evaluate`) | "
+        f"{np.median(old_rates):.0f} | {', '.join(f'{x:.0f}' for x in old_rates)} |",
+        f"| lockstep, {args.workers} workers (`run_lockstep_parallel`) | {np.median(new_rates):.0f} | "
+        f"{', '.join(f'{x:.0f}' for x in new_rates)} |",
+        "",
+        f"**Ratio (lockstep / per-episode): {ratio:.2f}x.**",
+        "",
+        "In one process (no workers, same episodes): per-episode loop "
+        f"{steps_ref1 / t_ref1:.0f} env steps/s, lockstep {st1.env_steps / st1.seconds:.0f} env steps/s "
+        f"({(st1.env_steps / st1.seconds) / (steps_ref1 / t_ref1):.2f}x).",
+        "",
+        "Where the lockstep time goes (last repeat, summed over workers): "
+        f"policy calls {last_new.policy_seconds:.1f} s for {last_new.policy_calls} batched calls "
+        f"({1e3 * last_new.policy_seconds / max(1, last_new.env_steps):.2f} ms per env step), env step + reset "
+        f"{last_new.env_seconds:.1f} s ({1e3 * last_new.env_seconds / max(1, last_new.env_steps):.2f} ms per env "
+        f"step), perturbation {last_new.perturb_seconds:.1f} s. In-process per-episode loop: "
+        f"{1e3 * t_ref1 / steps_ref1:.2f} ms per env step in all.",
+        "",
+        "Equality: in-process, "
+        f"{same_steps}/{len(jobs)} episodes have the same length and {eq_inproc}/{len(jobs)} the same metrics "
+        f"(steps, departures, completion exactly; distances and errors to 1e-5 relative); max |action "
+        f"difference| over all steps {max(diffs):.2e} (median over episodes {np.median(diffs):.2e}). With "
+        f"workers: {', '.join(str(x) for x in eq_par)} of {len(jobs)} episodes with equal metrics per repeat.",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write is not None:
+        atomic_write_text(args.write, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
