@@ -198,12 +198,12 @@ def _run_group(
         stats.env_seconds += time.perf_counter() - t0
         while active:
             t0 = time.perf_counter()
-            seen = np.stack(
-                [
-                    slots[k].job.perturbation.apply(slots[k].obs, slots[k].job.seed, slots[k].step)
-                    for k in active
-                ]
-            )  # type: ignore[union-attr]
+            frames = []
+            for k in active:
+                cur = slots[k].job
+                assert cur is not None
+                frames.append(cur.perturbation.apply(slots[k].obs, cur.seed, slots[k].step))
+            seen = np.stack(frames)
             t1 = time.perf_counter()
             stats.perturb_seconds += t1 - t0
             idx = torch.as_tensor(active, dtype=torch.long)

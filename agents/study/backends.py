@@ -4,8 +4,9 @@ Both backends call the same function, :func:`ltc_control.agents.study.trials.run
 :class:`~ltc_control.agents.study.trials.Trial`; a trial seeds everything itself and runs with a fixed number
 of torch threads, so the results do not depend on the backend.
 
-- :class:`LocalBackend`: a ``spawn`` process pool; every trial gets a fresh process (``max_tasks_per_child=1``)
-  so nothing (torch threads, GL contexts, caches) leaks from one trial into the next.
+- :class:`LocalBackend`: a ``spawn`` process pool; every trial gets a fresh process
+  (``max_tasks_per_child=1``) so nothing (torch threads, GL contexts, caches) leaks from one trial into the
+  next.
 - :class:`RayBackend`: one Ray task per trial with ``num_cpus`` CPUs (1 by default). ``address=None`` starts a
   local Ray instance; ``address="auto"`` or ``"ray://host:10001"`` joins an existing cluster. The study
   folder must be on a filesystem every node sees (trials read the shared dataset and write their folders

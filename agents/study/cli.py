@@ -14,10 +14,10 @@ _EPILOG = """\
 Every --set KEY=VALUE override (dotted, value parsed as YAML) changes the config, e.g.
   --set seeds=5 --set evaluation.num_roads=10 --set 'tuning.lr_controller=[0.001, 0.003]'
 Keys: name, out_dir, results_dir, seeds, workers, torch_threads, env.{id,kwargs}, expert.*, demos.*,
-test_demos.{seed_start,num_roads}, policy.* (shared camera / perception / action head), bc.* (training budget),
-dagger.*, tuning.{lr_controller,seed}, models (list of {name, label, controller}), reference, evaluation.*
-(seed_start, num_roads, noise_levels, shifts, randomized_visuals, noise_seed, max_steps, num_envs,
-saliency_frames, saliency_noise, inference_steps). Unknown keys are errors.
+test_demos.{seed_start,num_roads}, policy.* (shared camera / perception / action head),
+bc.* (training budget), dagger.*, tuning.{lr_controller,seed}, models (list of {name, label, controller}),
+reference, evaluation.* (seed_start, num_roads, noise_levels, shifts, randomized_visuals,
+noise_seed, max_steps, num_envs, saliency_frames, saliency_noise, inference_steps). Unknown keys are errors.
 
 Resuming: run the same command again; finished trials are read back, interrupted ones restart cleanly.
 Trial folders: <out_dir>/<name>/trials/<kind>-<model>-s<seed>-lr<lr>-<id>/ (id = hash of the trial's config).
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="YAML",
-        help="study preset (experiments/configs/ncp_study_small.yaml or ncp_study.yaml); default: the built-in "
+        help="study preset (experiments/configs/ncp_study_small.yaml or ncp_study.yaml); default: the "
+        "built-in "
         "small preset",
     )
     parser.add_argument(

@@ -283,7 +283,7 @@ def _plots(data: StudyData, out: Path, stem: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    paths: list[Path] = []
     levels = data.noise_levels
     evald = [m for m in data.models if m.eval]
     if not evald:
@@ -485,23 +485,31 @@ def write_report(config: StudyConfig, started: float | None = None) -> list[Path
         "",
         "## Protocol",
         "",
-        f"- One shared noisy-expert dataset: {config.demos.num_roads} roads (seeds {config.demos.seed_start}.."
-        f"{config.demos.seed_start + config.demos.num_roads - 1}), {100 * config.demos.val_fraction:.0f}% of them "
+        f"- One shared noisy-expert dataset: {config.demos.num_roads} roads (seeds "
+        f"{config.demos.seed_start}.."
+        f"{config.demos.seed_start + config.demos.num_roads - 1}), "
+        f"{100 * config.demos.val_fraction:.0f}% of them "
         "(by seed) for validation; camera "
         f"{config.policy.image_shape[0]}x{config.policy.image_shape[1]}, roads of "
-        f"{config.env.kwargs.get('road_length', 300.0):g} m. Every model gets the same perception head (the NCP "
+        f"{config.env.kwargs.get('road_length', 300.0):g} m. Every model gets the same perception "
+        "head (the NCP "
         "paper's conv head, 32 features), the same action head and the same budget: "
         f"{config.bc.epochs} epochs of {config.bc.window}-step windows (batch {config.bc.batch_size}, "
         f"patience {config.bc.patience}), {config.dagger.rounds} DAgger rounds, perception lr "
         f"{config.bc.lr_perception:g}.",
         f"- Learning-rate choice, the same for every model: controller learning rate in "
-        f"{{{', '.join(f'{x:g}' for x in config.tuning.lr_controller)}}} trained at seed {config.tuning.seed}; "
-        "the value with the lowest MSE on the validation roads' demonstrations is kept (never the test roads); "
+        f"{{{', '.join(f'{x:g}' for x in config.tuning.lr_controller)}}} trained at seed "
+        f"{config.tuning.seed}; "
+        "the value with the lowest MSE on the validation roads' demonstrations is kept (never the "
+        "test roads); "
         f"the other seeds (0..{config.seeds - 1}) train at that value only.",
-        f"- Offline test error: MSE of the steering on expert demonstrations of {config.test_demos.num_roads} "
+        "- Offline test error: MSE of the steering on expert demonstrations of "
+        f"{config.test_demos.num_roads} "
         f"held-out roads (seeds {config.test_demos.seed_start}..).",
-        f"- Closed loop: {ev.num_roads} held-out test roads (seeds {ev.seed_start}..{ev.seed_start + ev.num_roads - 1}) "
-        f"under every condition: Gaussian noise variance {', '.join(f'{x:g}' for x in ev.noise_levels)} on the "
+        f"- Closed loop: {ev.num_roads} held-out test roads (seeds "
+        f"{ev.seed_start}..{ev.seed_start + ev.num_roads - 1}) "
+        "under every condition: Gaussian noise variance "
+        f"{', '.join(f'{x:g}' for x in ev.noise_levels)} on the "
         "[0, 1] image (noise seed "
         f"{ev.noise_seed}, the same draws for every model), "
         + ", ".join(
@@ -513,11 +521,14 @@ def write_report(config: StudyConfig, started: float | None = None) -> list[Path
         + ". A departure ends the episode. Episodes run in lockstep batches (`ltc_control.agents.lockstep`).",
         "- Intervals: over seeds, mean with a 95% Student-t interval. Paired differences: model minus "
         f"{config.reference}, paired by seed and test road, 95% crossed-bootstrap interval (seeds and roads "
-        "resampled independently, 4000 resamples). Breaking point: the smallest noise variance at which fewer "
+        "resampled independently, 4000 resamples). Breaking point: the smallest noise variance at "
+        "which fewer "
         "than half of the test episodes (all seeds) are completed.",
         "- Saliency SSIM: VisualBackprop maps of the first "
-        f"{ev.saliency_frames} frames of the test demonstrations, clean vs noisy (SSIM with L = 255). PC1 share "
-        "and Lipschitz profile (per-neuron max step-to-step change, mean over neurons): neuron activity on the "
+        f"{ev.saliency_frames} frames of the test demonstrations, clean vs noisy (SSIM with L = "
+        "255). PC1 share "
+        "and Lipschitz profile (per-neuron max step-to-step change, mean over neurons): neuron "
+        "activity on the "
         "clean test roads.",
         "",
         "## Headline (mean [95% interval] over seeds)",
@@ -536,7 +547,8 @@ def write_report(config: StudyConfig, started: float | None = None) -> list[Path
         "",
         _condition_table(data, "mean_abs_lateral_m"),
         "",
-        "## Max absolute lateral error (m, mean over roads) and steering smoothness (mean |delta steering|), clean",
+        "## Max absolute lateral error (m, mean over roads) and steering smoothness (mean |delta "
+        "steering|), clean",
         "",
         _table(
             ["model", "max abs lateral (m)", "steering smoothness"],

@@ -231,7 +231,8 @@ def run_study(
                     continue
                 elapsed = time.perf_counter() - t_start
                 say(
-                    f"[study] done {trial.label} in {outcome.get('wall_seconds', 0.0):.0f} s (study {elapsed:.0f} s)"
+                    f"[study] done {trial.label} in {outcome.get('wall_seconds', 0.0):.0f} s "
+                    f"(study {elapsed:.0f} s)"
                 )
                 on_done(trial, outcome)
             postfix()
@@ -255,7 +256,9 @@ def run_study(
 def _add_timing(root: Path, t_start: float, ran: int) -> None:
     """Accumulate this call's wall time in ``timing.json`` (a resumed study adds up its calls)."""
     path = root / "timing.json"
-    doc = json.loads(path.read_text()) if path.is_file() else {"total_seconds": 0.0, "calls": []}
+    doc: dict[str, Any] = (
+        json.loads(path.read_text()) if path.is_file() else {"total_seconds": 0.0, "calls": []}
+    )
     seconds = time.perf_counter() - t_start
     doc["calls"].append(
         {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def paired_difference(
     da = np.asarray(model_den, dtype=np.float64) if ratio else None
     db = np.asarray(reference_den, dtype=np.float64) if ratio else None
 
-    def stat(si: np.ndarray, ri: np.ndarray) -> float:
+    def stat(si: Any, ri: Any) -> float:
         sa, sb = a[np.ix_(si, ri)], b[np.ix_(si, ri)]
         if ratio:
             assert da is not None and db is not None

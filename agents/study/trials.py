@@ -414,7 +414,7 @@ def _run_eval(trial: Trial, root: Path, tdir: Path) -> dict[str, Any]:
         stats=stats,
     )
     rows = []
-    for i, (job, res) in enumerate(zip(jobs, results)):
+    for job, res in zip(jobs, results):
         m = episode_metrics(res, completion_tolerance=float(ev["completion_tolerance"]))
         row = {"condition": job.tag, "road": job.seed, **m.to_dict()}
         row["km"] = (m.total_distance_m or 0.0) / 1000.0

@@ -7,7 +7,8 @@ and the equality check: per-episode metrics of both paths (steps and departures 
 to 1e-5 relative) and, in-process, the actions of every step (max absolute difference).
 
     python experiments/bench/batched_eval.py --checkpoint CKPT --roads 8 --noise 0,0.1,0.2,0.3 \\
-        --env-kwargs '{image_height: 32, image_width: 64, road_length: 100.0}' --write experiments/results/batched_eval.md
+        --env-kwargs '{image_height: 32, image_width: 64, road_length: 100.0}' \\
+        --write experiments/results/batched_eval.md
 """
 
 from __future__ import annotations
@@ -152,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- `uptime` before: {load_before}",
         f"- `uptime` after: {load_after}",
         f"- Versions: python {v['python']}, torch {v['torch']}, mujoco {v['mujoco']}, numpy {v['numpy']}",
-        f"- Command: `python experiments/bench/batched_eval.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"- Workload: checkpoint `{args.checkpoint}`, env `{args.env_id}` {kwargs}, {args.roads} roads x noise "
+        "- Command: `python experiments/bench/batched_eval.py "
+        f"{' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"- Workload: checkpoint `{args.checkpoint}`, env `{args.env_id}` {kwargs}, {args.roads} "
+        "roads x noise "
         f"{levels} = {len(jobs)} episodes; {args.workers} worker processes on both paths; lockstep "
         f"{args.num_envs} envs per worker; torch 1 thread per worker; {args.repeats} interleaved repeats.",
         "",
@@ -172,16 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Where the lockstep time goes (last repeat, summed over workers): "
         f"policy calls {last_new.policy_seconds:.1f} s for {last_new.policy_calls} batched calls "
-        f"({1e3 * last_new.policy_seconds / max(1, last_new.env_steps):.2f} ms per env step), env step + reset "
-        f"{last_new.env_seconds:.1f} s ({1e3 * last_new.env_seconds / max(1, last_new.env_steps):.2f} ms per env "
+        f"({1e3 * last_new.policy_seconds / max(1, last_new.env_steps):.2f} ms per env step), env "
+        "step + reset "
+        f"{last_new.env_seconds:.1f} s "
+        f"({1e3 * last_new.env_seconds / max(1, last_new.env_steps):.2f} ms per env "
         f"step), perturbation {last_new.perturb_seconds:.1f} s. In-process per-episode loop: "
         f"{1e3 * t_ref1 / steps_ref1:.2f} ms per env step in all.",
         "",
         "Equality: in-process, "
-        f"{same_steps}/{len(jobs)} episodes have the same length and {eq_inproc}/{len(jobs)} the same metrics "
+        f"{same_steps}/{len(jobs)} episodes have the same length and {eq_inproc}/{len(jobs)} the "
+        "same metrics "
         f"(steps, departures, completion exactly; distances and errors to 1e-5 relative); max |action "
         f"difference| over all steps {max(diffs):.2e} (median over episodes {np.median(diffs):.2e}). With "
-        f"workers: {', '.join(str(x) for x in eq_par)} of {len(jobs)} episodes with equal metrics per repeat.",
+        f"workers: {', '.join(str(x) for x in eq_par)} of {len(jobs)} episodes with equal metrics "
+        "per repeat.",
         "",
     ]
     text = "\n".join(lines)
