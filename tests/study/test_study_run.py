@@ -92,9 +92,9 @@ def test_killed_study_resumes_without_recomputing(tiny_preset: Path) -> None:
 
 
 def test_ray_backend_matches_local(tiny_preset: Path) -> None:
+    """The same trials through Ray tasks give the same results as through local worker processes."""
     ray = pytest.importorskip("ray")
-    base = load_yaml(StudyConfig, tiny_preset)
-    cfg = apply_overrides(base, ["tuning.lr_controller=[0.01]"])
+    cfg = apply_overrides(load_yaml(StudyConfig, tiny_preset), ["tuning.lr_controller=[0.01]"])
     local_cfg = apply_overrides(cfg, [f"out_dir={tiny_preset.parent / 'local'}"])
     ray_cfg = apply_overrides(cfg, [f"out_dir={tiny_preset.parent / 'ray'}"])
     backend = make_backend("local", 2)
@@ -102,7 +102,6 @@ def test_ray_backend_matches_local(tiny_preset: Path) -> None:
         run_study(local_cfg, backend, progress=False, log=lambda _: None)
     finally:
         backend.close()
-    os.environ.setdefault("PYTHONPATH", str(REPO))
     ray.init(
         num_cpus=2,
         include_dashboard=False,
