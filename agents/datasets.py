@@ -710,7 +710,7 @@ def env_dt(env: Any) -> float:
 
 def make_env(spec: EnvSpec) -> Any:
     """Build the env described by ``spec`` (``LTC/`` ids are registered on the way)."""
-    from ltc_control.agents.evaluation import make_env as _make_env
+    from ltc_control.agents.episode import make_env as _make_env
 
     return _make_env(spec.id, spec.kwargs)
 
@@ -823,7 +823,7 @@ def _learner_agent(checkpoint: str) -> Any:
     if checkpoint not in policies:
         import torch
 
-        from ltc_control.agents.evaluation import PolicyAgent
+        from ltc_control.agents.episode import PolicyAgent
         from ltc_control.checkpoint import load_checkpoint
 
         torch.set_num_threads(max(1, int(_WORKER.get("torch_threads", 1))))

@@ -50,6 +50,7 @@ from ltc_control.agents.datasets import (
     run_tasks,
     split_road_seeds,
 )
+from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.experts import ExpertConfig, NoiseConfig
 from ltc_control.policy import PolicyConfig
 
@@ -57,7 +58,7 @@ __all__ = [
     "BCConfig",
     "DaggerConfig",
     "DemoConfig",
-    "EvalConfig",
+    "ClosedLoopEvalConfig",
     "TrainConfig",
     "TrainResult",
     "curve_weighted_mse",
@@ -188,7 +189,7 @@ class DaggerConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class ClosedLoopEvalConfig:
     """Closed-loop evaluation of the final policy on held-out roads.
 
     Attributes:
@@ -236,7 +237,7 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(image_shape=SMALL_IMAGE_SHAPE))
     bc: BCConfig = field(default_factory=BCConfig)
     dagger: DaggerConfig = field(default_factory=DaggerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: ClosedLoopEvalConfig = field(default_factory=ClosedLoopEvalConfig)
 
     def __post_init__(self) -> None:
         train_roads = range(self.demos.seed_start, self.demos.seed_start + self.demos.num_roads)
@@ -735,8 +736,6 @@ class _Trainer:
 
     def closed_loop_score(self, checkpoint: Path, seeds: list[int]) -> dict[str, float]:
         """Completion rate and distance before departure on ``seeds`` (rank 0 only)."""
-        from ltc_control.agents.evaluation import evaluate
-
         report = evaluate(
             str(checkpoint),
             self.cfg.env.id,
@@ -912,8 +911,6 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
 
 
 def _final_eval(trainer: _Trainer, best: Path) -> dict[str, float]:
-    from ltc_control.agents.evaluation import evaluate
-
     cfg = trainer.cfg
     t0 = time.perf_counter()
     report = evaluate(

@@ -35,21 +35,19 @@ from typing import Any
 import numpy as np
 
 from ltc_control import video as vid
-from ltc_control.agents.evaluation import (
+from ltc_control.agents.episode import (
     Agent,
     AgentSpec,
     EpisodeResult,
-    Perturbation,
     PolicyAgent,
     StepRecord,
-    agent_label,
-    check_agent_argument,
     make_agent,
     make_env,
-    prepare_run_dir,
     run_episode,
     torch_threads,
 )
+from ltc_control.agents.evaluate_cli import agent_label, check_agent_argument, prepare_run_dir
+from ltc_control.agents.perturbations import Perturbation
 
 __all__ = ["PANELS", "FrameComposer", "RolloutConfig", "RolloutResult", "rollout", "rollout_main"]
 
@@ -478,7 +476,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
 
     Args:
         agent: a ``Policy``, a checkpoint directory, ``"expert"``, an :class:`Agent` or a factory (see
-            :func:`~ltc_control.agents.evaluation.make_agent`).
+            :func:`~ltc_control.agents.episode.make_agent`).
         config: the rollout settings (defaults: :class:`RolloutConfig`).
 
     Returns:

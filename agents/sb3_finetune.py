@@ -1,7 +1,7 @@
 """Lane keeping by RL: fine-tune an imitation-trained policy with RecurrentPPO, compare closed-loop metrics.
 
 Flow: load an :class:`ltc_control.policy.Policy` checkpoint (e.g. from ``ltc-control train`` / ``demo``) ->
-closed-loop metrics on held-out road seeds (DESIGN.md section 5, via :mod:`ltc_control.agents.evaluation`) ->
+closed-loop metrics on held-out road seeds (DESIGN.md section 5, via :mod:`ltc_control.agents.episode`) ->
 build a :class:`~ltc_control.agents.sb3.CnnLtcPolicy` with the same perception, wiring and head, copy the
 weights in -> train only the critic for ``value_warmup_steps`` (a random critic would otherwise push the
 imitation actor around with meaningless advantages) -> PPO on everything -> export the actor back to a
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ltc_control.agents.episode import PolicyAgent, run_episode
+from ltc_control.agents.metrics import episode_metrics
 from ltc_control.runs import atomic_write_json, atomic_write_text
 
 __all__ = ["FinetuneConfig", "closed_loop_metrics", "finetune"]
@@ -124,7 +126,6 @@ def closed_loop_metrics(
     from tqdm.auto import tqdm
 
     import ltc_control.envs  # noqa: F401  (registers the LTC/ ids)
-    from ltc_control.agents.evaluation import PolicyAgent, episode_metrics, run_episode
 
     env = gym.make(env_id, **env_kwargs)
     agent = PolicyAgent(policy)

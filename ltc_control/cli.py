@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("ltc_control.agents.imitation", "train_main", "train a policy by behaviour cloning / DAgger"),
     "dataset": ("ltc_control.agents.datasets", "dataset_main", "collect or summarise demonstration datasets"),
     "evaluate": (
-        "ltc_control.agents.evaluation",
+        "ltc_control.agents.evaluate_cli",
         "evaluate_main",
         "closed-loop evaluation with noise robustness",
     ),

@@ -145,7 +145,7 @@ class InspectionResult:
 
 # ------------------------------------------------------------------------------------------------ closed loop
 def _make_env(env_id: str, env_kwargs: Mapping[str, Any] | None) -> Any:
-    from ltc_control.agents.evaluation import make_env
+    from ltc_control.agents.episode import make_env
 
     return make_env(env_id, dict(env_kwargs or {}))
 
@@ -181,7 +181,7 @@ def record_rollout(
     """
     from tqdm.auto import tqdm
 
-    from ltc_control.agents.evaluation import PolicyAgent, run_episode
+    from ltc_control.agents.episode import PolicyAgent, run_episode
 
     agent = PolicyAgent(policy, device=_device_of(policy))
     bar = tqdm(total=steps, desc="recording rollout", unit="step", disable=not progress, leave=False)
@@ -236,7 +236,7 @@ def closed_loop_evaluator(
     """
     if not seeds:
         raise ValueError("closed_loop_evaluator needs at least one road seed.")
-    from ltc_control.agents.evaluation import PolicyAgent, run_episode
+    from ltc_control.agents.episode import PolicyAgent, run_episode
 
     def evaluate(policy: Any) -> dict[str, float]:
         agent = PolicyAgent(policy, device=_device_of(policy))

@@ -15,7 +15,7 @@ from ltc_control.agents.imitation import (
     BCConfig,
     DaggerConfig,
     DemoConfig,
-    EvalConfig,
+    ClosedLoopEvalConfig,
     TrainConfig,
     _Trainer,
     curve_weighted_mse,
@@ -192,7 +192,7 @@ def lane_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         policy=PolicyConfig(image_shape=(H, W, 3)),
         bc=BCConfig(epochs=6, batch_size=8, window=16, stride=4, lr_perception=1e-3, lr_controller=5e-3),
         dagger=DaggerConfig(rounds=1, episodes_per_round=2, epochs_per_round=2),
-        eval=EvalConfig(num_roads=2, seed_start=500),
+        eval=ClosedLoopEvalConfig(num_roads=2, seed_start=500),
     )
     return cfg, train(cfg, progress=False)
 

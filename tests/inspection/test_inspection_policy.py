@@ -43,7 +43,7 @@ def policy() -> Policy:
 
 @pytest.fixture(scope="module")
 def env():
-    from ltc_control.agents.evaluation import make_env
+    from ltc_control.agents.episode import make_env
 
     e = make_env(ENV_ID)
     yield e
