@@ -13,9 +13,9 @@ import torch
 from ltc_control.agents.datasets import DatasetWriter, EnvSpec, Episode
 from ltc_control.agents.imitation import (
     BCConfig,
+    ClosedLoopEvalConfig,
     DaggerConfig,
     DemoConfig,
-    ClosedLoopEvalConfig,
     TrainConfig,
     _Trainer,
     curve_weighted_mse,
