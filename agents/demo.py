@@ -109,7 +109,7 @@ def demo(
 
     report: Path | None = None
     if not skip_inspect:
-        from ltc_control.inspection.report import InspectConfig, inspect_policy
+        from ltc_control.agents.inspect import InspectConfig, inspect_policy
 
         t0 = time.perf_counter()
         inspect_cfg = InspectConfig(

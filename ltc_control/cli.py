@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "rollout": ("ltc_control.agents.rollout", "rollout_main", "run a policy and write an mp4 video"),
     "inspect": (
-        "ltc_control.inspection.report",
+        "ltc_control.agents.inspect",
         "inspect_main",
         "record a rollout and write neuron plots + HTML",
     ),
