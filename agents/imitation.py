@@ -40,16 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltc_control.agents.datasets import (
-    CollectConfig,
-    DemoDataset,
-    EnvSpec,
-    EpisodeTask,
-    WindowBatch,
-    expert_tasks,
-    run_tasks,
-    split_road_seeds,
-)
+from ltc_control.agents.collection import CollectConfig, EnvSpec, EpisodeTask, expert_tasks, run_tasks
+from ltc_control.agents.datasets import DemoDataset, WindowBatch, split_road_seeds
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.experts import ExpertConfig, NoiseConfig
 from ltc_control.policy import PolicyConfig

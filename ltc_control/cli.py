@@ -18,7 +18,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "train a small lane-keeping policy, roll it out, plot neurons",
     ),
     "train": ("ltc_control.agents.imitation", "train_main", "train a policy by behaviour cloning / DAgger"),
-    "dataset": ("ltc_control.agents.datasets", "dataset_main", "collect or summarise demonstration datasets"),
+    "dataset": (
+        "ltc_control.agents.dataset_cli",
+        "dataset_main",
+        "collect or summarise demonstration datasets",
+    ),
     "evaluate": (
         "ltc_control.agents.evaluate_cli",
         "evaluate_main",

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ltc_control.agents.datasets import DatasetWriter, EnvSpec, Episode
+from ltc_control.agents.collection import EnvSpec
+from ltc_control.agents.datasets import DatasetWriter, Episode
 from ltc_control.agents.imitation import (
     BCConfig,
     ClosedLoopEvalConfig,
