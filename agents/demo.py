@@ -60,7 +60,7 @@ def demo(
     """Train, roll out to video and inspect a small lane-keeping policy.
 
     Args:
-        config: a :class:`~ltc_control.agents.imitation.TrainConfig` (default: the small preset).
+        config: a :class:`~ltc_control.agents.imitation_config.TrainConfig` (default: the small preset).
         video_steps: control steps of the rollout video (at 30 Hz, 600 steps are 20 s of driving).
         inspect_steps: control steps of the recorded rollout behind the neuron plots.
         saliency_frames: frames used for saliency maps and the saliency SSIM.
@@ -72,7 +72,8 @@ def demo(
     Returns:
         The :class:`DemoResult`.
     """
-    from ltc_control.agents.imitation import TrainConfig, train
+    from ltc_control.agents.imitation import train
+    from ltc_control.agents.imitation_config import TrainConfig
 
     cfg = config if config is not None else TrainConfig()
     seconds: dict[str, float] = {}
@@ -146,7 +147,7 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 130 when interrupted.
     """
-    from ltc_control.agents.imitation import TrainConfig
+    from ltc_control.agents.imitation_config import TrainConfig
     from ltc_control.config import make_parser, parse_args_and_config
 
     args = list(sys.argv[1:] if argv is None else argv)

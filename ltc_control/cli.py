@@ -17,7 +17,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "demo_main",
         "train a small lane-keeping policy, roll it out, plot neurons",
     ),
-    "train": ("ltc_control.agents.imitation", "train_main", "train a policy by behaviour cloning / DAgger"),
+    "train": (
+        "ltc_control.agents.imitation_cli",
+        "train_main",
+        "train a policy by behaviour cloning / DAgger",
+    ),
     "dataset": (
         "ltc_control.agents.dataset_cli",
         "dataset_main",

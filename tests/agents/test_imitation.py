@@ -12,17 +12,16 @@ import torch
 
 from ltc_control.agents.collection import EnvSpec
 from ltc_control.agents.datasets import DatasetWriter, Episode
-from ltc_control.agents.imitation import (
+from ltc_control.agents.imitation import train
+from ltc_control.agents.imitation_cli import train_main
+from ltc_control.agents.imitation_config import (
     BCConfig,
     ClosedLoopEvalConfig,
     DaggerConfig,
     DemoConfig,
     TrainConfig,
-    _Trainer,
-    curve_weighted_mse,
-    train,
-    train_main,
 )
+from ltc_control.agents.imitation_trainer import _Trainer, curve_weighted_mse
 from ltc_control.checkpoint import load_checkpoint, load_trainer_state
 from ltc_control.config import ConfigError, apply_overrides, from_dict
 from ltc_control.policy import PolicyConfig
@@ -137,7 +136,7 @@ def test_separate_learning_rates_and_loss_falls(tmp_path: Path) -> None:
 
 
 def _dist():  # noqa: ANN202
-    from ltc_control.agents.imitation import _Dist
+    from ltc_control.agents.imitation_trainer import _Dist
 
     return _Dist()
 
