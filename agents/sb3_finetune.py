@@ -170,8 +170,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     from stable_baselines3.common.env_util import make_vec_env
 
     import ltc_control.envs  # noqa: F401
-    from ltc_control.agents.sb3 import (
-        CnnLtcPolicy,
+    from ltc_control.agents.sb3 import CnnLtcPolicy
+    from ltc_control.agents.sb3_export import (
         export_policy,
         load_policy_weights,
         policy_kwargs_from_policy,
