@@ -25,13 +25,14 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ltc_control.agents.episode import (
     Agent,
@@ -331,6 +332,62 @@ def _describe(spec: AgentSpec) -> str:
     return str(name) if name else type(spec).__name__
 
 
+def _run_jobs(
+    agent: AgentSpec,
+    env_id: str,
+    kwargs: dict[str, Any],
+    jobs: Sequence[tuple[float, int]],
+    perts: Mapping[float, Perturbation],
+    *,
+    workers: int,
+    max_steps: int | None,
+    device: str,
+    completion_tolerance: float,
+    threads: int,
+    on_done: Callable[[], Any],
+) -> dict[tuple[float, int], EpisodeMetrics]:
+    """Run the ``(noise level, road seed)`` episodes in this process (``workers=0``) or in a spawn pool.
+
+    Returns:
+        ``(noise level, road seed)`` -> the episode's metrics; ``on_done`` is called after every episode.
+    """
+    results: dict[tuple[float, int], EpisodeMetrics] = {}
+    if workers == 0:
+        env = make_env(env_id, kwargs)
+        try:
+            agent_obj = make_agent(agent, device=device)
+            with torch_threads(threads):
+                for lvl, s in jobs:
+                    res = run_episode(env, agent_obj, s, noise=perts[lvl], max_steps=max_steps)
+                    results[(lvl, s)] = res.metrics(completion_tolerance)
+                    on_done()
+        finally:
+            env.close()
+        return results
+    try:
+        pickle.dumps(agent)
+    except Exception as exc:
+        raise TypeError(
+            f"the agent {_describe(agent)} cannot be sent to worker processes ({exc}); pass a checkpoint "
+            "directory, 'expert', a module-level class or factory, or use workers=0"
+        ) from exc
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(agent, env_id, kwargs, device, threads),
+    ) as pool:
+        futures = {
+            pool.submit(_worker_episode, s, perts[lvl], max_steps, completion_tolerance): (lvl, s)
+            for lvl, s in jobs
+        }
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            on_done()
+    return results
+
+
 def evaluate(
     agent: AgentSpec,
     env_id: str,
@@ -402,46 +459,24 @@ def evaluate(
     jobs = [(lvl, s) for lvl in levels for s in seed_list]
     perts = {lvl: dataclasses.replace(base, noise_variance=lvl, seed=noise_seed) for lvl in levels}
 
-    from tqdm import tqdm
-
     start = time.perf_counter()
-    results: dict[tuple[float, int], EpisodeMetrics] = {}
     bar = tqdm(total=len(jobs), desc="evaluate", unit="ep", disable=not progress, file=sys.stderr)
-    if workers == 0:
-        env = make_env(env_id, kwargs)
-        try:
-            agent_obj = make_agent(agent, device=device)
-            with torch_threads(threads):
-                for lvl, s in jobs:
-                    res = run_episode(env, agent_obj, s, noise=perts[lvl], max_steps=max_steps)
-                    results[(lvl, s)] = res.metrics(completion_tolerance)
-                    bar.update(1)
-        finally:
-            env.close()
-    else:
-        try:
-            pickle.dumps(agent)
-        except Exception as exc:
-            raise TypeError(
-                f"the agent {_describe(agent)} cannot be sent to worker processes ({exc}); pass a checkpoint "
-                "directory, 'expert', a module-level class or factory, or use workers=0"
-            ) from exc
-        n_workers = min(workers, len(jobs))
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            max_workers=n_workers,
-            mp_context=ctx,
-            initializer=_worker_init,
-            initargs=(agent, env_id, kwargs, device, threads),
-        ) as pool:
-            futures = {
-                pool.submit(_worker_episode, s, perts[lvl], max_steps, completion_tolerance): (lvl, s)
-                for lvl, s in jobs
-            }
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.update(1)
-    bar.close()
+    try:
+        results = _run_jobs(
+            agent,
+            env_id,
+            kwargs,
+            jobs,
+            perts,
+            workers=workers,
+            max_steps=max_steps,
+            device=device,
+            completion_tolerance=completion_tolerance,
+            threads=threads,
+            on_done=lambda: bar.update(1),
+        )
+    finally:
+        bar.close()
     episodes = [results[(lvl, s)] for lvl in levels for s in seed_list]
     summaries = [
         summarize_levels([results[(lvl, s)] for s in seed_list], noise_variance=lvl) for lvl in levels
