@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import gymnasium as gym
 import numpy as np
 
+from ltc_control.agents import experts
 from ltc_control.agents.metrics import EpisodeMetrics, episode_metrics
 from ltc_control.agents.perturbations import Perturbation, as_perturbation
 
@@ -241,6 +243,8 @@ def make_agent(spec: AgentSpec, device: str = "cpu") -> Agent:
                 f"checkpoint {str(path)!r} does not exist; pass a checkpoint directory written by "
                 "ltc_control.checkpoint.save_checkpoint (model.json + model.safetensors) or 'expert'"
             )
+        # torch comes in with the checkpoint loader, only when a checkpoint is loaded: evaluation workers set
+        # their torch thread count right after building the agent
         from ltc_control.checkpoint import load_checkpoint
 
         policy, _ = load_checkpoint(path)
@@ -270,17 +274,11 @@ def _is_policy(obj: Any) -> bool:
 
 
 def _make_expert(kind: str | None) -> Agent:
-    """The privileged lane-keeping expert of ``ltc_control.agents.experts`` (imported lazily).
+    """The privileged lane-keeping expert of ``ltc_control.agents.experts``.
 
     Args:
         kind: the expert kind (``ExpertConfig.kind``: ``"stanley"``, ``"pure_pursuit"``); None = default.
     """
-    try:
-        from ltc_control.agents import experts
-    except ImportError as exc:
-        raise ImportError(
-            "the 'expert' agent needs ltc_control.agents.experts, which failed to import: " + str(exc)
-        ) from exc
     config = experts.ExpertConfig(kind=kind) if kind else None
     return experts.make_expert(config)  # type: ignore[return-value]
 
@@ -296,8 +294,6 @@ def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mo
     Returns:
         The env.
     """
-    import gymnasium as gym
-
     if env_id.startswith("LTC/"):
         import ltc_control.envs  # noqa: F401  (registers the LTC/ ids)
     kwargs = dict(env_kwargs or {})
