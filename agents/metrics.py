@@ -25,6 +25,7 @@ __all__ = [
     "bootstrap_mean",
     "bootstrap_ratio",
     "episode_metrics",
+    "json_float",
     "summarize_levels",
 ]
 
@@ -67,6 +68,7 @@ class EpisodeMetrics:
 
 
 def json_float(value: Any) -> Any:
+    """A JSON-ready scalar: numpy scalars as Python numbers, NaN and infinities as None."""
     if isinstance(value, float | np.floating):
         return None if not math.isfinite(float(value)) else float(value)
     if isinstance(value, np.integer):
@@ -198,6 +200,12 @@ class LevelSummary:
 
 
 def bootstrap_mean(values: np.ndarray, idx: np.ndarray) -> Stat:
+    """Mean of the finite ``values`` with a 95% percentile-bootstrap interval.
+
+    Args:
+        values: one value per episode ``(n,)`` (non-finite entries are ignored).
+        idx: bootstrap resamples of episode indices ``(n_boot, n)``.
+    """
     finite = np.isfinite(values)
     if not finite.any():
         return Stat(float("nan"), float("nan"), float("nan"))
@@ -216,6 +224,13 @@ def bootstrap_mean(values: np.ndarray, idx: np.ndarray) -> Stat:
 
 
 def bootstrap_ratio(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> Stat:
+    """Ratio estimator ``sum(num) / sum(den)`` with a 95% bootstrap interval over whole episodes.
+
+    Args:
+        num: numerator per episode ``(n,)`` (e.g. departures).
+        den: denominator per episode ``(n,)`` (e.g. km driven).
+        idx: bootstrap resamples of episode indices ``(n_boot, n)``.
+    """
     ok = np.isfinite(num) & np.isfinite(den)
     if not ok.any() or den[ok].sum() <= 0:
         return Stat(float("nan"), float("nan"), float("nan"))
