@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -840,9 +842,14 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(
         cfc_fast._reset_kernel_for_tests()
 
 
-def test_cfc_benchmark_smoke() -> None:
+def test_cfc_benchmark_smoke(load_bench: Callable[[str], ModuleType]) -> None:
     """``ltc-control bench ltc --cfc-only`` on a tiny budget: every model timed, ours equal to ncps."""
-    from ltc_control.bench import CFC_MODELS, format_cfc_markdown, run_cfc_benchmark
+    bench = load_bench("ltc_speed")
+    CFC_MODELS, format_cfc_markdown, run_cfc_benchmark = (
+        bench.CFC_MODELS,
+        bench.format_cfc_markdown,
+        bench.run_cfc_benchmark,
+    )
 
     result = run_cfc_benchmark(batch=2, steps=3, repeats=1, min_time=0.001, progress=False)
     entry = result["configs"]["ncp19"]

@@ -326,7 +326,7 @@ def test_batch_one_inference_sequence_matches_reference(kernel: object, dtype: t
 def test_bench_cli_smoke(kernel: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``ltc-control bench ltc`` on a tiny budget: report, JSON, and ours equal to ncps on its weights."""
     pytest.importorskip("ncps")
-    from ltc_control.bench import bench_main
+    from ltc_control.cli import bench_main
 
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     argv = [

@@ -165,7 +165,9 @@ class _FastCfC(RecurrentCell):
     _plan_cache: tuple[Any, ...] | None = None
     _step_cache: tuple[Any, ...] | None = None
 
-    def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+    def reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+        """One step of the plain PyTorch update (no validation): ``x (B, S)``, ``h (B, state_size)``, ``ts``
+        the step's ``dt`` as ``(B, 1)`` (see :meth:`check_step`); returns the new state."""
         raise NotImplementedError
 
     def _dropout_active(self) -> bool:
@@ -183,9 +185,9 @@ class _FastCfC(RecurrentCell):
         Returns:
             ``(y, h')``: output ``(B, output_size)`` and the new state ``(B, state_size)``.
         """
-        ts = _check_step(self, x, h, dt)
+        ts = self.check_step(x, h, dt)
         if torch.is_grad_enabled() or self._dropout_active():
-            new_h = self._reference_step(x, h, ts)
+            new_h = self.reference_step(x, h, ts)
         else:
             new_h = cfc_fast.cfc_step(self, x, h, ts)  # type: ignore[arg-type]
         return self.readout(new_h), new_h
@@ -357,7 +359,7 @@ class CfCCell(_FastCfC):
     def _dropout_active(self) -> bool:
         return self.training and self.backbone_dropout > 0.0
 
-    def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+    def reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
         """The step-by-step reference: ncps' arithmetic, module by module."""
         z = torch.cat([x, h], dim=1)
         if self.backbone is not None:
@@ -626,7 +628,7 @@ class WiredCfCCell(_FastCfC):
         motors = h[..., : self.motor_size]
         return motors if self.proj_size is None else self.fc(motors)
 
-    def _reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
+    def reference_step(self, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
         """The step-by-step reference: layer by layer, masks applied at every step."""
         layer_states = torch.split(h[:, self.perm], self.layer_sizes, dim=1)
         inputs = x
@@ -635,13 +637,6 @@ class WiredCfCCell(_FastCfC):
             inputs = layer(inputs, h_l, ts)
             outs.append(inputs)
         return torch.cat(outs, dim=1)[:, self.inv_perm]
-
-
-def _check_step(cell: RecurrentCell, x: Tensor, h: Tensor, dt: float | Tensor) -> Tensor:
-    """Validate one step's arguments with the base-class helpers; return ``dt`` as ``(B, 1)``."""
-    cell._check_input(x)
-    cell._check_state(h, int(x.shape[0]))
-    return cell._as_dt(dt, int(x.shape[0]), x.device, h.dtype)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
