@@ -267,7 +267,7 @@ def _build_models(config: str, unfolds: int, which: Sequence[str]) -> dict[str, 
             out[impl]["seqstep"] = seq_step
             out[impl]["policy_act"] = policy_act
     if "cfc" in which or "ncps-cfc" in which:
-        from ltc_control.cells.cfc import cfc_from_ncps
+        from ltc_control.cells.cfc_ncps import cfc_from_ncps
 
         ncps_cfc = _ncps_cfc_model(wiring)
         ours_cfc = cfc_from_ncps(ncps_cfc)
@@ -588,7 +588,8 @@ def _build_cfc_models(config: str, mode: str = "default") -> dict[str, dict[str,
     import torch
     from ncps.torch import CfC
 
-    from ltc_control.cells.cfc import WiredCfCCell, cfc_from_ncps
+    from ltc_control.cells.cfc import WiredCfCCell
+    from ltc_control.cells.cfc_ncps import cfc_from_ncps
     from ltc_control.sequence import SequenceModel
 
     wiring = build_wiring(config)
