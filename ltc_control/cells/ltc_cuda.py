@@ -684,9 +684,9 @@ class FusedCudaImplementation:
 
 
 def _register() -> None:
-    from ltc_control.cells import ltc as _ltc
+    from ltc_control.cells import ltc_registry
 
-    _ltc.register_implementation("fused-cuda", FusedCudaImplementation(), priority=30)
+    ltc_registry.register_implementation("fused-cuda", FusedCudaImplementation(), priority=30)
 
 
 _register()

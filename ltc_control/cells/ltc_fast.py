@@ -514,7 +514,7 @@ class TorchEdgesImplementation:
 
     def step(self, params: Any, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float) -> Tensor:
         """New state ``(B, N)`` after one input step (``dt``: ``(B, 1)``)."""
-        from ltc_control.cells.ltc import reference_step
+        from ltc_control.cells.ltc_math import reference_step
 
         return reference_step(params, x_mapped, v, dt, unfolds, eps)
 
@@ -523,10 +523,10 @@ _TORCH_EDGES = TorchEdgesImplementation()
 
 
 def _register() -> None:
-    from ltc_control.cells import ltc as _ltc
+    from ltc_control.cells import ltc_registry
 
-    _ltc.register_implementation("fused-c", FusedCImplementation(), priority=20)
-    _ltc.register_implementation("torch-edges", _TORCH_EDGES, priority=10)
+    ltc_registry.register_implementation("fused-c", FusedCImplementation(), priority=20)
+    ltc_registry.register_implementation("torch-edges", _TORCH_EDGES, priority=10)
 
 
 _register()
