@@ -96,7 +96,7 @@ def _cfc_available() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _cfc_available(), reason="ltc_control.cells.cfc_ncps.cfc_from_ncps is not available yet")
+@pytest.mark.skipif(not _cfc_available(), reason="ltc_control.cells.cfc_ncps.cfc_from_ncps is missing")
 @pytest.mark.parametrize("units", [8, "wired"])
 def test_cfc_conversion_is_delegated_and_exact(units: object) -> None:
     torch.manual_seed(2)

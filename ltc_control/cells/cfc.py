@@ -25,9 +25,8 @@ Parameter names and shapes are those of ``ncps.torch.CfCCell`` (``backbone.<i>.w
 wired cell, of ``ncps.torch.WiredCfCCell`` (``layer_<l>.ff1`` ...).
 :func:`~ltc_control.cells.cfc_ncps.cfc_from_ncps` converts a trained ``ncps.torch.CfC``.
 
-Speed: ``forward_sequence`` and gradient-free ``forward`` calls run the fast paths of
-:mod:`ltc_control.cells.cfc_fast` (a C forward kernel, a hand-written BPTT, cached no-grad weights; about 5x
-ncps' CfC for training, forward and batch-1 steps on the wired 19-neuron NCP, about 2x for the dense CfC). The
+``forward_sequence`` and gradient-free ``forward`` calls run the fast paths of
+:mod:`ltc_control.cells.cfc_fast` (a C forward kernel, a hand-written BPTT, cached no-grad weights). The
 step-by-step ``forward`` with gradients enabled is the reference they are tested against.
 """
 

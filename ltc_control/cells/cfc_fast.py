@@ -1,55 +1,14 @@
-"""Fast CfC paths: a C forward kernel, a hand-written BPTT and cached no-grad steps (issue #4's CfC part).
+"""Fast CfC sequence and step paths: a hand-written BPTT over the layers of a
+:class:`~ltc_control.cells.cfc_plan.Plan`, the C forward kernel where it applies
+(:mod:`ltc_control.cells.cfc_kernel`), and cached no-grad steps.
 
-``CfCCell`` and ``WiredCfCCell`` (``ltc_control.cells.cfc``) run ``forward_sequence`` here, and
-``forward(x, h, dt)`` too when gradients are off. Their step-by-step ``forward`` with gradients on stays the
-slow, obviously-correct reference (ncps' arithmetic, module by module); ``tests/test_cfc.py`` holds every path
-here equal to it (float64: 1e-10 relative, outputs and gradients) and to ncps (float32: outputs 1e-6,
-gradients 1e-5 of the largest gradient; on the benchmark's NCP, B=32, T=64, all outputs and gradients agree
-with ncps within 1e-6 relative).
-
-What makes it faster:
-
-* **Heads concatenated.** Every layer's ``ff1``, ``ff2``, ``time_a``, ``time_b`` are one ``(4 n, F)`` matrix
-  (ncps: four matmuls), masks / sign constraints applied once per sequence call, not once per step.
-* **Input part hoisted.** Layer 0's (or the backbone's) input columns are one matmul over all ``T`` steps; the
-  recurrent columns of every layer are one block-diagonal matmul per step.
-* **Hand-written BPTT** (:class:`_CfCSequence`). The forward loop runs without an autograd graph. All
-  elementwise derivatives (``tanh'``, ``sigmoid'``, the gate mix, backbone activations, the latter taken from
-  autograd on the stacked pre-activations so every activation is exact) are computed for all steps at once,
-  so the backward loop is one broadcast multiply and one small matmul per layer and step; every weight
-  gradient is one matmul over all ``T * B`` rows. ``once_differentiable`` (no double backward).
-* **C forward kernel** (``csrc/cfc_kernel.c``, float32/float64, CPU): the no-grad batch-1 step of every cell,
-  and the forward of backbone-free cells (wired cells, dense cells with ``backbone_layers=0``) with or without
-  gradients (it also writes what the BPTT needs). Compiled lazily with the LTC kernel's compiler, flags and
-  cache (``ltc_control.cells.ltc_fast``); if that fails, one :class:`CfCKernelUnavailableWarning` and the
-  PyTorch paths run (same numbers); ``LTC_CONTROL_DISABLE_KERNEL=1`` switches it off; :func:`kernel_status`.
-* **Cached no-grad steps.** Effective weights, packed kernel weights and loop constants are cached on the
-  cell, keyed on every parameter's and buffer's identity and version counter (like ``LTCCell``'s cache).
-
-Measured (``ltc-control bench ltc --cfc-only``, ``experiments/results/cfc_speed.md``; CPU-time ratios against
-ncps 1.0.1's CfC with the same weights, interleaved in one process, 2-core shared CPU at load 4-6, one thread;
-batch 32 x 64 steps, 32 inputs; step = batch 1, no grad; repeated runs moved by about +-15%):
-
-==========================================  =======  =======  ============
-model (mode ``default``)                    train    forward  batch-1 step
-==========================================  =======  =======  ============
-wired NCP-19 (ncps-converted), before       0.87x    0.92x    0.82x
-wired NCP-19, vectorised autograd only      ~1.4x    --       --
-wired NCP-19, + hand-written BPTT           ~3.5x    ~2x      ~1.5x
-wired NCP-19, + C kernel (final)            5.8x     7.0x     5.1x (46 us)
-dense CfC(32, 19), backbone 128 (final)     2.1x     2.0x     2.3x (45 us)
-==========================================  =======  =======  ============
-
-``no_gate``: 6.9x / 7.0x / 4.5x wired, 2.2x / 1.8x / 1.5x dense; ``pure``: 5.3x / 10.6x / 2.9x wired, 1.8x /
-1.8x / 1.6x dense (ncps' pure mode has one head, so it is cheaper per step and the ratios differ).
-
-Not worth it (measured): the C kernel for the forward of cells *with* a backbone at batch 32 (11.1 ms vs
-5.3 ms for the batched PyTorch loop per 32 x 64 batch; blocking 8 samples per pass over the weights did not
-help: the scalar libm ``tanh`` of every backbone unit dominates), so those run the PyTorch loop (the kernel
-still does their batch-1 steps); autograd through the vectorised loop (about 1.4x ncps for training: per-op
-autograd overhead dominates at these sizes), replaced by the hand-written BPTT.
-Not tried: a C backward pass (the PyTorch BPTT is now about 60% of a wired training step), and
-``torch.lerp`` / ``addcmul`` rewrites of the update (fewer ops, but a different rounding from the reference).
+``CfCCell`` and ``WiredCfCCell`` (:mod:`ltc_control.cells.cfc`) run ``forward_sequence`` here
+(:func:`cfc_sequence` / :func:`cfc_states`), and ``forward(x, h, dt)`` too when gradients are off
+(:func:`cfc_step`, on weights cached on the cell by :func:`cached_plan`, keyed on every parameter's and
+buffer's identity and version counter). Their step-by-step ``forward`` with gradients on stays the slow,
+obviously-correct reference (ncps' arithmetic, module by module); ``tests/test_cfc.py`` holds every path here
+equal to it and to ncps. The backward (:class:`_CfCSequence`) is ``once_differentiable`` (no double backward).
+How the paths are made fast and what was measured is in ``docs/fast_paths.md``.
 """
 
 from __future__ import annotations

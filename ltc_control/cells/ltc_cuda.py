@@ -1,12 +1,9 @@
 """Fused LTC on CUDA: the whole sequence (all steps, all unfolds) in one kernel launch, compiled at run time.
 
-Why. On a GPU the per-op LTC (the reference path, ``ncps``, and even the edge-list ``"torch-edges"`` path)
-is bound by kernel launches, not arithmetic: every one of the ``T * K`` solver unfolds is several tiny
-kernels, and the backward pass doubles them. Here one launch runs the forward pass of a whole batch and one
-runs its BPTT backward (``csrc/ltc_kernel_cuda.cu``): one thread block per sample, one thread per neuron
-summing its own incoming synapses (sorted by postsynaptic neuron, so the cost grows with the number of
-synapses, not ``N ** 2``), the presynaptic gradient gathered through a second index sorted by presynaptic
-neuron. No atomics: results are deterministic.
+One launch runs the forward pass of a whole batch and one runs its BPTT backward
+(``csrc/ltc_kernel_cuda.cu``): one thread block per sample, one thread per neuron summing its own incoming
+synapses (sorted by postsynaptic neuron), the presynaptic gradient gathered through a second index sorted by
+presynaptic neuron. No atomics: results are deterministic. Why this layout is fast: ``docs/fast_paths.md``.
 
 Building. The kernel source is compiled with NVRTC, which ships with the CUDA build of PyTorch: no nvcc, host
 compiler or CUDA toolkit is needed. The binary is cached in the same directory as the CPU kernel

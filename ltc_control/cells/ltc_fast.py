@@ -1,37 +1,18 @@
-"""Fast LTC paths: a fused C kernel over the sparse synapse list, and a pure-PyTorch edge-list fallback.
+"""The fast LTC implementations registered into :mod:`ltc_control.cells.ltc_registry`.
 
-Why this is fast. The reference LTC (and ``ncps``) evaluates every solver unfold as a handful of dense tensor
-ops over a masked ``(B, N, N)`` synapse tensor, so one batch-1 step of the 19-neuron lane-keeping NCP costs
-tens of PyTorch dispatches for about 540 synapse evaluations. Here:
+* ``"fused-c"`` (:class:`FusedCImplementation`, priority 20): the compiled C kernel
+  (:mod:`ltc_control.cells.ltc_fused`), CPU tensors in float32 / float64. Sequences run in one kernel call
+  with a hand-written backward; without an autograd graph its ``forward_step`` / ``forward_sequence`` hooks
+  run the value checks, input mapping, solver and readout of a whole step or sequence in one ctypes call on
+  cached parameter pointers.
+* ``"torch-edges"`` (:class:`TorchEdgesImplementation`, priority 10): pure PyTorch over the synapse edge list,
+  any device and dtype. ``"auto"`` picks it on CUDA (without the CUDA kernel) and when the C kernel cannot be
+  built; in that last case one :class:`LTCKernelUnavailableWarning` per process names the cause and the fix.
 
-* the wiring's adjacency is turned once into an edge list (``src -> dst``), so the cost grows with the number
-  of synapses, not with ``N ** 2``;
-* all ``K`` unfolds of all ``T`` steps run inside one C call (``csrc/ltc_kernel.c``), the batch cut into
-  chunks of 16 (float32) / 8 (float64) SIMD lanes; the backward pass is a hand-written BPTT through the
-  unfolds that replays the per-unfold states stored by the forward pass (``T * K * N * B`` values, far less
-  than the ``(B, N, N)`` intermediates autograd keeps for the reference);
-* batch 1 without gradients vectorises over synapses instead of samples;
-* without an autograd graph, ``LTCCell.forward`` / ``forward_sequence`` hand the whole step or sequence to
-  the ``forward_step`` / ``forward_sequence`` hooks of :class:`FusedCImplementation`: the finiteness and
-  ``dt > 0`` checks, the input mapping, the solver and the readout are one ctypes call on cached pointers (the
-  cache follows ``LTCCell``'s effective parameters, which change whenever a parameter is updated in place),
-  and a float ``dt`` travels in a per-thread C scalar instead of a new tensor.
-
-Implementations registered into ``ltc_control.cells.ltc`` (``cell.implementation_name`` says which one ran):
-
-* ``"fused-c"`` (priority 20): the compiled kernel, CPU tensors in float32 / float64.
-* ``"torch-edges"`` (priority 10): pure PyTorch over the edge list (``index_select`` + ``index_add``), any
-  device and dtype. ``"auto"`` picks it on CUDA and when the kernel cannot be built (no compiler, failed
-  build); in that last case one :class:`LTCKernelUnavailableWarning` per process names the cause and the fix.
-
-Building. The kernel is C99 with the GCC/Clang vector extensions (no torch headers), compiled lazily on first
-use with the system C compiler (``$LTC_CONTROL_CC``, else ``$CC``, else ``cc``/``gcc``/``clang`` on ``PATH``)
-into ``$LTC_CONTROL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ltc_control`` or ``~/.cache/ltc_control``), with
-``-O3 -march=native`` unless ``$LTC_CONTROL_CFLAGS`` says otherwise. The file name carries a hash of the
-sources, the compiler flags, the compiler, the torch version and the CPU, so a changed source or machine
-rebuilds. The build writes to a private temporary file and ``os.replace``-s it into place, so concurrent
-builds from several processes never expose a half-written library. ``LTC_CONTROL_DISABLE_KERNEL=1`` forces the
-PyTorch path without a warning.
+:class:`LTCControlStep` is a no-grad control-loop step. The kernel functions, the edge list and the kernel
+status are re-exported from :mod:`~ltc_control.cells.ltc_fused` and :mod:`~ltc_control.cells.ltc_edges`; how
+the kernel is built and cached is in :mod:`ltc_control.cells.kernels`, why these paths are fast in
+``docs/fast_paths.md``.
 
 Example:
     >>> import torch
@@ -481,7 +462,7 @@ class TorchEdgesImplementation:
     The fallback when the compiled kernel is unavailable (no compiler) and the fast path on CUDA tensors.
     Sequences run over the synapse edge list (:func:`ltc_sequence_torch`); a single step uses the dense
     reference formulation, whose handful of ops per unfold dispatch faster at small batch than the edge
-    list's gather/scatter (measured on the lane-keeping NCP at batch 1).
+    list's gather/scatter.
     """
 
     def __init__(self) -> None:
