@@ -138,6 +138,7 @@ def _parity(ours: Any, wiring: Any) -> dict[str, float]:
             (y.square().sum() + h.sum()).backward()
             grads.append([y.detach(), xi.grad] + [p.grad for p in cell.parameters()])
         for a, b in zip(grads[1], grads[0]):
+            assert a is not None and b is not None, "every parameter gets a gradient"
             scale = float(b.abs().max()) or 1.0
             worst = max(worst, float((a - b).abs().max()) / scale)
         out[str(dtype).replace("torch.", "")] = worst
