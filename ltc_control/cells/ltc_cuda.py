@@ -661,9 +661,10 @@ class FusedCudaImplementation:
         plist = param_list(params)
         kernels = self._get_kernels(x_mapped.device)
         if kernels is None or not fits_shared_memory(v0.shape[-1], x_mapped.shape[-1], x_mapped.dtype):
-            from ltc_control.cells.ltc_fast import _TORCH_EDGES
+            from ltc_control.cells.ltc_registry import get_implementation
 
-            return _TORCH_EDGES.sequence(params, x_mapped, v0, dt, reset, unfolds, eps)
+            torch_edges = get_implementation("torch-edges")
+            return torch_edges.sequence(params, x_mapped, v0, dt, reset, unfolds, eps)  # type: ignore[no-any-return]
         csr = self._csr_for(params, x_mapped.device)
         if torch.is_grad_enabled():
             return ltc_sequence_cuda(x_mapped, v0, dt2, starts, plist, csr, unfolds, eps, kernels)
