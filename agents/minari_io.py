@@ -28,7 +28,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "MINARI_PREFIX",
     "LABEL_INFO_KEY",
     "MinariDemoDataset",
+    "export_main",
     "export_minari",
     "is_minari_source",
     "minari_data_path",
@@ -377,3 +378,49 @@ def open_demos(
     if is_minari_source(source):
         return MinariDemoDataset(source, road_seeds=road_seeds, sources=sources, verify=verify)
     return DemoDataset(source, road_seeds=road_seeds, sources=sources, verify=verify)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``ltc-control dataset export DIR --format minari --name ID [--author A] [--description D]``.
+
+    Returns:
+        0 on success, 1 on a dataset or naming error (printed), 2 on bad arguments (argparse).
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="ltc-control dataset export",
+        description="Write a demonstration dataset in another format (Minari: into $MINARI_DATASETS_PATH).",
+    )
+    parser.add_argument("dir", type=Path, help="our dataset folder (holds manifest.json)")
+    parser.add_argument("--format", choices=["minari"], required=True, help="target format")
+    parser.add_argument(
+        "--name", required=True, help="Minari dataset id, (namespace/)name-v<version>, e.g. ltc/demos-v0"
+    )
+    parser.add_argument("--author", default=None, help="author recorded in the Minari metadata")
+    parser.add_argument("--description", default=None, help="dataset description (default: generated)")
+    parser.add_argument(
+        "--data_format", choices=["arrow", "parquet", "hdf5"], default="arrow", help="Minari storage backend"
+    )
+    parser.add_argument("--no-verify", action="store_true", help="skip our chunks' checksum check")
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        path = export_minari(
+            ns.dir,
+            ns.name,
+            description=ns.description,
+            author=ns.author,
+            data_format=ns.data_format,
+            verify=not ns.no_verify,
+        )
+    except (DatasetError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    data = MinariDemoDataset(path)
+    print(
+        f"wrote Minari dataset {ns.name}: {data.num_episodes} episodes, {len(data)} steps, "
+        f"roads {data.road_seeds} -> {path}"
+    )
+    return 0

@@ -1,4 +1,4 @@
-"""Closed-loop glue for Rerun recordings: capture a rollout as a Trace (+ chase frames) and write the ``.rrd``.
+"""Closed-loop glue for Rerun: capture a rollout as a Trace (+ chase frames) and write the ``.rrd``.
 
 ``ltc-control rollout ... --rerun out.rrd`` and ``ltc-control inspect ... --rerun`` use this module; the
 recording itself is written by the core's :func:`ltc_control.inspection.rerun_log.record_rerun`.

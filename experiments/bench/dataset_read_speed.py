@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     cold: dict[str, list[float]] = {k: [] for k in openers}
     folders = {name: data if name.startswith("ours") else exports[name.split()[1]] for name in openers}
     reference = None
-    for name, opener in openers.items():  # warm-up: page cache, imports
+    for opener in openers.values():  # warm-up: page cache, imports
         ds = opener()
         if reference is None:
             reference = ds
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "cache warm, 'cold load' after dropping the dataset's files from it (posix_fadvise DONTNEED). "
         "Minari exports are lossless (jpeg_encoding=False); the loaded arrays are checked equal.",
         "",
-        "| format | bytes on disk | load (s) | cold load (s) | load + first batch (s) | epoch of windows (s) |",
+        "| format | bytes on disk | load (s) | cold load (s) | load + first batch (s) "
+        "| epoch of windows (s) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in openers:

@@ -115,3 +115,18 @@ def test_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         export_minari(tmp_path / "nothing", "ltc/x-v0")
     with pytest.raises(ValueError, match="Malformed"):
         export_minari(tmp_path / "nothing", "bad id")
+
+
+def test_export_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ltc_control.agents.minari_io import export_main
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    ours = tmp_path / "demos"
+    with DatasetWriter(ours) as writer:
+        writer.add(_episode(7, 12))
+    assert export_main([str(ours), "--format", "minari", "--name", "ltc/cli-v0", "--author", "me"]) == 0
+    assert "1 episodes, 12 steps, roads [7]" in capsys.readouterr().out
+    assert export_main([str(ours), "--format", "minari", "--name", "ltc/cli-v0"]) == 1
+    assert "already exists" in capsys.readouterr().err
