@@ -236,8 +236,16 @@ def _create(
     description: str,
     data_format: str,
 ) -> Any:
+    import inspect
+
     import gymnasium as gym
 
+    # Minari versions with optional JPEG encoding default it to on (lossy); the others store raw arrays
+    lossless = (
+        {"jpeg_encoding": False}
+        if "jpeg_encoding" in inspect.signature(minari.create_dataset_from_buffers).parameters
+        else {}
+    )
     return minari.create_dataset_from_buffers(
         dataset_id,
         buffers,
@@ -247,7 +255,7 @@ def _create(
         author=author,
         description=description,
         data_format=data_format,
-        jpeg_encoding=False,  # lossless: the training images must be the ones recorded
+        **lossless,  # the training images must be the ones recorded
     )
 
 

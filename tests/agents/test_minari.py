@@ -102,7 +102,7 @@ def test_minari_side_follows_its_conventions(exported: tuple[Path, str]) -> None
     np.testing.assert_array_equal(episode.infos[LABEL_INFO_KEY][:34], a.labels[sl])
     np.testing.assert_array_equal(episode.infos["curvature_ahead"][:34], a.info["curvature_ahead"][sl])
     meta = json.loads((Path(dataset.storage.data_path) / "metadata.json").read_text())
-    assert meta["jpeg_encoding"] is False and meta["ltc_control"]["info_keys"]["curvature_ahead"] == [3]
+    assert meta.get("jpeg_encoding", False) is False and meta["ltc_control"]["info_keys"]["curvature_ahead"] == [3]
     with pytest.raises(ValueError, match="already exists"):
         export_minari(ours, dataset_id)
 

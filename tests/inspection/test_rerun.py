@@ -15,7 +15,9 @@ from ltc_control.inspection.trace import Trace
 
 rr = pytest.importorskip("rerun", reason="pip install 'ltc-control[rerun]'")
 pa = pytest.importorskip("pyarrow")
-from rerun.chunk import RrdReader  # noqa: E402
+RrdReader = pytest.importorskip(
+    "rerun.chunk", reason="reading .rrd back needs rerun.chunk (tested: rerun-sdk 0.41)"
+).RrdReader
 
 
 def _read(path: Path) -> tuple[dict[str, dict[str, list[Any]]], dict[str, dict[str, list[Any]]]]:
