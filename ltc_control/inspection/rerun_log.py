@@ -219,7 +219,8 @@ def record_rerun(
 
     Args:
         trace: the recorded rollout.
-        path: the ``.rrd`` file (the suffix is added when missing; parent folders are created).
+        path: the ``.rrd`` file (the suffix is added when missing; parent folders are created); written to a
+            temporary name and renamed into place when complete.
         chase: ``(T', H, W, 3)`` uint8 chase-view frames of steps ``0..T'-1`` (``T' <= T``), or None.
         saliency: ``(F, h, w)`` saliency maps in ``[0, 1]`` of steps ``0..F-1``; drawn over the dash frames.
         expert_steering: ``(T,)`` the expert's steering at each step (default ``info["expert_steering"]``).
@@ -263,98 +264,108 @@ def record_rerun(
         return [rr.TimeColumn("step", sequence=step[:n]), rr.TimeColumn("sim_time", duration=seconds[:n])]
 
     rec = rr.RecordingStream(APPLICATION_ID, recording_id=recording_id)
-    rec.save(out)
-    rec.set_log_time_enabled(False)  # one timeline pair only: step and sim_time
-    rec.set_log_tick_enabled(False)
-    have: set[str] = set()
+    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the .rrd appears complete or not at all
+    rec.save(partial)
+    try:
+        rec.set_log_time_enabled(False)  # one timeline pair only: step and sim_time
+        rec.set_log_tick_enabled(False)
+        have: set[str] = set()
 
-    def scalars(
-        entity: str, values: np.ndarray, name: str, color: tuple[int, int, int] | None = None
-    ) -> None:
-        rec.log(entity, rr.SeriesLines(names=name, colors=color), static=True)
-        rec.send_columns(entity, indexes=indexes(), columns=rr.Scalars.columns(scalars=values))
-        have.add("/" + entity.strip("/").split("/")[0])
+        def scalars(
+            entity: str, values: np.ndarray, name: str, color: tuple[int, int, int] | None = None
+        ) -> None:
+            rec.log(entity, rr.SeriesLines(names=name, colors=color), static=True)
+            rec.send_columns(entity, indexes=indexes(), columns=rr.Scalars.columns(scalars=values))
+            have.add("/" + entity.strip("/").split("/")[0])
 
-    # ------------------------------------------------------------------ per-step scalars
-    scalars("/steering/policy", trace.steering, "policy", (80, 170, 255))
-    if expert is not None:
-        scalars("/steering/expert", expert, "expert", (255, 170, 60))
-    for key, entity, name in (
-        ("lateral_offset", "/lateral_error", "lateral error (m)"),
-        ("speed", "/speed", "speed (m/s)"),
-    ):
-        values = trace.info_array(key)
-        if values is not None and values.ndim == 1:
-            scalars(entity, values.astype(np.float64), name)
-    for quantity in ("state", "tau"):
-        data = trace.state if quantity == "state" else trace.tau
-        if data is None:
-            continue
-        for i, (name, role) in enumerate(zip(trace.neuron_names, trace.neuron_roles)):
-            scalars(neuron_entity(quantity, role, name), data[:, i], name)
-        have.add(f"/neurons/{quantity}")
+        # ------------------------------------------------------------------ per-step scalars
+        scalars("/steering/policy", trace.steering, "policy", (80, 170, 255))
+        if expert is not None:
+            scalars("/steering/expert", expert, "expert", (255, 170, 60))
+        for key, entity, name in (
+            ("lateral_offset", "/lateral_error", "lateral error (m)"),
+            ("speed", "/speed", "speed (m/s)"),
+        ):
+            values = trace.info_array(key)
+            if values is not None and values.ndim == 1:
+                scalars(entity, values.astype(np.float64), name)
+        for quantity in ("state", "tau"):
+            data = trace.state if quantity == "state" else trace.tau
+            if data is None:
+                continue
+            for i, (name, role) in enumerate(zip(trace.neuron_names, trace.neuron_roles)):
+                scalars(neuron_entity(quantity, role, name), data[:, i], name)
+            have.add(f"/neurons/{quantity}")
 
-    # ------------------------------------------------------------------ images
-    for entity, frames in (("/camera/dash", dash), ("/camera/chase", chase_arr)):
-        if frames is None:
-            continue
-        for t in range(frames.shape[0]):
-            rec.set_time("step", sequence=int(step[t]))
-            rec.set_time("sim_time", duration=float(seconds[t]))
-            image = rr.Image(frames[t])
+        # ------------------------------------------------------------------ images
+        for entity, frames in (("/camera/dash", dash), ("/camera/chase", chase_arr)):
+            if frames is None:
+                continue
+            for t in range(frames.shape[0]):
+                rec.set_time("step", sequence=int(step[t]))
+                rec.set_time("sim_time", duration=float(seconds[t]))
+                image = rr.Image(frames[t])
+                rec.log(
+                    entity,
+                    image.compress(jpeg_quality=chase_jpeg_quality) if entity.endswith("chase") else image,
+                )
+            have.add(entity)
+        if maps is not None and dash is not None:
+            for t in range(maps.shape[0]):
+                rec.set_time("step", sequence=int(step[t]))
+                rec.set_time("sim_time", duration=float(seconds[t]))
+                rec.log("/camera/saliency", rr.Image(overlay_saliency(dash[t], maps[t])))
+            have.add("/camera/saliency")
+        rec.reset_time()
+
+        # ------------------------------------------------------------------ map
+        position = trace.info_array("position")
+        if trace.road_points is not None:
             rec.log(
-                entity, image.compress(jpeg_quality=chase_jpeg_quality) if entity.endswith("chase") else image
+                "/map/road",
+                rr.LineStrips2D([trace.road_points], colors=(170, 170, 170), radii=1.5, draw_order=0.0),
+                static=True,
             )
-        have.add(entity)
-    if maps is not None and dash is not None:
-        for t in range(maps.shape[0]):
-            rec.set_time("step", sequence=int(step[t]))
-            rec.set_time("sim_time", duration=float(seconds[t]))
-            rec.log("/camera/saliency", rr.Image(overlay_saliency(dash[t], maps[t])))
-        have.add("/camera/saliency")
-    rec.reset_time()
+            have.add("/map")
+        if position is not None and position.ndim == 2 and position.shape[1] == 2:
+            finite = np.all(np.isfinite(position), axis=1)
+            rec.log(
+                "/map/path",
+                rr.LineStrips2D([position[finite]], colors=(60, 60, 60), radii=0.15, draw_order=1.0),
+                static=True,
+            )
+            rec.log("/map/car", rr.Points2D.from_fields(colors=(220, 40, 40), radii=1.0), static=True)
+            rec.send_columns("/map/car", indexes=indexes(), columns=rr.Points2D.columns(positions=position))
+            have.add("/map")
 
-    # ------------------------------------------------------------------ map
-    position = trace.info_array("position")
-    if trace.road_points is not None:
-        rec.log(
-            "/map/road",
-            rr.LineStrips2D([trace.road_points], colors=(170, 170, 170), radii=1.5, draw_order=0.0),
-            static=True,
-        )
-        have.add("/map")
-    if position is not None and position.ndim == 2 and position.shape[1] == 2:
-        finite = np.all(np.isfinite(position), axis=1)
-        rec.log(
-            "/map/path",
-            rr.LineStrips2D([position[finite]], colors=(60, 60, 60), radii=0.15, draw_order=1.0),
-            static=True,
-        )
-        rec.log("/map/car", rr.Points2D.from_fields(colors=(220, 40, 40), radii=1.0), static=True)
-        rec.send_columns("/map/car", indexes=indexes(), columns=rr.Points2D.columns(positions=position))
-        have.add("/map")
+        # ------------------------------------------------------------------ wiring graph
+        if trace.adjacency is not None:
+            ids, positions, labels, edges = _graph_layout(trace)
+            rec.log(
+                "/wiring",
+                rr.GraphNodes(ids, positions=positions, labels=labels, show_labels=True),
+                static=True,
+            )
+            rec.log("/wiring", rr.GraphEdges(edges, graph_type="directed"), static=True)
+            state_colors = _colors(trace.state)
+            grey = np.full((steps_n, len(ids) - trace.num_neurons), 0xB4B4B4FF, dtype=np.uint32)
+            by_id = {name: i for i, name in enumerate(trace.neuron_names)}
+            ordered = state_colors[:, [by_id[i] for i in ids[grey.shape[1] :]]]
+            colors = np.concatenate([grey, ordered], axis=1)
+            rec.send_columns(
+                "/wiring",
+                indexes=indexes(),
+                columns=rr.GraphNodes.columns(colors=colors.reshape(-1)).partition([len(ids)] * steps_n),
+            )
+            have.add("/wiring")
 
-    # ------------------------------------------------------------------ wiring graph
-    if trace.adjacency is not None:
-        ids, positions, labels, edges = _graph_layout(trace)
-        rec.log(
-            "/wiring", rr.GraphNodes(ids, positions=positions, labels=labels, show_labels=True), static=True
-        )
-        rec.log("/wiring", rr.GraphEdges(edges, graph_type="directed"), static=True)
-        state_colors = _colors(trace.state)
-        grey = np.full((steps_n, len(ids) - trace.num_neurons), 0xB4B4B4FF, dtype=np.uint32)
-        by_id = {name: i for i, name in enumerate(trace.neuron_names)}
-        ordered = state_colors[:, [by_id[i] for i in ids[grey.shape[1] :]]]
-        colors = np.concatenate([grey, ordered], axis=1)
-        rec.send_columns(
-            "/wiring",
-            indexes=indexes(),
-            columns=rr.GraphNodes.columns(colors=colors.reshape(-1)).partition([len(ids)] * steps_n),
-        )
-        have.add("/wiring")
-
-    rec.log("/metadata", rr.TextDocument(json.dumps(trace.metadata, indent=1, default=str)), static=True)
-    rec.send_blueprint(_blueprint(trace, have), make_active=True, make_default=True)
+        rec.log("/metadata", rr.TextDocument(json.dumps(trace.metadata, indent=1, default=str)), static=True)
+        rec.send_blueprint(_blueprint(trace, have), make_active=True, make_default=True)
+    except BaseException:
+        rec.disconnect()
+        partial.unlink(missing_ok=True)
+        raise
     rec.flush()
     rec.disconnect()
+    os.replace(partial, out)
     return out
