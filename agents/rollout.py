@@ -33,23 +33,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ltc_control import video as vid
-from ltc_control.agents.evaluation import (
+from ltc_control.agents.episode import (
     Agent,
     AgentSpec,
     EpisodeResult,
-    Perturbation,
     PolicyAgent,
     StepRecord,
-    agent_label,
-    check_agent_argument,
     make_agent,
     make_env,
-    prepare_run_dir,
     run_episode,
     torch_threads,
 )
+from ltc_control.agents.evaluate_cli import agent_label, check_agent_argument, prepare_run_dir
+from ltc_control.agents.perturbations import Perturbation
+from ltc_control.config import make_parser, parse_args_and_config, to_dict
+from ltc_control.runs import atomic_write_json
 
 __all__ = ["PANELS", "FrameComposer", "RolloutConfig", "RolloutResult", "rollout", "rollout_main"]
 
@@ -478,15 +479,13 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
 
     Args:
         agent: a ``Policy``, a checkpoint directory, ``"expert"``, an :class:`Agent` or a factory (see
-            :func:`~ltc_control.agents.evaluation.make_agent`).
+            :func:`~ltc_control.agents.episode.make_agent`).
         config: the rollout settings (defaults: :class:`RolloutConfig`).
 
     Returns:
         The :class:`RolloutResult` (episodes, video path, codec, frame count).
     """
     cfg = config or RolloutConfig()
-    from tqdm import tqdm
-
     agent_obj = make_agent(agent, device=cfg.device)
     make_video = cfg.video is not None
     render_mode = "rgb_array" if make_video and "chase" in cfg.panels else None
@@ -552,8 +551,6 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
 
 def build_rollout_parser() -> Any:
     """The argument parser of ``ltc-control rollout`` (generated from :class:`RolloutConfig`)."""
-    from ltc_control.config import make_parser
-
     parser = make_parser(RolloutConfig, prog="ltc-control rollout")
     parser.add_argument("agent", help="checkpoint directory (model.json + model.safetensors) or 'expert'")
     return parser
@@ -572,9 +569,6 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code (0 on success; argparse exits with 2 on bad arguments).
     """
-    from ltc_control.config import parse_args_and_config, to_dict
-    from ltc_control.runs import atomic_write_json
-
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_rollout_parser()
     cfg, ns = parse_args_and_config(RolloutConfig, args, parser)

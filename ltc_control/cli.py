@@ -17,16 +17,24 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "demo_main",
         "train a small lane-keeping policy, roll it out, plot neurons",
     ),
-    "train": ("ltc_control.agents.imitation", "train_main", "train a policy by behaviour cloning / DAgger"),
-    "dataset": ("ltc_control.agents.datasets", "dataset_main", "collect or summarise demonstration datasets"),
+    "train": (
+        "ltc_control.agents.imitation_cli",
+        "train_main",
+        "train a policy by behaviour cloning / DAgger",
+    ),
+    "dataset": (
+        "ltc_control.agents.dataset_cli",
+        "dataset_main",
+        "collect or summarise demonstration datasets",
+    ),
     "evaluate": (
-        "ltc_control.agents.evaluation",
+        "ltc_control.agents.evaluate_cli",
         "evaluate_main",
         "closed-loop evaluation with noise robustness",
     ),
     "rollout": ("ltc_control.agents.rollout", "rollout_main", "run a policy and write an mp4 video"),
     "inspect": (
-        "ltc_control.inspection.report",
+        "ltc_control.agents.inspect",
         "inspect_main",
         "record a rollout and write neuron plots + HTML",
     ),

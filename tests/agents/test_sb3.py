@@ -13,15 +13,14 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.env_util import make_vec_env
 
-from ltc_control.agents.sb3 import (
-    CnnLtcPolicy,
-    LtcPolicy,
+from ltc_control.agents.sb3 import CnnLtcPolicy, LtcPolicy
+from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
+from ltc_control.agents.sb3_export import (
     export_policy,
     load_policy_weights,
     policy_kwargs_from_policy,
     to_policy,
 )
-from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
 
