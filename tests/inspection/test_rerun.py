@@ -161,3 +161,95 @@ def test_bad_arguments(ncp_trace: Trace, tmp_path: Path) -> None:
     # a trace without camera frames still records (no /camera entities)
     temporal, _ = _read(record_rerun(ncp_trace, tmp_path / "plain.rrd"))
     assert not any(e.startswith("/camera") for e in temporal)
+
+
+# ---------------------------------------------------------------------------------------------- the CLIs
+def _scalars(temporal: dict[str, Any], entity: str) -> np.ndarray:
+    return np.array([v[0] for v in temporal[entity]["Scalars:scalars"]])
+
+
+def test_rollout_writes_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from ltc_control.agents.rollout import RolloutConfig, rollout, rollout_main
+    from ltc_control.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    cfg = RolloutConfig(
+        seed=1000,
+        episodes=2,
+        max_steps=4,
+        video=None,
+        rerun=str(tmp_path / "drive.rrd"),
+        env_kwargs={"road_length": 10.0},
+        progress=False,
+    )
+    result = rollout(Policy(PolicyConfig(image_shape=(64, 128, 3))), cfg)
+    assert result.rerun == tmp_path / "drive.rrd" and result.video is None
+    temporal, static = _read(result.rerun)
+    assert temporal["/steering/policy"]["step"] == list(range(8))  # 2 episodes x 4 steps on one timeline
+    assert np.all(np.diff(temporal["/steering/policy"]["sim_time"]) > 0)
+    np.testing.assert_allclose(
+        _scalars(temporal, "/steering/policy"), np.concatenate([ep.actions[:, 0] for ep in result.episodes])
+    )
+    assert (
+        len(temporal["/camera/dash"]["Image:buffer"])
+        == len(temporal["/camera/chase"]["EncodedImage:blob"])
+        == 8
+    )
+    assert len(_scalars(temporal, "/steering/expert")) == 8
+    assert sum(e.startswith("/neurons/state/") for e in temporal) == 19
+    assert sum(e.startswith("/neurons/tau/") for e in temporal) == 19
+    assert len(temporal["/wiring"]["GraphNodes:colors"]) == 8 and "/map/road" in static
+    # the CLI, with an agent that has no neurons: the expert drives, so its steering is the expert's
+    code = rollout_main(
+        [
+            "expert",
+            "--env",
+            "LTC/LaneKeepingState-v0",
+            "--env_kwargs",
+            "{road_length: 8}",
+            "--max_steps",
+            "5",
+            "--out",
+            str(tmp_path / "run"),
+            "--rerun",
+            str(tmp_path / "expert.rrd"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and "rerun " + str(tmp_path / "expert.rrd") in capsys.readouterr().out
+    temporal, _ = _read(tmp_path / "expert.rrd")
+    np.testing.assert_allclose(
+        _scalars(temporal, "/steering/policy"), _scalars(temporal, "/steering/expert"), atol=1e-6
+    )
+    assert not any(e.startswith("/neurons") or e == "/camera/dash" for e in temporal)
+    assert len(temporal["/camera/chase"]["EncodedImage:blob"]) == 5
+    with pytest.raises(ValueError, match=r"\.rrd"):
+        RolloutConfig(rerun="drive.mp4")
+
+
+def test_inspect_writes_a_recording(tmp_path: Path) -> None:
+    import torch
+
+    from ltc_control.agents.inspect import inspect_main
+    from ltc_control.checkpoint import save_checkpoint
+    from ltc_control.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", Policy(PolicyConfig()), {})
+    out = tmp_path / "insp"
+    common = ["--formats", "png", "--threads", "1", "--no-progress", "--rerun"]
+    args = ["--steps", "12", "--saliency_frames", "5", "--noise", "0.1", "--no-video"]
+    assert inspect_main([str(ckpt), "--out", str(out), *args, *common]) == 0
+    trace = Trace.load(out / "trace.npz")
+    temporal, _ = _read(out / "recording.rrd")
+    assert len(temporal["/camera/saliency"]["Image:buffer"]) == 5
+    assert len(temporal["/camera/dash"]["Image:buffer"]) == trace.num_steps == 12
+    np.testing.assert_allclose(_scalars(temporal, "/steering/policy"), trace.steering)
+    assert trace.tau is not None
+    np.testing.assert_allclose(_scalars(temporal, neuron_entity("tau", "motor", "motor_0")), trace.tau[:, 0])
+    # from a saved trace (no policy: no saliency overlay)
+    assert inspect_main([str(out / "trace.npz"), "--out", str(tmp_path / "again"), *common]) == 0
+    temporal, _ = _read(tmp_path / "again" / "recording.rrd")
+    assert "/camera/saliency" not in temporal and len(temporal["/camera/dash"]["Image:buffer"]) == 12
