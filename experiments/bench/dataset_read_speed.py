@@ -52,7 +52,7 @@ def _evict(path: Path) -> None:
 
 
 def _collect(out: Path, num_roads: int, height: int, width: int, road_length: float) -> None:
-    from ltc_control.agents.datasets import CollectConfig, EnvSpec, collect
+    from ltc_control.agents.collection import CollectConfig, EnvSpec, collect
 
     cfg = CollectConfig(
         env=EnvSpec(kwargs={"image_height": height, "image_width": width, "road_length": road_length}),

@@ -102,7 +102,8 @@ def test_minari_side_follows_its_conventions(exported: tuple[Path, str]) -> None
     np.testing.assert_array_equal(episode.infos[LABEL_INFO_KEY][:34], a.labels[sl])
     np.testing.assert_array_equal(episode.infos["curvature_ahead"][:34], a.info["curvature_ahead"][sl])
     meta = json.loads((Path(dataset.storage.data_path) / "metadata.json").read_text())
-    assert meta.get("jpeg_encoding", False) is False and meta["ltc_control"]["info_keys"]["curvature_ahead"] == [3]
+    assert meta.get("jpeg_encoding", False) is False
+    assert meta["ltc_control"]["info_keys"]["curvature_ahead"] == [3]
     with pytest.raises(ValueError, match="already exists"):
         export_minari(ours, dataset_id)
 
@@ -120,13 +121,14 @@ def test_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_export_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ltc_control.agents.minari_io import export_main
+    from ltc_control.cli import main
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     ours = tmp_path / "demos"
     with DatasetWriter(ours) as writer:
         writer.add(_episode(7, 12))
-    assert export_main([str(ours), "--format", "minari", "--name", "ltc/cli-v0", "--author", "me"]) == 0
+    export = ["dataset", "export", str(ours), "--format", "minari", "--name", "ltc/cli-v0"]
+    assert main([*export, "--author", "me"]) == 0
     assert "1 episodes, 12 steps, roads [7]" in capsys.readouterr().out
-    assert export_main([str(ours), "--format", "minari", "--name", "ltc/cli-v0"]) == 1
+    assert main(export) == 1
     assert "already exists" in capsys.readouterr().err
