@@ -50,6 +50,7 @@ __all__ = [
     "export_minari",
     "is_minari_source",
     "minari_data_path",
+    "minari_road_seeds",
     "open_demos",
 ]
 
@@ -366,6 +367,24 @@ class MinariDemoDataset(DemoDataset):
         lengths = np.array([e["length"] for e in self.episodes], dtype=np.int64)
         self.episode_lengths = lengths
         self.episode_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def minari_road_seeds(source: str | os.PathLike[str]) -> list[int]:
+    """Sorted unique road seeds of a Minari dataset's episodes, from the episode metadata alone (no images).
+
+    Raises:
+        DatasetError: the source is not a Minari dataset.
+    """
+    _import_minari()
+    from minari import MinariDataset
+
+    data_path = minari_data_path(source)
+    if data_path is None:
+        raise DatasetError(f"{_strip(source)!r} is not a Minari dataset (id in the local store, or folder)")
+    dataset = MinariDataset(data_path)
+    indices = [int(i) for i in dataset.episode_indices]
+    metas = dataset.storage.get_episode_metadata(indices)
+    return sorted({int(m.get("road_seed", m.get("seed", i))) for i, m in zip(indices, metas)})
 
 
 def open_demos(
