@@ -95,6 +95,17 @@ def test_file_and_timelines(recording: tuple[Path, Any, Any], rich_trace: Trace)
         )
 
 
+def test_the_viewer_can_load_it(recording: tuple[Path, Any, Any]) -> None:
+    """``rerun rrd verify``: the viewer's own loader reads and interprets every chunk of the file."""
+    import subprocess
+    import sys
+
+    path = recording[0]
+    command = [sys.executable, "-m", "rerun", "rrd", "verify", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "verified without error" in done.stdout + done.stderr, done.stderr
+
+
 def test_scalar_series_match_the_trace(recording: tuple[Path, Any, Any], rich_trace: Trace) -> None:
     _, temporal, static = recording
 
