@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write", type=Path, default=None, help="write the results as markdown here")
     args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="dataset_read_speed_"))
+    try:
+        return _run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the Minari exports (and a collected dataset) are scratch
 
+
+def _run(args: argparse.Namespace, tmp: Path) -> int:
     import numpy as np
 
-    tmp = Path(tempfile.mkdtemp(prefix="dataset_read_speed_"))
     os.environ["MINARI_DATASETS_PATH"] = str(tmp / "minari")
     data = args.data
     if data is None:
