@@ -1,4 +1,4 @@
-"""Demonstration datasets: a chunked, compressed, atomic on-disk format, a window loader, collection.
+"""Demonstration datasets: a chunked, compressed, atomic on-disk format, its writer, a window loader.
 
 Format (version 1, documented in ``docs/datasets.md``)::
 
@@ -32,14 +32,13 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ltc_control.agents.experts import ExpertConfig, NoiseConfig, NoisyAgent, SteeringNoise, make_expert
 from ltc_control.runs import atomic_write_bytes
 
 __all__ = [
@@ -53,18 +52,8 @@ __all__ = [
     "WindowBatch",
     "read_manifest",
     "split_road_seeds",
-    "summarize",
+    "summarize_dataset",
     "format_summary",
-    "EnvSpec",
-    "CollectConfig",
-    "EpisodeTask",
-    "collect",
-    "run_tasks",
-    "expert_tasks",
-    "run_labelled_episode",
-    "make_env",
-    "env_dt",
-    "dataset_main",
 ]
 
 FORMAT_NAME = "ltc-control-demos"
@@ -551,13 +540,13 @@ class DemoDataset:
         return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
-def summarize(root: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
+def summarize_dataset(root: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
     """Statistics of a dataset folder from its manifest (and, with ``verify``, a full read of every chunk).
 
     Returns:
         A dict with ``episodes``, ``steps``, ``chunks``, ``roads``, ``completed``, ``sources`` (episodes per
         source), ``image_shape``, ``action_size``, ``info_keys``, ``bytes`` and ``metadata``; with ``verify``
-        also         ``label_mean``, ``label_std``, ``label_abs_max`` and ``action_minus_label_std``.
+        also ``label_mean``, ``label_std``, ``label_abs_max`` and ``action_minus_label_std``.
     """
     root = Path(root)
     m = read_manifest(root)
@@ -591,7 +580,7 @@ def summarize(root: str | os.PathLike[str], *, verify: bool = False) -> dict[str
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """Human-readable text of ``summarize``'s result."""
+    """Human-readable text of :func:`summarize_dataset`'s result."""
     lines = [
         f"dataset {summary['path']}",
         f"  episodes  {summary['episodes']} on {summary['roads']} roads "
@@ -608,412 +597,3 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"executed-label noise std {summary['action_minus_label_std']:.4f}"
         )
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ collection
-DEFAULT_INFO_KEYS = (
-    "lateral_offset",
-    "heading_error",
-    "curvature",
-    "curvature_ahead",
-    "speed",
-    "distance",
-    "steering",
-)
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """Which environment to build and with which keyword arguments.
-
-    Attributes:
-        id: Gymnasium id (registered by importing ``ltc_control.envs``).
-        kwargs: keyword arguments for ``gymnasium.make`` (camera size, road length, speed, ...).
-    """
-
-    id: str = "LTC/LaneKeeping-v0"
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """How to collect noisy-expert demonstrations.
-
-    Attributes:
-        env: the environment.
-        expert: the privileged expert that labels every state.
-        noise: steering noise added to the executed action (labels stay clean).
-        seed_start: first road seed; roads ``seed_start .. seed_start + num_roads - 1`` are driven.
-        num_roads: number of distinct roads.
-        episodes_per_road: episodes per road (each with its own noise seed).
-        max_steps: stop an episode after this many steps (0: run until the env ends it).
-        workers: worker processes (0 or 1: collect in this process).
-        episodes_per_chunk: episodes per ``.npz`` chunk on disk.
-        seed: base seed of the noise generators.
-        info_keys: ``info`` entries stored per step (those the env does not provide are skipped).
-    """
-
-    env: EnvSpec = field(default_factory=EnvSpec)
-    expert: ExpertConfig = field(default_factory=ExpertConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    seed_start: int = 0
-    num_roads: int = 8
-    episodes_per_road: int = 1
-    max_steps: int = 0
-    workers: int = 2
-    episodes_per_chunk: int = 4
-    seed: int = 0
-    info_keys: tuple[str, ...] = DEFAULT_INFO_KEYS
-
-    def __post_init__(self) -> None:
-        for name in ("num_roads", "episodes_per_road", "episodes_per_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "workers", "seed_start"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"CollectConfig.{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class EpisodeTask:
-    """One episode to collect (picklable, sent to worker processes).
-
-    Attributes:
-        road_seed: seed passed to ``env.reset`` (selects the road).
-        key: unique episode key in the dataset.
-        source: dataset source tag.
-        noise_seed: seed of the steering noise (expert episodes) or of the beta mixing (learner episodes).
-        checkpoint: learner checkpoint folder for DAgger rollouts (``None``: noisy expert).
-        beta: probability per step of executing the expert's action instead of the learner's.
-    """
-
-    road_seed: int
-    key: str
-    source: str = "expert"
-    noise_seed: int = 0
-    checkpoint: str | None = None
-    beta: float = 0.0
-
-
-def env_dt(env: Any) -> float:
-    """Control period of an env in seconds (``unwrapped.dt``, else ``1 / metadata['render_fps']``)."""
-    dt = getattr(env.unwrapped, "dt", None)
-    if dt is None:
-        fps = env.metadata.get("render_fps")
-        if not fps:
-            raise ValueError(
-                "cannot tell the env's control period: it has neither .dt nor metadata['render_fps']"
-            )
-        dt = 1.0 / float(fps)
-    return float(dt)
-
-
-def make_env(spec: EnvSpec) -> Any:
-    """Build the env described by ``spec`` (``LTC/`` ids are registered on the way)."""
-    from ltc_control.agents.evaluation import make_env as _make_env
-
-    return _make_env(spec.id, spec.kwargs)
-
-
-def _info_arrays(infos: list[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, np.ndarray]:
-    out = {}
-    for key in keys:
-        if all(key in info for info in infos):
-            out[key] = np.stack([np.asarray(info[key], dtype=np.float32).reshape(-1) for info in infos])
-            if out[key].shape[1] == 1:
-                out[key] = out[key][:, 0]
-    return out
-
-
-def run_labelled_episode(
-    env: Any,
-    actor: Any,
-    expert: Any,
-    road_seed: int,
-    *,
-    max_steps: int = 0,
-    info_keys: Sequence[str] = DEFAULT_INFO_KEYS,
-    key: str = "",
-    source: str = "expert",
-) -> Episode:
-    """Drive one episode with ``actor`` and label every visited state with ``expert``.
-
-    Args:
-        env: a lane-keeping env (image observations, uint8 ``(H, W, 3)``).
-        actor: Agent protocol (``reset()``, ``act(obs, info) -> (A,)``) whose actions are executed.
-        expert: an expert with ``label(info) -> float`` (the clean action stored as the target).
-        road_seed: seed for ``env.reset`` (selects the road).
-        max_steps: stop after this many steps (0: until the env terminates or truncates).
-        info_keys: info entries stored per step.
-        key: episode key in the dataset.
-        source: dataset source tag.
-
-    Returns:
-        The recorded episode; ``completed`` is True when it ended without a lane departure.
-    """
-    obs, info = env.reset(seed=int(road_seed))
-    actor.reset()
-    frames: list[np.ndarray] = []
-    labels: list[float] = []
-    actions: list[np.ndarray] = []
-    infos: list[Mapping[str, Any]] = []
-    departed = False
-    while True:
-        image = np.asarray(obs)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(
-                f"demonstrations need uint8 (H, W, 3) camera observations, the env gave {image.dtype} "
-                f"{image.shape}; use an image env such as LTC/LaneKeeping-v0"
-            )
-        frames.append(image)
-        labels.append(expert.label(info))
-        infos.append(info)
-        action = np.asarray(actor.act(obs, info), dtype=np.float32).reshape(-1)
-        actions.append(action)
-        obs, _, terminated, truncated, info = env.step(action)
-        departed = bool(info.get("lane_departure", False))
-        if terminated or truncated or (max_steps and len(frames) >= max_steps):
-            break
-    return Episode(
-        images=np.stack(frames),
-        labels=np.asarray(labels, dtype=np.float32)[:, None],
-        actions=np.stack(actions),
-        info=_info_arrays(infos, info_keys),
-        road_seed=int(road_seed),
-        key=key,
-        source=source,
-        completed=not departed,
-    )
-
-
-class _MixedActor:
-    """Executes the expert's action with probability ``beta`` per step, else the learner's (DAgger)."""
-
-    def __init__(self, learner: Any, expert: Any, beta: float, seed: int) -> None:
-        self.learner, self.expert, self.beta = learner, expert, beta
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self) -> None:
-        self.learner.reset()
-        self.rng = np.random.default_rng(self.rng.integers(1 << 62))
-
-    def act(self, obs: Any, info: Mapping[str, Any]) -> np.ndarray:
-        # The learner always steps so that its recurrent state follows the frames it sees.
-        learned = np.asarray(self.learner.act(obs, info), dtype=np.float32).reshape(-1)
-        if self.beta > 0 and self.rng.random() < self.beta:
-            return np.asarray(self.expert.act(obs, info), dtype=np.float32).reshape(-1)
-        return learned
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(config: CollectConfig, torch_threads: int) -> None:
-    """Per-process setup: one env (renderer made inside the worker) and one expert."""
-    _WORKER.clear()
-    _WORKER["config"] = config
-    _WORKER["env"] = make_env(config.env)
-    _WORKER["expert"] = make_expert(config.expert)
-    _WORKER["torch_threads"] = torch_threads
-    _WORKER["policies"] = {}
-
-
-def _learner_agent(checkpoint: str) -> Any:
-    policies = _WORKER["policies"]
-    if checkpoint not in policies:
-        import torch
-
-        from ltc_control.agents.evaluation import PolicyAgent
-        from ltc_control.checkpoint import load_checkpoint
-
-        torch.set_num_threads(max(1, int(_WORKER.get("torch_threads", 1))))
-        policy, _ = load_checkpoint(checkpoint)
-        policy.eval()
-        policies.clear()
-        policies[checkpoint] = PolicyAgent(policy)
-    return policies[checkpoint]
-
-
-def _worker_run(task: EpisodeTask) -> Episode:
-    config: CollectConfig = _WORKER["config"]
-    env, expert = _WORKER["env"], _WORKER["expert"]
-    actor: Any
-    if task.checkpoint is None:
-        noise = SteeringNoise(config.noise, env_dt(env), task.noise_seed)
-        actor = NoisyAgent(expert, noise)
-    else:
-        actor = _MixedActor(_learner_agent(task.checkpoint), expert, task.beta, task.noise_seed)
-    return run_labelled_episode(
-        env,
-        actor,
-        expert,
-        task.road_seed,
-        max_steps=config.max_steps,
-        info_keys=config.info_keys,
-        key=task.key,
-        source=task.source,
-    )
-
-
-def expert_tasks(config: CollectConfig, source: str = "expert") -> list[EpisodeTask]:
-    """The episodes a collection config asks for (deterministic keys and noise seeds)."""
-    tasks = []
-    for r in range(config.num_roads):
-        road = config.seed_start + r
-        for k in range(config.episodes_per_road):
-            noise_seed = int(np.random.SeedSequence([config.seed, road, k]).generate_state(1)[0])
-            tasks.append(
-                EpisodeTask(
-                    road_seed=road, key=f"{source}/road{road}/ep{k}", source=source, noise_seed=noise_seed
-                )
-            )
-    return tasks
-
-
-def run_tasks(
-    out_dir: str | os.PathLike[str],
-    config: CollectConfig,
-    tasks: Sequence[EpisodeTask],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    desc: str = "collect",
-    torch_threads: int = 1,
-) -> dict[str, Any]:
-    """Run episode tasks on ``config.workers`` processes and append them to the dataset at ``out_dir``.
-
-    Tasks whose key the dataset already lists are skipped, so re-running after an interrupt resumes.
-    Episodes are written in task order, ``config.episodes_per_chunk`` per chunk.
-
-    Returns:
-        ``{"new_episodes", "skipped", "completed", "steps"}`` for the tasks run now.
-    """
-    from tqdm import tqdm
-
-    writer = DatasetWriter(out_dir, episodes_per_chunk=config.episodes_per_chunk, metadata=metadata)
-    done = writer.keys
-    todo = [t for t in tasks if t.key not in done]
-    stats = {"new_episodes": 0, "skipped": len(tasks) - len(todo), "completed": 0, "steps": 0}
-    if not todo:
-        return stats
-    bar = tqdm(total=len(todo), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
-
-    def record(ep: Episode) -> None:
-        writer.add(ep)
-        stats["new_episodes"] += 1
-        stats["completed"] += int(ep.completed)
-        stats["steps"] += ep.length
-        bar.update(1)
-        bar.set_postfix(steps=stats["steps"], clean=f"{stats['completed']}/{stats['new_episodes']}")
-
-    try:
-        if config.workers <= 1:
-            _worker_init(config, torch_threads)
-            try:
-                for task in todo:
-                    record(_worker_run(task))
-            finally:
-                _WORKER["env"].close()
-                _WORKER.clear()
-        else:
-            import multiprocessing as mp
-
-            # spawn: the MuJoCo renderer must be created inside each worker, never inherited through fork.
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(config.workers, initializer=_worker_init, initargs=(config, torch_threads)) as pool:
-                for ep in pool.imap(_worker_run, todo):
-                    record(ep)
-    finally:
-        writer.close()
-        bar.close()
-    return stats
-
-
-def collect(
-    out_dir: str | os.PathLike[str],
-    config: CollectConfig,
-    *,
-    resume: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Collect noisy-expert demonstrations into ``out_dir`` (resumable).
-
-    Args:
-        out_dir: dataset folder.
-        config: what to collect.
-        resume: continue an existing dataset (skip episodes already written); False refuses a
-            non-empty folder.
-        progress: show a tqdm bar.
-
-    Returns:
-        Counts of the episodes collected now (see :func:`run_tasks`).
-
-    Raises:
-        FileExistsError: ``resume=False`` and the folder already holds a dataset.
-    """
-    from ltc_control.config import to_dict
-
-    out = Path(out_dir)
-    if not resume and (out / MANIFEST_NAME).exists():
-        raise FileExistsError(
-            f"{out} already holds a dataset; pass --resume to continue it or pick a new folder"
-        )
-    meta = {"collect": to_dict(config)}
-    return run_tasks(
-        out, config, expert_tasks(config), metadata=meta, progress=progress, desc="collect demos"
-    )
-
-
-def dataset_main(argv: Sequence[str] | None = None) -> int:
-    """``ltc-control dataset {summary,collect}``.
-
-    ``summary DIR [--verify]`` prints the contents of a dataset; ``collect --out DIR [--config YAML]
-    [--set key=value ...] [--<field> value ...] [--resume]`` collects noisy-expert demonstrations with the
-    options of :class:`CollectConfig`.
-
-    Returns:
-        The exit code (0 on success, 1 on a dataset error).
-    """
-    import argparse
-    import sys
-
-    from ltc_control.config import make_parser, parse_args_and_config
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(
-            "usage: ltc-control dataset {summary,collect} ...\n\n"
-            "  summary DIR [--verify]        print episodes, roads, steps and label statistics\n"
-            "  collect --out DIR [options]   collect noisy-expert demonstrations (see 'collect --help')"
-        )
-        return 0
-    cmd, rest = args[0], args[1:]
-    if cmd == "summary":
-        parser = argparse.ArgumentParser(prog="ltc-control dataset summary")
-        parser.add_argument("dir", type=Path, help="dataset folder (holds manifest.json)")
-        parser.add_argument("--verify", action="store_true", help="read every chunk and check its checksum")
-        ns = parser.parse_args(rest)
-        try:
-            print(format_summary(summarize(ns.dir, verify=ns.verify)))
-        except DatasetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    if cmd == "collect":
-        parser = make_parser(CollectConfig, prog="ltc-control dataset collect")
-        parser.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
-        parser.add_argument(
-            "--resume", action="store_true", help="continue an existing dataset, skipping finished episodes"
-        )
-        parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-        cfg, ns = parse_args_and_config(CollectConfig, rest, parser)
-        try:
-            stats = collect(ns.out, cfg, resume=ns.resume, progress=not ns.no_progress)
-            print(f"collected {stats['new_episodes']} episodes ({stats['skipped']} already there)")
-            print(format_summary(summarize(ns.out)))
-        except (DatasetError, FileExistsError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    print(f"ltc-control dataset: unknown sub-command {cmd!r}; valid: summary, collect", file=sys.stderr)
-    return 2

@@ -22,6 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ltc_control.agents.imitation import train
+from ltc_control.agents.imitation_config import TrainConfig
+from ltc_control.agents.inspect import InspectConfig, inspect_policy
+from ltc_control.agents.rollout import RolloutConfig, rollout
+from ltc_control.config import make_parser, parse_args_and_config
+
 __all__ = ["DemoResult", "demo", "demo_main"]
 
 
@@ -60,7 +66,7 @@ def demo(
     """Train, roll out to video and inspect a small lane-keeping policy.
 
     Args:
-        config: a :class:`~ltc_control.agents.imitation.TrainConfig` (default: the small preset).
+        config: a :class:`~ltc_control.agents.imitation_config.TrainConfig` (default: the small preset).
         video_steps: control steps of the rollout video (at 30 Hz, 600 steps are 20 s of driving).
         inspect_steps: control steps of the recorded rollout behind the neuron plots.
         saliency_frames: frames used for saliency maps and the saliency SSIM.
@@ -72,8 +78,6 @@ def demo(
     Returns:
         The :class:`DemoResult`.
     """
-    from ltc_control.agents.imitation import TrainConfig, train
-
     cfg = config if config is not None else TrainConfig()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -90,8 +94,6 @@ def demo(
 
     video: Path | None = None
     if not skip_video:
-        from ltc_control.agents.rollout import RolloutConfig, rollout
-
         t0 = time.perf_counter()
         rollout_cfg = RolloutConfig(
             env=cfg.env.id,
@@ -109,8 +111,6 @@ def demo(
 
     report: Path | None = None
     if not skip_inspect:
-        from ltc_control.inspection.report import InspectConfig, inspect_policy
-
         t0 = time.perf_counter()
         inspect_cfg = InspectConfig(
             env_kwargs=dict(cfg.env.kwargs),
@@ -146,9 +146,6 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 130 when interrupted.
     """
-    from ltc_control.agents.imitation import TrainConfig
-    from ltc_control.config import make_parser, parse_args_and_config
-
     args = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(
         TrainConfig,

@@ -2,7 +2,7 @@
 
 The experts read only the env's privileged ``info`` (never the image): lateral offset, heading error,
 curvature at the car and ahead of it, and speed. They implement the Agent protocol of
-``ltc_control.agents.evaluation`` (``reset()`` / ``act(obs, info) -> np.ndarray (1,)``) and expose
+``ltc_control.agents.episode`` (``reset()`` / ``act(obs, info) -> np.ndarray (1,)``) and expose
 ``label(info) -> float``, the clean action at a state: that is the label stored in datasets and the one
 DAgger asks for at the states a learner visits.
 

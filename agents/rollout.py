@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import sys
 from collections import deque
@@ -33,23 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ltc_control import video as vid
-from ltc_control.agents.evaluation import (
+from ltc_control.agents.episode import (
     Agent,
     AgentSpec,
     EpisodeResult,
-    Perturbation,
     PolicyAgent,
     StepRecord,
-    agent_label,
-    check_agent_argument,
     make_agent,
     make_env,
-    prepare_run_dir,
     run_episode,
     torch_threads,
 )
+from ltc_control.agents.evaluate_cli import agent_label, check_agent_argument, prepare_run_dir
+from ltc_control.agents.perturbations import Perturbation
+from ltc_control.config import make_parser, parse_args_and_config, to_dict
+from ltc_control.runs import atomic_write_json
 
 __all__ = ["PANELS", "FrameComposer", "RolloutConfig", "RolloutResult", "rollout", "rollout_main"]
 
@@ -85,6 +88,9 @@ class RolloutConfig:
         device: torch device for the policy.
         env_kwargs: env constructor arguments, e.g. {road_length: 80}.
         progress: show a progress bar.
+        rerun: also write a Rerun recording (.rrd) of the rollout here: camera and chase frames, steering
+            (policy and expert), lateral error, speed, every neuron's state and tau, the road map, the wiring
+            graph; open it with ``rerun FILE`` (needs ``pip install 'ltc-control[rerun]'``). None = none.
     """
 
     env: str = "LTC/LaneKeeping-v0"
@@ -104,6 +110,7 @@ class RolloutConfig:
     device: str = "cpu"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    rerun: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -125,6 +132,8 @@ class RolloutConfig:
             raise ValueError(f"panels must not repeat, got {list(self.panels)}")
         if self.video is not None and not str(self.video).lower().endswith(".mp4"):
             raise ValueError(f"video must be an .mp4 path, got {self.video!r}")
+        if self.rerun is not None and not str(self.rerun).lower().endswith(".rrd"):
+            raise ValueError(f"rerun must be an .rrd path, got {self.rerun!r}")
         Perturbation(noise_variance=self.noise, seed=self.noise_seed)
 
 
@@ -140,6 +149,7 @@ class RolloutResult:
         frames: number of frames written.
         frame_size: ``(width, height)`` of the frames as composed (the file is padded to even sizes).
         fps: frames per second of the video.
+        rerun: path of the Rerun recording (None when none was asked for).
     """
 
     episodes: list[EpisodeResult]
@@ -148,6 +158,7 @@ class RolloutResult:
     frames: int = 0
     frame_size: tuple[int, int] = (0, 0)
     fps: float = 0.0
+    rerun: Path | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Per-episode metrics as JSON-ready dicts."""
@@ -413,6 +424,7 @@ class _Recorder:
         expert: Agent | None,
         probe: _SensoryProbe | None,
         bar: Any,
+        capture: Any = None,
     ) -> None:
         self.env = env
         self.agent = agent
@@ -422,7 +434,8 @@ class _Recorder:
         self.expert = expert
         self.probe = probe
         self.bar = bar
-        self.want_chase = "chase" in cfg.panels and writer is not None
+        self.capture = capture  # agents.rerun_capture.RerunCapture for --rerun, else None
+        self.want_chase = ("chase" in cfg.panels and writer is not None) or capture is not None
         self.episode = 0
         self.seed = 0
         self.chase: np.ndarray | None = None
@@ -467,6 +480,8 @@ class _Recorder:
                 departed=self.departed,
             )
             self.writer.write(frame, repeat=self.cfg.slowmo)
+        if self.capture is not None:
+            self.capture.on_step(rec, self.chase, self.env)
         self.departed = self.departed or bool(rec.info.get("lane_departure", False))
         if self.want_chase:
             self.chase = self.env.render()
@@ -478,18 +493,16 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
 
     Args:
         agent: a ``Policy``, a checkpoint directory, ``"expert"``, an :class:`Agent` or a factory (see
-            :func:`~ltc_control.agents.evaluation.make_agent`).
+            :func:`~ltc_control.agents.episode.make_agent`).
         config: the rollout settings (defaults: :class:`RolloutConfig`).
 
     Returns:
         The :class:`RolloutResult` (episodes, video path, codec, frame count).
     """
     cfg = config or RolloutConfig()
-    from tqdm import tqdm
-
     agent_obj = make_agent(agent, device=cfg.device)
     make_video = cfg.video is not None
-    render_mode = "rgb_array" if make_video and "chase" in cfg.panels else None
+    render_mode = "rgb_array" if (make_video and "chase" in cfg.panels) or cfg.rerun else None
     env = make_env(cfg.env, cfg.env_kwargs, render_mode=render_mode)
     probe = _SensoryProbe(agent_obj) if make_video and "neurons" in cfg.panels else None
     writer: vid.VideoWriter | None = None
@@ -514,23 +527,35 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
         limit = limit or getattr(env.unwrapped, "max_episode_steps", None)
         total = int(limit) * cfg.episodes if limit else None
         bar = tqdm(total=total, desc="rollout", unit="step", disable=not cfg.progress, file=sys.stderr)
-        recorder = _Recorder(env, agent_obj, cfg, composer, writer, expert, probe, bar)
+        capture = None
+        if cfg.rerun is not None:
+            from ltc_control.agents.rerun_capture import RerunCapture
+
+            meta = {"env": cfg.env, "env_kwargs": cfg.env_kwargs, "seed": cfg.seed, "noise": cfg.noise}
+            capture = RerunCapture(agent_obj, json.loads(json.dumps(meta, default=str)))
+        recorder = _Recorder(env, agent_obj, cfg, composer, writer, expert, probe, bar, capture)
         perturbation = Perturbation(noise_variance=cfg.noise, seed=cfg.noise_seed)
         episodes: list[EpisodeResult] = []
-        for k in range(cfg.episodes):
-            seed = cfg.seed + k
-            recorder.start(k, seed)
-            with torch_threads(1):
-                result = run_episode(
-                    recorder,
-                    agent_obj,
-                    seed,
-                    noise=perturbation,
-                    max_steps=cfg.max_steps,
-                    on_step=recorder.on_step,
-                )
-            episodes.append(result)
+        with capture if capture is not None else contextlib.nullcontext():
+            for k in range(cfg.episodes):
+                seed = cfg.seed + k
+                recorder.start(k, seed)
+                if capture is not None:
+                    capture.start_episode(k)
+                with torch_threads(1):
+                    result = run_episode(
+                        recorder,
+                        agent_obj,
+                        seed,
+                        noise=perturbation,
+                        max_steps=cfg.max_steps,
+                        on_step=recorder.on_step,
+                    )
+                episodes.append(result)
         bar.close()
+        rerun_path = None
+        if capture is not None and cfg.rerun is not None:
+            rerun_path = capture.write(cfg.rerun, expert=cfg.expert and cfg.env.startswith("LTC/"))
         path = writer.close() if writer is not None else None
         return RolloutResult(
             episodes=episodes,
@@ -539,6 +564,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
             frames=writer.frames_written if writer is not None else 0,
             frame_size=size,
             fps=fps,
+            rerun=rerun_path,
         )
     except BaseException:
         if writer is not None:
@@ -552,8 +578,6 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
 
 def build_rollout_parser() -> Any:
     """The argument parser of ``ltc-control rollout`` (generated from :class:`RolloutConfig`)."""
-    from ltc_control.config import make_parser
-
     parser = make_parser(RolloutConfig, prog="ltc-control rollout")
     parser.add_argument("agent", help="checkpoint directory (model.json + model.safetensors) or 'expert'")
     return parser
@@ -572,9 +596,6 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code (0 on success; argparse exits with 2 on bad arguments).
     """
-    from ltc_control.config import parse_args_and_config, to_dict
-    from ltc_control.runs import atomic_write_json
-
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_rollout_parser()
     cfg, ns = parse_args_and_config(RolloutConfig, args, parser)
@@ -601,5 +622,7 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
             f"wrote {result.video}: {result.frames} frames {result.frame_size[0]}x{result.frame_size[1]} "
             f"at {result.fps:g} fps, codec {codec}"
         )
+    if result.rerun is not None:
+        print(f"wrote {result.rerun} (Rerun recording; open it with: rerun {result.rerun})")
     print(f"run folder: {folder}")
     return 0

@@ -20,8 +20,10 @@ Design (see ``docs/rl.md``):
   project's LSTM/GRU cells). Its **motor neurons are the action**: one motor neuron per action dimension (per
   logit for discrete actions), followed by the same element-wise head as :class:`ltc_control.policy.Policy`
   (``tanh(scale * y + bias)`` for actions in [-1, 1]). That is what makes an exact export to a
-  :class:`~ltc_control.policy.Policy` checkpoint possible (:func:`export_policy`), so the inspection, video
-  and evaluation tools read a PPO-trained controller exactly like an imitation-trained one.
+  :class:`~ltc_control.policy.Policy` checkpoint possible (:mod:`ltc_control.agents.sb3_export`), so the
+  inspection, video and evaluation tools read a PPO-trained controller exactly like an imitation-trained one.
+- The feature extractor, the motor head and the LSTM-faced controller adapter live in
+  :mod:`ltc_control.agents.sb3_modules`.
 - ``forward``, ``get_distribution``, ``predict_values`` and ``evaluate_actions`` are overridden to run the
   controllers over ``(n_seq, T, F)`` sequences with the cell's own ``episode_starts`` reset (no Python loop
   over time for cells with a fused sequence path, e.g. the LTC's compiled kernel).
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -60,226 +61,15 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
+from ltc_control.agents.sb3_modules import ControllerAdapter, ConvHeadExtractor, MotorHead, as_config
 from ltc_control.cells.ltc import LTCCell
-from ltc_control.config import from_dict
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
-from ltc_control.perception import ConvHead, PerceptionConfig, standardize
-from ltc_control.policy import ActionHeadConfig, Policy, PolicyConfig
 from ltc_control.sequence import SequenceModel
 
-__all__ = [
-    "CnnLtcPolicy",
-    "ControllerAdapter",
-    "ConvHeadExtractor",
-    "LtcPolicy",
-    "MotorHead",
-    "export_policy",
-    "load_policy_weights",
-    "policy_kwargs_from_policy",
-    "to_policy",
-]
+__all__ = ["CnnLtcPolicy", "CriticMode", "LtcPolicy", "SquashMode"]
 
 CriticMode = Literal["separate", "shared", "feedforward"]
 SquashMode = Literal["auto", "tanh", "none"]
-
-
-# ------------------------------------------------------------------------------------------------ configs
-def _as_config(cls: type[Any], value: Any, name: str) -> Any:
-    """A frozen config dataclass from an instance, a mapping (strict keys) or None (defaults)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        return from_dict(cls, value, path=name)
-    raise ValueError(
-        f"{name} must be a {cls.__name__}, a mapping of its fields or None, got {type(value).__name__}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------- modules
-class ConvHeadExtractor(BaseFeaturesExtractor):
-    """The NCP paper's CNN head (:class:`~ltc_control.perception.ConvHead`) as an sb3 features extractor.
-
-    sb3 hands it channel-first float images ``(B, C, H, W)`` (scaled to [0, 1] when the policy's
-    ``normalize_images`` is on; ``VecTransposeImage`` turns the env's ``(H, W, C)`` frames channel-first).
-    Each image is standardised (zero mean, unit variance, as :class:`~ltc_control.policy.Policy` does) and
-    mapped
-    to
-    ``channels[-1] * features_per_channel`` features (32 by default).
-
-    Args:
-        observation_space: channel-first image ``Box`` ``(C, H, W)``.
-        perception: the head's config (a :class:`~ltc_control.perception.PerceptionConfig` or a mapping of its
-            fields); augmentation settings are ignored here (RL uses no augmentation).
-    """
-
-    def __init__(
-        self, observation_space: spaces.Space, perception: PerceptionConfig | Mapping[str, Any] | None = None
-    ) -> None:
-        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
-            got = getattr(observation_space, "shape", type(observation_space).__name__)
-            raise ValueError(
-                f"ConvHeadExtractor needs an image Box observation space (C, H, W) or (H, W, C), got {got}; "
-                "use LtcPolicy (FlattenExtractor) for vector observations"
-            )
-        cfg = _as_config(PerceptionConfig, perception, "perception")
-        shape = tuple(int(v) for v in observation_space.shape)
-        if shape[0] not in (1, 3):
-            raise ValueError(
-                f"ConvHeadExtractor expects channel-first images (C, H, W) with C in (1, 3), got {shape}; "
-                "RecurrentPPO transposes (H, W, C) image spaces automatically (VecTransposeImage), a custom "
-                "training loop must wrap its env in VecTransposeImage"
-            )
-        head = ConvHead.from_config(cfg, shape)
-        super().__init__(observation_space, head.output_size)
-        self.perception_config = cfg
-        self.head = head
-
-    def forward(self, observations: Tensor) -> Tensor:
-        """``(B, C, H, W)`` float images -> features ``(B, features_dim)``."""
-        x = observations.float()
-        if self.perception_config.standardize:
-            x = standardize(x)
-        return cast(Tensor, self.head(x))
-
-
-class MotorHead(nn.Module):
-    """Element-wise map from motor outputs to the distribution's inputs: ``squash(scale * y + bias)``.
-
-    For continuous actions this is the Gaussian mean (``squash="tanh"`` keeps it in [-1, 1]); for discrete
-    actions the logits (``squash="none"``). It has exactly the parameters of
-    :class:`ltc_control.policy.Policy`'s action head (``action_scale``, ``action_bias``).
-
-    Args:
-        size: number of motor outputs ``M`` (= action dimensions or logits).
-        squash: ``"tanh"`` or ``"none"``.
-        init_scale: initial scale.
-        init_bias: initial bias.
-    """
-
-    def __init__(
-        self, size: int, squash: Literal["tanh", "none"], init_scale: float = 1.0, init_bias: float = 0.0
-    ) -> None:
-        super().__init__()
-        if squash not in ("tanh", "none"):
-            raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
-        self.squash = squash
-        self.scale = nn.Parameter(torch.full((size,), float(init_scale)))
-        self.bias = nn.Parameter(torch.full((size,), float(init_bias)))
-
-    def forward(self, y: Tensor) -> Tensor:
-        """``(..., M)`` motor outputs -> ``(..., M)``."""
-        a = self.scale * y + self.bias
-        return torch.tanh(a) if self.squash == "tanh" else a
-
-    def extra_repr(self) -> str:
-        return f"size={self.scale.numel()}, squash={self.squash!r}"
-
-
-class ControllerAdapter(nn.Module):
-    """Presents a :class:`~ltc_control.sequence.SequenceModel` with the face ``RecurrentPPO`` expects of an
-    LSTM.
-
-    ``RecurrentPPO`` reads ``num_layers`` and ``hidden_size`` to size its state buffers and passes states as
-    LSTM-style pairs ``(h, c)``, each ``(1, n_seq, hidden_size)``. The cell state ``(n_seq, state_size)``
-    lives in ``h[0, :, :state_size]``; the rest of ``h`` and all of ``c`` stay zero.
-
-    Args:
-        controller: the recurrent controller.
-        hidden_size: width of the LSTM-style state (>= ``controller.state_size``; actor and critic share it).
-        dt: elapsed time per env step in the cell's time unit.
-    """
-
-    num_layers = 1
-
-    def __init__(self, controller: SequenceModel, hidden_size: int, dt: float = 1.0) -> None:
-        super().__init__()
-        if hidden_size < controller.state_size:
-            raise ValueError(
-                f"hidden_size {hidden_size} is smaller than the controller's state_size "
-                f"{controller.state_size}"
-            )
-        self.controller = controller
-        self.hidden_size = int(hidden_size)
-        self.dt = float(dt)
-
-    @property
-    def input_size(self) -> int:
-        """Input features ``F``."""
-        return self.controller.input_size
-
-    @property
-    def state_size(self) -> int:
-        """Width of the cell state packed into ``h``."""
-        return self.controller.state_size
-
-    def pack(self, state: Tensor) -> Tensor:
-        """Cell state ``(n_seq, state_size)`` -> ``h`` ``(1, n_seq, hidden_size)`` (zero padded)."""
-        pad = self.hidden_size - state.shape[-1]
-        return nn.functional.pad(state, (0, pad)).unsqueeze(0) if pad else state.unsqueeze(0)
-
-    def unpack(self, h: Tensor) -> Tensor:
-        """``h`` ``(1, n_seq, hidden_size)`` -> cell state ``(n_seq, state_size)``."""
-        if h.dim() != 3 or h.shape[0] != 1 or h.shape[2] != self.hidden_size:
-            raise ValueError(
-                f"recurrent state must have shape (1, n_seq, {self.hidden_size}) (RecurrentPPO's (h, c) "
-                "layout), "
-                f"got {tuple(h.shape)}; start from model.predict(obs) with state=None"
-            )
-        return h[0, :, : self.state_size]
-
-    def state_sequence(self, x: Tensor, h: Tensor, starts: Tensor) -> Tensor:
-        """Every step's cell state of a batch of sequences.
-
-        The cell's ``state_sequence``: the LTC and CfC cells' fused sequence paths (no Python loop over
-        time), the base class's step loop for the other cells (the same numbers, tested).
-
-        Args:
-            x: inputs ``(n_seq, T, F)``.
-            h: state before the first step ``(n_seq, state_size)``.
-            starts: ``(n_seq, T)`` 0/1: 1 resets the state to the cell's initial state before that step.
-
-        Returns:
-            States ``(n_seq, T, state_size)`` (after each step).
-        """
-        return cast(Tensor, self.controller.cell.state_sequence(x, h, self.dt, starts))
-
-    def forward(
-        self,
-        features: Tensor,
-        states: tuple[Tensor, ...],
-        episode_starts: Tensor,
-        return_states: bool = False,
-    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
-        """Runs the controller over flattened sequences, sb3-contrib style.
-
-        Args:
-            features: ``(n_seq * T, F)``: ``n_seq`` sequences of ``T`` steps, sequence-major (sb3's layout).
-            states: ``(h, c)``, each ``(1, n_seq, hidden_size)``: the state before the first step.
-            episode_starts: ``(n_seq * T,)`` 0/1: 1 resets the state to the initial state before that step.
-            return_states: also return every step's cell state ``(n_seq * T, state_size)`` (for a critic that
-                reads the actor's neurons, and gSDE's latent); see :meth:`state_sequence`.
-
-        Returns:
-            ``(outputs (n_seq * T, M), states_seq or None, (h', c'))``.
-        """
-        h = self.unpack(states[0])
-        n_seq = h.shape[0]
-        x = features.reshape(n_seq, -1, self.input_size)
-        t = x.shape[1]
-        starts = episode_starts.reshape(n_seq, t).to(dtype=x.dtype)
-        if not return_states:
-            y, h_t = self.controller(x, h, self.dt, episode_starts=starts)
-            return y.reshape(n_seq * t, -1), None, (self.pack(h_t), torch.zeros_like(states[1]))
-        cell = self.controller.cell
-        hs = self.state_sequence(x, h, starts)
-        y = cell.readout(hs)
-        return (
-            y.reshape(n_seq * t, -1),
-            hs.reshape(n_seq * t, -1),
-            (self.pack(hs[:, -1]), torch.zeros_like(states[1])),
-        )
 
 
 # ----------------------------------------------------------------------------------------------- policy
@@ -472,7 +262,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             raise ValueError(f"critic_outputs must be >= 1, got {critic_outputs}")
         # Plain attributes set before nn.Module.__init__ are allowed; _build (called from the base __init__)
         # reads them.
-        self.controller_config: ControllerConfig = _as_config(ControllerConfig, controller, "controller")
+        self.controller_config: ControllerConfig = as_config(ControllerConfig, controller, "controller")
         self.critic_mode: CriticMode = critic
         if critic_controller is None:
             # A saved wiring is sized for the actor's motor neurons; the critic gets the default builder.
@@ -480,7 +270,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             critic_controller = (
                 dataclasses.replace(ctrl, wiring=WiringConfig()) if ctrl.wiring.preset == "saved" else ctrl
             )
-        self.critic_controller_config: ControllerConfig = _as_config(
+        self.critic_controller_config: ControllerConfig = as_config(
             ControllerConfig, critic_controller, "critic_controller"
         )
         self.critic_outputs = int(critic_outputs)
@@ -800,194 +590,3 @@ class CnnLtcPolicy(LtcPolicy):
     ) -> None:
         kwargs.setdefault("features_extractor_class", ConvHeadExtractor)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
-
-
-# ------------------------------------------------------------------------------------ export / import
-def _policy_of(model: Any) -> LtcPolicy:
-    policy = getattr(model, "policy", model)
-    if not isinstance(policy, LtcPolicy):
-        raise ValueError(
-            f"expected an LtcPolicy or a RecurrentPPO model using one, got {type(policy).__name__}; "
-            "RecurrentPPO's "
-            "own MlpLstmPolicy has no liquid controller to export"
-        )
-    return policy
-
-
-def _policy_config(policy: LtcPolicy) -> PolicyConfig:
-    extractor = policy.pi_features_extractor
-    ctrl = policy.controller_config
-    head = ActionHeadConfig(squash=policy.action_squash, learnable=True)
-    if isinstance(extractor, ConvHeadExtractor):
-        c, h, w = extractor.head.image_shape
-        if not policy.normalize_images and not extractor.perception_config.standardize:
-            raise ValueError(
-                "cannot export: the sb3 policy feeds raw 0-255 images to an unstandardised head, while "
-                "ltc_control.policy.Policy scales frames to [0, 1]; train with normalize_images=True or a "
-                "standardising head"
-            )
-        return PolicyConfig(
-            observation="image",
-            image_shape=(h, w, c),
-            perception=dataclasses.replace(extractor.perception_config),
-            controller=ctrl,
-            action_size=policy.motor_size,
-            action_head=head,
-        )
-    if isinstance(extractor, FlattenExtractor):
-        return PolicyConfig(
-            observation="vector",
-            vector_size=int(extractor.features_dim),
-            controller=ctrl,
-            action_size=policy.motor_size,
-            action_head=head,
-        )
-    raise ValueError(
-        f"cannot export a policy whose features extractor is {type(extractor).__name__}: "
-        "ltc_control.policy.Policy knows vector observations (FlattenExtractor) and the ConvHead "
-        "(ConvHeadExtractor / CnnLtcPolicy)"
-    )
-
-
-def to_policy(model: Any) -> Policy:
-    """The actor of a trained sb3 model as an :class:`ltc_control.policy.Policy` (same weights, eval mode).
-
-    ``Policy.act(obs, state)`` then returns the deterministic action of ``model.predict(obs, state,
-    deterministic=True)`` (for discrete actions: the logits; the action is their argmax). Its ``controller``
-    is a copy of the sb3 policy's controller, so recorders, plots, saliency and video rollouts work unchanged.
-
-    Args:
-        model: a ``RecurrentPPO`` model with an :class:`LtcPolicy` / :class:`CnnLtcPolicy`, or the policy.
-
-    Raises:
-        ValueError: a policy that is not an ``LtcPolicy`` or uses a features extractor ``Policy`` cannot
-    represent."""
-    policy = _policy_of(model)
-    cfg = _policy_config(policy)
-    out = Policy(cfg)
-    extractor = policy.pi_features_extractor
-    state: dict[str, Tensor] = {}
-    for k, v in policy.controller.state_dict().items():
-        state[f"controller.{k}"] = v
-    if isinstance(extractor, ConvHeadExtractor):
-        for k, v in extractor.head.state_dict().items():
-            state[f"perception.{k}"] = v
-    state["action_scale"] = policy.motor_head.scale.detach()
-    state["action_bias"] = policy.motor_head.bias.detach()
-    missing, unexpected = out.load_state_dict(
-        {k: v.detach().cpu().clone() for k, v in state.items()}, strict=False
-    )
-    # Policy may carry buffers that the sb3 policy does not (none today); weights must all be covered.
-    params = {name for name, _ in out.named_parameters()}
-    if params & set(missing) or unexpected:
-        raise RuntimeError(
-            f"export mismatch: missing {sorted(params & set(missing))}, unexpected {sorted(unexpected)}"
-        )
-    return out.eval()
-
-
-def export_policy(model: Any, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write the trained actor as an ``ltc_control`` checkpoint folder (safetensors + JSON, atomic).
-
-    The folder loads with :func:`ltc_control.checkpoint.load_checkpoint` and works with
-    ``ltc-control rollout|evaluate|inspect --checkpoint <folder>`` exactly like an imitation-trained policy.
-
-    Args:
-        model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
-        directory: checkpoint folder to write (replaced if it exists).
-        metadata: extra JSON-ready metadata (e.g. env id, training steps, returns).
-
-    Returns:
-        The checkpoint folder.
-    """
-    from ltc_control.checkpoint import save_checkpoint
-
-    policy = _policy_of(model)
-    meta: dict[str, Any] = {
-        "source": "stable-baselines3 RecurrentPPO",
-        "action_space": type(policy.action_space).__name__,
-        "action_decoding": "argmax of the outputs"
-        if isinstance(policy.action_space, spaces.Discrete)
-        else "the outputs are the actions (deterministic mean)",
-        "critic": policy.critic_mode,
-    }
-    timesteps = getattr(model, "num_timesteps", None)
-    if isinstance(timesteps, int):
-        meta["num_timesteps"] = timesteps
-    meta.update(dict(metadata or {}))
-    return save_checkpoint(directory, to_policy(policy), metadata=meta)
-
-
-def policy_kwargs_from_policy(policy: Policy, **overrides: Any) -> dict[str, Any]:
-    """``policy_kwargs`` for ``RecurrentPPO`` that rebuild ``policy``'s actor (perception, controller, head).
-
-    Use with :func:`load_policy_weights` to fine-tune an imitation-trained
-    :class:`~ltc_control.policy.Policy`.
-
-    Args:
-        policy: the trained policy.
-        **overrides: more policy keyword arguments (``critic``, ``log_std_init``, ``net_arch``...).
-
-    Returns:
-        The keyword arguments (the wiring is stored inline, so the actor has exactly the policy's synapses).
-    """
-    cfg = policy.resolved_config()
-    kwargs: dict[str, Any] = {
-        "controller": cfg.controller,
-        "action_squash": cfg.action_head.squash,
-    }
-    if cfg.observation == "image":
-        kwargs["features_extractor_class"] = ConvHeadExtractor
-        kwargs["features_extractor_kwargs"] = {"perception": cfg.perception}
-    kwargs.update(overrides)
-    return kwargs
-
-
-def load_policy_weights(model: Any, policy: Policy) -> None:
-    """Copy an :class:`~ltc_control.policy.Policy`'s perception, controller and action head into the sb3
-    actor.
-
-    The sb3 policy must have been built with :func:`policy_kwargs_from_policy` (same shapes). The critic's
-    controller and value head are left as they are (a separate critic CNN head, if any, gets the perception
-    weights too); the optimizer state is reset (its moments belonged to the old weights).
-
-    Args:
-        model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
-        policy: the source policy.
-
-    Raises:
-        ValueError: shapes that do not match (the message names the tensor).
-    """
-    sb3_policy = _policy_of(model)
-
-    def copy(dst: nn.Module, src: nn.Module, what: str) -> None:
-        dst_state, src_state = dst.state_dict(), src.state_dict()
-        if set(dst_state) != set(src_state):
-            raise ValueError(
-                f"{what}: parameter names differ ({sorted(set(dst_state) ^ set(src_state))}); build the sb3 "
-                "policy with policy_kwargs_from_policy(policy)"
-            )
-        for k, v in src_state.items():
-            if dst_state[k].shape != v.shape:
-                raise ValueError(
-                    f"{what}.{k}: shape {tuple(v.shape)} does not match the sb3 policy's "
-                    f"{tuple(dst_state[k].shape)}; build the sb3 policy with "
-                    "policy_kwargs_from_policy(policy)"
-                )
-        dst.load_state_dict(src_state)
-
-    copy(sb3_policy.controller, policy.controller, "controller")
-    if policy.perception is not None:
-        extractors = [sb3_policy.pi_features_extractor]
-        if not sb3_policy.share_features_extractor:
-            extractors.append(sb3_policy.vf_features_extractor)  # the critic starts from the same features
-        for ext in extractors:
-            if not isinstance(ext, ConvHeadExtractor):
-                raise ValueError(
-                    "the source policy has a ConvHead but the sb3 policy does not; use CnnLtcPolicy"
-                )
-            copy(ext.head, policy.perception, "perception")
-    with torch.no_grad():
-        sb3_policy.motor_head.scale.copy_(policy.action_scale.detach().reshape(-1))
-        sb3_policy.motor_head.bias.copy_(policy.action_bias.detach().reshape(-1))
-    sb3_policy.optimizer = sb3_policy.make_optimizer(sb3_policy.optimizer.param_groups[0]["lr"])

@@ -1,7 +1,7 @@
 """Lane keeping by RL: fine-tune an imitation-trained policy with RecurrentPPO, compare closed-loop metrics.
 
 Flow: load an :class:`ltc_control.policy.Policy` checkpoint (e.g. from ``ltc-control train`` / ``demo``) ->
-closed-loop metrics on held-out road seeds (DESIGN.md section 5, via :mod:`ltc_control.agents.evaluation`) ->
+closed-loop metrics on held-out road seeds (DESIGN.md section 5, via :mod:`ltc_control.agents.episode`) ->
 build a :class:`~ltc_control.agents.sb3.CnnLtcPolicy` with the same perception, wiring and head, copy the
 weights in -> train only the critic for ``value_warmup_steps`` (a random critic would otherwise push the
 imitation actor around with meaningless advantages) -> PPO on everything -> export the actor back to a
@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ltc_control.agents.episode import PolicyAgent, make_env, run_episode
+from ltc_control.agents.metrics import episode_metrics
+from ltc_control.checkpoint import load_checkpoint
+from ltc_control.config import to_dict
 from ltc_control.runs import atomic_write_json, atomic_write_text
 
 __all__ = ["FinetuneConfig", "closed_loop_metrics", "finetune"]
@@ -120,13 +125,7 @@ def closed_loop_metrics(
     Returns:
         ``{"episodes": [per-episode metrics], "mean": {metric: mean over episodes}, "return": mean return}``.
     """
-    import gymnasium as gym
-    from tqdm.auto import tqdm
-
-    import ltc_control.envs  # noqa: F401  (registers the LTC/ ids)
-    from ltc_control.agents.evaluation import PolicyAgent, episode_metrics, run_episode
-
-    env = gym.make(env_id, **env_kwargs)
+    env = make_env(env_id, env_kwargs)
     agent = PolicyAgent(policy)
     episodes = []
     for seed in tqdm(seeds, desc="closed-loop evaluation", unit="road", leave=False, disable=len(seeds) < 2):
@@ -169,14 +168,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     from stable_baselines3.common.env_util import make_vec_env
 
     import ltc_control.envs  # noqa: F401
-    from ltc_control.agents.sb3 import (
-        CnnLtcPolicy,
+    from ltc_control.agents.sb3 import CnnLtcPolicy
+    from ltc_control.agents.sb3_export import (
         export_policy,
         load_policy_weights,
         policy_kwargs_from_policy,
         to_policy,
     )
-    from ltc_control.checkpoint import load_checkpoint
 
     if not config.checkpoint:
         raise ValueError("checkpoint is required: the imitation-trained policy folder (model.json inside)")
@@ -216,27 +214,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     load_policy_weights(model, source)
     start = to_policy(model)
-    from stable_baselines3.common.callbacks import BaseCallback
-    from tqdm.auto import tqdm
-
-    total = config.value_warmup_steps + config.timesteps
-    bar = tqdm(total=total, desc="PPO fine-tuning", unit="step", mininterval=5.0)
-
-    class _Progress(BaseCallback):
-        def _on_step(self) -> bool:
-            bar.update(self.num_timesteps - bar.n)
-            return True
-
-    t0 = time.perf_counter()
-    if config.value_warmup_steps:
-        bar.set_postfix_str("critic-only warm-up")
-        _set_actor_trainable(model.policy, False)
-        model.learn(config.value_warmup_steps, callback=_Progress(), progress_bar=False)
-        _set_actor_trainable(model.policy, True)
-        bar.set_postfix_str("")
-    model.learn(config.timesteps, callback=_Progress(), reset_num_timesteps=False, progress_bar=False)
-    train_time = time.perf_counter() - t0
-    bar.close()
+    train_time = _train(model, config)
     tuned = to_policy(model)
     after = closed_loop_metrics(tuned, config.env_id, env_kwargs, config.eval_seeds, config.eval_max_steps)
     export_policy(
@@ -251,8 +229,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     # The sb3 actor must start exactly where the imitation policy was: check on the first held-out road.
     start_check = closed_loop_metrics(start, config.env_id, env_kwargs, config.eval_seeds[:1], 50)
     ref_check = closed_loop_metrics(source, config.env_id, env_kwargs, config.eval_seeds[:1], 50)
-    from ltc_control.config import to_dict
-
     record = {
         "config": to_dict(config),
         "env_kwargs": env_kwargs,
@@ -272,6 +248,31 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     atomic_write_text(out / f"{config.name}.md", _report(config, record))
     return record
+
+
+def _train(model: Any, config: FinetuneConfig) -> float:
+    """Critic-only warm-up, then PPO on everything, with one progress bar; returns the training seconds."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    total = config.value_warmup_steps + config.timesteps
+    bar = tqdm(total=total, desc="PPO fine-tuning", unit="step", mininterval=5.0)
+
+    class _Progress(BaseCallback):
+        def _on_step(self) -> bool:
+            bar.update(self.num_timesteps - bar.n)
+            return True
+
+    t0 = time.perf_counter()
+    if config.value_warmup_steps:
+        bar.set_postfix_str("critic-only warm-up")
+        _set_actor_trainable(model.policy, False)
+        model.learn(config.value_warmup_steps, callback=_Progress(), progress_bar=False)
+        _set_actor_trainable(model.policy, True)
+        bar.set_postfix_str("")
+    model.learn(config.timesteps, callback=_Progress(), reset_num_timesteps=False, progress_bar=False)
+    train_time = time.perf_counter() - t0
+    bar.close()
+    return train_time
 
 
 def _report(config: FinetuneConfig, record: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ltc_control.agents.datasets import dataset_main
+from ltc_control.agents.dataset_cli import dataset_main
 
 if __name__ == "__main__":
     raise SystemExit(dataset_main(["collect", *sys.argv[1:]]))

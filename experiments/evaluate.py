@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from ltc_control.agents.evaluation import evaluate_main
+from ltc_control.agents.evaluate_cli import evaluate_main
 
 if __name__ == "__main__":
     raise SystemExit(evaluate_main(sys.argv[1:]))

@@ -16,8 +16,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ltc_control.agents.inspect import InspectConfig, inspect_main, inspect_policy
 from ltc_control.config import make_parser, parse_args_and_config
-from ltc_control.inspection.report import InspectConfig, inspect_main, inspect_policy
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from ltc_control.agents.imitation import train_main
+from ltc_control.agents.imitation_cli import train_main
 
 if __name__ == "__main__":
     raise SystemExit(train_main(sys.argv[1:]))

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ltc_control import __version__
     from ltc_control.agents.evaluation import evaluate
-    from ltc_control.agents.imitation import TrainConfig, train
+    from ltc_control.agents.imitation import train
+    from ltc_control.agents.imitation_config import TrainConfig
     from ltc_control.checkpoint import save_checkpoint
     from ltc_control.config import apply_overrides, load_yaml
     from ltc_control.policy import Policy

@@ -1,15 +1,18 @@
 """Neuron-level inspection: recorder, plots, saliency, perturbation and reports.
 
 Example:
-    >>> from ltc_control.inspection import record, plot_all, inspect_policy      # doctest: +SKIP
+    >>> from ltc_control.inspection import record, plot_all, report_from_trace   # doctest: +SKIP
     >>> with record(policy) as trace:                                             # doctest: +SKIP
     ...     run_episode(env, PolicyAgent(policy), seed=0, on_step=trace.on_step)
     >>> plot_all(trace.trace, "figures")                                          # doctest: +SKIP
-    >>> inspect_policy("runs/x/checkpoints/best", "inspection", steps=600)        # doctest: +SKIP
+    >>> report_from_trace(trace.trace, "inspection")                              # doctest: +SKIP
 
 Modules: :mod:`~ltc_control.inspection.trace` (the :class:`Trace` file format), :mod:`.recorder`,
 :mod:`.analysis` (PCA, Lipschitz profile, correlations), :mod:`.plots`, :mod:`.saliency`,
-:mod:`.perturbation` and :mod:`.report`. Nothing here imports the env or the agents at import time.
+:mod:`.perturbation`, :mod:`.report` and :mod:`.rerun_log` (a trace as a Rerun recording). Nothing here
+imports the env or the agents: the closed-loop pipeline (recording a rollout of a checkpoint in an env,
+``ltc-control inspect``) sits above, in the agents layer, and hands this package the policy, the recorded
+trace and the closed loop as functions.
 """
 
 from ltc_control.inspection.analysis import PCAResult, correlations, lipschitz_profile, pca
@@ -31,15 +34,8 @@ from ltc_control.inspection.plots import (
     plot_wiring_graph,
 )
 from ltc_control.inspection.recorder import Recording, record
-from ltc_control.inspection.report import (
-    InspectConfig,
-    InspectionResult,
-    closed_loop_evaluator,
-    inspect_main,
-    inspect_policy,
-    record_rollout,
-    report_from_trace,
-)
+from ltc_control.inspection.report import InspectionResult, report_from_trace, write_html_report
+from ltc_control.inspection.rerun_log import record_rerun
 from ltc_control.inspection.saliency import (
     input_gradient_saliency,
     policy_saliency,
@@ -52,7 +48,6 @@ from ltc_control.inspection.trace import Trace, TraceError
 
 __all__ = [
     "AblationTable",
-    "InspectConfig",
     "InspectionResult",
     "PCAResult",
     "Recording",
@@ -61,11 +56,8 @@ __all__ = [
     "ablate_synapses",
     "ablation_table",
     "clamp_neurons",
-    "closed_loop_evaluator",
     "correlations",
     "input_gradient_saliency",
-    "inspect_main",
-    "inspect_policy",
     "lipschitz_profile",
     "pca",
     "plot_activity_on_road",
@@ -78,11 +70,12 @@ __all__ = [
     "plot_wiring_graph",
     "policy_saliency",
     "record",
-    "record_rollout",
+    "record_rerun",
     "report_from_trace",
     "saliency_robustness",
     "saliency_ssim",
     "silence_neurons",
     "ssim",
     "visual_backprop",
+    "write_html_report",
 ]

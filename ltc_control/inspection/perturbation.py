@@ -10,8 +10,8 @@ Synapse cuts zero entries of an LTC's ``sparsity_mask`` / ``sensory_sparsity_mas
 exit), which removes the synapse's conductance exactly as if the wiring lacked it.
 
 The closed loop that turns a perturbed policy into metrics is injected (``evaluate_fn``), so this module does
-not import the env or the agents; :func:`ltc_control.inspection.report.closed_loop_evaluator` builds one from
-``ltc_control.agents.evaluation.run_episode``.
+not import the env or the agents; the inspection pipeline's ``closed_loop_evaluator`` (agents layer) builds
+one from the closed-loop episode runner.
 """
 
 from __future__ import annotations

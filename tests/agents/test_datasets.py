@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ltc_control.agents.dataset_cli import dataset_main
 from ltc_control.agents.datasets import (
     MANIFEST_NAME,
     DatasetError,
     DatasetWriter,
     DemoDataset,
     Episode,
-    dataset_main,
     read_manifest,
     split_road_seeds,
-    summarize,
+    summarize_dataset,
 )
 
 
@@ -158,7 +158,7 @@ def test_episode_validation() -> None:
 
 def test_summary_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write(tmp_path, {1: 20, 2: 30})
-    info = summarize(tmp_path, verify=True)
+    info = summarize_dataset(tmp_path, verify=True)
     assert info["episodes"] == 2 and info["steps"] == 50 and info["roads"] == 2 and info["completed"] == 1
     assert info["label_abs_max"] == pytest.approx((2000 + 29) / 1e4)
     assert dataset_main(["summary", str(tmp_path), "--verify"]) == 0

@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 
 from ltc_control.agents.datasets import DatasetWriter, Episode
-from ltc_control.agents.imitation import TrainConfig, train
+from ltc_control.agents.imitation import train
+from ltc_control.agents.imitation_config import TrainConfig
 from ltc_control.config import from_dict
 
 H, W = 16, 32

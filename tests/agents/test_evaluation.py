@@ -9,16 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ltc_control.agents.evaluation import (
-    ConstantAgent,
-    EpisodeMetrics,
-    EpisodeResult,
-    Perturbation,
-    episode_metrics,
-    parse_floats,
-    parse_seeds,
-    summarize,
-)
+from ltc_control.agents.episode import ConstantAgent, EpisodeResult
+from ltc_control.agents.evaluate_cli import parse_floats, parse_seeds
+from ltc_control.agents.metrics import EpisodeMetrics, episode_metrics, summarize_levels
+from ltc_control.agents.perturbations import Perturbation
 
 
 def _hand_episode() -> EpisodeResult:
@@ -80,7 +74,7 @@ def _metrics(seed: int, departures: int, km: float, completed: bool, lat: float)
 
 def test_summarize_hand_computed_with_bootstrap_interval() -> None:
     eps = [_metrics(1, 1, 0.004, False, 0.2), _metrics(2, 0, 0.996, True, 0.4)]
-    s = summarize(eps)
+    s = summarize_levels(eps)
     assert s.episodes == 2 and s.departures == 1
     assert s.total_km == pytest.approx(1.0)
     assert s.crashes_per_km.value == pytest.approx(1.0)
@@ -94,7 +88,7 @@ def test_summarize_hand_computed_with_bootstrap_interval() -> None:
     assert s.worst_abs_lateral_m == pytest.approx(0.8)
     assert s.distance_before_departure_m.value == pytest.approx(500.0)
     assert s.noise_variance == pytest.approx(0.1)
-    single = summarize(eps[:1])
+    single = summarize_levels(eps[:1])
     assert single.crashes_per_km.value == single.crashes_per_km.lo == single.crashes_per_km.hi == 250.0
 
 
@@ -233,7 +227,7 @@ def test_expert_never_departs_and_zero_steering_departs_on_curves(tmp_path: Path
 
 
 def test_noise_reaches_the_agent_exactly_as_the_protocol_says() -> None:
-    from ltc_control.agents.evaluation import make_env, run_episode
+    from ltc_control.agents.episode import make_env, run_episode
 
     env = make_env("LTC/LaneKeeping-v0", {"road_length": 10.0})
     try:
@@ -260,7 +254,8 @@ def test_noise_reaches_the_agent_exactly_as_the_protocol_says() -> None:
 def test_checkpoint_policy_in_worker_processes_matches_in_process(tmp_path: Path) -> None:
     import torch
 
-    from ltc_control.agents.evaluation import PolicyAgent, evaluate, make_env
+    from ltc_control.agents.episode import PolicyAgent, make_env
+    from ltc_control.agents.evaluation import evaluate
     from ltc_control.checkpoint import save_checkpoint
     from ltc_control.controllers import ControllerConfig
     from ltc_control.policy import Policy, PolicyConfig
@@ -285,7 +280,7 @@ def test_checkpoint_policy_in_worker_processes_matches_in_process(tmp_path: Path
 
 
 def test_evaluate_cli_writes_the_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ltc_control.agents.evaluation import evaluate_main
+    from ltc_control.agents.evaluate_cli import evaluate_main
 
     out = tmp_path / "eval"
     code = evaluate_main(
@@ -330,7 +325,8 @@ def test_evaluate_cli_writes_the_run_folder(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
-    from ltc_control.agents.evaluation import evaluate, make_agent, make_env, run_episode
+    from ltc_control.agents.episode import make_agent, make_env, run_episode
+    from ltc_control.agents.evaluation import evaluate
 
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         make_agent("/nonexistent/checkpoint")
@@ -378,7 +374,7 @@ def test_worker_failures_surface_as_the_original_error(tmp_path: Path) -> None:
 def test_policy_is_wrapped_and_carries_its_state() -> None:
     import torch
 
-    from ltc_control.agents.evaluation import PolicyAgent, make_agent
+    from ltc_control.agents.episode import PolicyAgent, make_agent
     from ltc_control.policy import Policy, PolicyConfig
 
     torch.manual_seed(0)
@@ -402,7 +398,8 @@ def test_policy_is_wrapped_and_carries_its_state() -> None:
 
 
 def test_camera_offset_moves_the_dash_camera() -> None:
-    from ltc_control.agents.evaluation import _with_camera_offset, make_env
+    from ltc_control.agents.episode import make_env
+    from ltc_control.agents.evaluation import _with_camera_offset
 
     kwargs = _with_camera_offset("LTC/LaneKeeping-v0", {"road_length": 10.0}, 0.5)
     assert kwargs["visuals"]["camera_pos_offset"] == (0.0, 0.5, 0.0)
@@ -418,7 +415,7 @@ def test_camera_offset_moves_the_dash_camera() -> None:
 
 
 def test_dict_observations_get_image_noise_only() -> None:
-    from ltc_control.agents.evaluation import make_env, run_episode
+    from ltc_control.agents.episode import make_env, run_episode
 
     seen: list[dict[str, np.ndarray]] = []
 
@@ -443,7 +440,7 @@ def test_dict_observations_get_image_noise_only() -> None:
 def test_torch_threads_is_restored() -> None:
     import torch
 
-    from ltc_control.agents.evaluation import torch_threads
+    from ltc_control.agents.episode import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from ltc_control.agents.datasets import DatasetWriter, EnvSpec, Episode
-from ltc_control.agents.imitation import (
+from ltc_control.agents.collection import EnvSpec
+from ltc_control.agents.datasets import DatasetWriter, Episode
+from ltc_control.agents.imitation import train
+from ltc_control.agents.imitation_cli import train_main
+from ltc_control.agents.imitation_config import (
     BCConfig,
+    ClosedLoopEvalConfig,
     DaggerConfig,
     DemoConfig,
-    EvalConfig,
     TrainConfig,
-    _Trainer,
-    curve_weighted_mse,
-    train,
-    train_main,
 )
+from ltc_control.agents.imitation_trainer import _Trainer, curve_weighted_mse
 from ltc_control.checkpoint import load_checkpoint, load_trainer_state
 from ltc_control.config import ConfigError, apply_overrides, from_dict
 from ltc_control.policy import PolicyConfig
@@ -136,7 +136,7 @@ def test_separate_learning_rates_and_loss_falls(tmp_path: Path) -> None:
 
 
 def _dist():  # noqa: ANN202
-    from ltc_control.agents.imitation import _Dist
+    from ltc_control.agents.imitation_trainer import _Dist
 
     return _Dist()
 
@@ -192,7 +192,7 @@ def lane_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         policy=PolicyConfig(image_shape=(H, W, 3)),
         bc=BCConfig(epochs=6, batch_size=8, window=16, stride=4, lr_perception=1e-3, lr_controller=5e-3),
         dagger=DaggerConfig(rounds=1, episodes_per_round=2, epochs_per_round=2),
-        eval=EvalConfig(num_roads=2, seed_start=500),
+        eval=ClosedLoopEvalConfig(num_roads=2, seed_start=500),
     )
     return cfg, train(cfg, progress=False)
 

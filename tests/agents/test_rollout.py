@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltc_control.agents.evaluation import PolicyAgent, make_env
+from ltc_control.agents.episode import PolicyAgent, make_env
 from ltc_control.agents.rollout import FrameComposer, RolloutConfig, rollout, rollout_main
 from ltc_control.controllers import ControllerConfig
 from ltc_control.policy import Policy, PolicyConfig
@@ -165,7 +165,7 @@ def test_rollout_cli_with_checkpoint_and_expert(tmp_path: Path, capsys: pytest.C
 
 
 def test_metrics_only_rollout_and_config_validation() -> None:
-    from ltc_control.agents.evaluation import ConstantAgent
+    from ltc_control.agents.episode import ConstantAgent
 
     cfg = RolloutConfig(
         env="LTC/LaneKeepingState-v0", video=None, max_steps=3, episodes=2, env_kwargs={"road_length": 10.0}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from ltc_control.agents.inspect import closed_loop_evaluator, inspect_main, record_rollout
 from ltc_control.inspection.perturbation import (
     ablate_synapses,
     ablation_table,
@@ -21,7 +22,6 @@ from ltc_control.inspection.perturbation import (
     silence_neurons,
 )
 from ltc_control.inspection.recorder import record
-from ltc_control.inspection.report import closed_loop_evaluator, inspect_main, record_rollout
 from ltc_control.inspection.trace import Trace
 from ltc_control.policy import Policy, PolicyConfig
 
@@ -43,7 +43,7 @@ def policy() -> Policy:
 
 @pytest.fixture(scope="module")
 def env():
-    from ltc_control.agents.evaluation import make_env
+    from ltc_control.agents.episode import make_env
 
     e = make_env(ENV_ID)
     yield e
@@ -266,7 +266,7 @@ def test_perturbation_effect_and_synapse_syntax(policy: Policy, env) -> None:
 
 
 def test_inspect_policy_bad_inputs(policy: Policy, tmp_path: Path) -> None:
-    from ltc_control.inspection.report import inspect_policy
+    from ltc_control.agents.inspect import inspect_policy
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         inspect_policy(tmp_path / "no_such_checkpoint", tmp_path / "out")

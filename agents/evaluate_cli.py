@@ -1,0 +1,239 @@
+"""The ``ltc-control evaluate`` command: :class:`EvaluateConfig`, its parser and :func:`evaluate_main`.
+
+Also holds the argument helpers the other closed-loop commands share (:func:`parse_seeds`,
+:func:`parse_floats`, :func:`check_agent_argument`, :func:`agent_label`, :func:`prepare_run_dir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltc_control import runs
+from ltc_control.agents.evaluation import evaluate
+from ltc_control.agents.perturbations import Perturbation
+from ltc_control.config import make_parser, parse_args_and_config, to_dict, to_yaml
+
+__all__ = [
+    "EvaluateConfig",
+    "agent_label",
+    "build_eval_parser",
+    "check_agent_argument",
+    "evaluate_main",
+    "parse_floats",
+    "parse_seeds",
+    "prepare_run_dir",
+]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse a seed list: ``"1000-1019"``, ``"1,2,5"`` or a mix (``"1-3,10"``); ranges are inclusive."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(
+                f"bad seed list entry {part!r} in {text!r}; use e.g. '1000-1019' or '1,2,3' (inclusive)"
+            ) from None
+    if not seeds:
+        raise ValueError(f"empty seed list {text!r}; use e.g. '1000-1019'")
+    return seeds
+
+
+def parse_floats(text: str, what: str = "noise levels") -> list[float]:
+    """Parse ``"0,0.1,0.2"`` into floats (a clear error names the bad entry)."""
+    values: list[float] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"bad entry {part!r} in {what} {text!r}; use comma-separated numbers") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite, got {part!r}")
+        values.append(value)
+    if not values:
+        raise ValueError(f"empty {what} {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Closed-loop evaluation on held-out roads with Gaussian image noise: ltc-control evaluate.
+
+    Attributes:
+        env: Gymnasium env id.
+        seeds: road seeds, inclusive ranges and/or a comma-separated list, e.g. "1000-1019" or "1,2,5".
+        noise: Gaussian noise variances on images scaled to [0, 1], comma-separated, e.g. "0,0.1,0.2,0.3".
+        workers: worker processes (0 = run in this process).
+        out: output folder; None = a new run folder runs/<env>__evaluate-<agent>__<first seed>__<time>.
+        max_steps: step cap per episode (None = the env's own limit).
+        noise_seed: noise seed shared by every evaluated model.
+        brightness: additive brightness offset on the [0, 1] image scale.
+        blur: Gaussian blur sigma in pixels (0 = none).
+        occlusion: number of black occlusion patches per image.
+        occlusion_size: occlusion patch side as a fraction of min(height, width).
+        camera_offset: lateral camera offset in metres (passed to envs that have a camera_offset option).
+        completion_tolerance: metres from the road's end that count as completing it.
+        device: torch device for checkpoint policies.
+        env_kwargs: env constructor arguments, e.g. {road_length: 80}.
+        progress: show a progress bar.
+    """
+
+    env: str = "LTC/LaneKeeping-v0"
+    seeds: str = "1000-1019"
+    noise: str = "0,0.1,0.2,0.3"
+    workers: int = 2
+    out: str | None = None
+    max_steps: int | None = None
+    noise_seed: int = 0
+    brightness: float = 0.0
+    blur: float = 0.0
+    occlusion: int = 0
+    occlusion_size: float = 0.15
+    camera_offset: float = 0.0
+    completion_tolerance: float = 1.0
+    device: str = "cpu"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        parse_seeds(self.seeds)
+        parse_floats(self.noise)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        self.perturbation()
+
+    def perturbation(self) -> Perturbation:
+        """The extra perturbations (noise variance filled in per level by :func:`evaluate`)."""
+        return Perturbation(
+            seed=self.noise_seed,
+            brightness=self.brightness,
+            blur_sigma=self.blur,
+            occlusion_patches=self.occlusion,
+            occlusion_size=self.occlusion_size,
+            camera_offset=self.camera_offset,
+        )
+
+
+def check_agent_argument(parser: argparse.ArgumentParser, agent: str) -> None:
+    """Exit through ``parser.error`` unless ``agent`` is ``expert[:kind]`` or a checkpoint folder."""
+    if not (agent == "expert" or agent.startswith("expert:")) and not Path(agent).is_dir():
+        parser.error(f"checkpoint {agent!r} is not a directory; pass a checkpoint folder or 'expert'")
+
+
+def agent_label(spec: str) -> str:
+    """A short name for an agent spec (checkpoint folder name or ``expert``), for run-folder names."""
+    if spec == "expert" or spec.startswith("expert:"):
+        return spec.replace(":", "-")
+    return Path(spec).resolve().name or "policy"
+
+
+def prepare_run_dir(
+    out: str | os.PathLike[str] | None,
+    env_id: str,
+    preset: str,
+    seed: int,
+    config: Mapping[str, Any],
+    argv: Sequence[str],
+    root: str | os.PathLike[str] = "runs",
+) -> Path:
+    """Create the output folder of a command and write its records (config, command line, git, versions).
+
+    Args:
+        out: an explicit folder (created if needed), or None for a new ``ltc_control.runs`` run folder.
+        env_id: env id (part of the run-folder name).
+        preset: the command and agent, e.g. ``"evaluate-expert"``.
+        seed: first seed (part of the run-folder name).
+        config: the resolved configuration.
+        argv: the command line.
+        root: parent of new run folders.
+
+    Returns:
+        The folder.
+    """
+    if out is None:
+        return runs.create_run_dir(Path(root), env_id, preset, seed, config=dict(config), argv=list(argv))
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(folder / "config.yaml", to_yaml(dict(config)))
+    runs.atomic_write_text(folder / "command.txt", " ".join(argv) + "\n")
+    info = runs.git_info()
+    runs.atomic_write_text(folder / "git.txt", "".join(f"{k}: {v}\n" for k, v in info.items()))
+    runs.atomic_write_json(folder / "versions.json", runs.versions())
+    return folder
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ltc-control evaluate`` (generated from :class:`EvaluateConfig`)."""
+    parser = make_parser(EvaluateConfig, prog="ltc-control evaluate")
+    parser.add_argument("agent", help="checkpoint directory (model.json + model.safetensors) or 'expert'")
+    return parser
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ltc-control evaluate AGENT [--seeds 1000-1019] [--noise 0,0.1,0.2,0.3] ...``.
+
+    Options come from :class:`EvaluateConfig` (``--config preset.yaml`` and ``--set key=value`` work too).
+    Writes ``evaluation.json``, ``summary.csv``, ``episodes.csv``, ``crashes_per_km.png`` and the run records
+    into the output folder and prints the table.
+
+    Args:
+        argv: arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The process exit code (0 on success; argparse exits with 2 on bad arguments).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_eval_parser()
+    cfg, ns = parse_args_and_config(EvaluateConfig, args, parser)
+    agent = str(ns.agent)
+    check_agent_argument(parser, agent)
+    seeds = parse_seeds(cfg.seeds)
+    record = {"agent": agent, **to_dict(cfg)}
+    folder = prepare_run_dir(
+        cfg.out,
+        cfg.env,
+        f"evaluate-{agent_label(agent)}",
+        seeds[0],
+        record,
+        ["ltc-control", "evaluate", *args],
+    )
+    report = evaluate(
+        agent,
+        cfg.env,
+        seeds,
+        noise_levels=parse_floats(cfg.noise),
+        workers=cfg.workers,
+        env_kwargs=cfg.env_kwargs,
+        max_steps=cfg.max_steps,
+        noise_seed=cfg.noise_seed,
+        perturbation=cfg.perturbation(),
+        device=cfg.device,
+        completion_tolerance=cfg.completion_tolerance,
+        progress=cfg.progress,
+    )
+    paths = report.save(folder)
+    print(report.table())
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
