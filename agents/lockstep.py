@@ -1,6 +1,6 @@
 """Batched closed-loop evaluation: many episodes driven in lockstep by one policy call per step.
 
-:func:`run_episode` (``ltc_control.agents.evaluation``) drives one episode with one batch-1 policy call per
+:func:`run_episode` (``ltc_control.agents.episode``) drives one episode with one batch-1 policy call per
 control step. :func:`run_lockstep` keeps ``num_envs`` environments in one process, steps them back to back
 and makes **one** perception and controller call per step for all of them: the camera frames of the active
 episodes are stacked into a batch ``(B, H, W, 3)``, the recurrent states into ``(B, state_size)``. When an
@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ltc_control.agents.evaluation import EpisodeResult, Perturbation, make_env, torch_threads
+from ltc_control.agents.episode import EpisodeResult, make_env, torch_threads
+from ltc_control.agents.perturbations import Perturbation
 
 __all__ = ["EpisodeJob", "LockstepStats", "run_lockstep", "run_lockstep_parallel"]
 

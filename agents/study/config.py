@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ltc_control.agents.datasets import EnvSpec
+from ltc_control.agents.collection import EnvSpec
 from ltc_control.agents.experts import ExpertConfig
-from ltc_control.agents.imitation import (
+from ltc_control.agents.imitation_config import (
     SMALL_ENV_KWARGS,
     SMALL_IMAGE_SHAPE,
     BCConfig,

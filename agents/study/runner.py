@@ -40,7 +40,7 @@ def study_dir(config: StudyConfig) -> Path:
 
 def collect_data(config: StudyConfig, root: Path, progress: bool = True) -> tuple[Path, Path]:
     """Collect (or resume) the shared datasets; returns their folders."""
-    from ltc_control.agents.datasets import CollectConfig, EpisodeTask, expert_tasks, run_tasks
+    from ltc_control.agents.collection import CollectConfig, EpisodeTask, expert_tasks, run_tasks
     from ltc_control.agents.experts import NoiseConfig
     from ltc_control.config import to_dict
 

@@ -273,15 +273,16 @@ def _window_mse(policy: Any, data: Any, window: int) -> float:
 
 
 def _run_train(trial: Trial, root: Path, tdir: Path) -> dict[str, Any]:
-    from ltc_control.agents.datasets import DemoDataset, EnvSpec, split_road_seeds
+    from ltc_control.agents.collection import EnvSpec
+    from ltc_control.agents.datasets import DemoDataset, split_road_seeds
     from ltc_control.agents.experts import ExpertConfig
-    from ltc_control.agents.imitation import (
+    from ltc_control.agents.imitation import train
+    from ltc_control.agents.imitation_config import (
         BCConfig,
+        ClosedLoopEvalConfig,
         DaggerConfig,
         DemoConfig,
-        EvalConfig,
         TrainConfig,
-        train,
     )
     from ltc_control.checkpoint import load_checkpoint
     from ltc_control.config import from_dict
@@ -307,7 +308,7 @@ def _run_train(trial: Trial, root: Path, tdir: Path) -> dict[str, Any]:
         policy=from_dict(PolicyConfig, spec["policy"]),
         bc=from_dict(BCConfig, spec["bc"]),
         dagger=from_dict(DaggerConfig, spec["dagger"]),
-        eval=EvalConfig(num_roads=0),
+        eval=ClosedLoopEvalConfig(num_roads=0),
     )
     result = train(cfg, progress=False, argv=["ltc-control", "study", "(trial)", trial.id])
     if result.interrupted:
@@ -375,8 +376,9 @@ def _inference_cost(policy: Any, frames: np.ndarray, steps: int) -> dict[str, fl
 
 def _run_eval(trial: Trial, root: Path, tdir: Path) -> dict[str, Any]:
     from ltc_control.agents.datasets import DemoDataset
-    from ltc_control.agents.evaluation import Perturbation, episode_metrics
     from ltc_control.agents.lockstep import EpisodeJob, LockstepStats, run_lockstep
+    from ltc_control.agents.metrics import episode_metrics
+    from ltc_control.agents.perturbations import Perturbation
     from ltc_control.checkpoint import load_checkpoint
     from ltc_control.inspection.analysis import lipschitz_profile, pca
     from ltc_control.inspection.saliency import saliency_robustness

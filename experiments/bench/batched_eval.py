@@ -33,16 +33,11 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ltc_control.agents.evaluation import (
-        Perturbation,
-        PolicyAgent,
-        episode_metrics,
-        evaluate,
-        make_env,
-        run_episode,
-        torch_threads,
-    )
+    from ltc_control.agents.episode import PolicyAgent, make_env, run_episode, torch_threads
+    from ltc_control.agents.evaluation import evaluate
     from ltc_control.agents.lockstep import EpisodeJob, LockstepStats, run_lockstep, run_lockstep_parallel
+    from ltc_control.agents.metrics import episode_metrics
+    from ltc_control.agents.perturbations import Perturbation
     from ltc_control.checkpoint import load_checkpoint
     from ltc_control.config import yaml_load
     from ltc_control.runs import atomic_write_text, versions

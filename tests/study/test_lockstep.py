@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ltc_control.agents.evaluation import Perturbation, PolicyAgent, episode_metrics, make_env, run_episode
+from ltc_control.agents.episode import PolicyAgent, make_env, run_episode
 from ltc_control.agents.lockstep import EpisodeJob, LockstepStats, run_lockstep
+from ltc_control.agents.metrics import episode_metrics
+from ltc_control.agents.perturbations import Perturbation
 from ltc_control.policy import Policy, PolicyConfig
 
 ENV = "LTC/LaneKeeping-v0"
