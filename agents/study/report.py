@@ -61,12 +61,30 @@ class StudyData:
     timing: dict[str, Any]
 
 
+def _shift_text(s: Any) -> str:
+    parts = []
+    if s.brightness:
+        parts.append(f"brightness {s.brightness:+g}")
+    if s.blur_sigma:
+        parts.append(f"Gaussian blur {s.blur_sigma:g} px")
+    if s.occlusion_patches:
+        parts.append(f"{s.occlusion_patches} black patches of {100 * s.occlusion_size:g}% of the image side")
+    if s.noise_variance:
+        parts.append(f"noise variance {s.noise_variance:g}")
+    return ", ".join(parts) or "no change"
+
+
 def gather(config: StudyConfig) -> StudyData:
     """Read every finished trial of the study from disk."""
     root = study_dir(config)
     tuning = plan_tuning(config)
     models = []
     done = 0
+    cpu = wall = 0.0
+    for p in (root / "trials").glob("*/result.json"):
+        doc = json.loads(p.read_text())
+        cpu += float(doc.get("cpu_seconds") or 0.0)
+        wall += float(doc.get("wall_seconds") or 0.0)
     for m in config.models:
         cands = {t.lr: load_result(root / "trials" / t.folder) for t in tuning[m.name]}
         done += sum(r is not None for r in cands.values())
@@ -88,6 +106,8 @@ def gather(config: StudyConfig) -> StudyData:
         models.append(md)
     timing_path = root / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    timing["trial_cpu_seconds"] = cpu
+    timing["trial_wall_seconds"] = wall
     total = sum(len(v) for v in tuning.values()) + len(config.models) * (2 * config.seeds - 1)
     return StudyData(
         config=config,
@@ -478,6 +498,11 @@ def write_report(config: StudyConfig, started: float | None = None) -> list[Path
             if wall
             else ""
         ),
+        f"- Time: the finished trials used {timing['trial_cpu_seconds'] / 60:.0f} CPU-minutes in all "
+        f"({timing['trial_wall_seconds'] / 60:.0f} minutes of trial wall time across the workers), "
+        "i.e. about "
+        f"{timing['trial_cpu_seconds'] / 60 / max(1, config.workers):.0f} minutes of wall time on "
+        f"{config.workers} otherwise idle cores (plus dataset collection and process start-up).",
         f"- Machine: {_machine()}",
         f"- Versions: python {v['python']}, torch {v['torch']}, numpy {v['numpy']}, mujoco {v['mujoco']}, "
         f"gymnasium {v['gymnasium']}, ltc-control {v['ltc-control']}",
@@ -512,11 +537,7 @@ def write_report(config: StudyConfig, started: float | None = None) -> list[Path
         f"{', '.join(f'{x:g}' for x in ev.noise_levels)} on the "
         "[0, 1] image (noise seed "
         f"{ev.noise_seed}, the same draws for every model), "
-        + ", ".join(
-            f"`{s.name}` (brightness {s.brightness:+g}, blur {s.blur_sigma:g} px, {s.occlusion_patches} "
-            f"occluding patches)"
-            for s in ev.shifts
-        )
+        + ", ".join(f"`{s.name}` ({_shift_text(s)})" for s in ev.shifts)
         + (", and the randomised-visuals env (`randomized`)" if ev.randomized_visuals else "")
         + ". A departure ends the episode. Episodes run in lockstep batches (`ltc_control.agents.lockstep`).",
         "- Intervals: over seeds, mean with a 95% Student-t interval. Paired differences: model minus "
