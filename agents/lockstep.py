@@ -36,7 +36,7 @@ import numpy as np
 from ltc_control.agents.episode import EpisodeResult, make_env, torch_threads
 from ltc_control.agents.perturbations import Perturbation
 
-__all__ = ["EpisodeJob", "LockstepStats", "run_lockstep", "run_lockstep_parallel"]
+__all__ = ["EpisodeJob", "LockstepStats", "replay_lockstep", "run_lockstep", "run_lockstep_parallel"]
 
 
 @dataclass(frozen=True)
@@ -419,3 +419,37 @@ def run_lockstep_parallel(
             out.update(zip(share, results))
     total.seconds = time.perf_counter() - start
     return [out[i] for i in range(len(jobs))], total
+
+
+def replay_lockstep(policy: Any, frames: Sequence[np.ndarray], threads: int = 1) -> list[np.ndarray]:
+    """Open loop: feed recorded frame sequences through the policy with one batched call per step.
+
+    The same batching as :func:`run_lockstep` (all sequences still running at step ``t`` in one call, states
+    carried per row) on fixed inputs, so its actions can be compared with a batch-1 run on the same frames
+    (closed loops can drift apart once a last-bit difference flips a rendered pixel).
+
+    Args:
+        policy: the policy.
+        frames: one uint8 ``(T_i, H, W, 3)`` array per episode.
+        threads: torch intra-op threads.
+
+    Returns:
+        One float32 ``(T_i, A)`` action array per episode.
+    """
+    import torch
+
+    n = len(frames)
+    lengths = [len(f) for f in frames]
+    out: list[list[np.ndarray]] = [[] for _ in range(n)]
+    state = policy.reset(n)
+    with torch_threads(threads), torch.no_grad():
+        for t in range(max(lengths, default=0)):
+            rows = [i for i in range(n) if t < lengths[i]]
+            idx = torch.as_tensor(rows, dtype=torch.long)
+            obs = np.stack([frames[i][t] for i in rows])
+            actions, new_state = policy.act(obs, state.index_select(0, idx))
+            state = state.clone()
+            state.index_copy_(0, idx, new_state)
+            for j, i in enumerate(rows):
+                out[i].append(np.asarray(actions[j], dtype=np.float32))
+    return [np.stack(a) if a else np.zeros((0, policy.action_size), np.float32) for a in out]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ltc_control.agents.episode import PolicyAgent, make_env, run_episode
-from ltc_control.agents.lockstep import EpisodeJob, LockstepStats, run_lockstep
+from ltc_control.agents.lockstep import EpisodeJob, LockstepStats, replay_lockstep, run_lockstep
 from ltc_control.agents.metrics import episode_metrics
 from ltc_control.agents.perturbations import Perturbation
 from ltc_control.policy import Policy, PolicyConfig
@@ -51,3 +51,19 @@ def test_lockstep_matches_run_episode() -> None:
             else:
                 assert m_got[key] == value, key  # steps, departures, completed: exactly equal
         assert states[i].shape == (got.steps, policy.state_size)
+
+
+def test_replay_lockstep_same_actions_on_same_frames() -> None:
+    """On identical inputs the batched calls give the batch-1 actions to float32 tolerance."""
+    torch.manual_seed(1)
+    policy = Policy(PolicyConfig(image_shape=(16, 32, 3))).eval()
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (n, 16, 32, 3), dtype=np.uint8) for n in (7, 3, 5)]
+    batched = replay_lockstep(policy, frames)
+    for seq, got in zip(frames, batched):
+        state = policy.reset(1)
+        ref = []
+        for frame in seq:
+            action, state = policy.act(frame, state)
+            ref.append(action)
+        np.testing.assert_allclose(got, np.stack(ref), atol=1e-5, rtol=0)
