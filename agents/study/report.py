@@ -19,7 +19,13 @@ import numpy as np
 
 from ltc_control.agents.study.config import StudyConfig
 from ltc_control.agents.study.runner import plan_tuning, select_lr, study_dir
-from ltc_control.agents.study.stats import Interval, condition_summary, paired_difference, seed_interval
+from ltc_control.agents.study.stats import (
+    Interval,
+    condition_summary,
+    fmt_number,
+    paired_difference,
+    seed_interval,
+)
 from ltc_control.agents.study.trials import Trial, eval_trial, load_result, train_trial
 from ltc_control.runs import atomic_write_bytes, atomic_write_text
 
@@ -224,11 +230,17 @@ def _paired_table(data: StudyData, metric: str, conditions: list[str], pct: bool
             if pct and math.isfinite(iv.value):
                 row.append(f"{100 * iv.value:+.0f} pp [{100 * iv.lo:+.0f}, {100 * iv.hi:+.0f}]")
             else:
-                row.append(
-                    "n/a" if not math.isfinite(iv.value) else f"{iv.value:+.3g} [{iv.lo:+.3g}, {iv.hi:+.3g}]"
-                )
+                row.append("n/a" if not math.isfinite(iv.value) else _signed_interval(iv))
         rows.append(row)
     return _table(["model - " + ref.label] + conditions, rows)
+
+
+def _signed_interval(iv: Interval) -> str:
+    def s(x: float) -> str:
+        text = fmt_number(x, 2)
+        return text if text.startswith("-") or text == "0" else "+" + text
+
+    return f"{s(iv.value)} [{s(iv.lo)}, {s(iv.hi)}]"
 
 
 def _mse_paired(data: StudyData) -> str:

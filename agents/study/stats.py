@@ -72,13 +72,26 @@ class Interval:
             if self.n <= 1:
                 return f"{100 * self.value:.0f}%"
             return f"{100 * self.value:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
-        if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.lo == self.hi:
-            return (
-                f"{self.value:.{digits}g}"
-                if self.n <= 1
-                else f"{self.value:.{digits}g} [{self.lo:.{digits}g}, {self.hi:.{digits}g}]"
-            )
-        return f"{self.value:.{digits}g} [{self.lo:.{digits}g}, {self.hi:.{digits}g}]"
+        if self.n <= 1 or not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            return fmt_number(self.value, digits)
+        return (
+            f"{fmt_number(self.value, digits)} [{fmt_number(self.lo, digits)}, {fmt_number(self.hi, digits)}]"
+        )
+
+
+def fmt_number(x: float, digits: int = 3) -> str:
+    """Plain notation: whole numbers from 10 up, ``digits`` significant digits below (no exponents "
+    "above 1e-3)."""
+    if not math.isfinite(x):
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 10:
+        return f"{x:.0f}"
+    if abs(x) >= 1e-3:
+        text = f"{x:.{digits}g}"
+        return text if "e" not in text else f"{x:.{digits}f}"
+    return f"{x:.{digits}g}"
 
 
 def seed_interval(values: Sequence[float]) -> Interval:
