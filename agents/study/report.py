@@ -176,7 +176,7 @@ def headline_table(data: StudyData) -> str:
     levels = data.noise_levels
     hi = [v for v in levels if v > 0]
     cols = ["model", "seeds", "test MSE", "completed (clean)", "dep./km clean"]
-    picks = [v for v in (0.3, 0.6) if v in hi] or hi[-1:]
+    picks = [v for v in (0.1, 0.2, 0.3) if v in hi] or hi[-1:]
     cols += [f"dep./km @{v:g}" for v in picks]
     cols += [
         "breaking point (noise var.)",
@@ -235,6 +235,27 @@ def _paired_table(data: StudyData, metric: str, conditions: list[str], pct: bool
     return _table(["model - " + ref.label] + conditions, rows)
 
 
+def _notes(data: StudyData, root: Path) -> list[str]:
+    """Facts worth a sentence: conditions that separate nothing, and the run's own notes file."""
+    lines = []
+    evald = [m for m in data.models if m.eval]
+    flat = [
+        c
+        for c in data.conditions[1:]
+        if evald and all(v == 0 for m in evald for v in m.per_seed(c, "departures_per_km"))
+    ]
+    if flat:
+        lines.append(
+            f"- No model left the road under {', '.join(f'`{c}`' for c in flat)}: at this preset's "
+            "strength these "
+            "conditions separate nothing."
+        )
+    notes = root / "notes.md"
+    if notes.is_file():
+        lines += [line for line in notes.read_text().splitlines() if line.strip()]
+    return ["## Notes", "", *lines, ""] if lines else []
+
+
 def _signed_interval(iv: Interval) -> str:
     def s(x: float) -> str:
         text = fmt_number(x, 2)
@@ -266,7 +287,8 @@ def _cost_table(data: StudyData) -> str:
         "effective",
         "synapses",
         "neurons",
-        "train time (s)",
+        "train CPU time (s)",
+        "train wall time (s)",
         "inference per step (us, batch 1)",
         "Lipschitz mean",
         "SSIM @0.1/0.2/0.3",
@@ -299,6 +321,7 @@ def _cost_table(data: StudyData) -> str:
                 f"{t0['controller_effective_parameters']:,}",
                 str(t0["synapses"]) if t0.get("synapses") is not None else "dense",
                 str(t0["neurons"]),
+                seed_interval(md.scalar("cpu_seconds")).fmt(3),
                 seed_interval(md.scalar("train_seconds")).fmt(3),
                 seed_interval(md.scalar("inference_us", "eval")).fmt(3) if md.eval else "n/a",
                 seed_interval(md.scalar("lipschitz_mean", "eval")).fmt(2) if md.eval else "n/a",
@@ -340,7 +363,10 @@ def _plots(data: StudyData, out: Path, stem: str) -> list[Path]:
             ivs = [seed_interval(md.per_seed(f"noise{v:g}", metric)) for v in levels]
             x = np.array(levels) + (k - len(evald) / 2) * 0.004
             y = np.array([iv.value for iv in ivs])
-            err = np.array([[iv.value - iv.lo for iv in ivs], [iv.hi - iv.value for iv in ivs]])
+            top = 1.0 if metric == "completion" else math.inf
+            err = np.array(
+                [[iv.value - max(0.0, iv.lo) for iv in ivs], [min(top, iv.hi) - iv.value for iv in ivs]]
+            )
             ax.errorbar(
                 x,
                 y,
@@ -355,7 +381,7 @@ def _plots(data: StudyData, out: Path, stem: str) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        ax.set_title(f"{data.config.name}: mean over seeds, 95% t intervals")
+        ax.set_title(f"{data.config.name}: mean over seeds, 95% t intervals (clipped to the metric's range)")
         save(fig, name)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -398,7 +424,7 @@ def _plots(data: StudyData, out: Path, stem: str) -> list[Path]:
     ax.set_ylim(0, 1)
     save(fig, "pc1_share")
 
-    hi = max(levels)
+    hi = 0.3 if 0.3 in levels else max(levels)
     fig, ax = plt.subplots(figsize=(7.0, 4.5))
     for md in evald:
         params = md.scalar("controller_parameters")[0]
@@ -406,7 +432,7 @@ def _plots(data: StudyData, out: Path, stem: str) -> list[Path]:
         ax.errorbar(
             [params],
             [iv.value],
-            yerr=[[iv.value - iv.lo], [iv.hi - iv.value]] if math.isfinite(iv.lo) else None,
+            yerr=[[iv.value - max(0.0, iv.lo)], [iv.hi - iv.value]] if math.isfinite(iv.lo) else None,
             marker="o",
             capsize=3,
             label=md.label,
@@ -609,8 +635,17 @@ def write_report(config: StudyConfig, started: float | None = None) -> list[Path
         "",
         "## Learning rates, sizes and costs",
         "",
+        "Train CPU time: the training trial's process CPU time (one torch thread; includes loading "
+        "data and the "
+        "offline MSE). Wall times and the batch-1 inference time (median of 5 blocks of `Policy.act` calls, "
+        "perf_counter) were taken while other trials and other users' jobs shared the 2 cores, so they carry "
+        "that load; compare them within this table only. Parameters: the controller with its input/output "
+        "mappings (`effective` counts only the synapses the wiring uses); the shared perception head adds "
+        "the same number to every model.",
+        "",
         _cost_table(data),
         "",
+        *_notes(data, study_dir(config)),
         "## Plots",
         "",
         *[f"![{p.stem}]({p.name})" for p in plots],
