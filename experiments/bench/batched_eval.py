@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         policy, args.env_id, jobs, env_kwargs=kwargs, num_envs=args.num_envs, max_steps=max_steps, stats=st1
     )
     steps_ref1 = sum(r.steps for r in ref)
+    env1 = st1.env_seconds / max(1, st1.env_steps)
+    pert1 = st1.perturb_seconds / max(1, st1.env_steps)
     same_steps = sum(a.steps == b.steps for a, b in zip(got, ref))
     diffs = [
         float(np.abs(a.actions[: min(a.steps, b.steps)] - b.actions[: min(a.steps, b.steps)]).max())
@@ -197,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         f"({1e3 * last_new.env_seconds / max(1, last_new.env_steps):.2f} ms per env "
         f"step), perturbation {last_new.perturb_seconds:.1f} s. In-process per-episode loop: "
         f"{1e3 * t_ref1 / steps_ref1:.2f} ms per env step in all.",
+        "",
+        "Bound: in one process the per-episode loop spends "
+        f"{1e3 * t_ref1 / steps_ref1:.2f} ms per env step, of which the env itself (physics, camera "
+        f"rendering, road projection; lockstep's env share) is {1e3 * env1:.2f} ms and the perturbation "
+        f"{1e3 * pert1:.2f} ms. Batching can only remove policy time, so even a free policy call "
+        "would give at "
+        f"most {(t_ref1 / steps_ref1) / (env1 + pert1):.2f}x here; the env step, not the policy, "
+        "sets the pace "
+        "at this camera size.",
         "",
         "## Equality",
         "",
