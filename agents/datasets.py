@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ltc_control.errors import ExpectedError
 from ltc_control.runs import atomic_write_bytes
 
 __all__ = [
@@ -62,7 +63,7 @@ MANIFEST_NAME = "manifest.json"
 _INFO_PREFIX = "info__"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(ExpectedError, RuntimeError):
     """A dataset folder or file is missing, corrupt, truncated or inconsistent (the message names it)."""
 
 

@@ -29,11 +29,13 @@ import numpy as np
 from ltc_control.agents import experts
 from ltc_control.agents.metrics import EpisodeMetrics, episode_metrics
 from ltc_control.agents.perturbations import Perturbation, as_perturbation
+from ltc_control.errors import InputError
 
 __all__ = [
     "Agent",
     "AgentSpec",
     "ConstantAgent",
+    "check_env",
     "EpisodeResult",
     "PolicyAgent",
     "StepRecord",
@@ -302,11 +304,55 @@ def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mo
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
-        raise ValueError(f"cannot create env {env_id!r} with {kwargs}: {exc}") from exc
-    except TypeError as exc:
-        raise ValueError(
-            f"env {env_id!r} rejected the keyword arguments {sorted(kwargs)}: {exc}; check --env-kwarg names"
+        raise InputError(
+            f"cannot create env {env_id!r} with {kwargs}: {exc}; check the env id (e.g. LTC/LaneKeeping-v0)"
         ) from exc
+    except TypeError as exc:
+        raise InputError(
+            f"env {env_id!r} rejected the keyword arguments {sorted(kwargs)}: {exc}; "
+            "check the env_kwargs names"
+        ) from exc
+    except ValueError as exc:
+        raise InputError(f"env {env_id!r} rejected its options {kwargs}: {exc}") from exc
+
+
+def check_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
+    *,
+    observation_shape: Sequence[int] | None = None,
+    action_size: int | None = None,
+    what: str = "env",
+) -> None:
+    """Build the env once and check it against a policy's shapes, before any long work starts.
+
+    Args:
+        env_id: Gymnasium env id.
+        env_kwargs: its keyword arguments.
+        observation_shape: the observation shape the policy takes (None: not checked).
+        action_size: the policy's action size (None: not checked).
+        what: how the caller names the env in messages (e.g. ``"env (env.id / env.kwargs)"``).
+
+    Raises:
+        InputError: unknown id, rejected kwargs, or shapes that differ (the message names both).
+    """
+    env = make_env(env_id, env_kwargs)
+    try:
+        obs_shape = tuple(getattr(env.observation_space, "shape", None) or ())
+        act_shape = tuple(getattr(env.action_space, "shape", None) or ())
+    finally:
+        env.close()
+    if observation_shape is not None and obs_shape != tuple(observation_shape):
+        raise InputError(
+            f"{what} {env_id!r} with {dict(env_kwargs or {})} gives observations {obs_shape} but the "
+            "policy takes "
+            f"{tuple(observation_shape)}; set the env's image_height/image_width to the policy's"
+        )
+    if action_size is not None and act_shape != (action_size,):
+        raise InputError(
+            f"{what} {env_id!r} takes actions {act_shape} but the policy gives ({action_size},); "
+            "use a matching env"
+        )
 
 
 _WORKER: dict[str, Any] = {}

@@ -28,6 +28,7 @@ module (the pipeline) and :mod:`.imitation_cli` (``ltc-control train``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -37,15 +38,17 @@ from pathlib import Path
 
 import torch
 
-from ltc_control.agents.datasets import DemoDataset
+from ltc_control.agents.datasets import MANIFEST_NAME, DemoDataset, read_manifest
+from ltc_control.agents.episode import check_env
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import TrainConfig, TrainResult
 from ltc_control.agents.imitation_trainer import _copy_checkpoint, _seeds_of, _setup_dist, _Trainer
 from ltc_control.checkpoint import load_checkpoint
-from ltc_control.config import load_yaml
+from ltc_control.config import ConfigError, load_yaml
+from ltc_control.locking import FolderLock
 from ltc_control.runs import atomic_write_json, create_run_dir
 
-__all__ = ["select_round", "train"]
+__all__ = ["check_train_config", "select_round", "train"]
 
 
 def select_round(scores: dict[int, dict[str, float]]) -> int:
@@ -67,6 +70,34 @@ def select_round(scores: dict[int, dict[str, float]]) -> int:
         return (s["completion_rate"], math.floor(s["distance_before_departure_m"]), -lateral, r)
 
     return max(scores, key=key)
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Check what the config validation alone cannot, before any work starts (issue: errors hours late).
+
+    Builds the env once from ``env.id`` / ``env.kwargs`` and compares its observation and action shapes with
+    the policy's; an existing dataset at ``demos.dir`` must hold images of the policy's shape.
+
+    Raises:
+        InputError / ConfigError / DatasetError: the message names the key and the fix.
+    """
+    pol = config.policy
+    obs_shape = tuple(pol.image_shape) if pol.observation == "image" else (pol.vector_size,)
+    check_env(
+        config.env.id,
+        config.env.kwargs,
+        observation_shape=obs_shape,
+        action_size=pol.action_size,
+        what="env (env.id / env.kwargs)",
+    )
+    if config.demos.dir and (Path(config.demos.dir) / MANIFEST_NAME).is_file():
+        manifest = read_manifest(config.demos.dir)
+        shape = manifest.get("image_shape")
+        if pol.observation == "image" and shape is not None and tuple(shape) != obs_shape:
+            raise ConfigError(
+                f"demos.dir {config.demos.dir} holds images {tuple(shape)} but policy.image_shape is "
+                f"{obs_shape}; use a dataset of the policy's camera size or another demos.dir"
+            )
 
 
 def _new_run_dir(config: TrainConfig, argv: Sequence[str] | None) -> Path:
@@ -103,14 +134,16 @@ def train(
         if config is None:
             config = load_yaml(TrainConfig, run_dir / "config.yaml")
     config = config if config is not None else TrainConfig()
+    check_train_config(config)
     dist = _setup_dist(config.bc.device)
     try:
         if config.bc.num_threads:
             torch.set_num_threads(config.bc.num_threads)
         if resume is None:
             run_dir = dist.broadcast(_new_run_dir(config, argv) if dist.main else None)
-        trainer = _Trainer(config, run_dir, dist, progress)
-        return _run(trainer, resumed=resume is not None)
+        with FolderLock(run_dir) if dist.main else contextlib.nullcontext():
+            trainer = _Trainer(config, run_dir, dist, progress)
+            return _run(trainer, resumed=resume is not None)
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
@@ -153,12 +186,15 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
             trainer.save_state()
             dist.barrier()
     except KeyboardInterrupt:
+        # Nothing is saved here: the resume point is the last one written at an epoch (or round) boundary,
+        # exactly where a SIGKILL would resume, so an interrupted and resumed run equals an uninterrupted one
+        # bit for bit. Saving the mid-epoch weights under the old epoch counter would rerun that epoch from
+        # partly trained weights.
         interrupted = True
-        trainer.save_state()
         if dist.main:
             print(
-                f"\ninterrupted: saved {trainer.ckpt_dir / 'last'}; continue with "
-                f"'ltc-control train --resume {trainer.run_dir}'",
+                f"\ninterrupted: the last finished epoch is saved in {trainer.ckpt_dir / 'last'}; continue "
+                f"with 'ltc-control train --resume {trainer.run_dir}'",
                 file=sys.stderr,
             )
     best = trainer.ckpt_dir / "best"

@@ -48,6 +48,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.run_dir}")
-        print(f"best checkpoint: {result.best_checkpoint}")
-        print(json.dumps(result.metrics, indent=1))
+        if result.interrupted:
+            print(f"interrupted: resume with 'ltc-control train --resume {result.run_dir}'")
+        else:
+            print(f"best checkpoint: {result.best_checkpoint}")
+            print(json.dumps(result.metrics, indent=1))
     return 130 if result.interrupted else 0

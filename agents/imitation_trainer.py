@@ -198,6 +198,7 @@ class _Trainer:
             "round_done": False,
             "round_scores": {},  # round -> closed-loop validation score
             "train_seconds": 0.0,
+            "metrics_rows": 0,  # rows of metrics.csv at the resume point
         }
         self.logger: Any = None
         if dist.main:
@@ -217,6 +218,8 @@ class _Trainer:
             }
             extra = None
             if with_state:
+                if self.logger is not None:
+                    self.state["metrics_rows"] = self.logger.num_rows
                 extra = dict(self.state)
                 extra["round_scores"] = json.dumps(self.state["round_scores"])
                 extra["best_val"] = repr(float(self.state["best_val"]))  # keeps inf exactly
@@ -250,6 +253,10 @@ class _Trainer:
             extra[key] = int(extra[key])
         extra["round_done"] = bool(extra["round_done"])
         extra["train_seconds"] = float(extra["train_seconds"])
+        if "metrics_rows" in extra:
+            extra["metrics_rows"] = int(extra["metrics_rows"])
+            if self.logger is not None:  # drop the rows logged after this resume point (rerun now)
+                self.logger.truncate(extra["metrics_rows"])
         self.state.update(extra)
         return True
 

@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 
 from ltc_control._version import __version__
 from ltc_control.config import ConfigError, from_dict, to_dict
+from ltc_control.errors import ExpectedError
 from ltc_control.policy import Policy, PolicyConfig
 from ltc_control.runs import fsync_dir
 
@@ -56,6 +57,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "checkpoint_info",
     "load_checkpoint",
     "load_trainer_state",
@@ -70,8 +72,12 @@ TRAINER_WEIGHTS = "trainer_state.safetensors"
 TRAINER_JSON = "trainer_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExpectedError, ValueError):
     """A checkpoint file is missing a part, corrupt, truncated or does not match its config (file named)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint folder or one of its files is missing (both a CheckpointError and a FileNotFoundError)."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -317,7 +323,7 @@ def _resolve_dir(directory: str | Path) -> Path:
             stacklevel=3,
         )
         return backups[-1]
-    raise FileNotFoundError(
+    raise CheckpointNotFoundError(
         f"checkpoint folder {str(d)!r} not found (expected a folder written by save_checkpoint with "
         f"{MODEL_JSON} and {MODEL_WEIGHTS})"
     )
@@ -325,7 +331,9 @@ def _resolve_dir(directory: str | Path) -> Path:
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete")
+        raise CheckpointNotFoundError(
+            f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -336,7 +344,9 @@ def _read_json(path: Path) -> Any:
 
 def _load_tensors(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete")
+        raise CheckpointNotFoundError(
+            f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete"
+        )
     if sha256 is not None and _sha256(path) != sha256:
         raise CheckpointError(
             f"checkpoint file {str(path)!r} is corrupt, truncated or was modified: its sha256 does not "

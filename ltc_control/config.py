@@ -41,6 +41,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ltc_control.errors import ExpectedError
+
 __all__ = [
     "ConfigError",
     "add_dataclass_arguments",
@@ -61,7 +63,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A configuration value, key or file is invalid; the message names the key path and the fix."""
 
 

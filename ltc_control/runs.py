@@ -327,6 +327,21 @@ class MetricsLogger:
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
 
     @property
+    def num_rows(self) -> int:
+        """Rows written to the CSV so far (a resume point records it, see :meth:`truncate`)."""
+        return len(self._rows)
+
+    def truncate(self, num_rows: int) -> None:
+        """Keep only the first ``num_rows`` CSV rows (a resumed run drops the rows it is about to redo).
+
+        Args:
+            num_rows: rows to keep; more than there are keeps all of them.
+        """
+        if num_rows < len(self._rows):
+            self._rows = self._rows[: max(0, int(num_rows))]
+            self._rewrite()
+
+    @property
     def columns(self) -> list[str]:
         """Metric keys in first-seen order (without ``step`` and ``time``)."""
         return list(self._columns)
