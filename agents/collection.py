@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,8 +220,10 @@ class _MixedActor:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(config: CollectConfig, torch_threads: int) -> None:
+def _worker_init(config: CollectConfig, torch_threads: int, in_worker: bool = True) -> None:
     """Per-process setup: one env (renderer made inside the worker) and one expert."""
+    if in_worker:  # Ctrl-C in a terminal reaches the whole group: the parent handles it and stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.clear()
     _WORKER["config"] = config
     _WORKER["env"] = make_env(config.env.id, config.env.kwargs)
@@ -317,7 +320,7 @@ def run_tasks(
 
     try:
         if config.workers <= 1:
-            _worker_init(config, torch_threads)
+            _worker_init(config, torch_threads, in_worker=False)
             try:
                 for task in todo:
                     record(_worker_run(task))
@@ -330,8 +333,11 @@ def run_tasks(
             with ctx.Pool(config.workers, initializer=_worker_init, initargs=(config, torch_threads)) as pool:
                 for ep in pool.imap(_worker_run, todo):
                     record(ep)
-    finally:
+        # Only a finished collection writes its last, partial chunk: after an interrupt the buffered
+        # episodes are dropped and collected again on resume, so every chunk holds the same episodes as in
+        # an uninterrupted collection and the files come out identical.
         writer.close()
+    finally:
         bar.close()
     return stats
 

@@ -199,8 +199,11 @@ class DatasetWriter:
         self._buffer: list[Episode] = []
         if (self.root / MANIFEST_NAME).exists():
             self.manifest = read_manifest(self.root)
-            if metadata:
-                self.manifest["metadata"].setdefault("appends", []).append(json.loads(json.dumps(metadata)))
+            meta = json.loads(json.dumps(dict(metadata or {})))
+            first = {k: v for k, v in self.manifest["metadata"].items() if k != "appends"}
+            appends = self.manifest["metadata"].get("appends", [])
+            if meta and meta != first and meta not in appends:  # a resumed writer adds nothing new
+                self.manifest["metadata"].setdefault("appends", []).append(meta)
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             self.manifest = {
@@ -269,9 +272,7 @@ class DatasetWriter:
         for key in self.manifest["info_keys"]:
             arrays[_INFO_PREFIX + key] = np.concatenate([e.info[key] for e in episodes])
         path = self.root / name
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, _npz_bytes(arrays))
         entry = {
             "file": name,
             "num_steps": int(arrays["images"].shape[0]),
@@ -299,6 +300,19 @@ class DatasetWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A compressed ``.npz`` (what ``np.savez_compressed`` writes) with fixed zip timestamps: the same arrays
+    always give the same bytes, so a resumed collection writes chunks identical to an uninterrupted one."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _load_chunk(root: Path, chunk: Mapping[str, Any], info_keys: Mapping[str, Any], verify: bool) -> dict:

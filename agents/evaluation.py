@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -60,6 +61,8 @@ def _worker_init(spec: AgentSpec, env_id: str, env_kwargs: dict[str, Any], devic
     reach the caller as the original exception through ``future.result()`` instead of a ``BrokenProcessPool``.
     Everything is built in the worker, never in a parent that forks: MuJoCo renderers must not cross a fork.
     """
+    # Ctrl-C in a terminal reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.clear()
     _WORKER["setup"] = (spec, env_id, env_kwargs, device, threads)
 
@@ -344,14 +347,17 @@ def _run_jobs(
     device: str,
     completion_tolerance: float,
     threads: int,
-    on_done: Callable[[], Any],
+    on_done: Callable[[tuple[float, int], EpisodeMetrics], Any],
 ) -> dict[tuple[float, int], EpisodeMetrics]:
     """Run the ``(noise level, road seed)`` episodes in this process (``workers=0``) or in a spawn pool.
 
     Returns:
-        ``(noise level, road seed)`` -> the episode's metrics; ``on_done`` is called after every episode.
+        ``(noise level, road seed)`` -> the episode's metrics; ``on_done(job, metrics)`` is called after every
+        episode. An interrupt stops the workers at once (pending episodes are cancelled).
     """
     results: dict[tuple[float, int], EpisodeMetrics] = {}
+    if not jobs:
+        return results
     if workers == 0:
         env = make_env(env_id, kwargs)
         try:
@@ -360,7 +366,7 @@ def _run_jobs(
                 for lvl, s in jobs:
                     res = run_episode(env, agent_obj, s, noise=perts[lvl], max_steps=max_steps)
                     results[(lvl, s)] = res.metrics(completion_tolerance)
-                    on_done()
+                    on_done((lvl, s), results[(lvl, s)])
         finally:
             env.close()
         return results
@@ -372,20 +378,51 @@ def _run_jobs(
             "directory, 'expert', a module-level class or factory, or use workers=0"
         ) from exc
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
         mp_context=ctx,
         initializer=_worker_init,
         initargs=(agent, env_id, kwargs, device, threads),
-    ) as pool:
+    )
+    try:
         futures = {
             pool.submit(_worker_episode, s, perts[lvl], max_steps, completion_tolerance): (lvl, s)
             for lvl, s in jobs
         }
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
-            on_done()
+            on_done(futures[fut], results[futures[fut]])
+    except BaseException:
+        # Do not wait for the queued episodes (shutdown(wait=True) would run them all): stop the workers.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
+
+
+def _read_journal(path: Path) -> dict[tuple[float, int], EpisodeMetrics]:
+    """The episodes an interrupted evaluation finished (one JSON line each; a torn last line is ignored)."""
+    done: dict[tuple[float, int], EpisodeMetrics] = {}
+    if not path.is_file():
+        return done
+    names = [f.name for f in dataclasses.fields(EpisodeMetrics)]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            doc = json.loads(line)
+            ep = EpisodeMetrics(**{k: _nan(doc[k]) for k in names})
+        except (ValueError, KeyError, TypeError):
+            continue  # the line being written when the process stopped
+        done[(float(ep.noise_variance), int(ep.seed))] = ep
+    return done
+
+
+def _append_journal(path: Path, ep: EpisodeMetrics) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(ep.to_dict()) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def evaluate(
@@ -403,6 +440,7 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     threads: int = 1,
+    journal: str | os.PathLike[str] | None = None,
 ) -> EvalReport:
     """Evaluate an agent in closed loop on held-out roads at several image-noise levels.
 
@@ -429,6 +467,9 @@ def evaluate(
         out_dir: when given, the report is saved there (JSON, CSV, PNG).
         progress: show a tqdm progress bar.
         threads: torch intra-op threads per episode loop (per worker); 1 is fastest for batch-1 inference.
+        journal: a file that records every finished episode as it finishes; episodes it already lists are
+            not run again (resuming an interrupted evaluation gives the same metrics). Deleted once the
+            report is complete. None: no journal.
 
     Returns:
         The :class:`EvalReport`.
@@ -460,20 +501,31 @@ def evaluate(
     perts = {lvl: dataclasses.replace(base, noise_variance=lvl, seed=noise_seed) for lvl in levels}
 
     start = time.perf_counter()
+    journal_path = None if journal is None else Path(journal)
+    done = {} if journal_path is None else _read_journal(journal_path)
+    done = {job: ep for job, ep in done.items() if job in perts and job[1] in seed_list}
+    todo = [job for job in jobs if job not in done]
     bar = tqdm(total=len(jobs), desc="evaluate", unit="ep", disable=not progress, file=sys.stderr)
+    bar.update(len(jobs) - len(todo))
+
+    def on_done(job: tuple[float, int], ep: EpisodeMetrics) -> None:
+        if journal_path is not None:
+            _append_journal(journal_path, ep)
+        bar.update(1)
+
     try:
-        results = _run_jobs(
+        results = done | _run_jobs(
             agent,
             env_id,
             kwargs,
-            jobs,
+            todo,
             perts,
             workers=workers,
             max_steps=max_steps,
             device=device,
             completion_tolerance=completion_tolerance,
             threads=threads,
-            on_done=lambda: bar.update(1),
+            on_done=on_done,
         )
     finally:
         bar.close()
@@ -496,4 +548,6 @@ def evaluate(
     )
     if out_dir is not None:
         report.save(out_dir)
+    if journal_path is not None:
+        journal_path.unlink(missing_ok=True)
     return report
