@@ -1,4 +1,5 @@
-"""The ``ltc-control dataset`` command: ``summary`` of a dataset folder and ``collect`` of demonstrations."""
+"""The ``ltc-control dataset`` command: ``summary`` of a dataset folder, ``collect`` of demonstrations and
+``export`` to another format (Minari, :mod:`ltc_control.agents.minari_io`)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ __all__ = ["dataset_main"]
 
 
 def dataset_main(argv: Sequence[str] | None = None) -> int:
-    """``ltc-control dataset {summary,collect}``.
+    """``ltc-control dataset {summary,collect,export}``.
 
     ``summary DIR [--verify]`` prints the contents of a dataset; ``collect --out DIR [--config YAML]
     [--set key=value ...] [--<field> value ...] [--resume]`` collects noisy-expert demonstrations with the
-    options of :class:`CollectConfig`.
+    options of :class:`CollectConfig`; ``export DIR --format minari --name ID`` writes the dataset as a local
+    Minari dataset (:func:`ltc_control.agents.minari_io.export_main`).
 
     Returns:
         The exit code (0 on success, 2 on an expected error, 130 when interrupted).
@@ -30,9 +32,10 @@ def dataset_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(
-            "usage: ltc-control dataset {summary,collect} ...\n\n"
+            "usage: ltc-control dataset {summary,collect,export} ...\n\n"
             "  summary DIR [--verify]        print episodes, roads, steps and label statistics\n"
-            "  collect --out DIR [options]   collect noisy-expert demonstrations (see 'collect --help')"
+            "  collect --out DIR [options]   collect noisy-expert demonstrations (see 'collect --help')\n"
+            "  export DIR --format minari --name ID   write DIR as a Minari dataset (see 'export --help')"
         )
         return 0
     cmd, rest = args[0], args[1:]
@@ -74,5 +77,10 @@ def dataset_main(argv: Sequence[str] | None = None) -> int:
             )
             return 130
         return 0
-    print(f"ltc-control dataset: unknown sub-command {cmd!r}; valid: summary, collect", file=sys.stderr)
+    if cmd == "export":
+        from ltc_control.agents.minari_io import export_main
+
+        return export_main(rest)
+    valid = "summary, collect, export"
+    print(f"ltc-control dataset: unknown sub-command {cmd!r}; valid: {valid}", file=sys.stderr)
     return 2

@@ -334,7 +334,7 @@ def checkpoint_env(spec: Any) -> tuple[str | None, dict[str, Any]]:
         return None, {}
     from ltc_control.checkpoint import checkpoint_info
 
-    meta = checkpoint_info(spec).get("metadata") or {}
+    meta = checkpoint_info(Path(spec)).get("metadata") or {}
     train = meta.get("train_config") if isinstance(meta, Mapping) else None
     env = train.get("env") if isinstance(train, Mapping) else None
     if not isinstance(env, Mapping):
@@ -424,7 +424,7 @@ def check_agent_env(spec: Any, env_id: str, env_kwargs: Mapping[str, Any] | None
     if isinstance(spec, str | os.PathLike) and not str(spec).startswith("expert"):
         from ltc_control.checkpoint import load_checkpoint
 
-        policy, _ = load_checkpoint(spec)
+        policy, _ = load_checkpoint(Path(spec))
         cfg = policy.resolved_config()
         obs_shape = tuple(cfg.image_shape) if cfg.observation == "image" else (cfg.vector_size,)
         action_size = cfg.action_size

@@ -38,11 +38,12 @@ from pathlib import Path
 
 import torch
 
-from ltc_control.agents.datasets import MANIFEST_NAME, DemoDataset, read_manifest
+from ltc_control.agents.datasets import MANIFEST_NAME, read_manifest
 from ltc_control.agents.episode import check_env
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import TrainConfig, TrainResult
 from ltc_control.agents.imitation_trainer import _copy_checkpoint, _seeds_of, _setup_dist, _Trainer
+from ltc_control.agents.minari_io import open_demos
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.config import ConfigError, load_yaml
 from ltc_control.locking import FolderLock
@@ -163,8 +164,9 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
             if not state["round_done"]:
                 if round_ > 0:
                     trainer.collect_dagger(round_, trainer.ckpt_dir / f"round{round_ - 1}")
-                train_data = DemoDataset(trainer.data_dir(), road_seeds=train_seeds)
-                val_data = DemoDataset(trainer.data_dir(), road_seeds=val_seeds, sources=["expert"])
+                source = trainer.data_source()  # our dataset folder, or a Minari dataset
+                train_data = open_demos(source, road_seeds=train_seeds)
+                val_data = open_demos(source, road_seeds=val_seeds, sources=["expert"])
                 if dist.main:
                     print(
                         f"round {round_}: {train_data.num_episodes} training episodes "

@@ -38,7 +38,10 @@ class DemoConfig:
 
     Attributes:
         dir: dataset folder; empty: ``<run_dir>/data``. An existing dataset is reused (episodes it already
-            holds are not collected again).
+            holds are not collected again). A Minari dataset (an id in ``$MINARI_DATASETS_PATH``,
+            ``minari:<id>`` or its folder) is trained on as it is: nothing is collected, the road split uses
+            its episodes' road seeds (``seed_start``/``num_roads`` are ignored), ``dagger.rounds`` must be
+            0.
         seed_start: first road seed of the training + validation roads.
         num_roads: number of roads (training and validation together).
         val_fraction: share of those roads (by seed) kept for validation.

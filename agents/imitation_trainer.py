@@ -30,6 +30,7 @@ from ltc_control.agents.collection import CollectConfig, EpisodeTask, expert_tas
 from ltc_control.agents.datasets import DemoDataset, WindowBatch, split_road_seeds
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import BCConfig, TrainConfig
+from ltc_control.agents.minari_io import is_minari_source, minari_road_seeds
 from ltc_control.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from ltc_control.config import to_dict
 from ltc_control.policy import Policy
@@ -268,6 +269,14 @@ class _Trainer:
     def data_dir(self) -> Path:
         return Path(self.cfg.demos.dir) if self.cfg.demos.dir else self.run_dir / "data"
 
+    def minari_source(self) -> bool:
+        """``demos.dir`` names a Minari dataset (read as is: nothing is collected into it)."""
+        return bool(self.cfg.demos.dir) and is_minari_source(self.cfg.demos.dir)
+
+    def data_source(self) -> str | Path:
+        """What ``open_demos`` reads: the Minari id/folder as given, else our dataset folder."""
+        return self.cfg.demos.dir if self.minari_source() else self.data_dir()
+
     def collect_config(self, max_steps: int) -> CollectConfig:
         d = self.cfg.demos
         return CollectConfig(
@@ -284,6 +293,14 @@ class _Trainer:
         )
 
     def collect_demos(self) -> None:
+        if self.minari_source():
+            if self.cfg.dagger.rounds:
+                raise ValueError(
+                    f"demos.dir={self.cfg.demos.dir!r} is a Minari dataset, which DAgger rounds cannot "
+                    "append their learner episodes to; set dagger.rounds=0, or train from our format "
+                    "(collect with 'ltc-control dataset collect')"
+                )
+            return  # train on the Minari episodes as they are
         if self.dist.main:
             cc = self.collect_config(self.cfg.demos.max_steps)
             stats = run_tasks(
@@ -303,7 +320,17 @@ class _Trainer:
         self.dist.barrier()
 
     def road_split(self) -> tuple[list[int], list[int]]:
-        seeds = _seeds_of(self.cfg.demos.seed_start, self.cfg.demos.num_roads)
+        if self.minari_source():
+            seeds = minari_road_seeds(self.cfg.demos.dir)  # the roads the Minari dataset holds
+            ev = self.cfg.eval
+            overlap = set(seeds) & set(_seeds_of(ev.seed_start, ev.num_roads))
+            if overlap:
+                raise ValueError(
+                    f"the Minari dataset {self.cfg.demos.dir!r} holds eval roads (e.g. seed {min(overlap)}); "
+                    "move eval.seed_start"
+                )
+        else:
+            seeds = _seeds_of(self.cfg.demos.seed_start, self.cfg.demos.num_roads)
         return split_road_seeds(seeds, self.cfg.demos.val_fraction, seed=self.cfg.seed)
 
     def collect_dagger(self, round_: int, checkpoint: Path) -> None:

@@ -87,6 +87,10 @@ class InspectConfig:
         threads: torch CPU threads while inspecting (0 = leave torch's setting; 1 is much faster for these
             batch-1 control loops on a busy machine); restored afterwards.
         progress: show progress bars.
+        rerun: also write ``recording.rrd``, a Rerun recording of the rollout (camera with the
+            VisualBackprop overlay, steering of the policy and the expert, lateral error, speed, every
+            neuron's state and tau, the road map, the wiring graph); open it with
+            ``rerun DIR/recording.rrd`` (needs ``pip install 'ltc-control[rerun]'``).
     """
 
     out: str = "inspection"
@@ -110,6 +114,7 @@ class InspectConfig:
     device: str = "cpu"
     threads: int = 0
     progress: bool = True
+    rerun: bool = False
 
 
 def _device_of(policy: Any) -> str:
@@ -329,6 +334,8 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
             )
         else:
             notes.append("saliency not computed: the policy has no camera input")
+        if cfg.rerun:
+            summary["rerun recording"] = str(_write_rerun(trace, out, cfg, policy if image_policy else None))
         table, tables = _closed_loop_tables(policy, env, cfg, out, figures, captions)
     finally:
         if own_env:
@@ -437,6 +444,19 @@ def build_inspect_parser(prog: str = "ltc-control inspect") -> Any:
     return parser
 
 
+def _write_rerun(trace: Trace, out: Path, cfg: InspectConfig, image_policy: Any = None) -> Path:
+    """``out/recording.rrd`` from the trace; with an image policy, its VisualBackprop maps as the overlay."""
+    from ltc_control.agents.rerun_capture import expert_steering
+    from ltc_control.inspection.rerun_log import record_rerun
+    from ltc_control.inspection.saliency import policy_saliency
+
+    maps = None
+    if image_policy is not None and trace.observations is not None and cfg.saliency_frames > 0:
+        maps = policy_saliency(image_policy, trace.observations[: cfg.saliency_frames], "visual_backprop")
+    steer = expert_steering(trace) if cfg.env.startswith("LTC/") else None
+    return record_rerun(trace, out / "recording.rrd", saliency=maps, expert_steering=steer)
+
+
 def inspect_main(argv: Sequence[str] | None = None, prog: str = "ltc-control inspect") -> int:
     """Entry point of ``ltc-control inspect CHECKPOINT --out DIR [options]``.
 
@@ -460,6 +480,8 @@ def inspect_main(argv: Sequence[str] | None = None, prog: str = "ltc-control ins
     with claim_output(cfg.out, overwrite=ns.overwrite):
         if source.is_file():
             result = report_from_trace(source, cfg.out, formats=cfg.formats)
+            if cfg.rerun:
+                result.summary["rerun recording"] = str(_write_rerun(result.trace_data, Path(cfg.out), cfg))
         else:
             result = inspect_policy(
                 source, cfg.out, env_id=cfg.env, seed=cfg.seed, steps=cfg.steps, config=cfg

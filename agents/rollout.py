@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import sys
 from collections import deque
@@ -95,6 +97,9 @@ class RolloutConfig:
         env_kwargs: env constructor arguments, e.g. {road_length: 80}; they override the checkpoint's training
             env kwargs key by key.
         progress: show a progress bar.
+        rerun: also write a Rerun recording (.rrd) of the rollout here: camera and chase frames, steering
+            (policy and expert), lateral error, speed, every neuron's state and tau, the road map, the wiring
+            graph; open it with ``rerun FILE`` (needs ``pip install 'ltc-control[rerun]'``). None = none.
     """
 
     env: str | None = None
@@ -114,6 +119,7 @@ class RolloutConfig:
     device: str = "cpu"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    rerun: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -135,6 +141,8 @@ class RolloutConfig:
             raise ValueError(f"panels must not repeat, got {list(self.panels)}")
         if self.video is not None and not str(self.video).lower().endswith(".mp4"):
             raise ValueError(f"video must be an .mp4 path, got {self.video!r}")
+        if self.rerun is not None and not str(self.rerun).lower().endswith(".rrd"):
+            raise ValueError(f"rerun must be an .rrd path, got {self.rerun!r}")
         Perturbation(noise_variance=self.noise, seed=self.noise_seed)
 
 
@@ -150,6 +158,7 @@ class RolloutResult:
         frames: number of frames written.
         frame_size: ``(width, height)`` of the frames as composed (the file is padded to even sizes).
         fps: frames per second of the video.
+        rerun: path of the Rerun recording (None when none was asked for).
     """
 
     episodes: list[EpisodeResult]
@@ -158,6 +167,7 @@ class RolloutResult:
     frames: int = 0
     frame_size: tuple[int, int] = (0, 0)
     fps: float = 0.0
+    rerun: Path | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Per-episode metrics as JSON-ready dicts."""
@@ -423,6 +433,7 @@ class _Recorder:
         expert: Agent | None,
         probe: _SensoryProbe | None,
         bar: Any,
+        capture: Any = None,
     ) -> None:
         self.env = env
         self.agent = agent
@@ -432,7 +443,8 @@ class _Recorder:
         self.expert = expert
         self.probe = probe
         self.bar = bar
-        self.want_chase = "chase" in cfg.panels and writer is not None
+        self.capture = capture  # agents.rerun_capture.RerunCapture for --rerun, else None
+        self.want_chase = ("chase" in cfg.panels and writer is not None) or capture is not None
         self.episode = 0
         self.seed = 0
         self.chase: np.ndarray | None = None
@@ -477,6 +489,8 @@ class _Recorder:
                 departed=self.departed,
             )
             self.writer.write(frame, repeat=self.cfg.slowmo)
+        if self.capture is not None:
+            self.capture.on_step(rec, self.chase, self.env)
         self.departed = self.departed or bool(rec.info.get("lane_departure", False))
         if self.want_chase:
             self.chase = self.env.render()
@@ -499,8 +513,8 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
     cfg = dataclasses.replace(cfg, env=env_id, env_kwargs=env_kwargs)
     agent_obj = make_agent(agent, device=cfg.device)
     make_video = cfg.video is not None
-    render_mode = "rgb_array" if make_video and "chase" in cfg.panels else None
-    env = make_env(cfg.env, cfg.env_kwargs, render_mode=render_mode)
+    render_mode = "rgb_array" if (make_video and "chase" in cfg.panels) or cfg.rerun else None
+    env = make_env(env_id, env_kwargs, render_mode=render_mode)
     probe = _SensoryProbe(agent_obj) if make_video and "neurons" in cfg.panels else None
     writer: vid.VideoWriter | None = None
     try:
@@ -516,7 +530,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
             neuron_names=policy_agent.neuron_names if policy_agent else None,
             action_names=_action_names(env, action_size),
         )
-        expert = make_agent("expert") if make_video and cfg.expert and cfg.env.startswith("LTC/") else None
+        expert = make_agent("expert") if make_video and cfg.expert and env_id.startswith("LTC/") else None
         if make_video:
             assert cfg.video is not None
             writer = vid.VideoWriter(cfg.video, fps=fps, size=size)
@@ -524,23 +538,35 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
         limit = limit or getattr(env.unwrapped, "max_episode_steps", None)
         total = int(limit) * cfg.episodes if limit else None
         bar = tqdm(total=total, desc="rollout", unit="step", disable=not cfg.progress, file=sys.stderr)
-        recorder = _Recorder(env, agent_obj, cfg, composer, writer, expert, probe, bar)
+        capture = None
+        if cfg.rerun is not None:
+            from ltc_control.agents.rerun_capture import RerunCapture
+
+            meta = {"env": cfg.env, "env_kwargs": cfg.env_kwargs, "seed": cfg.seed, "noise": cfg.noise}
+            capture = RerunCapture(agent_obj, json.loads(json.dumps(meta, default=str)))
+        recorder = _Recorder(env, agent_obj, cfg, composer, writer, expert, probe, bar, capture)
         perturbation = Perturbation(noise_variance=cfg.noise, seed=cfg.noise_seed)
         episodes: list[EpisodeResult] = []
-        for k in range(cfg.episodes):
-            seed = cfg.seed + k
-            recorder.start(k, seed)
-            with torch_threads(1):
-                result = run_episode(
-                    recorder,
-                    agent_obj,
-                    seed,
-                    noise=perturbation,
-                    max_steps=cfg.max_steps,
-                    on_step=recorder.on_step,
-                )
-            episodes.append(result)
+        with capture if capture is not None else contextlib.nullcontext():
+            for k in range(cfg.episodes):
+                seed = cfg.seed + k
+                recorder.start(k, seed)
+                if capture is not None:
+                    capture.start_episode(k)
+                with torch_threads(1):
+                    result = run_episode(
+                        recorder,
+                        agent_obj,
+                        seed,
+                        noise=perturbation,
+                        max_steps=cfg.max_steps,
+                        on_step=recorder.on_step,
+                    )
+                episodes.append(result)
         bar.close()
+        rerun_path = None
+        if capture is not None and cfg.rerun is not None:
+            rerun_path = capture.write(cfg.rerun, expert=cfg.expert and env_id.startswith("LTC/"))
         path = writer.close() if writer is not None else None
         return RolloutResult(
             episodes=episodes,
@@ -549,6 +575,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
             frames=writer.frames_written if writer is not None else 0,
             frame_size=size,
             fps=fps,
+            rerun=rerun_path,
         )
     except BaseException:
         if writer is not None:
@@ -616,5 +643,7 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
             f"wrote {result.video}: {result.frames} frames {result.frame_size[0]}x{result.frame_size[1]} "
             f"at {result.fps:g} fps, codec {codec}"
         )
+    if result.rerun is not None:
+        print(f"wrote {result.rerun} (Rerun recording; open it with: rerun {result.rerun})")
     print(f"run folder: {folder}")
     return 0

@@ -8,28 +8,27 @@ Usage::
     .venv/bin/python experiments/rl_benchmark.py --config ... --summary-only   # re-write table and plot
 
 Each run's record goes to ``<out_dir>/runs/``; an interrupted benchmark resumes (finished runs are skipped).
-Writes ``<out_dir>/<name>.md|csv|png``. The library code is :mod:`ltc_control.agents.sb3_bench`.
+Writes ``<out_dir>/<name>.md|csv|png``. The benchmark code is ``experiments/bench/rl_bench.py``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from ltc_control.config import make_parser, parse_args_and_config
+# the benchmark code sits beside this script; on sys.path (not loaded by file) so that spawned workers,
+# which inherit sys.path, can unpickle its functions and configs
+BENCH_DIR = str(Path(__file__).resolve().parent / "bench")
+if BENCH_DIR not in sys.path:
+    sys.path.insert(0, BENCH_DIR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the config, run the missing runs (unless ``--summary-only``) and write the summary."""
-    from ltc_control.agents.sb3_bench import BenchmarkConfig, run_benchmark, summarize
+    from rl_bench import main as bench_main
 
-    parser = make_parser(BenchmarkConfig, description=__doc__)
-    parser.add_argument("--summary-only", action="store_true", help="only re-write the table and the plot")
-    parser.add_argument("--no-resume", action="store_true", help="retrain runs whose record exists")
-    config, ns = parse_args_and_config(BenchmarkConfig, argv, parser)
-    path = summarize(config) if ns.summary_only else run_benchmark(config, resume=not ns.no_resume)
-    print(path.read_text())
-    return 0
+    return bench_main(argv, prog="rl_benchmark.py")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from types import FrameType
+from pathlib import Path
+from types import FrameType, ModuleType
 
 from ltc_control.errors import ExpectedError, one_line
 
@@ -44,11 +45,82 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "record a rollout and write neuron plots + HTML",
     ),
     "bench": (
-        "ltc_control.bench",
+        "ltc_control.cli",
         "bench_main",
-        "speed benchmarks (LTC vs ncps / LSTM, env steps per second)",
+        "benchmarks from a source checkout (LTC/CfC vs ncps, env steps/s, RL)",
     ),
 }
+
+# ----------------------------------------------------------------------------------------------- benchmarks
+# The benchmarks are not part of the installed package: they live in the checkout's experiments/bench/.
+#: benchmark name -> (file in experiments/bench/, function taking argv, one-line help)
+BENCHMARKS: dict[str, tuple[str, str, str]] = {
+    "ltc": (
+        "ltc_speed.py",
+        "ltc_bench_main",
+        "fast LTC vs ncps LTC and nn.LSTM (training, inference, latency); --cfc-only: CfC vs ncps' CfC",
+    ),
+    "env": ("env_speed.py", "main", "LTC/LaneKeeping-v0 camera steps/s vs CarRacing-v3, 1 env and 2 workers"),
+    "rl": ("rl_bench.py", "main", "partially observed RL: LTC-PPO vs CfC-PPO vs LSTM-PPO (--config FILE)"),
+}
+
+
+def bench_folder() -> Path | None:
+    """The source checkout's ``experiments/bench`` folder next to this package, or None (installed wheel)."""
+    import ltc_control
+
+    folder = Path(ltc_control.__file__).resolve().parent.parent / "experiments" / "bench"
+    return folder if folder.is_dir() else None
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Imports the module of benchmark ``name`` from :func:`bench_folder`.
+
+    The folder goes on ``sys.path`` and the module is imported by its file name (not executed from a path),
+    so worker processes started with ``spawn``, which inherit ``sys.path``, can unpickle its functions.
+
+    Raises:
+        FileNotFoundError: there is no source checkout.
+    """
+    folder = bench_folder()
+    if folder is None:
+        raise FileNotFoundError("no source checkout with experiments/bench next to the ltc_control package")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return importlib.import_module(Path(BENCHMARKS[name][0]).stem)
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    """Entry point of ``ltc-control bench <name> [options]``.
+
+    Args:
+        argv: arguments after ``bench`` (the benchmark name first).
+
+    Returns:
+        The process exit code (2 for an unknown benchmark or when there is no source checkout).
+    """
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        width = max(len(n) for n in BENCHMARKS)
+        print("usage: ltc-control bench <benchmark> [options]\n\nbenchmarks (need a source checkout):")
+        for name, (_, _, help_) in BENCHMARKS.items():
+            print(f"  {name.ljust(width)}  {help_}")
+        return 0
+    name = args[0]
+    if name not in BENCHMARKS:
+        print(
+            f"ltc-control bench: unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}", file=sys.stderr
+        )
+        return 2
+    if bench_folder() is None:
+        print(
+            "ltc-control bench: the benchmarks live in experiments/bench/ of a source checkout, which this "
+            "installation does not have; clone the repository and install it with 'pip install -e .[dev]'",
+            file=sys.stderr,
+        )
+        return 2
+    _, func, _ = BENCHMARKS[name]
+    return int(getattr(load_benchmark(name), func)(args[1:]) or 0)
 
 
 def _usage() -> str:

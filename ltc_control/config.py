@@ -316,7 +316,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
         cfg: a dataclass instance (or plain mapping).
         path: destination file.
     """
-    from ltc_control.runs import atomic_write_text
+    from ltc_control.atomic import atomic_write_text
 
     atomic_write_text(path, to_yaml(cfg))
 

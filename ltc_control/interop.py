@@ -60,8 +60,8 @@ def from_ncps(module: nn.Module) -> SequenceModel:
     Supported: ``ncps.torch.LTC`` and a bare ``ncps.torch.LTCCell`` (any wiring, either
     ``implicit_param_constraints`` setting -> ``constraint="softplus"`` / ``"clamp"``, ``ode_unfolds``,
     epsilon, input/output mapping), and ``ncps.torch.CfC`` (any mode, wired or not) through
-    ``ltc_control.cells.cfc.cfc_from_ncps``. The result is batch-first whatever ``batch_first`` the ncps model
-    used, keeps ``return_sequences`` of an ``LTC``, and lives on the same device and dtype.
+    ``ltc_control.cells.cfc_ncps.cfc_from_ncps``. The result is batch-first whatever ``batch_first`` the ncps
+    model used, keeps ``return_sequences`` of an ``LTC``, and lives on the same device and dtype.
 
     Args:
         module: the ncps model.
@@ -82,10 +82,11 @@ def from_ncps(module: nn.Module) -> SequenceModel:
         )
     if isinstance(module, nt.CfC):
         try:
-            from ltc_control.cells.cfc import cfc_from_ncps
+            from ltc_control.cells.cfc_ncps import cfc_from_ncps
         except ImportError as exc:
             raise ImportError(
-                "converting an ncps CfC needs ltc_control.cells.cfc.cfc_from_ncps, which is not available"
+                "converting an ncps CfC needs ltc_control.cells.cfc_ncps.cfc_from_ncps, which is not "
+                "available"
             ) from exc
         return cfc_from_ncps(module)  # type: ignore[no-any-return]
     return_sequences = True

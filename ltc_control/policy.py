@@ -395,14 +395,14 @@ class Policy(nn.Module):
             out = self._act_fast(obs, state, dt)
         if out is not None:
             return out
-        return self._act_general(obs, state, dt)
+        return self.act_general(obs, state, dt)
 
     def _act_fast(
         self, obs: Tensor | np.ndarray, state: Tensor | None, dt: float | None
     ) -> tuple[np.ndarray, Tensor] | None:
         """:meth:`act` for the common control-loop call (gradients already off), or ``None`` to decline.
 
-        It runs exactly the tensor operations of :meth:`_act_general` (same functions, same arguments, same
+        It runs exactly the tensor operations of :meth:`act_general` (same functions, same arguments, same
         order) and leaves out only work whose outcome is known: the second observation check, no-op
         conversions, and the mode switch when every module is already in eval mode. In training mode it sets
         the modules' ``training`` flags to False and back itself, which is all ``eval()`` / ``train()`` do
@@ -486,10 +486,21 @@ class Policy(nn.Module):
         out = actions[:, 0].to("cpu", torch.float32).numpy()
         return (out[0] if single else out), new_state
 
-    def _act_general(
+    def act_general(
         self, obs: Tensor | np.ndarray, state: Tensor | None = None, dt: float | None = None
     ) -> tuple[np.ndarray, Tensor]:
-        """:meth:`act` through :meth:`forward` with the whole module switched to eval mode and back."""
+        """:meth:`act` through :meth:`forward` with the whole module switched to eval mode and back: the
+        general path that :meth:`act` falls back to, and the reference its fast path is tested and timed
+        against.
+
+        Args:
+            obs: as for :meth:`act`.
+            state: as for :meth:`act`.
+            dt: as for :meth:`act`.
+
+        Returns:
+            ``(action, new_state)`` as :meth:`act` returns them.
+        """
         x = self._obs_tensor(obs)
         single_ndim = 3 if self.config.observation == "image" else 1
         if x.dim() == single_ndim:

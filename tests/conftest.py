@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -32,3 +36,19 @@ def _validation_on() -> Iterator[None]:
     cell_base.set_validation(True)
     yield
     cell_base.set_validation(True)
+
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "experiments" / "bench"
+
+
+@pytest.fixture
+def load_bench() -> Callable[[str], ModuleType]:
+    """Imports a module of ``experiments/bench/`` by its file name (e.g. ``"ltc_speed"``); the folder goes on
+    ``sys.path`` as ``ltc-control bench`` does, so spawned workers can import it too."""
+
+    def load(name: str) -> ModuleType:
+        if str(BENCH_DIR) not in sys.path:
+            sys.path.insert(0, str(BENCH_DIR))
+        return importlib.import_module(name)
+
+    return load

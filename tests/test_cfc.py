@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -10,13 +12,8 @@ import torch
 from ncps import torch as ncps_torch
 from ncps import wirings as ncps_wirings
 
-from ltc_control.cells.cfc import (
-    CfCCell,
-    WiredCfCCell,
-    cfc_cell_from_ncps,
-    cfc_from_ncps,
-    wiring_layers,
-)
+from ltc_control.cells.cfc import CfCCell, WiredCfCCell, wiring_layers
+from ltc_control.cells.cfc_ncps import cfc_cell_from_ncps, cfc_from_ncps
 from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import NCP, AutoNCP, FullyConnected, Wiring, lane_keeping_ncp
 
@@ -546,11 +543,11 @@ def test_bad_configurations_raise_clear_errors() -> None:
 @pytest.fixture(params=["kernel", "torch"])
 def kernel_or_torch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test on the compiled CfC kernel and again with the kernel switched off (the PyTorch path)."""
-    from ltc_control.cells import cfc_fast
+    from ltc_control.cells import cfc_fast, cfc_kernel
 
     if request.param == "torch":
-        monkeypatch.setattr(cfc_fast._LAZY, "kernel", None)
-        monkeypatch.setattr(cfc_fast._LAZY, "tried", True)
+        monkeypatch.setattr(cfc_kernel._LAZY, "kernel", None)
+        monkeypatch.setattr(cfc_kernel._LAZY, "tried", True)
     elif cfc_fast.load_kernel() is None:
         pytest.skip(f"CfC kernel unavailable here: {cfc_fast.kernel_status()}")
     return str(request.param)
@@ -816,13 +813,13 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(
     no-grad step and sequence still equal the reference (PyTorch path)."""
     import warnings
 
-    from ltc_control.cells import cfc_fast
+    from ltc_control.cells import cfc_fast, cfc_kernel
 
     monkeypatch.setenv("LTC_CONTROL_CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("LTC_CONTROL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("LTC_CONTROL_DISABLE_KERNEL", raising=False)
     monkeypatch.delenv("LTC_CONTROL_CFLAGS", raising=False)
-    cfc_fast._reset_kernel_for_tests()
+    cfc_kernel._reset_kernel_for_tests()
     try:
         cell = WiredCfCCell(AutoNCP(10, 2, input_size=4, seed=6))
         x, h = torch.randn(2, 4), torch.randn(2, 10)
@@ -837,12 +834,17 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(
                 y_seq, _ = cell.forward_sequence(x[:, None])
         assert _maxdiff(y_seq[:, 0], cell(x, cell.initial_state(2))[0]) <= 1e-6
     finally:
-        cfc_fast._reset_kernel_for_tests()
+        cfc_kernel._reset_kernel_for_tests()
 
 
-def test_cfc_benchmark_smoke() -> None:
+def test_cfc_benchmark_smoke(load_bench: Callable[[str], ModuleType]) -> None:
     """``ltc-control bench ltc --cfc-only`` on a tiny budget: every model timed, ours equal to ncps."""
-    from ltc_control.bench import CFC_MODELS, format_cfc_markdown, run_cfc_benchmark
+    bench = load_bench("ltc_speed")
+    CFC_MODELS, format_cfc_markdown, run_cfc_benchmark = (
+        bench.CFC_MODELS,
+        bench.format_cfc_markdown,
+        bench.run_cfc_benchmark,
+    )
 
     result = run_cfc_benchmark(batch=2, steps=3, repeats=1, min_time=0.001, progress=False)
     entry = result["configs"]["ncp19"]
@@ -888,12 +890,12 @@ def test_state_sequence_is_every_steps_state(kernel_or_torch: str) -> None:
 def test_layers_wider_than_the_kernel_run_on_torch() -> None:
     """A backbone wider than the C kernel's stack scratch allows is not packed for it: same numbers via the
     PyTorch path instead of a kernel error."""
-    from ltc_control.cells import cfc_fast
+    from ltc_control.cells import cfc_fast, cfc_kernel
 
     torch.manual_seed(28)
-    cell = CfCCell(3, 5, backbone_units=cfc_fast._MAX_WIDTH + 1)
+    cell = CfCCell(3, 5, backbone_units=cfc_kernel.MAX_WIDTH + 1)
     x, h = torch.randn(2, 3), torch.randn(2, 5)
-    assert cfc_fast._pack(cfc_fast.cached_plan(cell), x) is None
+    assert cfc_kernel.pack(cfc_fast.cached_plan(cell), x) is None
     with torch.no_grad():
         _, fast = cell(x, h)
     assert _maxdiff(fast, cell(x, h)[1]) <= 1e-6

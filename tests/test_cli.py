@@ -51,3 +51,18 @@ def test_console_script_runs_in_a_fresh_process():
     )
     assert proc.returncode == 0, proc.stderr
     assert "commands:" in proc.stdout
+
+
+def test_bench_finds_the_checkouts_benchmarks():
+    folder = cli.bench_folder()
+    assert folder is not None and (folder / "ltc_speed.py").is_file()
+    for name, (file, func, _) in cli.BENCHMARKS.items():
+        assert (folder / file).is_file(), name
+        assert callable(getattr(cli.load_benchmark(name), func)), name
+
+
+def test_bench_without_a_checkout_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "bench_folder", lambda: None)
+    assert cli.main(["bench", "ltc", "--configs", "ncp19"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "source checkout" in err

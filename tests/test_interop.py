@@ -91,12 +91,12 @@ def test_unsupported_models_raise() -> None:
 
 def _cfc_available() -> bool:
     try:
-        return hasattr(importlib.import_module("ltc_control.cells.cfc"), "cfc_from_ncps")
+        return hasattr(importlib.import_module("ltc_control.cells.cfc_ncps"), "cfc_from_ncps")
     except ImportError:
         return False
 
 
-@pytest.mark.skipif(not _cfc_available(), reason="ltc_control.cells.cfc.cfc_from_ncps is not available yet")
+@pytest.mark.skipif(not _cfc_available(), reason="ltc_control.cells.cfc_ncps.cfc_from_ncps is missing")
 @pytest.mark.parametrize("units", [8, "wired"])
 def test_cfc_conversion_is_delegated_and_exact(units: object) -> None:
     torch.manual_seed(2)

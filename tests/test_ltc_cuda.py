@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import torch
 
+from ltc_control.cells import kernels, ltc_cuda
 from ltc_control.cells import ltc as ltc_module
-from ltc_control.cells import ltc_cuda
 from ltc_control.cells.ltc import LTCCell, available_implementations
 from ltc_control.cells.ltc_cuda import CsrEdges, CudaKernels, FusedCudaImplementation, ltc_sequence_cuda
 from ltc_control.cells.ltc_fast import EdgeList
@@ -308,15 +308,15 @@ def test_cached_binary_is_rebuilt_when_missing_or_damaged(tmp_path: Path) -> Non
         return {"loaded": True}
 
     target = tmp_path / "cache" / "ltc_kernel_cuda_sm90_x.cubin"
-    assert ltc_cuda.load_cached_binary(target, build, load) == {"loaded": True}
+    assert kernels.load_cached_binary(target, build, load) == {"loaded": True}
     assert len(built) == 1 and target.read_bytes() == b"GOOD-CUBIN"
-    assert ltc_cuda.load_cached_binary(target, build, load) == {"loaded": True} and len(built) == 1
+    assert kernels.load_cached_binary(target, build, load) == {"loaded": True} and len(built) == 1
     target.write_bytes(b"GOOD-")  # truncated by outside damage
-    assert ltc_cuda.load_cached_binary(target, build, load) == {"loaded": True} and len(built) == 2
+    assert kernels.load_cached_binary(target, build, load) == {"loaded": True} and len(built) == 2
     assert target.read_bytes() == b"GOOD-CUBIN"
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp file left
     target.write_bytes(b"")  # empty
-    ltc_cuda.load_cached_binary(target, build, load)
+    kernels.load_cached_binary(target, build, load)
     assert len(built) == 3 and target.read_bytes() == b"GOOD-CUBIN"
 
     def failing_build() -> bytes:
@@ -324,10 +324,10 @@ def test_cached_binary_is_rebuilt_when_missing_or_damaged(tmp_path: Path) -> Non
 
     target.write_bytes(b"junk")
     with pytest.raises(RuntimeError, match="NVRTC compilation failed"):  # the caller warns and falls back
-        ltc_cuda.load_cached_binary(target, failing_build, load)
+        kernels.load_cached_binary(target, failing_build, load)
     (tmp_path / "file").write_text("not a folder")
     blocked = tmp_path / "file" / "k.cubin"  # the cache folder cannot be created
-    assert ltc_cuda.load_cached_binary(blocked, build, load) == {"loaded": True}
+    assert kernels.load_cached_binary(blocked, build, load) == {"loaded": True}
 
 
 def test_compile_failure_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltc_control.cells import ltc_fast
+from ltc_control.cells import kernels, ltc_fast, ltc_fused
 from ltc_control.cells.ltc import LTCCell
 from ltc_control.cells.ltc_fast import EdgeList, LTCKernelUnavailableWarning
 from ltc_control.wirings import AutoNCP, FullyConnected, Wiring, lane_keeping_ncp
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def kernel() -> ltc_fast._Kernel:
+def kernel() -> ltc_fused.LTCKernel:
     """The compiled kernel, built once for this module (into the user cache; a second run only loads it)."""
     k = ltc_fast.load_kernel()
     if k is None:
@@ -227,9 +227,9 @@ def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     """An empty cache dir and a forgotten kernel; restores the normal kernel afterwards."""
     monkeypatch.setenv("LTC_CONTROL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LTC_CONTROL_CFLAGS", FAST_CFLAGS)
-    ltc_fast._reset_kernel_for_tests()
+    ltc_fused._reset_kernel_for_tests()
     yield tmp_path / "cache"
-    ltc_fast._reset_kernel_for_tests()
+    ltc_fused._reset_kernel_for_tests()
 
 
 def test_missing_compiler_falls_back_with_one_warning(
@@ -268,8 +268,11 @@ def test_failed_build_falls_back(fresh_kernel_state: Path, monkeypatch: pytest.M
 
 
 def test_corrupt_cached_library_is_rebuilt(kernel: object, fresh_kernel_state: Path) -> None:
-    compiler = ltc_fast._compiler()
-    target = fresh_kernel_state / f"ltc_kernel_{ltc_fast._source_hash(compiler, ltc_fast._flag_sets()[0])}.so"
+    compiler = kernels.compiler_command()
+    key = kernels.source_hash(
+        compiler, kernels.flag_sets()[0], ltc_fused.KERNEL_SOURCES, ltc_fused.KERNEL_ABI
+    )
+    target = fresh_kernel_state / f"ltc_kernel_{key}.so"
     fresh_kernel_state.mkdir(parents=True)
     target.write_bytes(b"not a shared library")
     k = ltc_fast.load_kernel()
@@ -326,7 +329,7 @@ def test_batch_one_inference_sequence_matches_reference(kernel: object, dtype: t
 def test_bench_cli_smoke(kernel: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``ltc-control bench ltc`` on a tiny budget: report, JSON, and ours equal to ncps on its weights."""
     pytest.importorskip("ncps")
-    from ltc_control.bench import bench_main
+    from ltc_control.cli import bench_main
 
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     argv = [

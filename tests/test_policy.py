@@ -247,13 +247,13 @@ def test_policy_config_yaml_and_overrides() -> None:
 def _count_general(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts calls of the general act path (the fast path declines into it)."""
     calls = [0]
-    general = Policy._act_general
+    general = Policy.act_general
 
     def counting(self: Policy, *args: object, **kwargs: object) -> object:
         calls[0] += 1
         return general(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Policy, "_act_general", counting)
+    monkeypatch.setattr(Policy, "act_general", counting)
     return calls
 
 
@@ -262,7 +262,7 @@ def _act_both(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step through act() and through the general path; asserts bit-identical actions and states."""
     a_fast, new_fast = policy.act(obs, s_fast, dt)  # type: ignore[arg-type]
-    a_gen, new_gen = policy._act_general(obs, s_gen, dt)  # type: ignore[arg-type]
+    a_gen, new_gen = policy.act_general(obs, s_gen, dt)  # type: ignore[arg-type]
     assert a_fast.dtype == a_gen.dtype == np.float32 and a_fast.shape == a_gen.shape
     assert np.array_equal(a_fast, a_gen)
     assert torch.equal(new_fast, new_gen) and not new_fast.requires_grad
@@ -401,7 +401,7 @@ def test_act_errors_are_those_of_the_general_path(training: bool) -> None:
         ("not an array", None),
     ]
     for obs, state in bad_vectors:
-        message = _error(vec._act_general, obs, state)
+        message = _error(vec.act_general, obs, state)
         assert _error(vec.act, obs, state) == message
         assert all(m.training is training for m in vec.modules())
     img = _image_policy("ltc").train(training)
@@ -418,8 +418,8 @@ def test_act_errors_are_those_of_the_general_path(training: bool) -> None:
         (frame, torch.zeros(2, img.state_size)),
     ]
     for obs, state in bad_images:
-        message = _error(img._act_general, obs, state)
+        message = _error(img.act_general, obs, state)
         assert _error(img.act, obs, state) == message
         assert all(m.training is training for m in img.modules())
     huge = np.full(5, 1e300)  # finite float64 whose sum overflows: same outcome on both paths
-    assert _error(vec.act, huge, None) == _error(vec._act_general, huge, None)
+    assert _error(vec.act, huge, None) == _error(vec.act_general, huge, None)

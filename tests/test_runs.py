@@ -1,4 +1,4 @@
-"""Run folders, metrics logging and atomic writes (ltc_control.runs)."""
+"""Run folders, metrics logging (ltc_control.runs) and atomic writes (ltc_control.atomic)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ltc_control import runs
+from ltc_control import atomic
+from ltc_control.atomic import atomic_write_bytes, atomic_write_text
 from ltc_control.config import load_yaml
-from ltc_control.runs import MetricsLogger, atomic_write_bytes, atomic_write_text, create_run_dir, git_info
+from ltc_control.runs import MetricsLogger, create_run_dir, git_info
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pyt
     def boom(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"
@@ -98,7 +99,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pyt
 def test_atomic_open_uses_umask_mode_and_keeps_old_file_on_error(tmp_path) -> None:
     import os
 
-    from ltc_control.runs import atomic_open
+    from ltc_control.atomic import atomic_open
 
     target = tmp_path / "sub" / "data.bin"
     old = os.umask(0o022)

@@ -55,14 +55,15 @@ def _sync_time(fn: Callable[[], Any], min_time: float) -> float:
 
 
 def _build(config: str, unfolds: int) -> dict[str, dict[str, Any]]:
-    from ltc_control.bench import _build_wiring, _ncps_model
+    from ltc_speed import build_ncps_ltc, build_wiring
+
     from ltc_control.cells.ltc import LTCCell
     from ltc_control.interop import from_ncps
 
     dev = DEVICE[0]
-    wiring = _build_wiring(config)
+    wiring = build_wiring(config)
     torch.manual_seed(0)
-    ncps_model = _ncps_model(wiring, unfolds).to(dev)
+    ncps_model = build_ncps_ltc(wiring, unfolds).to(dev)
     ours = from_ncps(ncps_model).cell.to(dev)  # same weights
     edges = LTCCell(wiring, implementation="torch-edges", ode_unfolds=unfolds)
     edges.load_state_dict(ours.state_dict())
@@ -137,6 +138,7 @@ def _parity(ours: Any, wiring: Any) -> dict[str, float]:
             (y.square().sum() + h.sum()).backward()
             grads.append([y.detach(), xi.grad] + [p.grad for p in cell.parameters()])
         for a, b in zip(grads[1], grads[0]):
+            assert a is not None and b is not None, "every parameter gets a gradient"
             scale = float(b.abs().max()) or 1.0
             worst = max(worst, float((a - b).abs().max()) / scale)
         out[str(dtype).replace("torch.", "")] = worst

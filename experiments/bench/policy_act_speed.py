@@ -5,7 +5,7 @@ For each policy (vector observations into the lane-keeping NCP-19 LTC; the lane-
 
 * ``act``: ``Policy.act(obs, state)`` (the fast path for these calls), also inside ``torch.no_grad()`` as
   ``PolicyAgent`` calls it;
-* ``general``: ``Policy._act_general(obs, state)``, the pre-fast-path ``act`` kept verbatim as the fallback
+* ``general``: ``Policy.act_general(obs, state)``, the pre-fast-path ``act`` kept verbatim as the fallback
   (``obs[:, None]`` through ``forward`` under ``no_grad`` with ``eval()`` / ``train()`` around it);
 * ``networks``: only the network calls ``act`` makes, called directly under ``no_grad``: ``controller(x, h,
   dt)`` and ``action_head`` for vectors; image conversion, standardisation, ``perception``, ``controller`` and
@@ -73,7 +73,7 @@ def _check_identical(policy: Policy, obs: np.ndarray, steps: int = 120) -> None:
                 s_fast = s_gen = None  # episode reset
             o = obs if obs.dtype == np.uint8 else obs + rng.standard_normal(obs.shape).astype(obs.dtype)
             a_fast, s_fast = policy.act(o, s_fast)
-            a_gen, s_gen = policy._act_general(o, s_gen)
+            a_gen, s_gen = policy.act_general(o, s_gen)
             if not (np.array_equal(a_fast, a_gen) and torch.equal(s_fast, s_gen)):
                 raise AssertionError(f"fast and general act differ at step {t} (training={training})")
         if policy.training is not training:
@@ -132,7 +132,7 @@ def _bench(policy: Policy, obs: np.ndarray, calls: int, rounds: int) -> dict[str
         st_a[0] = policy.act(obs, st_a[0])[1]
 
     def general() -> None:
-        st_g[0] = policy._act_general(obs, st_g[0])[1]
+        st_g[0] = policy.act_general(obs, st_g[0])[1]
 
     def act_no_grad() -> None:  # a control loop that disables gradients itself (as PolicyAgent does)
         with torch.no_grad():

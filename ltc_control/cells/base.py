@@ -234,6 +234,21 @@ class RecurrentCell(nn.Module):
         return ys, hs
 
     # ------------------------------------------------------------------ validation helpers
+    def check_step(self, x: Tensor, h: Tensor, dt: float | Tensor) -> Tensor:
+        """Validates one step's arguments (input, state, ``dt``) and returns ``dt`` as a ``(B, 1)`` tensor.
+
+        Args:
+            x: input ``(B, input_size)``.
+            h: state ``(B, state_size)``.
+            dt: elapsed time, a float or a tensor of shape ``()``, ``(B,)`` or ``(B, 1)``.
+
+        Returns:
+            ``dt`` as ``(B, 1)`` on ``x``'s device in ``h``'s dtype.
+        """
+        self._check_input(x)
+        self._check_state(h, int(x.shape[0]))
+        return self._as_dt(dt, int(x.shape[0]), x.device, h.dtype)
+
     def _check_input(self, x: Tensor, name: str = "x") -> None:
         """Checks ``x`` is a ``(B, input_size)`` tensor with finite values (value check switchable)."""
         if not isinstance(x, Tensor):

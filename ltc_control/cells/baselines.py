@@ -37,13 +37,6 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _check_step(cell: RecurrentCell, x: Tensor, h: Tensor, dt: float | Tensor) -> Tensor:
-    """Validate one step's arguments with the base-class helpers; return ``dt`` as ``(B, 1)``."""
-    cell._check_input(x)
-    cell._check_state(h, int(x.shape[0]))
-    return cell._as_dt(dt, int(x.shape[0]), x.device, h.dtype)
-
-
 def _readout(hidden: int, output_size: int | None) -> nn.Module:
     return nn.Identity() if output_size is None else nn.Linear(hidden, output_size)
 
@@ -132,7 +125,7 @@ class LSTMCell(_GatedCell):
         Returns:
             ``(y (B, output_size), [h', c'] (B, 2 * hidden))``.
         """
-        _check_step(self, x, h, dt)
+        self.check_step(x, h, dt)
         hx, cx = h[:, : self.hidden], h[:, self.hidden :]
         gates = x @ self.weight_ih.T + self.bias_ih + hx @ self.weight_hh.T + self.bias_hh
         i, f, g, o = gates.chunk(4, dim=1)
@@ -176,7 +169,7 @@ class GRUCell(_GatedCell):
         Returns:
             ``(y (B, output_size), h' (B, hidden))``.
         """
-        _check_step(self, x, h, dt)
+        self.check_step(x, h, dt)
         gi = x @ self.weight_ih.T + self.bias_ih
         gh = h @ self.weight_hh.T + self.bias_hh
         i_r, i_z, i_n = gi.chunk(3, dim=1)
@@ -275,7 +268,7 @@ class CTRNNCell(RecurrentCell):
         Returns:
             ``(y (B, output_size), h' (B, units))``.
         """
-        step = _check_step(self, x, h, dt) / self.unfolds  # (B, 1)
+        step = self.check_step(x, h, dt) / self.unfolds  # (B, 1)
         drive_in = x @ self.input_weight.T + self.bias
         v = h
         if self.solver == "fused":

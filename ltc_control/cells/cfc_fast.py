@@ -1,76 +1,44 @@
-"""Fast CfC paths: a C forward kernel, a hand-written BPTT and cached no-grad steps (issue #4's CfC part).
+"""Fast CfC sequence and step paths: a hand-written BPTT over the layers of a
+:class:`~ltc_control.cells.cfc_plan.Plan`, the C forward kernel where it applies
+(:mod:`ltc_control.cells.cfc_kernel`), and cached no-grad steps.
 
-``CfCCell`` and ``WiredCfCCell`` (``ltc_control.cells.cfc``) run ``forward_sequence`` here, and
-``forward(x, h, dt)`` too when gradients are off. Their step-by-step ``forward`` with gradients on stays the
-slow, obviously-correct reference (ncps' arithmetic, module by module); ``tests/test_cfc.py`` holds every path
-here equal to it (float64: 1e-10 relative, outputs and gradients) and to ncps (float32: outputs 1e-6,
-gradients 1e-5 of the largest gradient; on the benchmark's NCP, B=32, T=64, all outputs and gradients agree
-with ncps within 1e-6 relative).
-
-What makes it faster:
-
-* **Heads concatenated.** Every layer's ``ff1``, ``ff2``, ``time_a``, ``time_b`` are one ``(4 n, F)`` matrix
-  (ncps: four matmuls), masks / sign constraints applied once per sequence call, not once per step.
-* **Input part hoisted.** Layer 0's (or the backbone's) input columns are one matmul over all ``T`` steps; the
-  recurrent columns of every layer are one block-diagonal matmul per step.
-* **Hand-written BPTT** (:class:`_CfCSequence`). The forward loop runs without an autograd graph. All
-  elementwise derivatives (``tanh'``, ``sigmoid'``, the gate mix, backbone activations, the latter taken from
-  autograd on the stacked pre-activations so every activation is exact) are computed for all steps at once,
-  so the backward loop is one broadcast multiply and one small matmul per layer and step; every weight
-  gradient is one matmul over all ``T * B`` rows. ``once_differentiable`` (no double backward).
-* **C forward kernel** (``csrc/cfc_kernel.c``, float32/float64, CPU): the no-grad batch-1 step of every cell,
-  and the forward of backbone-free cells (wired cells, dense cells with ``backbone_layers=0``) with or without
-  gradients (it also writes what the BPTT needs). Compiled lazily with the LTC kernel's compiler, flags and
-  cache (``ltc_control.cells.ltc_fast``); if that fails, one :class:`CfCKernelUnavailableWarning` and the
-  PyTorch paths run (same numbers); ``LTC_CONTROL_DISABLE_KERNEL=1`` switches it off; :func:`kernel_status`.
-* **Cached no-grad steps.** Effective weights, packed kernel weights and loop constants are cached on the
-  cell, keyed on every parameter's and buffer's identity and version counter (like ``LTCCell``'s cache).
-
-Measured (``ltc-control bench ltc --cfc-only``, ``experiments/results/cfc_speed.md``; CPU-time ratios against
-ncps 1.0.1's CfC with the same weights, interleaved in one process, 2-core shared CPU at load 4-6, one thread;
-batch 32 x 64 steps, 32 inputs; step = batch 1, no grad; repeated runs moved by about +-15%):
-
-==========================================  =======  =======  ============
-model (mode ``default``)                    train    forward  batch-1 step
-==========================================  =======  =======  ============
-wired NCP-19 (ncps-converted), before       0.87x    0.92x    0.82x
-wired NCP-19, vectorised autograd only      ~1.4x    --       --
-wired NCP-19, + hand-written BPTT           ~3.5x    ~2x      ~1.5x
-wired NCP-19, + C kernel (final)            5.8x     7.0x     5.1x (46 us)
-dense CfC(32, 19), backbone 128 (final)     2.1x     2.0x     2.3x (45 us)
-==========================================  =======  =======  ============
-
-``no_gate``: 6.9x / 7.0x / 4.5x wired, 2.2x / 1.8x / 1.5x dense; ``pure``: 5.3x / 10.6x / 2.9x wired, 1.8x /
-1.8x / 1.6x dense (ncps' pure mode has one head, so it is cheaper per step and the ratios differ).
-
-Not worth it (measured): the C kernel for the forward of cells *with* a backbone at batch 32 (11.1 ms vs
-5.3 ms for the batched PyTorch loop per 32 x 64 batch; blocking 8 samples per pass over the weights did not
-help: the scalar libm ``tanh`` of every backbone unit dominates), so those run the PyTorch loop (the kernel
-still does their batch-1 steps); autograd through the vectorised loop (about 1.4x ncps for training: per-op
-autograd overhead dominates at these sizes), replaced by the hand-written BPTT.
-Not tried: a C backward pass (the PyTorch BPTT is now about 60% of a wired training step), and
-``torch.lerp`` / ``addcmul`` rewrites of the update (fewer ops, but a different rounding from the reference).
+``CfCCell`` and ``WiredCfCCell`` (:mod:`ltc_control.cells.cfc`) run ``forward_sequence`` here
+(:func:`cfc_sequence` / :func:`cfc_states`), and ``forward(x, h, dt)`` too when gradients are off
+(:func:`cfc_step`, on weights cached on the cell by :func:`cached_plan`, keyed on every parameter's and
+buffer's identity and version counter). Their step-by-step ``forward`` with gradients on stays the slow,
+obviously-correct reference (ncps' arithmetic, module by module); ``tests/test_cfc.py`` holds every path here
+equal to it and to ncps. The backward (:class:`_CfCSequence`) is ``once_differentiable`` (no double backward).
+How the paths are made fast and what was measured is in ``docs/fast_paths.md``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import chain
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltc_control.cells import ltc_fast
+from ltc_control.cells.cfc_kernel import (
+    LAYER_META,
+    CfCKernelUnavailableWarning,
+    kernel_run,
+    kernel_status,
+    load_kernel,
+    pack,
+    use_kernel,
+)
+from ltc_control.cells.cfc_plan import Plan, PlanLayer, cell_layout
 
 if TYPE_CHECKING:
     from ltc_control.cells.cfc import CfCCell, WiredCfCCell
 
+
+# the kernel's public names are re-exported for code written against this module
 __all__ = [
     "CfCKernelUnavailableWarning",
     "Plan",
@@ -87,165 +55,10 @@ __all__ = [
 _VERSION = operator.attrgetter("_version")
 
 
-# --------------------------------------------------------------------------------------------- the plan
-@dataclass
-class _Layer:
-    """One CfC (sub-)cell with its effective weights; heads concatenated ``[ff1, ff2, time_a, time_b]``.
-
-    The first affine map reads ``[u, h_old]``: ``p0 = u @ wu.T + h_old @ wh.T + b0``. Without a backbone
-    ``p0`` are the heads' pre-activations; with one, ``z = act(p0)``, ``z = act(z @ W.T + b)`` for every
-    ``mlp`` entry, and the heads are ``z @ head_w.T + head_b``.
-    """
-
-    n: int
-    mode: str
-    wu: Tensor
-    wh: Tensor
-    b0: Tensor
-    mlp: list[tuple[Tensor, Tensor]] = field(default_factory=list)
-    head: tuple[Tensor, Tensor] | None = None
-    act: Callable[[Tensor], Tensor] | None = None
-    w_tau: Tensor | None = None
-    A: Tensor | None = None
-
-    @property
-    def heads(self) -> int:
-        return 1 if self.mode == "pure" else 4
-
-    @property
-    def width0(self) -> int:
-        return int(self.wu.shape[0])
-
-    def tensors(self) -> list[Tensor]:
-        out = [self.wu, self.wh, self.b0]
-        for w, b in self.mlp:
-            out += [w, b]
-        if self.head is not None:
-            out += list(self.head)
-        if self.mode == "pure":
-            assert self.w_tau is not None and self.A is not None
-            out += [self.w_tau, self.A]
-        return out
-
-    def with_tensors(self, ts: Sequence[Tensor]) -> _Layer:
-        it = iter(ts)
-        wu, wh, b0 = next(it), next(it), next(it)
-        mlp = [(next(it), next(it)) for _ in self.mlp]
-        head = (next(it), next(it)) if self.head is not None else None
-        w_tau, A = (next(it), next(it)) if self.mode == "pure" else (None, None)
-        return _Layer(self.n, self.mode, wu, wh, b0, mlp, head, self.act, w_tau, A)
-
-
-@dataclass
-class Plan:
-    """The effective weights of a CfC cell laid out for the fast paths (built by :func:`cfc_plan`).
-
-    ``layers`` run in order within a step (layer ``l > 0`` reads layer ``l - 1``'s new state); the state is
-    kept in layer order, ``perm`` maps the cell's state to it (``None``: the identity).
-    """
-
-    layers: list[_Layer]
-    perm: Tensor | None
-    inv_perm: Tensor | None
-
-    @property
-    def sizes(self) -> list[int]:
-        return [lay.n for lay in self.layers]
-
-    def tensors(self) -> list[Tensor]:
-        return [t for lay in self.layers for t in lay.tensors()]
-
-    def with_tensors(self, ts: Sequence[Tensor]) -> Plan:
-        out, i = [], 0
-        for lay in self.layers:
-            k = len(lay.tensors())
-            out.append(lay.with_tensors(ts[i : i + k]))
-            i += k
-        return Plan(out, self.perm, self.inv_perm)
-
-
-def _heads_of(
-    module: Any,
-    mode: str,
-    synaptic: Callable[[Tensor], Tensor] | None = None,
-    gate_mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``(W (H n, F), b (H n,))`` of a module's heads, masked / signed as the cells use them."""
-    syn = synaptic if synaptic is not None else (lambda w: w)
-    if mode == "pure":
-        return syn(module.ff1.weight), module.ff1.bias
-    gate = (lambda w: w) if gate_mask is None else (lambda w: w * gate_mask)
-    w = torch.cat(
-        [
-            syn(module.ff1.weight),
-            syn(module.ff2.weight),
-            gate(module.time_a.weight),
-            gate(module.time_b.weight),
-        ]
-    )
-    b = torch.cat([module.ff1.bias, module.ff2.bias, module.time_a.bias, module.time_b.bias])
-    return w, b
-
-
-class _LeCunConstants:
-    """``LeCunTanh`` with its two constants as 0-dim tensors of the weights' dtype: the same float operations
-    (a Python scalar is converted to the tensor's dtype the same way), but a tensor operand dispatches about
-    twice as fast as a Python scalar. Keeps the module (its type tells the C kernel which activation it is).
-    """
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
-        self.module = module
-        self.inner = torch.tensor(0.666, dtype=dtype, device=device)
-        self.outer = torch.tensor(1.7159, dtype=dtype, device=device)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.outer * torch.tanh(self.inner * x)
-
-
-def _fast_activation(
-    module: nn.Module, dtype: torch.dtype, device: torch.device
-) -> Callable[[Tensor], Tensor]:
-    """The backbone activation as the loops call it (see :class:`_LeCunConstants`); others unchanged."""
-    from ltc_control.cells.cfc import LeCunTanh
-
-    if type(module) is LeCunTanh:
-        return _LeCunConstants(module, dtype, device)
-    return module
-
-
 def cfc_plan(cell: CfCCell | WiredCfCCell) -> Plan:
-    """The effective weights of ``cell`` (computed with autograd, so gradients reach the parameters)."""
-    from ltc_control.cells.cfc import WiredCfCCell
-
-    if isinstance(cell, WiredCfCCell):
-        layers = []
-        for layer in cell._layers:
-            w, b = _heads_of(layer, layer.mode, layer._synaptic, layer.gate_mask)
-            k = layer.in_features
-            layers.append(
-                _Layer(layer.units, layer.mode, w[:, :k], w[:, k:], b, w_tau=layer.w_tau, A=layer.A)
-            )
-        return Plan(layers, cell.perm, cell.inv_perm)
-    s = cell.input_size
-    w, b = _heads_of(cell, cell.mode)
-    if cell.backbone is None:
-        lay = _Layer(cell.units, cell.mode, w[:, :s], w[:, s:], b, w_tau=cell.w_tau, A=cell.A)
-    else:
-        linears = [m for m in cell.backbone if isinstance(m, nn.Linear)]
-        first = linears[0]
-        lay = _Layer(
-            cell.units,
-            cell.mode,
-            first.weight[:, :s],
-            first.weight[:, s:],
-            first.bias,
-            mlp=[(m.weight, m.bias) for m in linears[1:]],
-            head=(w, b),
-            act=_fast_activation(cell.backbone[1], first.weight.dtype, first.weight.device),
-            w_tau=cell.w_tau,
-            A=cell.A,
-        )
-    return Plan([lay], None, None)
+    """The effective weights of ``cell`` (computed with autograd, so gradients reach the parameters); each
+    cell lays out its own (``CfCCell.plan`` / ``WiredCfCCell.plan``)."""
+    return cell.plan()
 
 
 # ------------------------------------------------------------------------------------------- forward
@@ -279,28 +92,12 @@ def _times(ts: Tensor | float, batch: int, like: Tensor) -> Tensor | None:
 _Spec = tuple[Any, ...]
 
 
-def _cell_layout(plan: Plan) -> list[int] | None:
-    """Where each layer starts in the cell's own state order, if every layer is a contiguous block there
-    (true for NCPs and ncps-converted wirings), else ``None``."""
-    if plan.perm is None:
-        return [0]
-    perm = plan.perm.tolist()
-    starts, off = [], 0
-    for n in plan.sizes:
-        block = perm[off : off + n]
-        if block != list(range(block[0], block[0] + n)):
-            return None
-        starts.append(block[0])
-        off += n
-    return starts
-
-
 def _prepare(
     plan: Plan, batch: int, like: Tensor, hoisted: bool, starts: list[int] | None = None
 ) -> tuple[Tensor, Tensor, list[_Spec]]:
     """Loop-invariant tensors: the transposed block-diagonal recurrent weight ``(N, sum of widths)``, every
     layer's first bias concatenated, and one tuple per layer for :func:`_layers_step` (with ``hoisted``,
-    layer 0's input part is left to the caller). With ``starts`` (see :func:`_cell_layout`) the state is
+    layer 0's input part is left to the caller). With ``starts`` (see :func:`cell_layout`) the state is
     read and written in the cell's own order, layer ``l`` at ``starts[l]:starts[l] + n_l``; otherwise in
     layer order."""
     layers = plan.layers
@@ -459,7 +256,7 @@ def _act_grad(act: Callable[[Tensor], Tensor], pre: Tensor) -> Tensor:
     return g
 
 
-def _coefficients(lay: _Layer, f: Tensor, s: Tensor, ts: Tensor | None) -> Tensor:
+def _coefficients(lay: PlanLayer, f: Tensor, s: Tensor, ts: Tensor | None) -> Tensor:
     """``d h' / d pre`` per head, ``(T, B, H n)``, so that the backward loop's step is one ``g * K``."""
     n = lay.n
     if lay.mode == "pure":
@@ -499,7 +296,7 @@ class _CfCSequence(torch.autograd.Function):
         plan = plan.with_tensors(weights)
         saved = _Saved([], [], [], [])
         with torch.no_grad():
-            states = _kernel_forward_saving(plan, x_tb, hold0, ts, resets, saved)
+            states = kernel_forward_saving(plan, x_tb, hold0, ts, resets, saved)
             if states is None:
                 states = _run(plan, x_tb, hold0, ts, resets, saved)
         ctx.plan, ctx.ts, ctx.resets, ctx.saved = plan, ts, resets, saved
@@ -618,204 +415,7 @@ class _CfCSequence(torch.autograd.Function):
         return (None, None, None, g_x, g_h0, *grads)
 
 
-# ------------------------------------------------------------------------------------------- C kernel
-_CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("cfc_kernel.c", "cfc_kernel_body.h")
-_ABI = 2
-_LAYER_META = 10
-_MAX_WIDTH = 4096  # csrc/cfc_kernel.c's CFC_MAX_WIDTH: wider layers run the PyTorch paths
-_MODE_CODES = {"default": 0, "no_gate": 1, "pure": 2}
-
-
-class CfCKernelUnavailableWarning(RuntimeWarning):
-    """The compiled CfC kernel could not be built or loaded; the PyTorch paths run instead (same numbers)."""
-
-
-class _Kernel:
-    """The loaded CfC kernel: ``forward[dtype](meta, B, T, w, x, h0, ts, ts_scalar, resets, out, save_f,
-    save_s)`` (see csrc/cfc_kernel.c)."""
-
-    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
-        self.lib = lib
-        self.path = path
-        p = ctypes.c_void_p
-        self.forward: dict[torch.dtype, Any] = {}
-        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
-            fn = getattr(lib, f"cfc_forward_{suffix}")
-            i64 = ctypes.c_int64
-            fn.argtypes = [p, i64, i64, p, p, p, p, ctypes.c_double, p, p, p, p]
-            fn.restype = ctypes.c_int
-            self.forward[dtype] = fn
-
-
-def _try_load(path: Path) -> _Kernel | None:
-    try:
-        lib = ctypes.CDLL(str(path))
-        if int(lib.cfc_kernel_abi()) != _ABI:
-            return None
-        return _Kernel(lib, path)
-    except (OSError, AttributeError):
-        return None
-
-
-def _build() -> _Kernel:
-    """Loads the cached library or compiles it (the LTC kernel's compiler, flags and cache directory)."""
-    return ltc_fast.build_cached_library("cfc_kernel", _SOURCES, _ABI, _try_load, "CfC kernel")
-
-
-def _message(exc: Exception) -> str:
-    return (
-        "ltc_control: the compiled CfC kernel is unavailable, so no-grad CfC steps and sequences run on the "
-        f"PyTorch path (slower, same numbers). Cause: {exc}. Fix: install a C compiler (e.g. "
-        "'apt-get install gcc') or point LTC_CONTROL_CC at one; set LTC_CONTROL_DISABLE_KERNEL=1 to silence "
-        "this warning."
-    )
-
-
-_LAZY: ltc_fast.LazyKernel[_Kernel] = ltc_fast.LazyKernel(
-    lambda: _build(), CfCKernelUnavailableWarning, _message
-)
-
-
-def load_kernel() -> _Kernel | None:
-    """The compiled CfC kernel, built on first use; ``None`` when unavailable.
-
-    The first failure issues one :class:`CfCKernelUnavailableWarning` naming the cause and the fix, and is
-    remembered for the process (:func:`kernel_status`). ``LTC_CONTROL_DISABLE_KERNEL=1`` disables this kernel
-    too, without a warning.
-    """
-    return _LAZY.load()
-
-
-def kernel_status() -> str:
-    """A one-line description of the CfC kernel's state (path loaded, or why it is unavailable)."""
-    return _LAZY.status
-
-
-def _reset_kernel_for_tests() -> None:
-    """Forgets the loaded kernel so that the next use rebuilds/reloads it (fallback tests only)."""
-    _LAZY.reset()
-
-
-_ACT_CODES: dict[str, int] = {"LeCunTanh": 1, "Tanh": 2, "ReLU": 3, "SiLU": 4, "GELU": 5}
-
-
-def _act_code(act: Any) -> int | None:
-    """The kernel's code for a backbone activation module, ``None`` if the kernel has no such activation."""
-    if act is None:
-        return 0
-    if isinstance(act, _LeCunConstants):
-        act = act.module
-    if type(act).__name__ == "GELU" and getattr(act, "approximate", "none") != "none":
-        return None
-    return _ACT_CODES.get(type(act).__name__)
-
-
-@dataclass
-class _Packed:
-    """A plan flattened for the kernel: ``meta`` (int64) and every weight in one buffer (see cfc_kernel.c)."""
-
-    meta: Tensor
-    w: Tensor
-    in_cell_order: bool  # the state is the cell's own order (else layer order: permute around the call)
-
-
-def _pack(plan: Plan, like: Tensor, layer_order: bool = False) -> _Packed | None:
-    """Packs ``plan`` (no gradients) for the kernel, or ``None`` where the kernel does not apply. The state is
-    in the cell's order where the layers are contiguous blocks of it, else (or with ``layer_order``) in layer
-    order."""
-    act = plan.layers[0].act
-    code = _act_code(act)
-    if code is None or like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
-        return None
-    starts = None if layer_order else _cell_layout(plan)
-    if starts is None:
-        starts = [sum(plan.sizes[:i]) for i in range(len(plan.layers))]
-        in_cell_order = plan.perm is None
-    else:
-        in_cell_order = True
-    n_total = sum(plan.sizes)
-    meta = [
-        0,
-        0,
-        int(plan.layers[0].wu.shape[1]),
-        n_total,
-        len(plan.layers),
-        _MODE_CODES[plan.layers[0].mode],
-        code,
-        0,
-    ]
-    chunks: list[Tensor] = []
-    off = 0
-    f_off = 0
-    s_off = 0
-    maxw = n_total
-    for l_id, lay in enumerate(plan.layers):
-        parts = [lay.wu.t(), lay.wh.t(), lay.b0]
-        units = 0
-        if lay.head is not None:
-            units = int(lay.head[0].shape[1])
-            parts += [t for w, b in lay.mlp for t in (w.t(), b)]
-            parts += [lay.head[0].t(), lay.head[1]]
-        if lay.mode == "pure":
-            assert lay.w_tau is not None and lay.A is not None
-            parts += [lay.w_tau, lay.A]
-        flat = torch.cat([t.reshape(-1) for t in parts]).to(like.dtype)
-        in_off = -1 if l_id == 0 else starts[l_id - 1]
-        meta += [lay.n, int(lay.wu.shape[1]), lay.width0, len(lay.mlp), units, starts[l_id], off, in_off]
-        meta += [f_off, s_off]  # where the backward pass's values go in a save_f / save_s row
-        maxw = max(maxw, lay.width0, units, lay.heads * lay.n)
-        chunks.append(flat)
-        off += flat.numel()
-        f_off += lay.n if lay.mode == "pure" else 2 * lay.n
-        s_off += lay.n
-    if maxw > _MAX_WIDTH:
-        return None
-    meta[0] = f_off
-    meta[7] = maxw
-    return _Packed(
-        torch.tensor(meta, dtype=torch.int64),
-        torch.cat(chunks).contiguous(),
-        in_cell_order,
-    )
-
-
-def _kernel_run(
-    kernel: _Kernel,
-    packed: _Packed,
-    x: Tensor,
-    h: Tensor,
-    ts: Tensor | float | None,
-    resets: Tensor | None,
-    save: tuple[Tensor, Tensor] | None = None,
-) -> Tensor:
-    """Runs the kernel on ``x (B, T, S)`` from ``h (B, N)`` (both in the kernel's state order, contiguous);
-    ``ts`` is ``None`` (1.0), a float or ``(B, T)`` contiguous, ``resets`` ``(B, T)`` or ``None``; ``save``:
-    contiguous ``(B, T, meta[0])`` and ``(B, T, N)`` buffers for the backward pass's values. Returns the
-    states ``(B, T, N)``."""
-    batch, steps = int(x.shape[0]), int(x.shape[1])
-    out = torch.empty(batch, steps, int(h.shape[1]), dtype=x.dtype)
-    ts_ptr = ts.data_ptr() if isinstance(ts, Tensor) else None
-    rc = kernel.forward[x.dtype](
-        packed.meta.data_ptr(),
-        batch,
-        steps,
-        packed.w.data_ptr(),
-        x.data_ptr(),
-        h.data_ptr(),
-        ts_ptr,
-        1.0 if ts is None or isinstance(ts, Tensor) else float(ts),
-        None if resets is None else resets.data_ptr(),
-        out.data_ptr(),
-        None if save is None else save[0].data_ptr(),
-        None if save is None else save[1].data_ptr(),
-    )
-    if rc != 0:
-        raise RuntimeError(f"the CfC kernel failed with code {rc} (meta {packed.meta.tolist()})")
-    return out
-
-
-def _kernel_forward_saving(
+def kernel_forward_saving(
     plan: Plan,
     x_tb: Tensor,
     hold0: Tensor,
@@ -832,7 +432,7 @@ def _kernel_forward_saving(
         return None
     if plan.layers[0].wu.dtype != x_tb.dtype or load_kernel() is None:
         return None
-    packed = _pack(plan.with_tensors([t.detach() for t in plan.tensors()]), x_tb, layer_order=True)
+    packed = pack(plan.with_tensors([t.detach() for t in plan.tensors()]), x_tb, layer_order=True)
     kernel = load_kernel()
     if packed is None or kernel is None:
         return None
@@ -843,11 +443,11 @@ def _kernel_forward_saving(
     )
     ts_bt = ts.transpose(0, 1).reshape(b, t).contiguous() if isinstance(ts, Tensor) else ts
     res = None if resets is None else resets.transpose(0, 1).reshape(b, t).contiguous()
-    out = _kernel_run(kernel, packed, x_tb.transpose(0, 1).contiguous(), hold0.contiguous(), ts_bt, res, save)
+    out = kernel_run(kernel, packed, x_tb.transpose(0, 1).contiguous(), hold0.contiguous(), ts_bt, res, save)
     meta = packed.meta.tolist()
     stacked = []
     for l_id, lay in enumerate(plan.layers):
-        m = meta[8 + _LAYER_META * l_id :]
+        m = meta[8 + LAYER_META * l_id :]
         width = lay.n if lay.mode == "pure" else 2 * lay.n
         stacked.append(
             (
@@ -930,7 +530,7 @@ def _kernel_sequence(
     if any(lay.head is not None for lay in plan.layers):
         return None
     packed = _step_prep(cell, plan, int(x.shape[0]), x)[3]
-    kernel = _use_kernel(packed, x, h, *(t for t in (dt, resets) if isinstance(t, Tensor)))
+    kernel = use_kernel(packed, x, h, *(t for t in (dt, resets) if isinstance(t, Tensor)))
     if kernel is None:
         return None
     assert packed is not None
@@ -938,7 +538,7 @@ def _kernel_sequence(
     hk = h if packed.in_cell_order else h[:, plan.perm]
     ts = dt.reshape(b, t).contiguous() if isinstance(dt, Tensor) else dt
     res = None if resets is None else resets.reshape(b, t).contiguous()
-    out = _kernel_run(kernel, packed, x.contiguous(), hk.contiguous(), ts, res)
+    out = kernel_run(kernel, packed, x.contiguous(), hk.contiguous(), ts, res)
     return out if packed.in_cell_order else out[..., plan.inv_perm]
 
 
@@ -979,9 +579,9 @@ def _step_prep(cell: CfCCell | WiredCfCCell, plan: Plan, batch: int, like: Tenso
     """The per-(plan, batch size, dtype) constants of :func:`cfc_step`, cached on the cell."""
     prep = cell._step_cache
     if prep is None or prep[0] is not plan or prep[1] != batch or prep[2] != like.dtype:
-        starts = _cell_layout(plan)
+        starts = cell_layout(plan)
         weights_dtype = plan.layers[0].wu.dtype
-        packed = _pack(plan, like) if like.dtype == weights_dtype else None
+        packed = pack(plan, like) if like.dtype == weights_dtype else None
         prep = (
             plan,
             batch,
@@ -992,16 +592,6 @@ def _step_prep(cell: CfCCell | WiredCfCCell, plan: Plan, batch: int, like: Tenso
         )
         cell._step_cache = prep
     return prep
-
-
-def _use_kernel(packed: _Packed | None, *tensors: Tensor) -> _Kernel | None:
-    """The kernel if ``packed`` exists and every tensor is a CPU tensor of the packed dtype, else ``None``."""
-    if packed is None:
-        return None
-    dtype = packed.w.dtype
-    if any(t.dtype != dtype or t.device.type != "cpu" for t in tensors):
-        return None
-    return load_kernel()
 
 
 def cfc_step(cell: CfCCell | WiredCfCCell, x: Tensor, h: Tensor, ts: Tensor) -> Tensor:
@@ -1018,11 +608,11 @@ def cfc_step(cell: CfCCell | WiredCfCCell, x: Tensor, h: Tensor, ts: Tensor) -> 
     plan = cached_plan(cell)
     batch = int(x.shape[0])
     _, _, _, packed, in_place, wrec_t, bias, specs = _step_prep(cell, plan, batch, x)
-    kernel = _use_kernel(packed, x, h, ts)
+    kernel = use_kernel(packed, x, h, ts)
     if kernel is not None:
         assert packed is not None
         hk = h if packed.in_cell_order else h[:, plan.perm]
-        out = _kernel_run(kernel, packed, x.contiguous()[:, None], hk.contiguous(), ts.contiguous(), None)[
+        out = kernel_run(kernel, packed, x.contiguous()[:, None], hk.contiguous(), ts.contiguous(), None)[
             :, 0
         ]
         return out if packed.in_cell_order else out[:, plan.inv_perm]

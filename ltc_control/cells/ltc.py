@@ -13,49 +13,12 @@ One input step of length ``dt`` is ``K = ode_unfolds`` fused semi-implicit Euler
     v_j <- (cm_j/h v_j + gleak_j vleak_j + sum_i s_ij erev_ij + sum_k r_kj sensory_erev_kj)
            / (cm_j/h + gleak_j + sum_i s_ij + sum_k r_kj + epsilon)
 
-Implementation registry (for fast paths)
-----------------------------------------
-The math of one input step lives in :func:`reference_step` (and :func:`reference_sequence` for whole
-sequences), a plain function of the *effective* parameters. A fast implementation is any object with
-
-``available(device: torch.device) -> bool``
-    whether it can run on ``device`` (e.g. a compiled extension loaded, CUDA present).
-``step(params, x_mapped, v, dt, unfolds, eps) -> v_new``
-    ``params``: ``dict[str, Tensor]`` from :meth:`LTCCell.effective_parameters` (see below); ``x_mapped``:
-    ``(B, S)`` inputs after the input mapping; ``v``: ``(B, N)`` state; ``dt``: ``(B, 1)`` step length (> 0);
-    ``unfolds``: int K; ``eps``: float. Returns the new state ``(B, N)``; must support autograd through every
-    tensor argument when gradients are enabled (or not claim availability when it cannot).
-``sequence(params, x_mapped, v0, dt, reset, unfolds, eps) -> states`` (optional)
-    ``x_mapped``: ``(B, T, S)``; ``v0``: ``(B, N)``; ``dt``: ``(B, T, 1)``; ``reset``: ``(B, T, 1)`` 0/1 or
-    ``None``, where 1 sets the state to zero (the initial state) *before* step t (``v = (1 - d) * v``).
-    Returns all states ``(B, T, N)``. Without it the cell loops over ``step``.
-``dtypes`` (optional attribute)
-    a collection of supported ``torch.dtype``; ``"auto"`` skips the implementation for other dtypes.
-
-Optional inference hooks (no autograd graph): when gradients are off, or on but no tensor involved requires
-grad, :meth:`LTCCell.forward` and :meth:`LTCCell.forward_sequence` hand the *whole* step to these, skipping
-their own value checks, input mapping and readout (a batch-1 control step is then one native call):
-
-``forward_step(params, maps, x, v, dt, unfolds, eps, validate) -> (y, v_new) | None``
-    ``maps``: the cell's :class:`Mappings` (raw ``input_w``/``input_b``/``output_w``/``output_b``, each may
-    be ``None``, and ``output_size`` M); ``x``: ``(B, S)`` *raw* inputs; ``v``: ``(B, N)``; ``dt``: a float
-    (already checked finite and > 0) or a ``(B,)`` / ``(B, 1)`` tensor; ``validate``: when true the hook must
-    raise ``ValueError`` for non-finite ``x`` and for ``dt`` values that are not finite and > 0 (the messages
-    of :meth:`LTCCell.forward`). Returns ``y (B, M) = readout(v_new)`` and ``v_new (B, N)``, or ``None`` to
-    decline (e.g. mixed dtypes); the cell then runs its general path.
-``forward_sequence(params, maps, x, v0, dt, reset, unfolds, eps, validate) -> (y, h_T) | None``
-    the same for ``x (B, T, S)``; ``dt`` a float or a ``(B, T)`` tensor; ``reset`` ``None`` or ``(B, T)``
-    (1 zeroes the state before step t). Returns ``y (B, T, M)`` and the last state ``(B, N)``, or ``None``.
-
-The cell hands the hooks only canonical argument forms (shapes already checked); anything else (a 0-d ``dt``,
-``(B, T, 1)`` tensors, wrong shapes) goes through the general path, which is also where shape errors are
-raised.
-
-Register it with ``register_implementation("name", impl, priority=10)``. ``LTCCell(implementation="auto")``
-(the default) picks, per device and dtype, the available registered implementation with the highest priority,
-else ``"reference"``; ``implementation="name"`` forces one (error if unavailable);
-``cell.implementation_name`` reports which one ran last. ``"auto"`` imports ``ltc_control.cells.ltc_fast`` and
-``ltc_control.cells.ltc_cuda`` once (if they import) so that their implementations register themselves.
+The math of one input step lives in :mod:`ltc_control.cells.ltc_math` (:func:`reference_step`, a plain
+function of the *effective* parameters); fast implementations plug in through the registry of
+:mod:`ltc_control.cells.ltc_registry`, whose module docstring is the contract they implement.
+``LTCCell(implementation="auto")`` (the default) picks, per device and dtype, the available registered
+implementation with the highest priority, else ``"reference"``; ``cell.implementation_name`` reports which one
+ran last.
 
 ``params`` keys (all tensors on the cell's device/dtype; effective = constraint applied):
 ``gleak (N)`` >= 0, ``vleak (N)``, ``cm (N)`` >= 0, ``sigma (N,N)``, ``mu (N,N)``, ``w (N,N)`` >= 0 with the
@@ -66,12 +29,10 @@ sparsity mask already multiplied in, ``erev (N,N)``, ``sensory_sigma (S,N)``, ``
 
 from __future__ import annotations
 
-import importlib
 import math
 import operator
-import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +40,23 @@ from torch import Tensor, nn
 
 from ltc_control.cells import base as _base
 from ltc_control.cells.base import RecurrentCell
+from ltc_control.cells.ltc_math import (
+    Mappings,
+    reference_diagnostics,
+    reference_sequence,
+    reference_step,
+)
+from ltc_control.cells.ltc_registry import (
+    RESERVED,
+    LTCImplementation,
+    available_implementations,
+    get_implementation,
+    is_registered,
+    register_implementation,
+    registry_version,
+    select_implementation,
+    unregister_implementation,
+)
 from ltc_control.wirings import Wiring
 
 __all__ = [
@@ -95,7 +73,6 @@ __all__ = [
     "unregister_implementation",
 ]
 
-Params = Mapping[str, Tensor]
 
 #: Initialisation ranges (uniform) of the raw parameters, identical to ncps 1.0.1.
 INIT_RANGES: dict[str, tuple[float, float]] = {
@@ -109,7 +86,11 @@ INIT_RANGES: dict[str, tuple[float, float]] = {
     "sensory_sigma": (3.0, 8.0),
     "sensory_mu": (0.3, 0.8),
 }
+
+
 _POSITIVE = ("gleak", "cm", "w", "sensory_w")
+
+
 #: parameters and buffers the effective parameters are computed from (the no-grad cache watches them)
 _EFFECTIVE_SOURCES = (
     "gleak",
@@ -124,266 +105,31 @@ _EFFECTIVE_SOURCES = (
     "sensory_w",
     "sensory_erev",
 )
+
+
 _MASKS = ("sparsity_mask", "sensory_sparsity_mask")
+
+
 #: every parameter an LTCCell may own, in ncps' naming (the affine maps exist only for their mapping option)
 PARAMETER_NAMES: tuple[str, ...] = (*_EFFECTIVE_SOURCES, "input_w", "input_b", "output_w", "output_b")
+
+
 _SOURCES_OF = operator.itemgetter(*_EFFECTIVE_SOURCES)
+
+
 _MASKS_OF = operator.itemgetter(*_MASKS)
+
+
 _VERSION = operator.attrgetter("_version")
+
+
 _INF = math.inf
+
+
 _MAPPINGS = ("affine", "linear", "none")
+
+
 _CONSTRAINTS = ("softplus", "clamp")
-
-
-class Mappings(NamedTuple):
-    """The input and output mappings of an :class:`LTCCell`, as handed to the inference hooks.
-
-    Attributes:
-        input_w: ``(S,)`` input scale or ``None`` (``input_mapping="none"``).
-        input_b: ``(S,)`` input offset or ``None`` (``"linear"`` / ``"none"``).
-        output_w: ``(M,)`` output scale or ``None``.
-        output_b: ``(M,)`` output offset or ``None``.
-        output_size: number of motor neurons ``M`` (the first ``M`` state entries are read out).
-    """
-
-    input_w: Tensor | None
-    input_b: Tensor | None
-    output_w: Tensor | None
-    output_b: Tensor | None
-    output_size: int
-
-
-# ----------------------------------------------------------------------------------------- reference math
-def _sensory_terms(params: Params, x_mapped: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Sensory activations ``r (B, S, N)`` and their reductions ``(sum r*E (B, N), sum r (B, N))``."""
-    r = params["sensory_w"] * torch.sigmoid(
-        params["sensory_sigma"] * (x_mapped.unsqueeze(-1) - params["sensory_mu"])
-    )
-    return r, (r * params["sensory_erev"]).sum(dim=1), r.sum(dim=1)
-
-
-def _synaptic_activation(params: Params, v: Tensor) -> Tensor:
-    """Synaptic conductances ``s (B, N, N)``, ``s[b, i, j]`` for synapse i -> j at presynaptic state ``v``."""
-    return params["w"] * torch.sigmoid(params["sigma"] * (v.unsqueeze(-1) - params["mu"]))
-
-
-def reference_step(
-    params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
-) -> Tensor:
-    """One input step: ``unfolds`` fused semi-implicit Euler steps (the slow, obviously-correct path).
-
-    Args:
-        params: effective parameters (see the module docstring).
-        x_mapped: ``(B, S)`` inputs after the input mapping.
-        v: ``(B, N)`` state before the step.
-        dt: ``(B, 1)`` step length per sample (> 0).
-        unfolds: number of solver sub-steps K.
-        eps: added to the denominator to avoid a division by zero.
-
-    Returns:
-        ``(B, N)`` state after the step.
-    """
-    _, num_sens, den_sens = _sensory_terms(params, x_mapped)
-    cm_t = params["cm"] / (dt / unfolds)
-    gleak = params["gleak"]
-    gleak_vleak = gleak * params["vleak"]
-    erev = params["erev"]
-    for _ in range(unfolds):
-        s = _synaptic_activation(params, v)
-        numerator = cm_t * v + gleak_vleak + ((s * erev).sum(dim=1) + num_sens)
-        denominator = cm_t + gleak + (s.sum(dim=1) + den_sens)
-        v = numerator / (denominator + eps)
-    return v
-
-
-def reference_sequence(
-    params: Params,
-    x_mapped: Tensor,
-    v0: Tensor,
-    dt: Tensor,
-    reset: Tensor | None,
-    unfolds: int,
-    eps: float,
-) -> Tensor:
-    """Runs :func:`reference_step` over a sequence.
-
-    Args:
-        params: effective parameters.
-        x_mapped: ``(B, T, S)`` mapped inputs.
-        v0: ``(B, N)`` initial state.
-        dt: ``(B, T, 1)`` step lengths.
-        reset: ``(B, T, 1)`` 0/1 (1 zeroes the state before step t) or None.
-        unfolds: solver sub-steps per input step.
-        eps: denominator epsilon.
-
-    Returns:
-        ``(B, T, N)`` states after every step.
-    """
-    v = v0
-    states = []
-    for t in range(x_mapped.shape[1]):
-        if reset is not None:
-            v = (1.0 - reset[:, t]) * v
-        v = reference_step(params, x_mapped[:, t], v, dt[:, t], unfolds, eps)
-        states.append(v)
-    return torch.stack(states, dim=1)
-
-
-def reference_diagnostics(
-    params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
-) -> dict[str, Tensor]:
-    """Runs one input step and returns the currents and liquid time constants of its last unfold.
-
-    Returns:
-        ``state (B, N)`` new state; ``sensory_current`` ``sum_k r (sensory_erev - v)``; ``synaptic_current``
-        ``sum_i s (erev - v)``; ``conductance`` ``gleak + sum s + sum r``; ``tau`` ``cm / conductance`` (all
-        ``(B, N)``, evaluated at the pre-update state of the last unfold).
-    """
-    r, num_sens, den_sens = _sensory_terms(params, x_mapped)
-    cm_t = params["cm"] / (dt / unfolds)
-    gleak = params["gleak"]
-    erev = params["erev"]
-    s = _synaptic_activation(params, v)
-    v_pre = v
-    for _ in range(unfolds):
-        v_pre = v
-        s = _synaptic_activation(params, v)
-        numerator = cm_t * v + gleak * params["vleak"] + ((s * erev).sum(dim=1) + num_sens)
-        denominator = cm_t + gleak + (s.sum(dim=1) + den_sens)
-        v = numerator / (denominator + eps)
-    conductance = gleak + s.sum(dim=1) + den_sens
-    return {
-        "state": v,
-        "sensory_current": (r * (params["sensory_erev"] - v_pre.unsqueeze(1))).sum(dim=1),
-        "synaptic_current": (s * (erev - v_pre.unsqueeze(1))).sum(dim=1),
-        "conductance": conductance,
-        "tau": params["cm"] / conductance,
-    }
-
-
-# ----------------------------------------------------------------------------------------- registry
-@runtime_checkable
-class LTCImplementation(Protocol):
-    """What an LTC implementation provides (``sequence`` and ``dtypes`` are optional; see the module doc)."""
-
-    def available(self, device: torch.device) -> bool: ...
-
-    def step(
-        self, params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
-    ) -> Tensor: ...
-
-
-class _Reference:
-    """The reference implementation as a registry entry."""
-
-    def available(self, device: torch.device) -> bool:
-        return True
-
-    def step(
-        self, params: Params, x_mapped: Tensor, v: Tensor, dt: Tensor, unfolds: int, eps: float
-    ) -> Tensor:
-        return reference_step(params, x_mapped, v, dt, unfolds, eps)
-
-    def sequence(
-        self,
-        params: Params,
-        x_mapped: Tensor,
-        v0: Tensor,
-        dt: Tensor,
-        reset: Tensor | None,
-        unfolds: int,
-        eps: float,
-    ) -> Tensor:
-        return reference_sequence(params, x_mapped, v0, dt, reset, unfolds, eps)
-
-
-_REFERENCE = _Reference()
-_REGISTRY: dict[str, tuple[Any, int]] = {}
-_REGISTRY_VERSION = [0]
-_BUILTINS_LOADED = [False]
-_LOCK = threading.Lock()
-_RESERVED = ("auto", "reference")
-
-
-def register_implementation(name: str, impl: Any, priority: int = 0) -> None:
-    """Registers (or replaces) an LTC implementation under ``name``.
-
-    Args:
-        name: registry name (not ``"auto"`` or ``"reference"``).
-        impl: an object with ``available(device)`` and ``step(...)`` (optionally ``sequence(...)`` and
-            ``dtypes``), or a zero-argument class/factory returning one.
-        priority: ``"auto"`` prefers higher priorities among available implementations.
-
-    Raises:
-        ValueError: reserved or empty name, or ``impl`` lacks ``available``/``step``.
-    """
-    if not isinstance(name, str) or not name or name in _RESERVED:
-        raise ValueError(
-            f"implementation name must be a non-empty string other than {list(_RESERVED)}, got {name!r}"
-        )
-    if not (hasattr(impl, "available") and hasattr(impl, "step")) and callable(impl):
-        impl = impl()
-    if not (callable(getattr(impl, "available", None)) and callable(getattr(impl, "step", None))):
-        raise ValueError(
-            f"implementation {name!r} must provide available(device) and "
-            "step(params, x, v, dt, unfolds, eps), "
-            f"got {type(impl).__name__}"
-        )
-    with _LOCK:
-        _REGISTRY[name] = (impl, int(priority))
-        _REGISTRY_VERSION[0] += 1
-
-
-def unregister_implementation(name: str) -> None:
-    """Removes a registered implementation (no error if absent)."""
-    with _LOCK:
-        if _REGISTRY.pop(name, None) is not None:
-            _REGISTRY_VERSION[0] += 1
-
-
-def _load_builtins() -> None:
-    if _BUILTINS_LOADED[0]:
-        return
-    _BUILTINS_LOADED[0] = True
-    for module in ("ltc_control.cells.ltc_fast", "ltc_control.cells.ltc_cuda"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            # The fast paths are optional (e.g. no compiler); the reference path always works.
-            pass
-
-
-def available_implementations(device: torch.device | str | None = None) -> list[str]:
-    """Names of the registered implementations (plus ``"reference"``), optionally only those available on
-    ``device``, highest priority first."""
-    _load_builtins()
-    names = [n for n, _ in sorted(_REGISTRY.items(), key=lambda kv: -kv[1][1])]
-    if device is not None:
-        dev = torch.device(device)
-        names = [n for n in names if _safe_available(_REGISTRY[n][0], dev)]
-    return names + ["reference"]
-
-
-def get_implementation(name: str) -> Any:
-    """Returns the implementation object registered as ``name`` (``"reference"`` included)."""
-    if name == "reference":
-        return _REFERENCE
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown LTC implementation {name!r}; registered: {available_implementations()}")
-    return _REGISTRY[name][0]
-
-
-def _safe_available(impl: Any, device: torch.device) -> bool:
-    try:
-        return bool(impl.available(device))
-    except Exception:
-        return False
-
-
-def _supports_dtype(impl: Any, dtype: torch.dtype) -> bool:
-    dtypes = getattr(impl, "dtypes", None)
-    return dtypes is None or dtype in dtypes
 
 
 # ----------------------------------------------------------------------------------------- the cell
@@ -530,9 +276,8 @@ class LTCCell(RecurrentCell):
 
     @implementation.setter
     def implementation(self, name: str) -> None:
-        if name not in _RESERVED:
-            _load_builtins()
-            if name not in _REGISTRY:
+        if name not in RESERVED:
+            if not is_registered(name):
                 raise ValueError(
                     f"unknown LTC implementation {name!r}; choose 'auto' or one of "
                     f"{available_implementations()}"
@@ -549,32 +294,11 @@ class LTCCell(RecurrentCell):
 
     def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, Any, Any, Any]:
         """``(name, implementation, forward_step hook or None, forward_sequence hook or None)``."""
-        key = (device, dtype, _REGISTRY_VERSION[0])
+        key = (device, dtype, registry_version())
         hit = self._resolved.get(key)
         if hit is not None:
             return hit
-        req = self._implementation
-        if req == "reference":
-            found: tuple[str, Any] = ("reference", _REFERENCE)
-        elif req == "auto":
-            _load_builtins()
-            found = ("reference", _REFERENCE)
-            for name, (impl, _prio) in sorted(_REGISTRY.items(), key=lambda kv: -kv[1][1]):
-                if _supports_dtype(impl, dtype) and _safe_available(impl, device):
-                    found = (name, impl)
-                    break
-        else:
-            if req not in _REGISTRY:
-                raise ValueError(
-                    f"LTC implementation {req!r} is no longer registered; use 'auto' or 'reference'"
-                )
-            impl = _REGISTRY[req][0]
-            if not _safe_available(impl, device):
-                raise ValueError(
-                    f"LTC implementation {req!r} is not available on device {device}; "
-                    "use 'auto' or 'reference'"
-                )
-            found = (req, impl)
+        found = select_implementation(self._implementation, device, dtype)
         hooks = (getattr(found[1], "forward_step", None), getattr(found[1], "forward_sequence", None))
         out = (found[0], found[1], *(h if callable(h) else None for h in hooks))
         self._resolved = {key: out}

@@ -1,12 +1,9 @@
 """Fused LTC on CUDA: the whole sequence (all steps, all unfolds) in one kernel launch, compiled at run time.
 
-Why. On a GPU the per-op LTC (the reference path, ``ncps``, and even the edge-list ``"torch-edges"`` path)
-is bound by kernel launches, not arithmetic: every one of the ``T * K`` solver unfolds is several tiny
-kernels, and the backward pass doubles them. Here one launch runs the forward pass of a whole batch and one
-runs its BPTT backward (``csrc/ltc_kernel_cuda.cu``): one thread block per sample, one thread per neuron
-summing its own incoming synapses (sorted by postsynaptic neuron, so the cost grows with the number of
-synapses, not ``N ** 2``), the presynaptic gradient gathered through a second index sorted by presynaptic
-neuron. No atomics: results are deterministic.
+One launch runs the forward pass of a whole batch and one runs its BPTT backward
+(``csrc/ltc_kernel_cuda.cu``): one thread block per sample, one thread per neuron summing its own incoming
+synapses (sorted by postsynaptic neuron), the presynaptic gradient gathered through a second index sorted by
+presynaptic neuron. No atomics: results are deterministic. Why this layout is fast: ``docs/fast_paths.md``.
 
 Building. The kernel source is compiled with NVRTC, which ships with the CUDA build of PyTorch: no nvcc, host
 compiler or CUDA toolkit is needed. The binary is cached in the same directory as the CPU kernel
@@ -36,27 +33,26 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ltc_control.cells.ltc_fast import (
+from ltc_control.cells.kernels import cache_dir, load_cached_binary
+from ltc_control.cells.ltc_edges import (
     PARAM_NAMES,
+    EdgeCache,
     EdgeList,
-    _cache_dir,
-    _dt_strides,
-    _EdgeCache,
-    _param_list,
-    _PerDeviceCache,
-    _reduce_to,
+    PerDeviceCache,
     canonical_dt_starts,
+    dt_strides,
+    param_list,
+    reduce_to,
 )
 
 __all__ = [
@@ -155,34 +151,6 @@ def _nvrtc_compile(source: bytes, arch: str, lib: Any) -> bytes:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-_T = TypeVar("_T")
-
-
-def load_cached_binary(target: Path, build: Callable[[], bytes], load: Callable[[bytes], _T]) -> _T:
-    """``load`` of the binary cached at ``target``, built with ``build`` (and cached atomically: temp file,
-    then rename) when the file is missing, empty, or fails to load (a damaged or truncated file is rebuilt
-    and replaced, once). A cache folder that cannot be written only costs a rebuild next time.
-    """
-    cached = target.read_bytes() if target.is_file() else b""
-    if cached:
-        try:
-            return load(cached)
-        except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it below
-            pass
-    binary = build()
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}_", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(binary)
-        os.replace(tmp, target)
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return load(binary)
-
-
 def compile_cuda_kernels(device: torch.device | str | int | None = None) -> CudaKernels:
     """Compiles (or loads from the cache) the CUDA kernels for ``device``'s architecture.
 
@@ -203,7 +171,7 @@ def compile_cuda_kernels(device: torch.device | str | int | None = None) -> Cuda
     key = hashlib.sha256(
         source + f"\0{arch}\0{_nvrtc_version(lib)}\0{torch.version.cuda}".encode()
     ).hexdigest()[:20]
-    cache = _cache_dir()
+    cache = cache_dir()
     target = cache / f"ltc_kernel_cuda_sm{arch}_{key}.cubin"
     names = [n for pair in _NAMES.values() for n in pair]
 
@@ -391,8 +359,8 @@ class _CudaLTCFunction(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[4:])
         states = torch.empty(b, t, n, dtype=x.dtype, device=x.device)
         vstore = torch.empty(b, t, unfolds, n, dtype=x.dtype, device=x.device) if need_grad else states
-        dsb, dst = _dt_strides(dt, b, t)
-        ssb, sst = _dt_strides(starts, b, t) if starts is not None else (0, 0)
+        dsb, dst = dt_strides(dt, b, t)
+        ssb, sst = dt_strides(starts, b, t) if starts is not None else (0, 0)
         e, es = csr.num_edges, csr.num_sensory_edges
         m = max(e, es, 1)
         shared = _shared_bytes("forward", n, s, x.dtype, 2 * m)
@@ -545,7 +513,7 @@ class _CudaLTCFunction(torch.autograd.Function):
         out: list[Tensor | None] = [None, None, None, None]
         out.append(gx if needs[4] else None)
         out.append(gh0 if needs[5] else None)
-        out.append(_reduce_to(gdt, dt.shape) if need_dt else None)
+        out.append(reduce_to(gdt, dt.shape) if need_dt else None)
         out.append(None)
         out.extend(g if needs[8 + i] else None for i, g in enumerate(grads))
         return tuple(out)
@@ -661,8 +629,8 @@ class FusedCudaImplementation:
         launchers with ``("cpu",)``)."""
         self._kernels = kernels
         self._device_types = tuple(device_types)
-        self._edges = _EdgeCache()
-        self._csr: _PerDeviceCache[CsrEdges] = _PerDeviceCache(CsrEdges.from_edge_list)
+        self._edges = EdgeCache()
+        self._csr: PerDeviceCache[CsrEdges] = PerDeviceCache(CsrEdges.from_edge_list)
         # gathered per-synapse parameters for calls without autograd (control loops), keyed on the parameter
         # tensors' identities and version counters: a changed or replaced parameter misses the cache
         self._gathered: tuple[tuple[Any, ...], tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
@@ -690,12 +658,13 @@ class FusedCudaImplementation:
     ) -> Tensor:
         """All states ``(B, T, N)`` (see ``ltc_control.cells.ltc`` for the argument contract)."""
         dt2, starts = canonical_dt_starts(dt, reset)
-        plist = _param_list(params)
+        plist = param_list(params)
         kernels = self._get_kernels(x_mapped.device)
         if kernels is None or not fits_shared_memory(v0.shape[-1], x_mapped.shape[-1], x_mapped.dtype):
-            from ltc_control.cells.ltc_fast import _TORCH_EDGES
+            from ltc_control.cells.ltc_registry import get_implementation
 
-            return _TORCH_EDGES.sequence(params, x_mapped, v0, dt, reset, unfolds, eps)
+            torch_edges = get_implementation("torch-edges")
+            return torch_edges.sequence(params, x_mapped, v0, dt, reset, unfolds, eps)  # type: ignore[no-any-return]
         csr = self._csr_for(params, x_mapped.device)
         if torch.is_grad_enabled():
             return ltc_sequence_cuda(x_mapped, v0, dt2, starts, plist, csr, unfolds, eps, kernels)
@@ -713,9 +682,9 @@ class FusedCudaImplementation:
 
 
 def _register() -> None:
-    from ltc_control.cells import ltc as _ltc
+    from ltc_control.cells import ltc_registry
 
-    _ltc.register_implementation("fused-cuda", FusedCudaImplementation(), priority=30)
+    ltc_registry.register_implementation("fused-cuda", FusedCudaImplementation(), priority=30)
 
 
 _register()

@@ -9,9 +9,10 @@ Example:
 
 Modules: :mod:`~ltc_control.inspection.trace` (the :class:`Trace` file format), :mod:`.recorder`,
 :mod:`.analysis` (PCA, Lipschitz profile, correlations), :mod:`.plots`, :mod:`.saliency`,
-:mod:`.perturbation` and :mod:`.report`. Nothing here imports the env or the agents: the closed-loop
-pipeline (recording a rollout of a checkpoint in an env, ``ltc-control inspect``) sits above, in the agents
-layer, and hands this package the policy, the recorded trace and the closed loop as functions.
+:mod:`.perturbation`, :mod:`.report` and :mod:`.rerun_log` (a trace as a Rerun recording). Nothing here
+imports the env or the agents: the closed-loop pipeline (recording a rollout of a checkpoint in an env,
+``ltc-control inspect``) sits above, in the agents layer, and hands this package the policy, the recorded
+trace and the closed loop as functions.
 """
 
 from ltc_control.inspection.analysis import PCAResult, correlations, lipschitz_profile, pca
@@ -34,6 +35,7 @@ from ltc_control.inspection.plots import (
 )
 from ltc_control.inspection.recorder import Recording, record
 from ltc_control.inspection.report import InspectionResult, report_from_trace, write_html_report
+from ltc_control.inspection.rerun_log import record_rerun
 from ltc_control.inspection.saliency import (
     input_gradient_saliency,
     policy_saliency,
@@ -68,6 +70,7 @@ __all__ = [
     "plot_wiring_graph",
     "policy_saliency",
     "record",
+    "record_rerun",
     "report_from_trace",
     "saliency_robustness",
     "saliency_ssim",

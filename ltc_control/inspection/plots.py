@@ -236,6 +236,7 @@ def _layer_columns(trace: Trace) -> tuple[list[str], dict[str, np.ndarray]]:
     return columns, members
 
 
+# over 120 lines: one figure drawn top to bottom (layout, edges, nodes, labels, legend) on shared coordinates
 def wiring_graph_figure(trace: Trace, color_by: str = "activity") -> Figure:
     """The wiring by layers: synapse polarity (colour), weight (line width), nodes coloured by a statistic.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import gymnasium as gym
 import numpy as np
@@ -570,7 +572,9 @@ def test_inspection_recorder_reads_a_ppo_trained_policy() -> None:
 
 
 # ------------------------------------------------------------------------------------------- benchmark
-def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
+def test_benchmark_run_with_vecnormalize_and_gsde(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType]
+) -> None:
     """A tiny benchmark run (LTC and LSTM, VecNormalize of observations and rewards, gSDE) writes its record,
     the VecNormalize statistics and the model; evaluation uses the saved statistics; the summary is
     written."""
@@ -578,14 +582,9 @@ def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
 
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from ltc_control.agents.sb3_bench import (
-        BenchmarkConfig,
-        PPOConfig,
-        RunSpec,
-        evaluate_model,
-        run_one,
-        summarize,
-    )
+    bench = load_bench("rl_bench")
+    BenchmarkConfig, PPOConfig, RunSpec = bench.BenchmarkConfig, bench.PPOConfig, bench.RunSpec
+    evaluate_model, run_one, summarize = bench.evaluate_model, bench.run_one, bench.summarize
 
     config = BenchmarkConfig(
         env_id="PendulumNoVel-v1",
@@ -640,8 +639,8 @@ def test_benchmark_run_with_vecnormalize_and_gsde(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "tiny.png").is_file() and (tmp_path / "results" / "tiny.csv").is_file()
 
 
-def test_benchmark_difference_to_lstm_is_welch() -> None:
-    from ltc_control.agents.sb3_bench import _differences_to_lstm
+def test_benchmark_difference_to_lstm_is_welch(load_bench: Callable[[str], ModuleType]) -> None:
+    _differences_to_lstm = load_bench("rl_bench")._differences_to_lstm
 
     rows = [
         {"model": "ltc", "seeds": 5, "eval_return_mean": -150.0, "eval_return_std": 10.0},

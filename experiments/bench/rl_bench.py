@@ -6,7 +6,8 @@ deterministic evaluation, wall time, steps per second, parameter counts) to ``ru
 record exists are skipped, so an interrupted benchmark resumes where it stopped. :func:`summarize` turns the
 records into a table (Markdown + CSV, mean and spread over seeds) and a learning-curve plot.
 
-Entry point: ``experiments/rl_benchmark.py`` (``--config experiments/configs/rl_pendulum_novel.yaml``).
+Entry points: ``experiments/rl_benchmark.py`` (``--config experiments/configs/rl_pendulum_novel.yaml``) or
+``ltc-control bench rl`` (the same options) from a checkout.
 """
 
 from __future__ import annotations
@@ -702,3 +703,17 @@ def _plot(config: BenchmarkConfig, records: list[dict[str, Any]], path: Path) ->
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "ltc-control bench rl") -> int:
+    """Entry point (``ltc-control bench rl`` / ``experiments/rl_benchmark.py``): parse the config, run the
+    missing runs (or only re-write the summary with ``--summary-only``) and print the summary."""
+    from ltc_control.config import make_parser, parse_args_and_config
+
+    parser = make_parser(BenchmarkConfig, description=(__doc__ or "").split("\n\n")[0], prog=prog)
+    parser.add_argument("--summary-only", action="store_true", help="only re-write the table and the plot")
+    parser.add_argument("--no-resume", action="store_true", help="retrain runs whose record exists")
+    config, ns = parse_args_and_config(BenchmarkConfig, argv, parser)
+    path = summarize(config) if ns.summary_only else run_benchmark(config, resume=not ns.no_resume)
+    print(path.read_text())
+    return 0
