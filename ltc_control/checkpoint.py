@@ -384,7 +384,7 @@ def _load_tensors(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
 
 
 #: The keys of ``model.json`` (format version 1); missing or unknown ones make the file invalid.
-_TOP_LEVEL = {
+_TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
     "format": str,
     "format_version": int,
     "created": str,
