@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ltc_control.agents.collection import CollectConfig, EpisodeTask, expert_tasks, run_tasks
-from ltc_control.agents.datasets import DemoDataset, WindowBatch, split_road_seeds
+from ltc_control.agents.datasets import DatasetError, DemoDataset, WindowBatch, split_road_seeds
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import BCConfig, TrainConfig
 from ltc_control.agents.minari_io import is_minari_source, minari_road_seeds
@@ -437,6 +437,12 @@ class _Trainer:
             pred, _ = self.model(obs, episode_starts=starts)
             loss = curve_weighted_mse(pred, labels, bc.curve_alpha)
             if not torch.isfinite(loss):
+                if not bool(torch.isfinite(labels).all()):
+                    raise DatasetError(
+                        f"the training labels hold NaN or inf (a batch at step {self.state['step']}); the "
+                        f"dataset {self.data_dir()} is damaged: check it with 'ltc-control dataset summary "
+                        "--verify' and collect it again"
+                    )
                 raise FloatingPointError(
                     f"training loss became {float(loss)} at step {self.state['step']}; lower "
                     "bc.lr_controller / "
