@@ -657,7 +657,9 @@ def parse_args_and_config(
         cfg = dataclass_from_args(cls, ns, base)
         cfg = apply_overrides(cfg, ns.overrides)
     except (ConfigError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+        # one line naming the key and the fix (no usage dump: the flags were well-formed, a value was not)
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
     return cfg, ns
 
 
