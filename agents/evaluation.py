@@ -183,12 +183,13 @@ class EvalReport:
             "summary_csv": out / "summary.csv",
             "episodes_csv": out / "episodes.csv",
         }
-        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2, default=str).encode())
         atomic_write_bytes(paths["summary_csv"], _csv_bytes([lv.flat() for lv in self.levels]))
         atomic_write_bytes(paths["episodes_csv"], _csv_bytes([dataclasses.asdict(e) for e in self.episodes]))
         if plot:
             paths["plot"] = out / "crashes_per_km.png"
             self.plot(paths["plot"])
+        # the report last: where evaluation.json exists, every other file of the report does too
+        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2, default=str).encode())
         return paths
 
     def plot(self, path: str | os.PathLike[str]) -> Path:

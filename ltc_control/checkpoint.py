@@ -270,11 +270,10 @@ def save_checkpoint(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        save_file(
-            weights,
-            str(tmp / MODEL_WEIGHTS),
-            metadata={"format": FORMAT, "wiring_sha256": _wiring_digest(policy)},
-        )
+        # one metadata key: safetensors writes several in a random order, and a checkpoint's bytes must
+        # depend on its contents only (a resumed run's files equal an uninterrupted run's)
+        header = json.dumps({"format": FORMAT, "wiring_sha256": _wiring_digest(policy)}, sort_keys=True)
+        save_file(weights, str(tmp / MODEL_WEIGHTS), metadata={"ltc_control": header})
         _fsync_file(tmp / MODEL_WEIGHTS)
         trainer_ref = None
         if trainer_tree is not None:
@@ -528,7 +527,8 @@ def _check_consistent(policy: Policy, weights: Mapping[str, torch.Tensor], d: Pa
         from safetensors import safe_open
 
         with safe_open(str(weights_path), framework="pt") as fh:
-            stored = (fh.metadata() or {}).get("wiring_sha256")
+            header = (fh.metadata() or {}).get("ltc_control")
+        stored = json.loads(header).get("wiring_sha256") if header else None  # absent in older checkpoints
     except Exception as exc:  # noqa: BLE001 - already read once above; report it the same way
         raise CheckpointError(
             f"checkpoint file {str(weights_path)!r} is corrupt or truncated ({exc})"

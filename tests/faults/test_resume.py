@@ -79,6 +79,7 @@ def test_train_interrupted_and_resumed_is_bit_identical(
     rng = random.Random(int(sig))
     started = lambda: (root / "runs").is_dir() and any((root / "runs").glob("*/metrics.csv"))  # noqa: E731
     rc, err = interrupt_cli(["train", "--config", "cfg.yaml", "--no-progress"], root, sig, started, rng, 0.8)
+    print(f"train: exit status {rc} after the signal")
     assert rc in (0, interrupted_status(sig)), err
     run = _run_dir(root)
     if rc != 0:
@@ -91,3 +92,97 @@ def test_train_interrupted_and_resumed_is_bit_identical(
     assert got["metrics"] == reference["metrics"], _first_difference(got["metrics"], reference["metrics"])
     assert got == reference
     assert not (run / ".lock").exists()
+
+
+# ------------------------------------------------------------------------------------------- dataset collect
+COLLECT = [
+    "dataset",
+    "collect",
+    "--num_roads",
+    "8",
+    "--episodes_per_chunk",
+    "2",
+    "--workers",
+    "0",
+    "--max_steps",
+    "100",
+    "--env.kwargs",
+    "{image_height: 16, image_width: 32, road_length: 40.0}",
+    "--no-progress",
+]
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_collect_interrupted_and_resumed_gives_identical_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli_main([*COLLECT, "--out", "reference"]) == 0
+    rng = random.Random(3)
+    out = tmp_path / "data"
+    rc, err = interrupt_cli(
+        [*COLLECT, "--out", str(out)],
+        tmp_path,
+        signal.SIGTERM,
+        lambda: (out / "manifest.json").is_file(),
+        rng,
+        1.0,
+    )
+    print(f"collect: exit status {rc} after the signal")
+    assert rc in (0, 143), err
+    assert "Traceback" not in err and not (out / ".lock").exists()
+    if rc != 0:
+        assert cli_main([*COLLECT, "--out", str(out), "--resume"]) == 0
+    assert _folder_bytes(out) == _folder_bytes(tmp_path / "reference")
+
+
+# -------------------------------------------------------------------------------------------------- evaluate
+EVALUATE = [
+    "evaluate",
+    "expert",
+    "--seeds",
+    "1000-1002",
+    "--noise",
+    "0,0.1",
+    "--workers",
+    "0",
+    "--max_steps",
+    "30",
+    "--env_kwargs",
+    "{image_height: 16, image_width: 32, road_length: 12.0}",
+    "--no-progress",
+]
+
+
+def _evaluation(folder: Path) -> dict[str, object]:
+    doc = json.loads((folder / "evaluation.json").read_text())
+    doc.pop("elapsed_s")
+    return {
+        "json": doc,
+        "summary": (folder / "summary.csv").read_text(),
+        "episodes": (folder / "episodes.csv").read_text(),
+    }
+
+
+def test_evaluate_interrupted_and_resumed_gives_identical_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli_main([*EVALUATE, "--out", "reference"]) == 0
+    out = tmp_path / "eval"
+    journal = out / ".evaluation.partial.jsonl"
+    rc, err = interrupt_cli(
+        [*EVALUATE, "--out", str(out)], tmp_path, signal.SIGINT, journal.is_file, random.Random(4), 1.0
+    )
+    print(f"evaluate: exit status {rc} after the signal")
+    assert rc in (0, 130), err
+    assert "Traceback" not in err and not (out / ".lock").exists()
+    if rc != 0:
+        assert journal.is_file()  # marks the folder unfinished until the whole report is written
+        assert cli_main([*EVALUATE, "--out", str(out)]) == 2  # refused without --resume
+        assert cli_main([*EVALUATE, "--out", str(out), "--resume"]) == 0
+    assert _evaluation(out) == _evaluation(tmp_path / "reference")
+    assert not journal.exists()
