@@ -300,12 +300,19 @@ def run_tasks(
     Episodes are written in task order, ``config.episodes_per_chunk`` per chunk.
 
     Returns:
-        ``{"new_episodes", "skipped", "completed", "steps"}`` for the tasks run now.
+        ``{"new_episodes", "skipped", "completed", "steps"}`` for the tasks run now, and ``"all_episodes"``,
+        ``"all_completed"``, ``"all_steps"`` over every task (run now or before an interrupt; with
+        ``finalize_totals`` after the run).
     """
     writer = DatasetWriter(out_dir, episodes_per_chunk=config.episodes_per_chunk, metadata=metadata)
     done = writer.keys
     todo = [t for t in tasks if t.key not in done]
     stats = {"new_episodes": 0, "skipped": len(tasks) - len(todo), "completed": 0, "steps": 0}
+    wanted = {t.key for t in tasks}
+    earlier = [e for c in writer.manifest["chunks"] for e in c["episodes"] if e["key"] in wanted]
+    stats["all_episodes"] = len(earlier) + len(todo)
+    stats["all_completed"] = sum(bool(e["completed"]) for e in earlier)
+    stats["all_steps"] = sum(int(e["length"]) for e in earlier)
     if not todo:
         return stats
     bar = tqdm(total=len(todo), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
@@ -315,6 +322,8 @@ def run_tasks(
         stats["new_episodes"] += 1
         stats["completed"] += int(ep.completed)
         stats["steps"] += ep.length
+        stats["all_completed"] += int(ep.completed)
+        stats["all_steps"] += ep.length
         bar.update(1)
         bar.set_postfix(steps=stats["steps"], clean=f"{stats['completed']}/{stats['new_episodes']}")
 

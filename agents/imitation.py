@@ -162,8 +162,10 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
         while state["round"] <= cfg.dagger.rounds:
             round_ = state["round"]
             if not state["round_done"]:
-                if round_ > 0:
+                if round_ > 0 and state["collected_round"] < round_:
                     trainer.collect_dagger(round_, trainer.ckpt_dir / f"round{round_ - 1}")
+                    state["collected_round"] = round_
+                    trainer.save_state()  # the resume point moves past the collection and its log row
                 source = trainer.data_source()  # our dataset folder, or a Minari dataset
                 train_data = open_demos(source, road_seeds=train_seeds)
                 val_data = open_demos(source, road_seeds=val_seeds, sources=["expert"])

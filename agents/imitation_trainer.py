@@ -200,6 +200,7 @@ class _Trainer:
             "round_scores": {},  # round -> closed-loop validation score
             "train_seconds": 0.0,
             "metrics_rows": 0,  # rows of metrics.csv at the resume point
+            "collected_round": 0,  # the last DAgger round whose episodes are all collected
         }
         self.logger: Any = None
         if dist.main:
@@ -250,7 +251,8 @@ class _Trainer:
         extra = dict(trainer_state["extra"])
         extra["round_scores"] = {int(k): v for k, v in json.loads(extra["round_scores"]).items()}
         extra["best_val"] = float(extra["best_val"])
-        for key in ("round", "epoch", "step", "bad_epochs"):
+        extra.setdefault("collected_round", 0)
+        for key in ("round", "epoch", "step", "bad_epochs", "collected_round"):
             extra[key] = int(extra[key])
         extra["round_done"] = bool(extra["round_done"])
         extra["train_seconds"] = float(extra["train_seconds"])
@@ -362,16 +364,17 @@ class _Trainer:
                 desc=f"dagger round {round_}",
                 torch_threads=1,
             )
-            if stats["new_episodes"]:
-                self.log(
-                    {
-                        "dagger/round": round_,
-                        "dagger/beta": beta,
-                        "dagger/episodes": stats["new_episodes"],
-                        "dagger/steps": stats["steps"],
-                        "dagger/completed_fraction": stats["completed"] / stats["new_episodes"],
-                    }
-                )
+            # the whole round's episodes (also those collected before an interrupt): a resumed round logs
+            # the same row as an uninterrupted one
+            self.log(
+                {
+                    "dagger/round": round_,
+                    "dagger/beta": beta,
+                    "dagger/episodes": stats["all_episodes"],
+                    "dagger/steps": stats["all_steps"],
+                    "dagger/completed_fraction": stats["all_completed"] / max(1, stats["all_episodes"]),
+                }
+            )
         self.dist.barrier()
 
     # -------------------------------------------------------------------------------------------- training

@@ -4,8 +4,10 @@ files as an uninterrupted run with the same seed (issue #15 item 1 and the inter
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,57 @@ def test_evaluate_interrupted_and_resumed_gives_identical_metrics(
         assert cli_main([*EVALUATE, "--out", str(out), "--resume"]) == 0
     assert _evaluation(out) == _evaluation(tmp_path / "reference")
     assert not journal.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- DAgger
+DAGGER_YAML = (
+    TRAIN_YAML.replace("epochs: 6", "epochs: 3")
+    .replace(
+        "env: {kwargs: {image_height: 16, image_width: 32}}",
+        "env: {kwargs: {image_height: 16, image_width: 32, road_length: 12.0}}",
+    )
+    .replace("eval: {num_roads: 0}", "eval: {num_roads: 0, max_steps: 20}")
+    .replace("demos: {dir: DATA,", "demos: {max_steps: 40,")
+    + "dagger: {rounds: 1, episodes_per_round: 2, epochs_per_round: 2, max_steps: 30}\n"
+)
+
+
+_SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))
+
+
+def _has_metrics(runs: Path) -> Callable[[], bool]:
+    return lambda: any(runs.glob("*/metrics.csv"))
+
+
+def _dagger_files(run: Path, data: Path) -> dict[str, object]:
+    files = _final_files(run)
+    manifest = json.loads((data / "manifest.json").read_text())
+    files["chunks"] = {p.name: p.read_bytes() for p in sorted(data.glob("chunk_*.npz"))}
+    files["manifest_chunks"] = manifest["chunks"]
+    return files
+
+
+def test_dagger_interrupted_and_resumed_is_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = []
+    for name, sig in (("reference", None), ("interrupted", signal.SIGINT)):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "cfg.yaml").write_text(DAGGER_YAML)  # demonstrations collected into the run folder
+        monkeypatch.chdir(root)
+        args = ["train", "--config", "cfg.yaml", "--no-progress"]
+        if sig is None:
+            assert cli_main(args) == 0
+        else:
+            # interrupt somewhere in behaviour cloning, the DAgger collection or the DAgger round
+            rc, err = interrupt_cli(args, root, sig, _has_metrics(root / "runs"), random.Random(_SEED), 3.0)
+            print(f"dagger: exit status {rc} after the signal")
+            assert rc in (0, 130), err
+            if rc != 0:
+                assert cli_main(["train", "--resume", str(_run_dir(root)), "--no-progress"]) == 0
+        results.append(_dagger_files(_run_dir(root), _run_dir(root) / "data"))
+    assert results[0]["metrics"] == results[1]["metrics"], _first_difference(
+        results[0]["metrics"], results[1]["metrics"]
+    )
+    assert results[0] == results[1]
