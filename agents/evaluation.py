@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -409,19 +410,27 @@ def _read_journal(path: Path) -> dict[tuple[float, int], EpisodeMetrics]:
     if not path.is_file():
         return done
     names = [f.name for f in dataclasses.fields(EpisodeMetrics)]
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            doc = json.loads(line)
+            entry = json.loads(line)
+            doc = entry["episode"]
+            if entry["sha256"] != _digest(doc):
+                continue  # damaged: the episode runs again
             ep = EpisodeMetrics(**{k: _nan(doc[k]) for k in names})
         except (ValueError, KeyError, TypeError):
-            continue  # the line being written when the process stopped
+            continue  # the line being written when the process stopped, or a damaged one
         done[(float(ep.noise_variance), int(ep.seed))] = ep
     return done
 
 
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def _append_journal(path: Path, ep: EpisodeMetrics) -> None:
+    doc = ep.to_dict()
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(ep.to_dict()) + "\n")
+        fh.write(json.dumps({"episode": doc, "sha256": _digest(doc)}) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

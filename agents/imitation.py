@@ -16,8 +16,10 @@ The pipeline that :func:`train` runs (and ``ltc-control train`` / ``experiments/
 5. closed-loop evaluation of the best checkpoint on held-out road seeds (``ltc_control.agents.evaluation``).
 
 Everything lands in a run folder (``ltc_control.runs``): resolved config, command line, git commit, metrics
-CSV + TensorBoard, the dataset, checkpoints and the evaluation report. Ctrl-C saves the last checkpoint and
-the trainer state and exits cleanly; ``train(config, resume=run_dir)`` (``--resume RUN_DIR``) continues.
+CSV + TensorBoard, the dataset, checkpoints and the evaluation report. The resume point (``checkpoints/last``
+with the optimizer and trainer state) is written at every epoch and round boundary; Ctrl-C / SIGTERM exit
+cleanly and ``train(config, resume=run_dir)`` (``--resume RUN_DIR``) continues from that point, giving the
+same files bit for bit as an uninterrupted run.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the trainer runs data-parallel with DistributedDataParallel (gloo on
 CPU, nccl on GPU): rank 0 collects and writes, every rank trains on its share of each epoch's windows.
@@ -44,12 +46,13 @@ from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import TrainConfig, TrainResult
 from ltc_control.agents.imitation_trainer import _copy_checkpoint, _seeds_of, _setup_dist, _Trainer
 from ltc_control.agents.minari_io import open_demos
-from ltc_control.checkpoint import load_checkpoint
-from ltc_control.config import ConfigError, load_yaml
+from ltc_control.checkpoint import checkpoint_info, load_checkpoint
+from ltc_control.config import ConfigError, from_dict, load_yaml, to_yaml, yaml_load
+from ltc_control.errors import RunFolderError
 from ltc_control.locking import FolderLock
-from ltc_control.runs import atomic_write_json, create_run_dir
+from ltc_control.runs import atomic_write_json, atomic_write_text, create_run_dir
 
-__all__ = ["check_train_config", "select_round", "train"]
+__all__ = ["check_train_config", "load_run_config", "select_round", "train"]
 
 
 def select_round(scores: dict[int, dict[str, float]]) -> int:
@@ -101,6 +104,44 @@ def check_train_config(config: TrainConfig) -> None:
             )
 
 
+def load_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    """The config of a training run folder, which must be complete (as ``train`` wrote it).
+
+    A ``config.yaml`` with keys missing would silently resume with defaults in their place, so every key
+    must be present with the value it loads as.
+
+    Raises:
+        RunFolderError: no such folder / no ``config.yaml``, or an incomplete one (the message names it).
+        ConfigError: invalid YAML, unknown keys, wrong types.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RunFolderError(
+            f"{run_dir} is not a training run folder (no config.yaml); pass the folder 'ltc-control train' "
+            "printed"
+        )
+    config = load_yaml(TrainConfig, path)
+    written = yaml_load(path.read_text(encoding="utf-8"))
+    if written != yaml_load(to_yaml(config)):
+        raise RunFolderError(
+            f"{path} is incomplete or was edited (it differs from the config it loads as, e.g. a key is "
+            "missing); restore it, or pass changes with --set on --resume"
+        )
+    last = Path(run_dir) / "checkpoints" / "last"
+    if (last / "model.json").is_file():
+        trained = (checkpoint_info(last).get("metadata") or {}).get("train_config")
+        try:
+            same = from_dict(TrainConfig, trained) == config if isinstance(trained, dict) else True
+        except ConfigError:
+            same = False
+        if not same:
+            raise RunFolderError(
+                f"{path} differs from the config {last} was trained with (edited or damaged); restore it, "
+                "or pass changes with --set on --resume"
+            )
+    return config
+
+
 def _new_run_dir(config: TrainConfig, argv: Sequence[str] | None) -> Path:
     return create_run_dir(config.out_dir, config.env.id, config.name, config.seed, config=config, argv=argv)
 
@@ -123,17 +164,15 @@ def train(
         argv: the command line recorded in the run folder (``sys.argv`` when None).
 
     Returns:
-        A :class:`TrainResult`. On Ctrl-C the last checkpoint and trainer state are saved first and the
-        result has ``interrupted=True``.
+        A :class:`TrainResult`. On Ctrl-C / SIGTERM nothing more is saved: the resume point is the last
+        finished epoch (as after a SIGKILL), and the result has ``interrupted=True``.
     """
+    saved: TrainConfig | None = None
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(
-                f"{run_dir} is not a training run folder (no config.yaml); pass the folder train() printed"
-            )
+        saved = load_run_config(run_dir)
         if config is None:
-            config = load_yaml(TrainConfig, run_dir / "config.yaml")
+            config = saved
     config = config if config is not None else TrainConfig()
     check_train_config(config)
     dist = _setup_dist(config.bc.device)
@@ -143,6 +182,9 @@ def train(
         if resume is None:
             run_dir = dist.broadcast(_new_run_dir(config, argv) if dist.main else None)
         with FolderLock(run_dir) if dist.main else contextlib.nullcontext():
+            if resume is not None and dist.main and config != saved:
+                # --set on --resume: the run goes on with the new values, and its record says so
+                atomic_write_text(run_dir / "config.yaml", to_yaml(config))
             trainer = _Trainer(config, run_dir, dist, progress)
             return _run(trainer, resumed=resume is not None)
     finally:

@@ -14,6 +14,7 @@ __all__ = [
     "InputError",
     "LockedError",
     "OutputExistsError",
+    "RunFolderError",
     "one_line",
 ]
 
@@ -32,6 +33,10 @@ class OutputExistsError(ExpectedError, FileExistsError):
 
 class LockedError(ExpectedError, RuntimeError):
     """Another live process writes to the same folder (its lock file names the pid and host)."""
+
+
+class RunFolderError(ExpectedError, ValueError):
+    """A run folder's record (config, metrics, resume state) is missing, damaged or inconsistent (named)."""
 
 
 def one_line(exc: BaseException) -> str:
