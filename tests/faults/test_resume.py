@@ -72,7 +72,7 @@ def train_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     return data, _final_files(_run_dir(root))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["sigint"])  # SIGTERM: the collect and DAgger tests
 def test_train_interrupted_and_resumed_is_bit_identical(
     tmp_path: Path, train_reference: tuple[Path, dict[str, object]], sig: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,14 +192,14 @@ def test_evaluate_interrupted_and_resumed_gives_identical_metrics(
 
 # ---------------------------------------------------------------------------------------------------- DAgger
 DAGGER_YAML = (
-    TRAIN_YAML.replace("epochs: 6", "epochs: 3")
+    TRAIN_YAML.replace("epochs: 6", "epochs: 2")
     .replace(
         "env: {kwargs: {image_height: 16, image_width: 32}}",
         "env: {kwargs: {image_height: 16, image_width: 32, road_length: 12.0}}",
     )
     .replace("eval: {num_roads: 0}", "eval: {num_roads: 0, max_steps: 20}")
     .replace("demos: {dir: DATA,", "demos: {max_steps: 40,")
-    + "dagger: {rounds: 1, episodes_per_round: 2, epochs_per_round: 2, max_steps: 30}\n"
+    + "dagger: {rounds: 1, episodes_per_round: 2, epochs_per_round: 1, max_steps: 30}\n"
 )
 
 
@@ -222,7 +222,7 @@ def test_dagger_interrupted_and_resumed_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     results = []
-    for name, sig in (("reference", None), ("interrupted", signal.SIGINT)):
+    for name, sig in (("reference", None), ("interrupted", signal.SIGTERM)):
         root = tmp_path / name
         root.mkdir()
         (root / "cfg.yaml").write_text(DAGGER_YAML)  # demonstrations collected into the run folder
@@ -232,9 +232,9 @@ def test_dagger_interrupted_and_resumed_is_bit_identical(
             assert cli_main(args) == 0
         else:
             # interrupt somewhere in behaviour cloning, the DAgger collection or the DAgger round
-            rc, err = interrupt_cli(args, root, sig, _has_metrics(root / "runs"), random.Random(_SEED), 3.0)
+            rc, err = interrupt_cli(args, root, sig, _has_metrics(root / "runs"), random.Random(_SEED), 2.0)
             print(f"dagger: exit status {rc} after the signal")
-            assert rc in (0, 130), err
+            assert rc in (0, 143), err
             if rc != 0:
                 assert cli_main(["train", "--resume", str(_run_dir(root)), "--no-progress"]) == 0
         results.append(_dagger_files(_run_dir(root), _run_dir(root) / "data"))
