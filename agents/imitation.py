@@ -45,7 +45,7 @@ from ltc_control.agents.episode import check_env
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import TrainConfig, TrainResult
 from ltc_control.agents.imitation_trainer import _copy_checkpoint, _seeds_of, _setup_dist, _Trainer
-from ltc_control.agents.minari_io import open_demos
+from ltc_control.agents.minari_io import is_minari_source, open_demos
 from ltc_control.checkpoint import checkpoint_info, load_checkpoint
 from ltc_control.config import ConfigError, from_dict, load_yaml, to_yaml, yaml_load
 from ltc_control.errors import RunFolderError
@@ -79,22 +79,34 @@ def select_round(scores: dict[int, dict[str, float]]) -> int:
 def check_train_config(config: TrainConfig) -> None:
     """Check what the config validation alone cannot, before any work starts (issue: errors hours late).
 
-    Builds the env once from ``env.id`` / ``env.kwargs`` and compares its observation and action shapes with
-    the policy's; an existing dataset at ``demos.dir`` must hold images of the policy's shape.
+    Builds the env once from ``env.id`` / ``env.kwargs`` (when the run will use it: to collect, for DAgger or
+    the closed-loop evaluation) and compares its observation and action shapes with the policy's; an existing
+    dataset at ``demos.dir`` must hold images of the policy's shape; a Minari ``demos.dir`` rules out DAgger.
 
     Raises:
         InputError / ConfigError / DatasetError: the message names the key and the fix.
     """
     pol = config.policy
     obs_shape = tuple(pol.image_shape) if pol.observation == "image" else (pol.vector_size,)
-    check_env(
-        config.env.id,
-        config.env.kwargs,
-        observation_shape=obs_shape,
-        action_size=pol.action_size,
-        what="env (env.id / env.kwargs)",
-    )
-    if config.demos.dir and (Path(config.demos.dir) / MANIFEST_NAME).is_file():
+    demos = config.demos.dir
+    minari = bool(demos) and is_minari_source(demos)
+    if minari and config.dagger.rounds:
+        raise ConfigError(
+            f"demos.dir={demos!r} is a Minari dataset, which DAgger rounds cannot append their learner "
+            "episodes to; set dagger.rounds=0, or train from our format (collect with 'ltc-control dataset "
+            "collect')"
+        )
+    existing = minari or (bool(demos) and (Path(demos) / MANIFEST_NAME).is_file())
+    if not existing or config.dagger.rounds or config.eval.num_roads:
+        # the env will be used (collection, DAgger, closed-loop evaluation): build it once now
+        check_env(
+            config.env.id,
+            config.env.kwargs,
+            observation_shape=obs_shape,
+            action_size=pol.action_size,
+            what="env (env.id / env.kwargs)",
+        )
+    if demos and not minari and (Path(demos) / MANIFEST_NAME).is_file():
         manifest = read_manifest(config.demos.dir)
         shape = manifest.get("image_shape")
         if pol.observation == "image" and shape is not None and tuple(shape) != obs_shape:

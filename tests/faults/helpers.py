@@ -52,7 +52,7 @@ def interrupt_cli(
     """Start ``ltc-control ARGS``, wait until ``started()`` holds, then a random delay, then send ``sig``.
 
     Returns:
-        ``(exit status, stderr)``; the process may have finished before the signal (status 0).
+        ``(exit status, stdout + stderr)``; the process may have finished before the signal (status 0).
     """
     proc = subprocess.Popen(
         cli_command(args), cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -63,8 +63,8 @@ def interrupt_cli(
     time.sleep(rng.uniform(0.0, max_delay))
     if proc.poll() is None:
         proc.send_signal(sig)
-    _, err = proc.communicate(timeout=timeout)
-    return proc.returncode, err
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
 
 
 def interrupted_status(sig: int) -> int:
