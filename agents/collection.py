@@ -23,6 +23,7 @@ from ltc_control.agents.datasets import MANIFEST_NAME, DatasetWriter, Episode
 from ltc_control.agents.episode import PolicyAgent, StepRecord, make_env, run_episode
 from ltc_control.agents.experts import ExpertConfig, NoiseConfig, NoisyAgent, SteeringNoise, make_expert
 from ltc_control.config import to_dict
+from ltc_control.locking import FolderLock
 
 __all__ = [
     "DEFAULT_INFO_KEYS",
@@ -304,6 +305,20 @@ def run_tasks(
         ``"all_completed"``, ``"all_steps"`` over every task (run now or before an interrupt; with
         ``finalize_totals`` after the run).
     """
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir):  # two collections (two trainings sharing demos.dir) never interleave
+        return _run_tasks(out_dir, config, tasks, metadata, progress, desc, torch_threads)
+
+
+def _run_tasks(
+    out_dir: str | os.PathLike[str],
+    config: CollectConfig,
+    tasks: Sequence[EpisodeTask],
+    metadata: Mapping[str, Any] | None,
+    progress: bool,
+    desc: str,
+    torch_threads: int,
+) -> dict[str, Any]:
     writer = DatasetWriter(out_dir, episodes_per_chunk=config.episodes_per_chunk, metadata=metadata)
     done = writer.keys
     todo = [t for t in tasks if t.key not in done]

@@ -49,6 +49,9 @@ def pid_alive(pid: int) -> bool:
 class FolderLock:
     """An exclusive lock on a folder through ``folder/.lock`` (see the module docstring).
 
+    Re-entrant within a process: taking a lock this process already holds succeeds, and only the outermost
+    holder deletes the file.
+
     Args:
         folder: the folder to lock (must exist).
     """
@@ -90,6 +93,12 @@ class FolderLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
+                if (
+                    holder is not None
+                    and holder.get("pid") == os.getpid()
+                    and holder.get("host") == doc["host"]
+                ):
+                    return self  # this process holds it already (an outer command): nested use, not owned
                 if self._is_stale(holder):
                     try:
                         os.unlink(self.path)

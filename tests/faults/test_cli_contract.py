@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,8 +76,20 @@ def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken(
     out = tmp_path / "eval"
     out.mkdir()
     args = ["evaluate", "expert", "--env_kwargs", json.dumps(ENV_KWARGS), *EVAL, "--out", str(out)]
-    with FolderLock(out):  # this (live) process writes there
-        _expect_error(capsys, args, "in use by pid", str(os.getpid()))
+    with FolderLock(out):  # this process holds it: nested use by this process is fine (re-entrant)
+        assert cli_main([*args, "--overwrite"]) == 0
+        assert (out / ".lock").is_file()
+    assert not (out / ".lock").exists()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # another live process writes there
+        (out / ".lock").write_text(json.dumps({"pid": live.pid, "host": os.uname().nodename, "created": 0}))
+        _expect_error(capsys, [*args, "--overwrite"], "in use by pid", str(live.pid))
+    finally:
+        live.kill()
+        live.wait()
+    (out / ".lock").unlink()
+    shutil.rmtree(out)
+    out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock = json.loads(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "created": 0}))

@@ -10,6 +10,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -204,10 +206,15 @@ def test_trainer_state_bit_flip_is_caught_by_its_hash(run: Path, capsys: pytest.
 
 
 def test_lock_files(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
-    CASES["schema"] = CASES.get("schema", 0) + 1
-    assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 2
-    assert "in use by pid" in capsys.readouterr().err
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": live.pid, "host": os.uname().nodename}))
+        CASES["schema"] = CASES.get("schema", 0) + 1
+        assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 2
+        assert f"in use by pid {live.pid}" in capsys.readouterr().err
+    finally:
+        live.kill()
+        live.wait()
     (run / ".lock").write_bytes(b"\x00garbage")  # unreadable and fresh: maybe being written right now
     CASES["wrong type"] = CASES.get("wrong type", 0) + 1
     assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 2
