@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ from ltc_control.agents.imitation_trainer import _copy_checkpoint, _seeds_of, _s
 from ltc_control.agents.minari_io import is_minari_source, open_demos
 from ltc_control.checkpoint import checkpoint_info, load_checkpoint
 from ltc_control.config import ConfigError, from_dict, load_yaml, to_yaml, yaml_load
-from ltc_control.errors import RunFolderError
+from ltc_control.errors import ExpectedError, RunFolderError
 from ltc_control.locking import FolderLock
 from ltc_control.runs import atomic_write_json, atomic_write_text, create_run_dir
 
@@ -193,12 +194,21 @@ def train(
             torch.set_num_threads(config.bc.num_threads)
         if resume is None:
             run_dir = dist.broadcast(_new_run_dir(config, argv) if dist.main else None)
-        with FolderLock(run_dir) if dist.main else contextlib.nullcontext():
-            if resume is not None and dist.main and config != saved:
-                # --set on --resume: the run goes on with the new values, and its record says so
-                atomic_write_text(run_dir / "config.yaml", to_yaml(config))
-            trainer = _Trainer(config, run_dir, dist, progress)
-            return _run(trainer, resumed=resume is not None)
+        try:
+            with FolderLock(run_dir) if dist.main else contextlib.nullcontext():
+                if resume is not None and dist.main and config != saved:
+                    # --set on --resume: the run goes on with the new values, and its record says so
+                    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+                trainer = _Trainer(config, run_dir, dist, progress)
+                return _run(trainer, resumed=resume is not None)
+        except ExpectedError:
+            # a new run that failed on a bad file or value before producing anything to resume: no folder
+            resumable = (run_dir / "checkpoints" / "last").exists() or (
+                run_dir / "data" / MANIFEST_NAME
+            ).exists()
+            if resume is None and dist.main and not resumable:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()

@@ -164,3 +164,37 @@ def test_train_config_errors_surface_before_any_work(
     argv = ["train", *TRAIN, "--set", f"demos.dir={data}", "--set", "demos.num_roads=2", "--set", override]
     _expect_error(capsys, argv, needle)
     assert not (tmp_path / "runs").exists()  # no run folder, no training, no collection
+
+
+def test_a_damaged_dataset_in_training_is_one_line_and_leaves_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import io
+
+    import numpy as np
+
+    data = write_stripe_dataset(tmp_path / "data", roads=3)
+    chunk = data / "chunk_000000.npz"
+    with np.load(chunk) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["images"] = arrays["images"][:, :8]  # a chunk of another camera size
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    chunk.write_bytes(buf.getvalue())
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["chunks"][0]["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "train",
+        *TRAIN,
+        "--set",
+        f"demos.dir={data}",
+        "--set",
+        "demos.num_roads=3",
+        "--set",
+        "eval.num_roads=0",
+    ]
+    _expect_error(capsys, argv, "chunk_000000.npz", "'images'", "wrong image size")
+    assert not any((tmp_path / "runs").glob("*"))
