@@ -435,6 +435,24 @@ def _append_journal(path: Path, ep: EpisodeMetrics) -> None:
         os.fsync(fh.fileno())
 
 
+def _check_arguments(agent: AgentSpec, levels: list[float], workers: int) -> None:
+    if not levels:
+        raise ValueError("evaluate() needs at least one noise level, e.g. noise_levels=(0, 0.1, 0.2, 0.3)")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"noise levels must be distinct, got {levels}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if (
+        isinstance(agent, str | os.PathLike)
+        and not str(agent).startswith("expert")
+        and not Path(agent).is_dir()
+    ):
+        raise FileNotFoundError(
+            f"checkpoint {str(agent)!r} is not a directory; pass a checkpoint folder (model.json + "
+            "model.safetensors) or 'expert'"
+        )
+
+
 def evaluate(
     agent: AgentSpec,
     env_id: str,
@@ -490,21 +508,7 @@ def evaluate(
     if any(s < 0 for s in seed_list):
         raise ValueError(f"road seeds must be >= 0, got {[s for s in seed_list if s < 0]}")
     levels = [float(v) for v in noise_levels]
-    if not levels:
-        raise ValueError("evaluate() needs at least one noise level, e.g. noise_levels=(0, 0.1, 0.2, 0.3)")
-    if len(set(levels)) != len(levels):
-        raise ValueError(f"noise levels must be distinct, got {levels}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if (
-        isinstance(agent, str | os.PathLike)
-        and not str(agent).startswith("expert")
-        and not Path(agent).is_dir()
-    ):
-        raise FileNotFoundError(
-            f"checkpoint {str(agent)!r} is not a directory; pass a checkpoint folder (model.json + "
-            "model.safetensors) or 'expert'"
-        )
+    _check_arguments(agent, levels, workers)
     base = perturbation or Perturbation()
     kwargs = _with_camera_offset(env_id, dict(env_kwargs or {}), base.camera_offset)
     jobs = [(lvl, s) for lvl in levels for s in seed_list]
