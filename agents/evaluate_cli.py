@@ -217,7 +217,7 @@ def open_run_dir(
     argv: Sequence[str],
     *,
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | None = False,
     root: str | os.PathLike[str] = "runs",
 ) -> Iterator[Path]:
     """The output folder of a command under the CLI contract (``docs/cli.md``), with its run records.
@@ -235,7 +235,7 @@ def open_run_dir(
         config: the resolved configuration (written to ``config.yaml``).
         argv: the command line.
         overwrite: replace the results in ``out``.
-        resume: continue the results in ``out``.
+        resume: continue the results in ``out`` (None: the command cannot resume).
         root: parent of new run folders.
 
     Yields:

@@ -477,7 +477,7 @@ def inspect_main(argv: Sequence[str] | None = None, prog: str = "ltc-control ins
         parser.error(f"unsupported --formats {bad}; choose from png, svg, pdf")
     if not (source.is_dir() or (source.is_file() and source.suffix == ".npz")):
         parser.error(f"{ns.checkpoint!r} is neither a checkpoint folder nor a trace .npz file")
-    with claim_output(cfg.out, overwrite=ns.overwrite):
+    with claim_output(cfg.out, overwrite=ns.overwrite, resume=None):
         if source.is_file():
             result = report_from_trace(source, cfg.out, formats=cfg.formats)
             if cfg.rerun:

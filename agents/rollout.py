@@ -625,6 +625,7 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
         record,
         ["ltc-control", "rollout", *args],
         overwrite=ns.overwrite,
+        resume=None,
     ) as folder:
         if cfg.video is not None and "video" not in vars(ns) and cfg.video == RolloutConfig.video:
             # no video path given: the default name goes into the run folder with the run's records

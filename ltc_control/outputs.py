@@ -45,14 +45,15 @@ def clear_folder(folder: str | os.PathLike[str]) -> None:
 
 @contextmanager
 def claim_output(
-    folder: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False
+    folder: str | os.PathLike[str], *, overwrite: bool = False, resume: bool | None = False
 ) -> Iterator[Path]:
     """Create (or reuse) and lock an output folder for one command; see the module docstring.
 
     Args:
         folder: the output folder.
         overwrite: empty a folder that holds results instead of refusing it.
-        resume: continue the results already there (they are kept, also after an error).
+        resume: continue the results already there (they are kept, also after an error); None for a
+            command that cannot resume (its refusal then does not suggest ``--resume``).
 
     Yields:
         The folder, locked.
@@ -78,7 +79,7 @@ def claim_output(
             if not overwrite:
                 raise OutputExistsError(
                     f"output folder {path} already holds results; pass --overwrite to replace them"
-                    + (", --resume to continue them" if _resumable(path) else "")
+                    + (", --resume to continue an interrupted run there" if resume is not None else "")
                     + " or choose another folder"
                 )
             clear_folder(path)
@@ -93,8 +94,3 @@ def claim_output(
         raise
     finally:
         lock.release()
-
-
-def _resumable(path: Path) -> bool:
-    names = ("manifest.json", ".evaluation.partial.jsonl", "checkpoints")
-    return any((path / name).exists() for name in names)
