@@ -172,8 +172,13 @@ def closed_loop_trace(
         action, state = policy.act(obs[None], state, dt=dt)
         return action[0], action[0], state, state[0].numpy().copy()
 
-    with torch.no_grad():
-        return drive_trace(actor, spec["id"], spec["kwargs"], steps, policy.config.controller.dt, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch-1 steps: one thread is fastest and does not oversubscribe the cores
+    try:
+        with torch.no_grad():
+            return drive_trace(actor, spec["id"], spec["kwargs"], steps, policy.config.controller.dt, seed)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def export_checkpoint(
