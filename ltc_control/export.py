@@ -73,6 +73,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "ParityTrace",
+    "LTCMatmulStep",
     "PolicyStep",
     "check_parity",
     "env_of_metadata",
@@ -95,6 +96,7 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17
 DEFAULT_TOLERANCE = 1e-5
 INPUT_NAMES = ("observation", "state", "dt")
+LTC_SOLVERS = ("matmul", "reference")
 OUTPUT_NAMES = ("action", "next_state")
 
 
@@ -103,6 +105,111 @@ class ExportError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- the step
+class LTCMatmulStep(nn.Module):
+    """The LTC step of :func:`ltc_control.cells.ltc.reference_step` rewritten as matrix products over the
+    wiring's synapses: the export's default LTC solver (``ltc_solver="matmul"``).
+
+    The reference broadcasts every unfold over all ``N x N`` neuron pairs (about 15 graph nodes per unfold).
+    Here the effective parameters are frozen into constants indexed by synapse ``e = (i, j)`` (only the ``E``
+    synapses of the wiring, so masked entries cost nothing), and one unfold is::
+
+        sig = sigmoid(v @ S - sigma_mu)                   # (B, E)
+        v   = (cm_t v + a + sig @ W_erev) / (c + sig @ W)
+
+    (``S[i, e] = sigma_ij``, ``sigma_mu[e] = sigma_ij mu_ij``, ``W[e, j] = w_ij``, ``W_erev[e, j] = w_ij
+    erev_ij``)
+
+    with ``a = gleak vleak + (sensory numerator)``, ``c = cm_t + gleak + (sensory denominator) + epsilon``
+    computed once per input step (the sensory synapses the same way); 7 graph nodes per unfold. Same
+    arithmetic as the reference up to the order of the sums (float32 rounding, ~1e-7).
+
+    Args:
+        cell: the LTC cell (its effective parameters are copied; later changes to the cell are not seen).
+    """
+
+    input_w: Tensor | None
+    input_b: Tensor | None
+    output_w: Tensor | None
+    output_b: Tensor | None
+    cm: Tensor
+    gleak: Tensor
+    gleak_vleak: Tensor
+
+    def __init__(self, cell: LTCCell) -> None:
+        super().__init__()
+        with torch.no_grad():
+            p = {k: v.detach().to(torch.float32).clone() for k, v in cell._compute_effective().items()}
+            maps = {k: cell._parameters.get(k) for k in ("input_w", "input_b", "output_w", "output_b")}
+        self.unfolds = int(cell.ode_unfolds)
+        self.epsilon = float(cell.epsilon)
+        self.output_size = int(cell.output_size)
+        self.state_size = int(cell.state_size)
+        for k, t in maps.items():
+            self.register_buffer(k, None if t is None else t.detach().to(torch.float32).clone())
+        self.register_buffer("cm", p["cm"])
+        self.register_buffer("gleak", p["gleak"])
+        self.register_buffer("gleak_vleak", p["gleak"] * p["vleak"])
+        self._synapses("rec", p["sparsity_mask"], p["sigma"], p["mu"], p["w"], p["erev"])
+        self._synapses(
+            "sens",
+            p["sensory_sparsity_mask"],
+            p["sensory_sigma"],
+            p["sensory_mu"],
+            p["sensory_w"],
+            p["sensory_erev"],
+        )
+
+    def _synapses(self, name: str, mask: Tensor, sigma: Tensor, mu: Tensor, w: Tensor, erev: Tensor) -> None:
+        pre, post = torch.nonzero(mask != 0, as_tuple=True)
+        e = int(pre.numel())
+        setattr(self, f"{name}_count", e)
+        n_pre, n_post = mask.shape
+        spread = torch.zeros(n_pre, e)
+        spread[pre, torch.arange(e)] = sigma[pre, post]
+        w_e = w[pre, post]
+        gather = torch.zeros(e, n_post)
+        gather_erev = torch.zeros(e, n_post)
+        gather[torch.arange(e), post] = w_e
+        gather_erev[torch.arange(e), post] = w_e * erev[pre, post]
+        self.register_buffer(f"{name}_spread", spread)
+        self.register_buffer(f"{name}_sigma_mu", sigma[pre, post] * mu[pre, post])
+        self.register_buffer(f"{name}_w", gather)
+        self.register_buffer(f"{name}_w_erev", gather_erev)
+
+    def _terms(self, name: str, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(sum_e s_e erev_e, sum_e s_e)`` into each postsynaptic neuron, ``(B, N)`` each (None: none)."""
+        if getattr(self, f"{name}_count") == 0:
+            return None
+        sig = torch.sigmoid(x @ getattr(self, f"{name}_spread") - getattr(self, f"{name}_sigma_mu"))
+        return sig @ getattr(self, f"{name}_w_erev"), sig @ getattr(self, f"{name}_w")
+
+    def forward(self, x: Tensor, v: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """``x (B, S)`` raw inputs, ``v (B, N)``, ``dt (B,)`` -> ``(y (B, M), v' (B, N))``."""
+        if self.input_w is not None:
+            x = x * self.input_w
+        if self.input_b is not None:
+            x = x + self.input_b
+        cm_t = self.cm / (dt.reshape(-1, 1) / self.unfolds)
+        a = self.gleak_vleak
+        c = cm_t + self.gleak + self.epsilon
+        sens = self._terms("sens", x)
+        if sens is not None:
+            a = a + sens[0]
+            c = c + sens[1]
+        for _ in range(self.unfolds):
+            rec = self._terms("rec", v)
+            if rec is None:
+                v = (cm_t * v + a) / c
+            else:
+                v = (cm_t * v + (a + rec[0])) / (c + rec[1])
+        y = v[:, : self.output_size] if self.output_size < self.state_size else v
+        if self.output_w is not None:
+            y = y * self.output_w
+        if self.output_b is not None:
+            y = y + self.output_b
+        return y, v
+
+
 class PolicyStep(nn.Module):
     """One control step of a :class:`Policy` as a pure function ``(observation, state, dt) -> (action,
     next_state)``: the module that is exported.
@@ -113,9 +220,11 @@ class PolicyStep(nn.Module):
 
     Args:
         policy: the policy (copied; the original is left unchanged).
+        ltc_solver: how LTC cells are exported: ``"matmul"`` (:class:`LTCMatmulStep`, the fast default) or
+            ``"reference"`` (the cell's own reference solver, op for op).
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, ltc_solver: str = "matmul") -> None:
         super().__init__()
         if not isinstance(policy, Policy):
             raise ExportError(f"export needs an ltc_control.policy.Policy, got {type(policy).__name__}")
@@ -125,7 +234,14 @@ class PolicyStep(nn.Module):
                 m.implementation = "reference"
         for prm in p.parameters():
             prm.requires_grad_(False)
+        if ltc_solver not in LTC_SOLVERS:
+            raise ExportError(f"unknown ltc_solver {ltc_solver!r}; choose from {', '.join(LTC_SOLVERS)}")
         self.policy = p
+        self.ltc_solver = ltc_solver
+        cell = p.controller.cell
+        self.ltc: LTCMatmulStep | None = (
+            LTCMatmulStep(cell) if isinstance(cell, LTCCell) and ltc_solver == "matmul" else None
+        )
         cfg = p.config
         self.image = cfg.observation == "image"
         self.standardize = bool(cfg.perception.standardize)
@@ -142,7 +258,10 @@ class PolicyStep(nn.Module):
             feats = p.perception(x)
         else:
             feats = observation.to(torch.float32)
-        y, next_state = p.controller.cell(feats, state, dt)
+        if self.ltc is not None:
+            y, next_state = self.ltc(feats, state, dt)
+        else:
+            y, next_state = p.controller.cell(feats, state, dt)
         return p.action_head(y), next_state
 
 
@@ -584,6 +703,7 @@ def export_policy(
     source: Mapping[str, Any] | None = None,
     action_semantics: Sequence[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    ltc_solver: str = "matmul",
 ) -> ExportResult:
     """Export ``policy``'s control step, check parity, and write the folder ``out`` atomically.
 
@@ -597,6 +717,8 @@ def export_policy(
         source: what was exported (checkpoint path and hashes), stored in export.json.
         action_semantics: one line per action dimension (default: derived from the env id and action head).
         tolerance: largest allowed |difference| of actions and states to the PyTorch policy.
+        ltc_solver: ``"matmul"`` (:class:`LTCMatmulStep`, fewer graph nodes, faster) or ``"reference"``
+            (the LTC cell's reference solver op for op); other controller kinds ignore it.
 
     Returns:
         An :class:`ExportResult`.
@@ -613,7 +735,7 @@ def export_policy(
     dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise ExportError(f"{str(dest)!r} exists and is not a folder; choose another output folder")
-    step = PolicyStep(policy)
+    step = PolicyStep(policy, ltc_solver)
     if trace is None:
         with _threads(1):
             trace = synthetic_trace(policy)
@@ -708,6 +830,8 @@ def _export(
             "results": results,
         }
         manifest = _manifest(policy, files, env, source or {}, parity, action_semantics)
+        is_ltc = isinstance(step.policy.controller.cell, LTCCell)
+        manifest["controller"]["ltc_solver"] = step.ltc_solver if is_ltc else None
         with (tmp / EXPORT_JSON).open("w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2, allow_nan=False)
             fh.write("\n")

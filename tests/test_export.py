@@ -17,17 +17,20 @@ pytest.importorskip("onnxscript")
 
 from ltc_control import cli  # noqa: E402
 from ltc_control.agents.export import closed_loop_trace  # noqa: E402
+from ltc_control.cells.ltc import LTCCell  # noqa: E402
 from ltc_control.checkpoint import checkpoint_info, save_checkpoint  # noqa: E402
 from ltc_control.controllers import ControllerConfig, WiringConfig  # noqa: E402
 from ltc_control.envs import STATE_FEATURES, LaneKeepingEnv  # noqa: E402
 from ltc_control.export import (  # noqa: E402
     ExportError,
+    LTCMatmulStep,
     ParityTrace,
     export_policy,
     onnx_session,
     supported_opsets,
 )
 from ltc_control.policy import Policy, PolicyConfig  # noqa: E402
+from ltc_control.wirings import NCP, FullyConnected, Random  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVE = ROOT / "experiments" / "deploy" / "drive_onnx.py"
@@ -132,6 +135,53 @@ def test_every_controller_kind_exports_with_closed_loop_parity(name: str, tmp_pa
 @pytest.mark.parametrize("name", list(MORE))
 def test_more_wirings_and_modes_export(name: str, tmp_path: Path) -> None:
     _check_export(_camera_policy(MORE[name]), tmp_path / name, CAMERA_ENV)
+
+
+@pytest.mark.parametrize(
+    "wiring, kw",
+    [
+        (NCP(4, 3, 2, 3, 2, 2, 2, input_size=5, seed=1), {}),
+        (
+            NCP(4, 3, 2, 3, 2, 0, 2, input_size=5, seed=2),
+            {"input_mapping": "linear", "output_mapping": "none"},
+        ),
+        (FullyConnected(6, 5, 2, seed=3), {"constraint": "clamp", "input_mapping": "none"}),
+        (Random(7, 5, 2, sparsity=0.7, seed=4), {"output_mapping": "linear", "ode_unfolds": 2}),
+    ],
+)
+def test_ltc_matmul_step_matches_the_reference_solver(wiring, kw) -> None:
+    torch.manual_seed(0)
+    cell = LTCCell(wiring, implementation="reference", **kw)
+    fast = LTCMatmulStep(cell)
+    x = torch.randn(4, 5)
+    v = torch.randn(4, wiring.units)
+    dt = torch.tensor([0.3, 1.0, 1.7, 4.0])
+    for _ in range(50):
+        with torch.no_grad():
+            y_ref, v_ref = cell(x, v, dt)
+            y, v_new = fast(x, v, dt)
+        torch.testing.assert_close(v_new, v_ref, atol=2e-6, rtol=0)
+        torch.testing.assert_close(y, y_ref, atol=2e-6, rtol=0)
+        v = v_ref
+
+
+def test_vector_ncp_exports_with_the_reference_ltc_solver(tmp_path: Path) -> None:
+    """The vector NCP-19 driving LaneKeepingState-v0, exported op for op with the reference LTC solver."""
+    torch.manual_seed(0)
+    probe = LaneKeepingEnv(observation="state")
+    d = int(probe.observation_space.shape[0])
+    probe.close()
+    policy = Policy(PolicyConfig(observation="vector", vector_size=d, controller=LTC)).eval()
+    trace = closed_loop_trace(policy, STATE_ENV, steps=1000)
+    result = export_policy(policy, tmp_path / "ref", trace=trace, env=STATE_ENV, ltc_solver="reference")
+    _check_manifest_parity(result.manifest)
+    assert result.manifest["controller"]["ltc_solver"] == "reference"
+    assert result.manifest["inputs"][0] == {
+        "name": "observation",
+        "shape": ["batch", d],
+        "dtype": "float32",
+        "description": result.manifest["inputs"][0]["description"],
+    }
 
 
 def _driving_policy() -> Policy:
