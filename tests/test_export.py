@@ -347,6 +347,6 @@ def test_exported_policy_drives_without_torch(
             _torch_step(policy), env["id"], env["kwargs"], ep["road_seed"], policy.state_size
         )
         assert ep["completed"] == ref["completed"] and ep["steps"] == ref["steps"]
-        assert ep["mean_abs_lateral_m"] == pytest.approx(ref["mean_abs_lateral_m"], abs=1e-5)
+        assert ep["mean_abs_lateral_m"] == pytest.approx(ref["mean_abs_lateral_m"], abs=1e-4)
     if which == "vector-driver":
         assert all(ep["completed"] for ep in exported["episodes"])

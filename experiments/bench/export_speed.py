@@ -11,6 +11,9 @@ checked), then times, in interleaved rounds:
 * ``ORT tuned + IO binding``: the same session through ``run_with_iobinding`` (inputs bound once, in place;
   the loop rebinds the state each step as a control loop must);
 * ``ORT default``: ``InferenceSession`` with default options (all cores, default optimisation level);
+* ``ORT tuned, reference LTC solver``: the tuned session on an export with ``ltc_solver="reference"`` (the
+  cell's reference solver op for op, ~15 graph nodes per unfold, instead of the default
+  :class:`~ltc_control.export.LTCMatmulStep`, 7);
 * ``torch.export``: ``torch.export.load(policy.pt2).module()`` called under ``no_grad``.
 
 Each cell is the median over rounds of the CPU time (``process_time``) per call, and of the wall time per
@@ -45,7 +48,14 @@ from ltc_control.controllers import ControllerConfig
 from ltc_control.export import export_policy, onnx_session
 from ltc_control.policy import Policy, PolicyConfig
 
-COLUMNS = ("Policy.act", "ORT tuned", "ORT tuned + IO binding", "ORT default", "torch.export")
+COLUMNS = (
+    "Policy.act",
+    "ORT tuned",
+    "ORT tuned + IO binding",
+    "ORT default",
+    "ORT tuned, reference LTC solver",
+    "torch.export",
+)
 
 
 def _policies() -> dict[str, tuple[Policy, np.ndarray, int]]:
@@ -107,7 +117,13 @@ def _runners(policy: Policy, obs: np.ndarray, folder: Path) -> dict[str, Callabl
         with torch.no_grad():
             _, box["pt2"] = module(obs_t, box["pt2"], dt_t)
 
-    return dict(zip(COLUMNS, (act, ort_tuned, ort_iobinding, ort_default, pt2)))
+    reference = onnx_session(folder.parent / (folder.name + "-reference") / "policy.onnx")
+    box["ref"] = box["ort"].copy()
+
+    def ort_reference() -> None:
+        _, box["ref"] = reference.run(None, {"observation": obs, "state": box["ref"], "dt": dt})
+
+    return dict(zip(COLUMNS, (act, ort_tuned, ort_iobinding, ort_default, ort_reference, pt2)))
 
 
 def _check(runners: dict[str, Callable[[], Any]], policy: Policy, obs: np.ndarray, folder: Path) -> float:
@@ -153,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, (policy, obs, div) in _policies().items():
             folder = Path(tmp) / name.split()[0] / name.split()[1]
             result = export_policy(policy, folder)
+            export_policy(
+                policy, folder.parent / (folder.name + "-reference"), "onnx", ltc_solver="reference"
+            )
             parity = max(
                 max(r["max_abs_action"], r["max_abs_state"])
                 for r in result.manifest["parity"]["results"].values()
