@@ -26,7 +26,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import BaseModel
 
-from ltc_control.agents.export import PARITY_SEED, default_env, drive_trace
+from ltc_control.agents.export_rollout import PARITY_SEED, default_env, drive_trace
 from ltc_control.agents.sb3 import ControllerAdapter, LtcPolicy, to_policy
 from ltc_control.export import (
     DEFAULT_OPSET,
@@ -70,8 +70,9 @@ def _ltc_policy(model: Any) -> LtcPolicy:
 
 
 def sb3_actor(model: Any) -> Any:
-    """The sb3 actor as an :data:`ltc_control.agents.export.Actor` (batch 1): ``(obs, state, dt, start) ->
-    (env action, deterministic output (A,), state, cell state (S,))``; ``dt`` is ignored (the adapter's)."""
+    """The sb3 actor as an :data:`~ltc_control.agents.export_rollout.Actor` (batch 1): ``(obs, state, dt,
+    start) -> (env action, deterministic output (A,), state, cell state (S,))``; ``dt`` is ignored (the
+    adapter's fixed one applies)."""
     policy = _ltc_policy(model).eval()
     adapter = cast(ControllerAdapter, policy.lstm_actor)
     space = policy.action_space
@@ -105,7 +106,7 @@ def sb3_trace(
 
     Args:
         model: a ``RecurrentPPO`` model (or its policy).
-        env: ``{"id", "kwargs"}`` (default :func:`ltc_control.agents.export.default_env` of the actor).
+        env: ``{"id", "kwargs"}`` (default: :func:`~ltc_control.agents.export_rollout.default_env`).
         steps: control steps.
         seed: first road seed (or the synthetic inputs' seed).
     """
