@@ -138,8 +138,8 @@ class LTCMatmulStep(nn.Module):
     def __init__(self, cell: LTCCell) -> None:
         super().__init__()
         with torch.no_grad():
-            p = {k: v.detach().to(torch.float32).clone() for k, v in cell._compute_effective().items()}
-            maps = {k: cell._parameters.get(k) for k in ("input_w", "input_b", "output_w", "output_b")}
+            p = {k: v.detach().to(torch.float32).clone() for k, v in cell.effective_parameters().items()}
+            maps = {k: getattr(cell, k, None) for k in ("input_w", "input_b", "output_w", "output_b")}
         self.unfolds = int(cell.ode_unfolds)
         self.epsilon = float(cell.epsilon)
         self.output_size = int(cell.output_size)
@@ -276,13 +276,16 @@ def _tracing_context() -> Iterator[None]:
     """What tracing the step needs: gradients enabled (the cells' step-by-step reference paths, not the
     no-grad native fast paths), value checks off (they branch on tensor values), a batch-symbolic step check,
     and the exporters' chatter silenced."""
-    from ltc_control.cells import baselines, cfc
+    import importlib
 
-    saved = (baselines._check_step, cfc._check_step)
+    patched = []
+    for name in ("ltc_control.cells.baselines", "ltc_control.cells.cfc"):
+        module = importlib.import_module(name)
+        if callable(getattr(module, "_check_step", None)):
+            patched.append((module, getattr(module, "_check_step")))  # noqa: B009
+            setattr(module, "_check_step", _step_dt_export)  # noqa: B010
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]
-    baselines._check_step = _step_dt_export
-    cfc._check_step = _step_dt_export
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
@@ -290,7 +293,8 @@ def _tracing_context() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        baselines._check_step, cfc._check_step = saved
+        for module, original in patched:
+            setattr(module, "_check_step", original)  # noqa: B010
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
 
@@ -389,7 +393,9 @@ def _onnx_step_fn(path: Path) -> StepFn:
 
 
 def _pt2_step_fn(path: Path) -> StepFn:
-    module = torch.export.load(str(path)).module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No complete tensor found in the group": CPU weights, harmless
+        module = torch.export.load(str(path)).module()
 
     def step(obs: np.ndarray, state: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
