@@ -8,8 +8,10 @@ What is exported is **one control step**, with the recurrent state outside, like
 The preprocessing (uint8 -> [0, 1], per-image standardisation), the perception head, the controller's ODE
 solver (all ``ode_unfolds`` sub-steps of the LTC / CT-RNN, the closed form of the CfC) and the action head are
 inside the graph; the time loop stays with the caller, who starts from zeros (``initial_state``) and feeds
-``next_state`` back. The batch size is dynamic. The LTC is exported through its ``"reference"`` solver (plain
-tensor ops, masks as constants), so the graph needs no custom operator.
+``next_state`` back. The batch size is dynamic. The LTC is exported as :class:`LTCMatmulStep` (its reference
+step as matrix products over the wiring's synapses, effective parameters frozen into constants; or, with
+``ltc_solver="reference"``, through the cell's own reference solver op for op), so the graph needs no custom
+operator and no native kernel.
 
 Files written by :func:`export_policy` into the output folder (atomically: everything is written and checked
 in a temporary sibling folder, which is renamed into place only when the parity check passed):
@@ -215,7 +217,8 @@ class PolicyStep(nn.Module):
     next_state)``: the module that is exported.
 
     It runs the policy's own modules (perception head, controller cell, action head) on a float32 CPU copy in
-    eval mode, the LTC through its ``"reference"`` solver; image observations arrive as raw uint8 frames
+    eval mode (the LTC as :class:`LTCMatmulStep` or its ``"reference"`` solver, the CfC through its
+    step-by-step reference path, never a native kernel); image observations arrive as raw uint8 frames
     ``(B, H, W, C)`` and are scaled and standardised here exactly as :meth:`Policy.act` does.
 
     Args:
