@@ -44,6 +44,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "inspect_main",
         "record a rollout and write neuron plots + HTML",
     ),
+    "export": (
+        "ltc_control.agents.export",
+        "export_main",
+        "export a checkpoint's control step to ONNX / torch.export (with a parity check)",
+    ),
     "bench": (
         "ltc_control.cli",
         "bench_main",
