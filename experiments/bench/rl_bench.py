@@ -35,12 +35,43 @@ __all__ = [
     "RunSpec",
     "evaluate_model",
     "make_model",
+    "parse_schedule",
     "run_benchmark",
     "run_one",
     "summarize",
 ]
 
 ModelName = Literal["ltc", "cfc", "lstm"]
+
+
+def parse_schedule(value: float | str, name: str = "value") -> tuple[float, Literal["constant", "linear"]]:
+    """A rate as the RL Zoo writes it: a number (constant) or ``"lin_<number>"`` (linear decay to 0).
+
+    Args:
+        value: e.g. ``0.2``, ``"0.2"`` or ``"lin_0.2"``.
+        name: the config key, for the error message.
+
+    Returns:
+        ``(initial value, "constant" | "linear")``.
+
+    Raises:
+        ValueError: anything else, or a negative value.
+    """
+    kind: Literal["constant", "linear"] = "constant"
+    text = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("lin_"):
+            kind, text = "linear", text[4:]
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a number or 'lin_<number>' (the RL Zoo's linear schedule), got {value!r}"
+        ) from None
+    if not math.isfinite(rate) or rate < 0:
+        raise ValueError(f"{name} must be a number >= 0 or 'lin_<number>', got {value!r}")
+    return rate, kind
 
 
 @dataclass(frozen=True)
@@ -52,12 +83,14 @@ class PPOConfig:
         n_steps: steps per env per rollout.
         batch_size: minibatch size (in steps).
         n_epochs: passes over each rollout.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate: a number, or the RL Zoo's ``"lin_<rate>"`` (linear decay from
+            ``<rate>`` to 0 over the budget).
         learning_rate_schedule: ``constant`` or ``linear`` (decays to 0 over the budget, the RL Zoo's
-            ``lin_<rate>``).
+            ``lin_<rate>``; the same as giving ``learning_rate: lin_<rate>``).
         gamma: discount factor.
         gae_lambda: GAE lambda.
-        clip_range: PPO clip range.
+        clip_range: PPO clip range: a number, or the RL Zoo's ``"lin_<value>"`` (linear decay to 0 over the
+            budget; the Zoo's CartPoleNoVel-v1 entry uses ``lin_0.2``).
         ent_coef: entropy bonus.
         vf_coef: value-loss weight.
         max_grad_norm: gradient-norm clip.
@@ -76,11 +109,11 @@ class PPOConfig:
     n_steps: int = 128
     batch_size: int = 256
     n_epochs: int = 10
-    learning_rate: float = 1e-3
+    learning_rate: float | str = 1e-3
     learning_rate_schedule: Literal["constant", "linear"] = "constant"
     gamma: float = 0.9
     gae_lambda: float = 0.95
-    clip_range: float = 0.2
+    clip_range: float | str = 0.2
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
@@ -105,8 +138,19 @@ class PPOConfig:
             raise ValueError(f"ppo.activation must be 'tanh' or 'relu', got {self.activation!r}")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
             raise ValueError(f"ppo.sde_sample_freq must be -1 or >= 1, got {self.sde_sample_freq}")
-        if not self.learning_rate > 0:
+        if not parse_schedule(self.learning_rate, "ppo.learning_rate")[0] > 0:
             raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
+        parse_schedule(self.clip_range, "ppo.clip_range")
+
+    def rate_text(self) -> str:
+        """``"lr 0.001 (linear decay), clip 0.2"`` for the summaries."""
+        lr, lr_kind = parse_schedule(self.learning_rate, "ppo.learning_rate")
+        clip, clip_kind = parse_schedule(self.clip_range, "ppo.clip_range")
+        linear = lr_kind == "linear" or self.learning_rate_schedule == "linear"
+        return (
+            f"lr {lr:g}{' (linear decay)' if linear else ''}, "
+            f"clip {clip:g}{' (linear decay)' if clip_kind == 'linear' else ''}"
+        )
         if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
             raise ValueError("ppo.gamma and ppo.gae_lambda must be in (0, 1]")
 
@@ -201,9 +245,11 @@ def _make_env_fn(env_id: str) -> Any:
     return _fn
 
 
-def _schedule(rate: float, kind: str) -> Any:
-    """A constant rate, or sb3's linear schedule (``progress_remaining`` 1 -> 0)."""
-    if kind == "constant":
+def _schedule(value: float | str, kind: str, name: str) -> Any:
+    """A constant rate, or sb3's linear schedule (``progress_remaining`` 1 -> 0) for ``lin_<rate>`` or
+    ``kind == "linear"``."""
+    rate, parsed = parse_schedule(value, name)
+    if kind == "constant" and parsed == "constant":
         return rate
     from stable_baselines3.common.utils import LinearSchedule
 
@@ -238,10 +284,10 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         n_steps=ppo.n_steps,
         batch_size=ppo.batch_size,
         n_epochs=ppo.n_epochs,
-        learning_rate=_schedule(ppo.learning_rate, ppo.learning_rate_schedule),
+        learning_rate=_schedule(ppo.learning_rate, ppo.learning_rate_schedule, "ppo.learning_rate"),
         gamma=ppo.gamma,
         gae_lambda=ppo.gae_lambda,
-        clip_range=ppo.clip_range,
+        clip_range=_schedule(ppo.clip_range, "constant", "ppo.clip_range"),
         ent_coef=ppo.ent_coef,
         vf_coef=ppo.vf_coef,
         max_grad_norm=ppo.max_grad_norm,
@@ -556,7 +602,6 @@ def summarize(config: BenchmarkConfig) -> Path:
     writer.writerows(rows)
     atomic_write_text(out / f"{config.name}.csv", buf.getvalue())
     ppo = config.ppo
-    lr_kind = " (linear decay)" if ppo.learning_rate_schedule == "linear" else ""
     sde = f"gSDE (sample freq {ppo.sde_sample_freq})" if ppo.use_sde else "no gSDE"
     normed = [w for w, on in (("obs", ppo.normalize_observations), ("reward", ppo.normalize_rewards)) if on]
     norm = f"VecNormalize({', '.join(normed)})" if normed else "no VecNormalize"
@@ -584,8 +629,8 @@ def summarize(config: BenchmarkConfig) -> Path:
         "",
         f"Budget {config.timesteps:,} env steps per run; seeds {list(config.seeds)} (rows list the seeds "
         f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
-        f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}{lr_kind}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
-        f"clip {ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
+        f"epochs {ppo.n_epochs}, {ppo.rate_text()}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
+        f"{sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
         f"log_std_init {ppo.log_std_init}. "
         + "".join(models_text)
         + f"Eval: deterministic, {config.eval_episodes} episodes on unseen seeds, mean per run; the table "
