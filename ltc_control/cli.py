@@ -169,6 +169,7 @@ def run_command(name: str, func: object, argv: list[str]) -> int:
     interrupt (Ctrl-C: 130, SIGTERM: 143) that the command did not handle itself prints one line; anything
     else propagates with its traceback.
     """
+    _TERMINATED[0] = False
     try:
         with terminate_as_interrupt():
             rc = int(func(argv) or 0)  # type: ignore[operator]
