@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from ltc_control.agents.datasets import MANIFEST_NAME, DatasetWriter, Episode
 from ltc_control.agents.episode import PolicyAgent, StepRecord, make_env, run_episode
 from ltc_control.agents.experts import ExpertConfig, NoiseConfig, NoisyAgent, SteeringNoise, make_expert
 from ltc_control.config import to_dict
+from ltc_control.locking import FolderLock
 
 __all__ = [
     "DEFAULT_INFO_KEYS",
@@ -219,8 +221,10 @@ class _MixedActor:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(config: CollectConfig, torch_threads: int) -> None:
+def _worker_init(config: CollectConfig, torch_threads: int, in_worker: bool = True) -> None:
     """Per-process setup: one env (renderer made inside the worker) and one expert."""
+    if in_worker:  # Ctrl-C in a terminal reaches the whole group: the parent handles it and stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.clear()
     _WORKER["config"] = config
     _WORKER["env"] = make_env(config.env.id, config.env.kwargs)
@@ -297,12 +301,33 @@ def run_tasks(
     Episodes are written in task order, ``config.episodes_per_chunk`` per chunk.
 
     Returns:
-        ``{"new_episodes", "skipped", "completed", "steps"}`` for the tasks run now.
+        ``{"new_episodes", "skipped", "completed", "steps"}`` for the tasks run now, and ``"all_episodes"``,
+        ``"all_completed"``, ``"all_steps"`` over every task (run now or before an interrupt; with
+        ``finalize_totals`` after the run).
     """
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir):  # two collections (two trainings sharing demos.dir) never interleave
+        return _run_tasks(out_dir, config, tasks, metadata, progress, desc, torch_threads)
+
+
+def _run_tasks(
+    out_dir: str | os.PathLike[str],
+    config: CollectConfig,
+    tasks: Sequence[EpisodeTask],
+    metadata: Mapping[str, Any] | None,
+    progress: bool,
+    desc: str,
+    torch_threads: int,
+) -> dict[str, Any]:
     writer = DatasetWriter(out_dir, episodes_per_chunk=config.episodes_per_chunk, metadata=metadata)
     done = writer.keys
     todo = [t for t in tasks if t.key not in done]
     stats = {"new_episodes": 0, "skipped": len(tasks) - len(todo), "completed": 0, "steps": 0}
+    wanted = {t.key for t in tasks}
+    earlier = [e for c in writer.manifest["chunks"] for e in c["episodes"] if e["key"] in wanted]
+    stats["all_episodes"] = len(earlier) + len(todo)
+    stats["all_completed"] = sum(bool(e["completed"]) for e in earlier)
+    stats["all_steps"] = sum(int(e["length"]) for e in earlier)
     if not todo:
         return stats
     bar = tqdm(total=len(todo), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
@@ -312,12 +337,14 @@ def run_tasks(
         stats["new_episodes"] += 1
         stats["completed"] += int(ep.completed)
         stats["steps"] += ep.length
+        stats["all_completed"] += int(ep.completed)
+        stats["all_steps"] += ep.length
         bar.update(1)
         bar.set_postfix(steps=stats["steps"], clean=f"{stats['completed']}/{stats['new_episodes']}")
 
     try:
         if config.workers <= 1:
-            _worker_init(config, torch_threads)
+            _worker_init(config, torch_threads, in_worker=False)
             try:
                 for task in todo:
                     record(_worker_run(task))
@@ -330,8 +357,11 @@ def run_tasks(
             with ctx.Pool(config.workers, initializer=_worker_init, initargs=(config, torch_threads)) as pool:
                 for ep in pool.imap(_worker_run, todo):
                     record(ep)
-    finally:
+        # Only a finished collection writes its last, partial chunk: after an interrupt the buffered
+        # episodes are dropped and collected again on resume, so every chunk holds the same episodes as in
+        # an uninterrupted collection and the files come out identical.
         writer.close()
+    finally:
         bar.close()
     return stats
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 from ltc_control.agents.collection import CollectConfig, collect
 from ltc_control.agents.datasets import DatasetError, format_summary, summarize_dataset
+from ltc_control.agents.episode import check_env
 from ltc_control.config import make_parser, parse_args_and_config
+from ltc_control.errors import ExpectedError, one_line
+from ltc_control.outputs import claim_output
 
 __all__ = ["dataset_main"]
 
@@ -24,7 +27,7 @@ def dataset_main(argv: Sequence[str] | None = None) -> int:
     Minari dataset (:func:`ltc_control.agents.minari_io.export_main`).
 
     Returns:
-        The exit code (0 on success, 1 on a dataset error).
+        The exit code (0 on success, 2 on an expected error, 130 when interrupted).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -44,8 +47,8 @@ def dataset_main(argv: Sequence[str] | None = None) -> int:
         try:
             print(format_summary(summarize_dataset(ns.dir, verify=ns.verify)))
         except DatasetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            print(f"ltc-control dataset: error: {one_line(exc)}", file=sys.stderr)
+            return 2
         return 0
     if cmd == "collect":
         parser = make_parser(CollectConfig, prog="ltc-control dataset collect")
@@ -53,15 +56,26 @@ def dataset_main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(
             "--resume", action="store_true", help="continue an existing dataset, skipping finished episodes"
         )
+        parser.add_argument(
+            "--overwrite", action="store_true", help="delete what the --out folder holds and collect anew"
+        )
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         cfg, ns = parse_args_and_config(CollectConfig, rest, parser)
         try:
-            stats = collect(ns.out, cfg, resume=ns.resume, progress=not ns.no_progress)
+            check_env(cfg.env.id, cfg.env.kwargs, what="env (--env / --set env.kwargs=...)")
+            with claim_output(ns.out, overwrite=ns.overwrite, resume=ns.resume):
+                stats = collect(ns.out, cfg, resume=True, progress=not ns.no_progress)
             print(f"collected {stats['new_episodes']} episodes ({stats['skipped']} already there)")
             print(format_summary(summarize_dataset(ns.out)))
-        except (DatasetError, FileExistsError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        except ExpectedError as exc:
+            print(f"ltc-control dataset: error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                "\ninterrupted: the finished chunks are kept; continue with the same options and --resume",
+                file=sys.stderr,
+            )
+            return 130
         return 0
     if cmd == "export":
         from ltc_control.agents.minari_io import export_main

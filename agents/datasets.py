@@ -32,6 +32,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ltc_control.agents.dataset_schema import DatasetError, check_chunk_arrays, check_manifest
 from ltc_control.runs import atomic_write_bytes
 
 __all__ = [
@@ -60,10 +62,6 @@ FORMAT_NAME = "ltc-control-demos"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _INFO_PREFIX = "info__"
-
-
-class DatasetError(RuntimeError):
-    """A dataset folder or file is missing, corrupt, truncated or inconsistent (the message names it)."""
 
 
 def _sha256(path: Path) -> str:
@@ -156,14 +154,13 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: corrupt manifest ({exc}); delete the folder and collect again") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise DatasetError(f"{path}: not an {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DatasetError(f"{path}: not an {FORMAT_NAME} manifest (format={found!r})")
     if manifest.get("version") != FORMAT_VERSION:
         raise DatasetError(
             f"{path}: format version {manifest.get('version')!r}, this code reads version {FORMAT_VERSION}"
         )
-    for key in ("chunks", "image_shape", "action_size", "info_keys"):
-        if key not in manifest:
-            raise DatasetError(f"{path}: manifest lacks the {key!r} entry; the file is damaged")
+    check_manifest(manifest, path)
     return manifest
 
 
@@ -198,8 +195,11 @@ class DatasetWriter:
         self._buffer: list[Episode] = []
         if (self.root / MANIFEST_NAME).exists():
             self.manifest = read_manifest(self.root)
-            if metadata:
-                self.manifest["metadata"].setdefault("appends", []).append(json.loads(json.dumps(metadata)))
+            meta = json.loads(json.dumps(dict(metadata or {})))
+            first = {k: v for k, v in self.manifest["metadata"].items() if k != "appends"}
+            appends = self.manifest["metadata"].get("appends", [])
+            if meta and meta != first and meta not in appends:  # a resumed writer adds nothing new
+                self.manifest["metadata"].setdefault("appends", []).append(meta)
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             self.manifest = {
@@ -268,9 +268,7 @@ class DatasetWriter:
         for key in self.manifest["info_keys"]:
             arrays[_INFO_PREFIX + key] = np.concatenate([e.info[key] for e in episodes])
         path = self.root / name
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, _npz_bytes(arrays))
         entry = {
             "file": name,
             "num_steps": int(arrays["images"].shape[0]),
@@ -300,7 +298,20 @@ class DatasetWriter:
         self.close()
 
 
-def _load_chunk(root: Path, chunk: Mapping[str, Any], info_keys: Mapping[str, Any], verify: bool) -> dict:
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A compressed ``.npz`` (what ``np.savez_compressed`` writes) with fixed zip timestamps: the same arrays
+    always give the same bytes, so a resumed collection writes chunks identical to an uninterrupted one."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _load_chunk(root: Path, chunk: Mapping[str, Any], manifest: Mapping[str, Any], verify: bool) -> dict:
     """Load and check one chunk; every failure names the file."""
     path = root / chunk["file"]
     fix = "delete it and its manifest entry (or the folder) and collect again with --resume"
@@ -311,17 +322,9 @@ def _load_chunk(root: Path, chunk: Mapping[str, Any], info_keys: Mapping[str, An
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read the chunk ({type(exc).__name__}: {exc}); {fix}") from exc
-    needed = ["images", "labels", "actions", "episode_lengths"] + [_INFO_PREFIX + k for k in info_keys]
-    missing = [n for n in needed if n not in arrays]
-    if missing:
-        raise DatasetError(f"{path}: chunk lacks arrays {missing}; {fix}")
-    lengths = arrays["episode_lengths"]
-    expected = [int(e["length"]) for e in chunk["episodes"]]
-    n = int(chunk["num_steps"])
-    if lengths.tolist() != expected or any(arrays[k].shape[0] != n for k in needed if k != "episode_lengths"):
-        raise DatasetError(f"{path}: array lengths disagree with the manifest (truncated?); {fix}")
+    check_chunk_arrays(arrays, chunk, manifest, path)
     return arrays
 
 
@@ -405,7 +408,7 @@ class DemoDataset:
             ]
             if not any(wanted):
                 continue
-            arrays = _load_chunk(self.root, chunk, info_keys, verify)
+            arrays = _load_chunk(self.root, chunk, self.manifest, verify)
             offset = 0
             for meta, want in zip(chunk["episodes"], wanted):
                 n = int(meta["length"])
@@ -550,6 +553,13 @@ def summarize_dataset(root: str | os.PathLike[str], *, verify: bool = False) -> 
     """
     root = Path(root)
     m = read_manifest(root)
+    absent = [c["file"] for c in m["chunks"] if not (root / c["file"]).is_file()]
+    if absent:
+        raise DatasetError(
+            f"{root / absent[0]}: chunk listed in the manifest is missing ({len(absent)} of "
+            f"{len(m['chunks'])} chunks); delete its manifest entry (or the folder) and collect again "
+            "with --resume"
+        )
     episodes = [e for c in m["chunks"] for e in c["episodes"]]
     sources: dict[str, int] = {}
     for e in episodes:
@@ -565,9 +575,7 @@ def summarize_dataset(root: str | os.PathLike[str], *, verify: bool = False) -> 
         "image_shape": m["image_shape"],
         "action_size": m["action_size"],
         "info_keys": sorted(m["info_keys"] or {}),
-        "bytes": int(
-            sum((root / c["file"]).stat().st_size for c in m["chunks"] if (root / c["file"]).exists())
-        ),
+        "bytes": int(sum((root / c["file"]).stat().st_size for c in m["chunks"])),
         "metadata": m.get("metadata", {}),
     }
     if verify and episodes:

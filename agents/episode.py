@@ -29,16 +29,21 @@ import numpy as np
 from ltc_control.agents import experts
 from ltc_control.agents.metrics import EpisodeMetrics, episode_metrics
 from ltc_control.agents.perturbations import Perturbation, as_perturbation
+from ltc_control.errors import InputError
 
 __all__ = [
     "Agent",
     "AgentSpec",
     "ConstantAgent",
+    "check_agent_env",
+    "check_env",
+    "checkpoint_env",
     "EpisodeResult",
     "PolicyAgent",
     "StepRecord",
     "make_agent",
     "make_env",
+    "resolve_env",
     "run_episode",
     "torch_threads",
 ]
@@ -302,11 +307,134 @@ def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mo
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
-        raise ValueError(f"cannot create env {env_id!r} with {kwargs}: {exc}") from exc
-    except TypeError as exc:
-        raise ValueError(
-            f"env {env_id!r} rejected the keyword arguments {sorted(kwargs)}: {exc}; check --env-kwarg names"
+        raise InputError(
+            f"cannot create env {env_id!r} with {kwargs}: {exc}; check the env id (e.g. LTC/LaneKeeping-v0)"
         ) from exc
+    except TypeError as exc:
+        raise InputError(
+            f"env {env_id!r} rejected the keyword arguments {sorted(kwargs)}: {exc}; "
+            "check the env_kwargs names"
+        ) from exc
+    except ValueError as exc:
+        raise InputError(f"env {env_id!r} rejected its options {kwargs}: {exc}") from exc
+
+
+def checkpoint_env(spec: Any) -> tuple[str | None, dict[str, Any]]:
+    """The env id and kwargs a checkpoint was trained with (``metadata.train_config.env``), if recorded.
+
+    Args:
+        spec: an agent spec; only a checkpoint folder has a training env (anything else gives ``(None, {})``).
+
+    Raises:
+        CheckpointError: the folder's ``model.json`` cannot be read.
+    """
+    if not isinstance(spec, str | os.PathLike) or str(spec).startswith("expert"):
+        return None, {}
+    if not Path(spec).exists():
+        return None, {}
+    from ltc_control.checkpoint import checkpoint_info
+
+    meta = checkpoint_info(Path(spec)).get("metadata") or {}
+    train = meta.get("train_config") if isinstance(meta, Mapping) else None
+    env = train.get("env") if isinstance(train, Mapping) else None
+    if not isinstance(env, Mapping):
+        return None, {}
+    env_id = env.get("id") if isinstance(env.get("id"), str) else None
+    kwargs = env.get("kwargs")
+    return env_id, dict(kwargs) if isinstance(kwargs, Mapping) else {}
+
+
+def resolve_env(
+    spec: Any,
+    env_id: str | None,
+    env_kwargs: Mapping[str, Any] | None,
+    default_id: str = "LTC/LaneKeeping-v0",
+) -> tuple[str, dict[str, Any]]:
+    """The env a command runs an agent in: the checkpoint's training env, overridden by the user's options.
+
+    Args:
+        spec: the agent spec (a checkpoint folder carries its training env id and kwargs).
+        env_id: the env id asked for (None: the checkpoint's, else ``default_id``).
+        env_kwargs: kwargs asked for; they override the checkpoint's key by key.
+        default_id: the env id when neither the user nor the checkpoint names one.
+
+    Returns:
+        ``(env id, env kwargs)``.
+    """
+    trained_id, trained_kwargs = checkpoint_env(spec)
+    chosen = env_id or trained_id or default_id
+    kwargs = dict(trained_kwargs) if chosen == trained_id else {}
+    kwargs.update(env_kwargs or {})
+    return chosen, kwargs
+
+
+def check_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
+    *,
+    observation_shape: Sequence[int] | None = None,
+    action_size: int | None = None,
+    what: str = "env",
+) -> None:
+    """Build the env once and check it against a policy's shapes, before any long work starts.
+
+    Args:
+        env_id: Gymnasium env id.
+        env_kwargs: its keyword arguments.
+        observation_shape: the observation shape the policy takes (None: not checked).
+        action_size: the policy's action size (None: not checked).
+        what: how the caller names the env in messages (e.g. ``"env (env.id / env.kwargs)"``).
+
+    Raises:
+        InputError: unknown id, rejected kwargs, or shapes that differ (the message names both).
+    """
+    env = make_env(env_id, env_kwargs)
+    try:
+        obs_shape = tuple(getattr(env.observation_space, "shape", None) or ())
+        act_shape = tuple(getattr(env.action_space, "shape", None) or ())
+    finally:
+        env.close()
+    if observation_shape is not None and obs_shape != tuple(observation_shape):
+        raise InputError(
+            f"{what} {env_id!r} with {dict(env_kwargs or {})} gives observations {obs_shape} but the "
+            "policy takes "
+            f"{tuple(observation_shape)}; set the env's image_height/image_width to the policy's"
+        )
+    if action_size is not None and act_shape != (action_size,):
+        raise InputError(
+            f"{what} {env_id!r} takes actions {act_shape} but the policy gives ({action_size},); "
+            "use a matching env"
+        )
+
+
+def check_agent_env(spec: Any, env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> None:
+    """Load a checkpoint agent once and build its env once, so that a bad file, env id, env option or shape
+    mismatch is reported before a command creates its output folder or starts workers.
+
+    Args:
+        spec: the agent spec (a checkpoint folder is loaded and its shapes checked; others: the env only).
+        env_id: the env id.
+        env_kwargs: the env kwargs.
+
+    Raises:
+        CheckpointError / InputError: the message names the file or option and the fix.
+    """
+    obs_shape: tuple[int, ...] | None = None
+    action_size: int | None = None
+    if isinstance(spec, str | os.PathLike) and not str(spec).startswith("expert"):
+        from ltc_control.checkpoint import load_checkpoint
+
+        policy, _ = load_checkpoint(Path(spec))
+        cfg = policy.resolved_config()
+        obs_shape = tuple(cfg.image_shape) if cfg.observation == "image" else (cfg.vector_size,)
+        action_size = cfg.action_size
+    check_env(
+        env_id,
+        env_kwargs,
+        observation_shape=obs_shape,
+        action_size=action_size,
+        what="env (--env / --env_kwargs, default: the checkpoint's training env)",
+    )
 
 
 _WORKER: dict[str, Any] = {}

@@ -10,18 +10,28 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ltc_control import runs
+from ltc_control.agents.episode import check_agent_env, resolve_env
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.perturbations import Perturbation
-from ltc_control.config import make_parser, parse_args_and_config, to_dict, to_yaml
+from ltc_control.config import make_parser, parse_args_and_config, to_dict, to_yaml, yaml_load
+from ltc_control.errors import InputError
+from ltc_control.outputs import claim_output
+
+#: The journal of finished episodes in an evaluation's folder (``--resume`` continues from it).
+JOURNAL_NAME = ".evaluation.partial.jsonl"
 
 __all__ = [
+    "JOURNAL_NAME",
     "EvaluateConfig",
+    "add_output_arguments",
+    "open_run_dir",
     "agent_label",
     "build_eval_parser",
     "check_agent_argument",
@@ -80,7 +90,7 @@ class EvaluateConfig:
     """Closed-loop evaluation on held-out roads with Gaussian image noise: ltc-control evaluate.
 
     Attributes:
-        env: Gymnasium env id.
+        env: Gymnasium env id (None = the checkpoint's training env, else LTC/LaneKeeping-v0).
         seeds: road seeds, inclusive ranges and/or a comma-separated list, e.g. "1000-1019" or "1,2,5".
         noise: Gaussian noise variances on images scaled to [0, 1], comma-separated, e.g. "0,0.1,0.2,0.3".
         workers: worker processes (0 = run in this process).
@@ -94,11 +104,12 @@ class EvaluateConfig:
         camera_offset: lateral camera offset in metres (passed to envs that have a camera_offset option).
         completion_tolerance: metres from the road's end that count as completing it.
         device: torch device for checkpoint policies.
-        env_kwargs: env constructor arguments, e.g. {road_length: 80}.
+        env_kwargs: env constructor arguments, e.g. {road_length: 80}; they override the checkpoint's training
+            env kwargs key by key.
         progress: show a progress bar.
     """
 
-    env: str = "LTC/LaneKeeping-v0"
+    env: str | None = None
     seeds: str = "1000-1019"
     noise: str = "0,0.1,0.2,0.3"
     workers: int = 2
@@ -176,12 +187,93 @@ def prepare_run_dir(
         return runs.create_run_dir(Path(root), env_id, preset, seed, config=dict(config), argv=list(argv))
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    _write_records(folder, config, argv)
+    return folder
+
+
+def _write_records(folder: Path, config: Mapping[str, Any], argv: Sequence[str]) -> None:
     runs.atomic_write_text(folder / "config.yaml", to_yaml(dict(config)))
     runs.atomic_write_text(folder / "command.txt", " ".join(argv) + "\n")
     info = runs.git_info()
     runs.atomic_write_text(folder / "git.txt", "".join(f"{k}: {v}\n" for k, v in info.items()))
     runs.atomic_write_json(folder / "versions.json", runs.versions())
-    return folder
+
+
+_NOT_COMPARED = ("progress", "workers", "out", "device")  # options a resumed run may change
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    doc = yaml_load(to_yaml(dict(config))) or {}
+    return {k: v for k, v in doc.items() if k not in _NOT_COMPARED}
+
+
+@contextmanager
+def open_run_dir(
+    out: str | os.PathLike[str] | None,
+    env_id: str,
+    preset: str,
+    seed: int,
+    config: Mapping[str, Any],
+    argv: Sequence[str],
+    *,
+    overwrite: bool = False,
+    resume: bool | None = False,
+    root: str | os.PathLike[str] = "runs",
+) -> Iterator[Path]:
+    """The output folder of a command under the CLI contract (``docs/cli.md``), with its run records.
+
+    ``out`` (or a new run folder under ``root``) is claimed with :func:`ltc_control.outputs.claim_output`:
+    refused when it holds results unless ``overwrite`` / ``resume``, locked while the command runs, and
+    removed again if the command fails with an expected error. ``resume`` needs the options the folder's
+    ``config.yaml`` records.
+
+    Args:
+        out: the folder, or None for a new ``<root>/<env>__<preset>__<seed>__<time>`` folder.
+        env_id: env id (part of a new folder's name).
+        preset: the command and agent, e.g. ``"evaluate-expert"``.
+        seed: first seed (part of a new folder's name).
+        config: the resolved configuration (written to ``config.yaml``).
+        argv: the command line.
+        overwrite: replace the results in ``out``.
+        resume: continue the results in ``out`` (None: the command cannot resume).
+        root: parent of new run folders.
+
+    Yields:
+        The folder, locked, with ``config.yaml``, ``command.txt``, ``git.txt`` and ``versions.json``.
+    """
+    if out is None:
+        if resume:
+            raise InputError("--resume needs --out FOLDER: the folder of the run to continue")
+        base = Path(root)
+        folder = base / runs.run_dir_name(env_id, preset, seed)
+        n = 0
+        while folder.exists():
+            n += 1
+            folder = base / f"{runs.run_dir_name(env_id, preset, seed)}-{n}"
+    else:
+        folder = Path(out)
+    with claim_output(folder, overwrite=overwrite, resume=resume) as claimed:
+        saved = claimed / "config.yaml"
+        if resume and saved.is_file():
+            previous = yaml_load(saved.read_text(encoding="utf-8"))
+            if not isinstance(previous, Mapping) or _comparable(previous) != _comparable(config):
+                raise InputError(
+                    f"--resume: the options differ from those of the run in {claimed} ({saved}); resume with "
+                    "the same options, or pass --overwrite to start again"
+                )
+        _write_records(claimed, config, argv)
+        yield claimed
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, resume: bool = True) -> None:
+    """``--overwrite`` (and ``--resume``) of the commands that write an output folder."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the results in an --out folder that holds some"
+    )
+    if resume:
+        parser.add_argument(
+            "--resume", action="store_true", help="continue the interrupted run in the --out folder"
+        )
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -206,34 +298,62 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_eval_parser()
+    add_output_arguments(parser)
     cfg, ns = parse_args_and_config(EvaluateConfig, args, parser)
     agent = str(ns.agent)
     check_agent_argument(parser, agent)
     seeds = parse_seeds(cfg.seeds)
-    record = {"agent": agent, **to_dict(cfg)}
-    folder = prepare_run_dir(
+    env_id, env_kwargs = resolve_env(agent, cfg.env, cfg.env_kwargs)
+    check_agent_env(agent, env_id, env_kwargs)
+    record = {"agent": agent, **to_dict(cfg), "env": env_id, "env_kwargs": env_kwargs}
+    try:
+        folder = _evaluate_into(agent, cfg, ns, seeds, env_id, env_kwargs, record, args)
+    except KeyboardInterrupt:
+        where = f"--out {cfg.out}" if cfg.out else "--out <the run folder>"
+        print(
+            f"\ninterrupted: finished episodes are kept; continue with the same options and {where} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"\nwrote results into {folder}")
+    return 0
+
+
+def _evaluate_into(
+    agent: str,
+    cfg: EvaluateConfig,
+    ns: argparse.Namespace,
+    seeds: list[int],
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    record: dict[str, Any],
+    args: list[str],
+) -> Path:
+    with open_run_dir(
         cfg.out,
-        cfg.env,
+        env_id,
         f"evaluate-{agent_label(agent)}",
         seeds[0],
         record,
         ["ltc-control", "evaluate", *args],
-    )
-    report = evaluate(
-        agent,
-        cfg.env,
-        seeds,
-        noise_levels=parse_floats(cfg.noise),
-        workers=cfg.workers,
-        env_kwargs=cfg.env_kwargs,
-        max_steps=cfg.max_steps,
-        noise_seed=cfg.noise_seed,
-        perturbation=cfg.perturbation(),
-        device=cfg.device,
-        completion_tolerance=cfg.completion_tolerance,
-        progress=cfg.progress,
-    )
-    paths = report.save(folder)
+        overwrite=ns.overwrite,
+        resume=ns.resume,
+    ) as folder:
+        report = evaluate(
+            agent,
+            env_id,
+            seeds,
+            noise_levels=parse_floats(cfg.noise),
+            workers=cfg.workers,
+            env_kwargs=env_kwargs,
+            max_steps=cfg.max_steps,
+            noise_seed=cfg.noise_seed,
+            perturbation=cfg.perturbation(),
+            device=cfg.device,
+            completion_tolerance=cfg.completion_tolerance,
+            progress=cfg.progress,
+            journal=folder / JOURNAL_NAME,
+        )
+        report.save(folder)
     print(report.table())
-    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
-    return 0
+    return folder

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -60,6 +62,8 @@ def _worker_init(spec: AgentSpec, env_id: str, env_kwargs: dict[str, Any], devic
     reach the caller as the original exception through ``future.result()`` instead of a ``BrokenProcessPool``.
     Everything is built in the worker, never in a parent that forks: MuJoCo renderers must not cross a fork.
     """
+    # Ctrl-C in a terminal reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.clear()
     _WORKER["setup"] = (spec, env_id, env_kwargs, device, threads)
 
@@ -180,12 +184,13 @@ class EvalReport:
             "summary_csv": out / "summary.csv",
             "episodes_csv": out / "episodes.csv",
         }
-        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2, default=str).encode())
         atomic_write_bytes(paths["summary_csv"], _csv_bytes([lv.flat() for lv in self.levels]))
         atomic_write_bytes(paths["episodes_csv"], _csv_bytes([dataclasses.asdict(e) for e in self.episodes]))
         if plot:
             paths["plot"] = out / "crashes_per_km.png"
             self.plot(paths["plot"])
+        # the report last: where evaluation.json exists, every other file of the report does too
+        atomic_write_bytes(paths["json"], json.dumps(self.to_dict(), indent=2, default=str).encode())
         return paths
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -344,14 +349,17 @@ def _run_jobs(
     device: str,
     completion_tolerance: float,
     threads: int,
-    on_done: Callable[[], Any],
+    on_done: Callable[[tuple[float, int], EpisodeMetrics], Any],
 ) -> dict[tuple[float, int], EpisodeMetrics]:
     """Run the ``(noise level, road seed)`` episodes in this process (``workers=0``) or in a spawn pool.
 
     Returns:
-        ``(noise level, road seed)`` -> the episode's metrics; ``on_done`` is called after every episode.
+        ``(noise level, road seed)`` -> the episode's metrics; ``on_done(job, metrics)`` is called after every
+        episode. An interrupt stops the workers at once (pending episodes are cancelled).
     """
     results: dict[tuple[float, int], EpisodeMetrics] = {}
+    if not jobs:
+        return results
     if workers == 0:
         env = make_env(env_id, kwargs)
         try:
@@ -360,7 +368,7 @@ def _run_jobs(
                 for lvl, s in jobs:
                     res = run_episode(env, agent_obj, s, noise=perts[lvl], max_steps=max_steps)
                     results[(lvl, s)] = res.metrics(completion_tolerance)
-                    on_done()
+                    on_done((lvl, s), results[(lvl, s)])
         finally:
             env.close()
         return results
@@ -372,20 +380,77 @@ def _run_jobs(
             "directory, 'expert', a module-level class or factory, or use workers=0"
         ) from exc
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
         mp_context=ctx,
         initializer=_worker_init,
         initargs=(agent, env_id, kwargs, device, threads),
-    ) as pool:
+    )
+    try:
         futures = {
             pool.submit(_worker_episode, s, perts[lvl], max_steps, completion_tolerance): (lvl, s)
             for lvl, s in jobs
         }
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
-            on_done()
+            on_done(futures[fut], results[futures[fut]])
+    except BaseException:
+        # Do not wait for the queued episodes (shutdown(wait=True) would run them all): stop the workers.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
+
+
+def _read_journal(path: Path) -> dict[tuple[float, int], EpisodeMetrics]:
+    """The episodes an interrupted evaluation finished (one JSON line each; a torn last line is ignored)."""
+    done: dict[tuple[float, int], EpisodeMetrics] = {}
+    if not path.is_file():
+        return done
+    names = [f.name for f in dataclasses.fields(EpisodeMetrics)]
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            doc = entry["episode"]
+            if entry["sha256"] != _digest(doc):
+                continue  # damaged: the episode runs again
+            ep = EpisodeMetrics(**{k: _nan(doc[k]) for k in names})
+        except (ValueError, KeyError, TypeError):
+            continue  # the line being written when the process stopped, or a damaged one
+        done[(float(ep.noise_variance), int(ep.seed))] = ep
+    return done
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _append_journal(path: Path, ep: EpisodeMetrics) -> None:
+    doc = ep.to_dict()
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"episode": doc, "sha256": _digest(doc)}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _check_arguments(agent: AgentSpec, levels: list[float], workers: int) -> None:
+    if not levels:
+        raise ValueError("evaluate() needs at least one noise level, e.g. noise_levels=(0, 0.1, 0.2, 0.3)")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"noise levels must be distinct, got {levels}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if (
+        isinstance(agent, str | os.PathLike)
+        and not str(agent).startswith("expert")
+        and not Path(agent).is_dir()
+    ):
+        raise FileNotFoundError(
+            f"checkpoint {str(agent)!r} is not a directory; pass a checkpoint folder (model.json + "
+            "model.safetensors) or 'expert'"
+        )
 
 
 def evaluate(
@@ -403,6 +468,7 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     threads: int = 1,
+    journal: str | os.PathLike[str] | None = None,
 ) -> EvalReport:
     """Evaluate an agent in closed loop on held-out roads at several image-noise levels.
 
@@ -429,6 +495,9 @@ def evaluate(
         out_dir: when given, the report is saved there (JSON, CSV, PNG).
         progress: show a tqdm progress bar.
         threads: torch intra-op threads per episode loop (per worker); 1 is fastest for batch-1 inference.
+        journal: a file that records every finished episode as it finishes; episodes it already lists are
+            not run again (resuming an interrupted evaluation gives the same metrics). Deleted once the
+            report is complete. None: no journal.
 
     Returns:
         The :class:`EvalReport`.
@@ -439,41 +508,38 @@ def evaluate(
     if any(s < 0 for s in seed_list):
         raise ValueError(f"road seeds must be >= 0, got {[s for s in seed_list if s < 0]}")
     levels = [float(v) for v in noise_levels]
-    if not levels:
-        raise ValueError("evaluate() needs at least one noise level, e.g. noise_levels=(0, 0.1, 0.2, 0.3)")
-    if len(set(levels)) != len(levels):
-        raise ValueError(f"noise levels must be distinct, got {levels}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if (
-        isinstance(agent, str | os.PathLike)
-        and not str(agent).startswith("expert")
-        and not Path(agent).is_dir()
-    ):
-        raise FileNotFoundError(
-            f"checkpoint {str(agent)!r} is not a directory; pass a checkpoint folder (model.json + "
-            "model.safetensors) or 'expert'"
-        )
+    _check_arguments(agent, levels, workers)
     base = perturbation or Perturbation()
     kwargs = _with_camera_offset(env_id, dict(env_kwargs or {}), base.camera_offset)
     jobs = [(lvl, s) for lvl in levels for s in seed_list]
     perts = {lvl: dataclasses.replace(base, noise_variance=lvl, seed=noise_seed) for lvl in levels}
 
     start = time.perf_counter()
+    journal_path = None if journal is None else Path(journal)
+    done = {} if journal_path is None else _read_journal(journal_path)
+    done = {job: ep for job, ep in done.items() if job in perts and job[1] in seed_list}
+    todo = [job for job in jobs if job not in done]
     bar = tqdm(total=len(jobs), desc="evaluate", unit="ep", disable=not progress, file=sys.stderr)
+    bar.update(len(jobs) - len(todo))
+
+    def on_done(job: tuple[float, int], ep: EpisodeMetrics) -> None:
+        if journal_path is not None:
+            _append_journal(journal_path, ep)
+        bar.update(1)
+
     try:
-        results = _run_jobs(
+        results = done | _run_jobs(
             agent,
             env_id,
             kwargs,
-            jobs,
+            todo,
             perts,
             workers=workers,
             max_steps=max_steps,
             device=device,
             completion_tolerance=completion_tolerance,
             threads=threads,
-            on_done=lambda: bar.update(1),
+            on_done=on_done,
         )
     finally:
         bar.close()
@@ -496,4 +562,6 @@ def evaluate(
     )
     if out_dir is not None:
         report.save(out_dir)
+    if journal_path is not None:
+        journal_path.unlink(missing_ok=True)
     return report

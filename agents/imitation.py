@@ -16,8 +16,10 @@ The pipeline that :func:`train` runs (and ``ltc-control train`` / ``experiments/
 5. closed-loop evaluation of the best checkpoint on held-out road seeds (``ltc_control.agents.evaluation``).
 
 Everything lands in a run folder (``ltc_control.runs``): resolved config, command line, git commit, metrics
-CSV + TensorBoard, the dataset, checkpoints and the evaluation report. Ctrl-C saves the last checkpoint and
-the trainer state and exits cleanly; ``train(config, resume=run_dir)`` (``--resume RUN_DIR``) continues.
+CSV + TensorBoard, the dataset, checkpoints and the evaluation report. The resume point (``checkpoints/last``
+with the optimizer and trainer state) is written at every epoch and round boundary; Ctrl-C / SIGTERM exit
+cleanly and ``train(config, resume=run_dir)`` (``--resume RUN_DIR``) continues from that point, giving the
+same files bit for bit as an uninterrupted run.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the trainer runs data-parallel with DistributedDataParallel (gloo on
 CPU, nccl on GPU): rank 0 collects and writes, every rank trains on its share of each epoch's windows.
@@ -28,8 +30,10 @@ module (the pipeline) and :mod:`.imitation_cli` (``ltc-control train``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -37,15 +41,19 @@ from pathlib import Path
 
 import torch
 
+from ltc_control.agents.datasets import MANIFEST_NAME, read_manifest
+from ltc_control.agents.episode import check_env
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import TrainConfig, TrainResult
 from ltc_control.agents.imitation_trainer import _copy_checkpoint, _seeds_of, _setup_dist, _Trainer
-from ltc_control.agents.minari_io import open_demos
-from ltc_control.checkpoint import load_checkpoint
-from ltc_control.config import load_yaml
-from ltc_control.runs import atomic_write_json, create_run_dir
+from ltc_control.agents.minari_io import is_minari_source, open_demos
+from ltc_control.checkpoint import checkpoint_info, load_checkpoint
+from ltc_control.config import ConfigError, from_dict, load_yaml, to_yaml, yaml_load
+from ltc_control.errors import ExpectedError, RunFolderError
+from ltc_control.locking import FolderLock
+from ltc_control.runs import atomic_write_json, atomic_write_text, create_run_dir
 
-__all__ = ["select_round", "train"]
+__all__ = ["check_train_config", "load_run_config", "select_round", "train"]
 
 
 def select_round(scores: dict[int, dict[str, float]]) -> int:
@@ -67,6 +75,84 @@ def select_round(scores: dict[int, dict[str, float]]) -> int:
         return (s["completion_rate"], math.floor(s["distance_before_departure_m"]), -lateral, r)
 
     return max(scores, key=key)
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Check what the config validation alone cannot, before any work starts (issue: errors hours late).
+
+    Builds the env once from ``env.id`` / ``env.kwargs`` (when the run will use it: to collect, for DAgger or
+    the closed-loop evaluation) and compares its observation and action shapes with the policy's; an existing
+    dataset at ``demos.dir`` must hold images of the policy's shape; a Minari ``demos.dir`` rules out DAgger.
+
+    Raises:
+        InputError / ConfigError / DatasetError: the message names the key and the fix.
+    """
+    pol = config.policy
+    obs_shape = tuple(pol.image_shape) if pol.observation == "image" else (pol.vector_size,)
+    demos = config.demos.dir
+    minari = bool(demos) and is_minari_source(demos)
+    if minari and config.dagger.rounds:
+        raise ConfigError(
+            f"demos.dir={demos!r} is a Minari dataset, which DAgger rounds cannot append their learner "
+            "episodes to; set dagger.rounds=0, or train from our format (collect with 'ltc-control dataset "
+            "collect')"
+        )
+    existing = minari or (bool(demos) and (Path(demos) / MANIFEST_NAME).is_file())
+    if not existing or config.dagger.rounds or config.eval.num_roads:
+        # the env will be used (collection, DAgger, closed-loop evaluation): build it once now
+        check_env(
+            config.env.id,
+            config.env.kwargs,
+            observation_shape=obs_shape,
+            action_size=pol.action_size,
+            what="env (env.id / env.kwargs)",
+        )
+    if demos and not minari and (Path(demos) / MANIFEST_NAME).is_file():
+        manifest = read_manifest(config.demos.dir)
+        shape = manifest.get("image_shape")
+        if pol.observation == "image" and shape is not None and tuple(shape) != obs_shape:
+            raise ConfigError(
+                f"demos.dir {config.demos.dir} holds images {tuple(shape)} but policy.image_shape is "
+                f"{obs_shape}; use a dataset of the policy's camera size or another demos.dir"
+            )
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    """The config of a training run folder, which must be complete (as ``train`` wrote it).
+
+    A ``config.yaml`` with keys missing would silently resume with defaults in their place, so every key
+    must be present with the value it loads as.
+
+    Raises:
+        RunFolderError: no such folder / no ``config.yaml``, or an incomplete one (the message names it).
+        ConfigError: invalid YAML, unknown keys, wrong types.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RunFolderError(
+            f"{run_dir} is not a training run folder (no config.yaml); pass the folder 'ltc-control train' "
+            "printed"
+        )
+    config = load_yaml(TrainConfig, path)
+    written = yaml_load(path.read_text(encoding="utf-8"))
+    if written != yaml_load(to_yaml(config)):
+        raise RunFolderError(
+            f"{path} is incomplete or was edited (it differs from the config it loads as, e.g. a key is "
+            "missing); restore it, or pass changes with --set on --resume"
+        )
+    last = Path(run_dir) / "checkpoints" / "last"
+    if (last / "model.json").is_file():
+        trained = (checkpoint_info(last).get("metadata") or {}).get("train_config")
+        try:
+            same = from_dict(TrainConfig, trained) == config if isinstance(trained, dict) else True
+        except ConfigError:
+            same = False
+        if not same:
+            raise RunFolderError(
+                f"{path} differs from the config {last} was trained with (edited or damaged); restore it, "
+                "or pass changes with --set on --resume"
+            )
+    return config
 
 
 def _new_run_dir(config: TrainConfig, argv: Sequence[str] | None) -> Path:
@@ -91,26 +177,38 @@ def train(
         argv: the command line recorded in the run folder (``sys.argv`` when None).
 
     Returns:
-        A :class:`TrainResult`. On Ctrl-C the last checkpoint and trainer state are saved first and the
-        result has ``interrupted=True``.
+        A :class:`TrainResult`. On Ctrl-C / SIGTERM nothing more is saved: the resume point is the last
+        finished epoch (as after a SIGKILL), and the result has ``interrupted=True``.
     """
+    saved: TrainConfig | None = None
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(
-                f"{run_dir} is not a training run folder (no config.yaml); pass the folder train() printed"
-            )
+        saved = load_run_config(run_dir)
         if config is None:
-            config = load_yaml(TrainConfig, run_dir / "config.yaml")
+            config = saved
     config = config if config is not None else TrainConfig()
+    check_train_config(config)
     dist = _setup_dist(config.bc.device)
     try:
         if config.bc.num_threads:
             torch.set_num_threads(config.bc.num_threads)
         if resume is None:
             run_dir = dist.broadcast(_new_run_dir(config, argv) if dist.main else None)
-        trainer = _Trainer(config, run_dir, dist, progress)
-        return _run(trainer, resumed=resume is not None)
+        try:
+            with FolderLock(run_dir) if dist.main else contextlib.nullcontext():
+                if resume is not None and dist.main and config != saved:
+                    # --set on --resume: the run goes on with the new values, and its record says so
+                    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+                trainer = _Trainer(config, run_dir, dist, progress)
+                return _run(trainer, resumed=resume is not None)
+        except ExpectedError:
+            # a new run that failed on a bad file or value before producing anything to resume: no folder
+            resumable = (run_dir / "checkpoints" / "last").exists() or (
+                run_dir / "data" / MANIFEST_NAME
+            ).exists()
+            if resume is None and dist.main and not resumable:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
@@ -128,8 +226,10 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
         while state["round"] <= cfg.dagger.rounds:
             round_ = state["round"]
             if not state["round_done"]:
-                if round_ > 0:
+                if round_ > 0 and state["collected_round"] < round_:
                     trainer.collect_dagger(round_, trainer.ckpt_dir / f"round{round_ - 1}")
+                    state["collected_round"] = round_
+                    trainer.save_state()  # the resume point moves past the collection and its log row
                 source = trainer.data_source()  # our dataset folder, or a Minari dataset
                 train_data = open_demos(source, road_seeds=train_seeds)
                 val_data = open_demos(source, road_seeds=val_seeds, sources=["expert"])
@@ -154,12 +254,15 @@ def _run(trainer: _Trainer, resumed: bool) -> TrainResult:
             trainer.save_state()
             dist.barrier()
     except KeyboardInterrupt:
+        # Nothing is saved here: the resume point is the last one written at an epoch (or round) boundary,
+        # exactly where a SIGKILL would resume, so an interrupted and resumed run equals an uninterrupted one
+        # bit for bit. Saving the mid-epoch weights under the old epoch counter would rerun that epoch from
+        # partly trained weights.
         interrupted = True
-        trainer.save_state()
         if dist.main:
             print(
-                f"\ninterrupted: saved {trainer.ckpt_dir / 'last'}; continue with "
-                f"'ltc-control train --resume {trainer.run_dir}'",
+                f"\ninterrupted: the last finished epoch is saved in {trainer.ckpt_dir / 'last'}; continue "
+                f"with 'ltc-control train --resume {trainer.run_dir}'",
                 file=sys.stderr,
             )
     best = trainer.ckpt_dir / "best"

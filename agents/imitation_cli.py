@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ltc_control.agents.imitation import train
+from ltc_control.agents.imitation import load_run_config, train
 from ltc_control.agents.imitation_config import TrainConfig
-from ltc_control.config import apply_overrides, load_yaml, make_parser, parse_args_and_config
+from ltc_control.config import apply_overrides, make_parser, parse_args_and_config
 
 __all__ = ["train_main"]
 
@@ -39,15 +39,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             parser.error(
                 "--resume uses the run's own config.yaml; drop --config (use --set to override keys)"
             )
-        saved = ns.resume / "config.yaml"
-        if not saved.is_file():
-            parser.error(f"{ns.resume} is not a training run folder (no config.yaml)")
-        config = apply_overrides(load_yaml(TrainConfig, saved), ns.overrides)
+        config = apply_overrides(load_run_config(ns.resume), ns.overrides)
     result = train(
         config, resume=ns.resume, progress=not ns.no_progress, argv=["ltc-control", "train", *args]
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.run_dir}")
-        print(f"best checkpoint: {result.best_checkpoint}")
-        print(json.dumps(result.metrics, indent=1))
+        if result.interrupted:
+            print(f"interrupted: resume with 'ltc-control train --resume {result.run_dir}'")
+        else:
+            print(f"best checkpoint: {result.best_checkpoint}")
+            print(json.dumps(result.metrics, indent=1))
     return 130 if result.interrupted else 0

@@ -6,6 +6,7 @@ it); :class:`TrainResult` is what :func:`ltc_control.agents.imitation.train` ret
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,14 @@ class DemoConfig:
     episodes_per_chunk: int = 4
 
     def __post_init__(self) -> None:
-        if self.num_roads < 1 or self.episodes_per_road < 1:
-            raise ValueError("demos.num_roads and demos.episodes_per_road must be >= 1")
+        if self.num_roads < 1 or self.episodes_per_road < 1 or self.episodes_per_chunk < 1:
+            raise ValueError(
+                "demos.num_roads, demos.episodes_per_road and demos.episodes_per_chunk must be >= 1"
+            )
+        if self.seed_start < 0 or self.max_steps < 0:
+            raise ValueError(
+                f"demos.seed_start and demos.max_steps must be >= 0, got {self.seed_start}, {self.max_steps}"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"demos.val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -110,11 +117,11 @@ class BCConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"bc.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr_perception", "lr_controller"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"bc.{name} must be > 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"bc.{name} must be a finite number > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "curve_alpha", "min_delta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"bc.{name} must be >= 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"bc.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.patience < 0 or self.max_batches_per_epoch < 0 or self.num_threads < 0:
             raise ValueError("bc.patience, bc.max_batches_per_epoch and bc.num_threads must be >= 0")
 
@@ -146,6 +153,8 @@ class DaggerConfig:
             raise ValueError("dagger.rounds must be >= 0, episodes_per_round and epochs_per_round >= 1")
         if not (0.0 <= self.beta <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("dagger.beta and dagger.beta_decay must be in [0, 1]")
+        if self.max_steps < 0:
+            raise ValueError(f"dagger.max_steps must be >= 0 (0 = the env's limit), got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,23 @@ class ClosedLoopEvalConfig:
     noise_levels: tuple[float, ...] = (0.0,)
     max_steps: int = 0
     completion_tolerance: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_roads < 0 or self.seed_start < 0:
+            raise ValueError(
+                f"eval.num_roads and eval.seed_start must be >= 0, got {self.num_roads}, {self.seed_start}"
+            )
+        if self.max_steps < 0:
+            raise ValueError(f"eval.max_steps must be >= 0 (0 = the env's limit), got {self.max_steps}")
+        bad = [v for v in self.noise_levels if not (math.isfinite(v) and v >= 0)]
+        if bad or (self.num_roads and not self.noise_levels):
+            raise ValueError(
+                f"eval.noise_levels must be finite variances >= 0 (at least one), got {bad or []}"
+            )
+        if len(set(self.noise_levels)) != len(self.noise_levels):
+            raise ValueError(f"eval.noise_levels must be distinct, got {list(self.noise_levels)}")
+        if not (math.isfinite(self.completion_tolerance) and self.completion_tolerance >= 0):
+            raise ValueError(f"eval.completion_tolerance must be >= 0, got {self.completion_tolerance}")
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ltc_control.agents.collection import CollectConfig, EpisodeTask, expert_tasks, run_tasks
-from ltc_control.agents.datasets import DemoDataset, WindowBatch, split_road_seeds
+from ltc_control.agents.datasets import DatasetError, DemoDataset, WindowBatch, split_road_seeds
 from ltc_control.agents.evaluation import evaluate
 from ltc_control.agents.imitation_config import BCConfig, TrainConfig
 from ltc_control.agents.minari_io import is_minari_source, minari_road_seeds
-from ltc_control.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from ltc_control.checkpoint import CheckpointError, load_checkpoint, load_trainer_state, save_checkpoint
 from ltc_control.config import to_dict
+from ltc_control.errors import RunFolderError
 from ltc_control.policy import Policy
 from ltc_control.runs import MetricsLogger
 
@@ -166,6 +167,22 @@ def _copy_checkpoint(src: Path, dst: Path) -> None:
         shutil.rmtree(old)
 
 
+def _parse_extra(saved: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's resume state from its saved form (typed; raises on a malformed entry)."""
+    extra = dict(saved)
+    extra["round_scores"] = {int(k): dict(v) for k, v in json.loads(extra["round_scores"]).items()}
+    extra["best_val"] = float(extra["best_val"])
+    extra.setdefault("collected_round", 0)
+    for key in ("round", "epoch", "step", "bad_epochs", "collected_round"):
+        if isinstance(extra[key], bool) or int(extra[key]) != extra[key] or int(extra[key]) < 0:
+            raise ValueError(f"{key} = {extra[key]!r} is not a count")
+        extra[key] = int(extra[key])
+    if not isinstance(extra["round_done"], bool):
+        raise ValueError(f"round_done = {extra['round_done']!r} is not true/false")
+    extra["train_seconds"] = float(extra["train_seconds"])
+    return extra
+
+
 def _seeds_of(start: int, count: int) -> list[int]:
     return list(range(start, start + count))
 
@@ -199,6 +216,9 @@ class _Trainer:
             "round_done": False,
             "round_scores": {},  # round -> closed-loop validation score
             "train_seconds": 0.0,
+            "metrics_rows": 0,  # rows of metrics.csv at the resume point
+            "metrics_sha256": "",  # and their digest (a damaged metrics.csv is detected on resume)
+            "collected_round": 0,  # the last DAgger round whose episodes are all collected
         }
         self.logger: Any = None
         if dist.main:
@@ -218,6 +238,9 @@ class _Trainer:
             }
             extra = None
             if with_state:
+                if self.logger is not None:
+                    self.state["metrics_rows"] = self.logger.num_rows
+                    self.state["metrics_sha256"] = self.logger.digest()
                 extra = dict(self.state)
                 extra["round_scores"] = json.dumps(self.state["round_scores"])
                 extra["best_val"] = repr(float(self.state["best_val"]))  # keeps inf exactly
@@ -233,24 +256,33 @@ class _Trainer:
     def restore(self) -> bool:
         """Load ``checkpoints/last`` with its trainer state if present; True when something was loaded."""
         last = self.ckpt_dir / "last"
-        if not (last / "model.json").is_file():
-            return False
-        loaded, _ = load_checkpoint(last)
+        if not last.exists() and not any(self.ckpt_dir.glob(".last.old-*")):
+            return False  # interrupted before the first epoch ended: start training from the beginning
+        loaded, _ = load_checkpoint(last)  # a damaged or incomplete checkpoint is an error, never a restart
         self.policy.load_state_dict(loaded.state_dict())
         trainer_state = load_trainer_state(last)
         if trainer_state is None or trainer_state.get("extra") is None:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{last} has no trainer state; it was not written by this trainer's resume logic"
             )
-        if trainer_state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(trainer_state["optimizer"])
-        extra = dict(trainer_state["extra"])
-        extra["round_scores"] = {int(k): v for k, v in json.loads(extra["round_scores"]).items()}
-        extra["best_val"] = float(extra["best_val"])
-        for key in ("round", "epoch", "step", "bad_epochs"):
-            extra[key] = int(extra[key])
-        extra["round_done"] = bool(extra["round_done"])
-        extra["train_seconds"] = float(extra["train_seconds"])
+        try:
+            if trainer_state.get("optimizer") is not None:
+                self.optimizer.load_state_dict(trainer_state["optimizer"])
+            extra = _parse_extra(trainer_state["extra"])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{last}/trainer_state.json holds a malformed resume state ({type(exc).__name__}: {exc}); "
+                "restore the run folder from a good copy"
+            ) from exc
+        if "metrics_rows" in extra and self.logger is not None:
+            rows = extra["metrics_rows"] = int(extra["metrics_rows"])
+            digest = extra.get("metrics_sha256")
+            if self.logger.num_rows < rows or (digest is not None and self.logger.digest(rows) != digest):
+                raise RunFolderError(
+                    f"{self.logger.csv_path} was truncated or altered after the resume point "
+                    f"({self.logger.num_rows} rows, {rows} expected up to it); restore it from a good copy"
+                )
+            self.logger.truncate(rows)  # drop the rows logged after this resume point (rerun now)
         self.state.update(extra)
         return True
 
@@ -355,16 +387,17 @@ class _Trainer:
                 desc=f"dagger round {round_}",
                 torch_threads=1,
             )
-            if stats["new_episodes"]:
-                self.log(
-                    {
-                        "dagger/round": round_,
-                        "dagger/beta": beta,
-                        "dagger/episodes": stats["new_episodes"],
-                        "dagger/steps": stats["steps"],
-                        "dagger/completed_fraction": stats["completed"] / stats["new_episodes"],
-                    }
-                )
+            # the whole round's episodes (also those collected before an interrupt): a resumed round logs
+            # the same row as an uninterrupted one
+            self.log(
+                {
+                    "dagger/round": round_,
+                    "dagger/beta": beta,
+                    "dagger/episodes": stats["all_episodes"],
+                    "dagger/steps": stats["all_steps"],
+                    "dagger/completed_fraction": stats["all_completed"] / max(1, stats["all_episodes"]),
+                }
+            )
         self.dist.barrier()
 
     # -------------------------------------------------------------------------------------------- training
@@ -430,6 +463,12 @@ class _Trainer:
             pred, _ = self.model(obs, episode_starts=starts)
             loss = curve_weighted_mse(pred, labels, bc.curve_alpha)
             if not torch.isfinite(loss):
+                if not bool(torch.isfinite(labels).all()):
+                    raise DatasetError(
+                        f"the training labels hold NaN or inf (a batch at step {self.state['step']}); the "
+                        f"dataset {self.data_dir()} is damaged: check it with 'ltc-control dataset summary "
+                        "--verify' and collect it again"
+                    )
                 raise FloatingPointError(
                     f"training loss became {float(loss)} at step {self.state['step']}; lower "
                     "bc.lr_controller / "

@@ -45,6 +45,7 @@ from ltc_control.inspection.report import (
     write_saliency_outputs,
 )
 from ltc_control.inspection.trace import Trace
+from ltc_control.outputs import claim_output
 
 __all__ = [
     "InspectConfig",
@@ -468,19 +469,23 @@ def inspect_main(argv: Sequence[str] | None = None, prog: str = "ltc-control ins
     """
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_inspect_parser(prog)
+    parser.add_argument("--overwrite", action="store_true", help="replace the results in the --out folder")
     cfg, ns = parse_args_and_config(InspectConfig, args, parser)
     source = Path(ns.checkpoint)
     bad = [f for f in cfg.formats if f not in ("png", "svg", "pdf")]
     if bad:
         parser.error(f"unsupported --formats {bad}; choose from png, svg, pdf")
-    if source.is_file() and source.suffix == ".npz":
-        result = report_from_trace(source, cfg.out, formats=cfg.formats)
-        if cfg.rerun:
-            result.summary["rerun recording"] = str(_write_rerun(result.trace_data, Path(cfg.out), cfg))
-    elif source.is_dir():
-        result = inspect_policy(source, cfg.out, env_id=cfg.env, seed=cfg.seed, steps=cfg.steps, config=cfg)
-    else:
+    if not (source.is_dir() or (source.is_file() and source.suffix == ".npz")):
         parser.error(f"{ns.checkpoint!r} is neither a checkpoint folder nor a trace .npz file")
+    with claim_output(cfg.out, overwrite=ns.overwrite, resume=None):
+        if source.is_file():
+            result = report_from_trace(source, cfg.out, formats=cfg.formats)
+            if cfg.rerun:
+                result.summary["rerun recording"] = str(_write_rerun(result.trace_data, Path(cfg.out), cfg))
+        else:
+            result = inspect_policy(
+                source, cfg.out, env_id=cfg.env, seed=cfg.seed, steps=cfg.steps, config=cfg
+            )
     print(f"recorded {result.trace_data.num_steps} steps of {result.trace_data.num_neurons} neurons")
     for key, value in result.summary.items():
         print(f"  {key}: {value}")

@@ -44,12 +44,19 @@ from ltc_control.agents.episode import (
     EpisodeResult,
     PolicyAgent,
     StepRecord,
+    check_agent_env,
     make_agent,
     make_env,
+    resolve_env,
     run_episode,
     torch_threads,
 )
-from ltc_control.agents.evaluate_cli import agent_label, check_agent_argument, prepare_run_dir
+from ltc_control.agents.evaluate_cli import (
+    add_output_arguments,
+    agent_label,
+    check_agent_argument,
+    open_run_dir,
+)
 from ltc_control.agents.perturbations import Perturbation
 from ltc_control.config import make_parser, parse_args_and_config, to_dict
 from ltc_control.runs import atomic_write_json
@@ -70,7 +77,8 @@ class RolloutConfig:
     """Closed-loop rollout of a policy with an mp4 video: ltc-control rollout.
 
     Attributes:
-        env: Gymnasium env id (the policy's observation shape and action size must match it).
+        env: Gymnasium env id (None = the checkpoint's training env, else LTC/LaneKeeping-v0); the policy's
+            observation shape and action size must match it.
         seed: road seed of the first episode; episode k uses seed + k.
         episodes: number of episodes, all in one video.
         video: output mp4 path; None = no video (metrics only). The CLI writes the default name into the
@@ -86,14 +94,15 @@ class RolloutConfig:
         noise_seed: seed of that noise (same protocol as ltc-control evaluate).
         expert: draw the privileged expert's steering next to the policy's (lane-keeping envs only).
         device: torch device for the policy.
-        env_kwargs: env constructor arguments, e.g. {road_length: 80}.
+        env_kwargs: env constructor arguments, e.g. {road_length: 80}; they override the checkpoint's training
+            env kwargs key by key.
         progress: show a progress bar.
         rerun: also write a Rerun recording (.rrd) of the rollout here: camera and chase frames, steering
             (policy and expert), lateral error, speed, every neuron's state and tau, the road map, the wiring
             graph; open it with ``rerun FILE`` (needs ``pip install 'ltc-control[rerun]'``). None = none.
     """
 
-    env: str = "LTC/LaneKeeping-v0"
+    env: str | None = None
     seed: int = 1000
     episodes: int = 1
     video: str | None = "rollout.mp4"
@@ -500,10 +509,12 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
         The :class:`RolloutResult` (episodes, video path, codec, frame count).
     """
     cfg = config or RolloutConfig()
+    env_id, env_kwargs = resolve_env(agent, cfg.env, cfg.env_kwargs)  # a checkpoint's training env by default
+    cfg = dataclasses.replace(cfg, env=env_id, env_kwargs=env_kwargs)
     agent_obj = make_agent(agent, device=cfg.device)
     make_video = cfg.video is not None
     render_mode = "rgb_array" if (make_video and "chase" in cfg.panels) or cfg.rerun else None
-    env = make_env(cfg.env, cfg.env_kwargs, render_mode=render_mode)
+    env = make_env(env_id, env_kwargs, render_mode=render_mode)
     probe = _SensoryProbe(agent_obj) if make_video and "neurons" in cfg.panels else None
     writer: vid.VideoWriter | None = None
     try:
@@ -519,7 +530,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
             neuron_names=policy_agent.neuron_names if policy_agent else None,
             action_names=_action_names(env, action_size),
         )
-        expert = make_agent("expert") if make_video and cfg.expert and cfg.env.startswith("LTC/") else None
+        expert = make_agent("expert") if make_video and cfg.expert and env_id.startswith("LTC/") else None
         if make_video:
             assert cfg.video is not None
             writer = vid.VideoWriter(cfg.video, fps=fps, size=size)
@@ -555,7 +566,7 @@ def rollout(agent: AgentSpec | Any, config: RolloutConfig | None = None) -> Roll
         bar.close()
         rerun_path = None
         if capture is not None and cfg.rerun is not None:
-            rerun_path = capture.write(cfg.rerun, expert=cfg.expert and cfg.env.startswith("LTC/"))
+            rerun_path = capture.write(cfg.rerun, expert=cfg.expert and env_id.startswith("LTC/"))
         path = writer.close() if writer is not None else None
         return RolloutResult(
             episodes=episodes,
@@ -598,18 +609,29 @@ def rollout_main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_rollout_parser()
+    add_output_arguments(parser, resume=False)
     cfg, ns = parse_args_and_config(RolloutConfig, args, parser)
     agent = str(ns.agent)
     check_agent_argument(parser, agent)
+    env_id, env_kwargs = resolve_env(agent, cfg.env, cfg.env_kwargs)
+    check_agent_env(agent, env_id, env_kwargs)
+    cfg = dataclasses.replace(cfg, env=env_id, env_kwargs=env_kwargs)
     record = {"agent": agent, **to_dict(cfg)}
-    folder = prepare_run_dir(
-        cfg.out, cfg.env, f"rollout-{agent_label(agent)}", cfg.seed, record, ["ltc-control", "rollout", *args]
-    )
-    if cfg.video is not None and "video" not in vars(ns) and cfg.video == RolloutConfig.video:
-        # no video path given: the default name goes into the run folder with the run's records
-        cfg = dataclasses.replace(cfg, video=str(folder / cfg.video))
-    result = rollout(agent, cfg)
-    atomic_write_json(folder / "episodes.json", result.summary())
+    with open_run_dir(
+        cfg.out,
+        env_id,
+        f"rollout-{agent_label(agent)}",
+        cfg.seed,
+        record,
+        ["ltc-control", "rollout", *args],
+        overwrite=ns.overwrite,
+        resume=None,
+    ) as folder:
+        if cfg.video is not None and "video" not in vars(ns) and cfg.video == RolloutConfig.video:
+            # no video path given: the default name goes into the run folder with the run's records
+            cfg = dataclasses.replace(cfg, video=str(folder / cfg.video))
+        result = rollout(agent, cfg)
+        atomic_write_json(folder / "episodes.json", result.summary())
     for ep in result.episodes:
         m = ep.metrics()
         print(

@@ -20,7 +20,7 @@ Design (see ``docs/rl.md``):
   project's LSTM/GRU cells). Its **motor neurons are the action**: one motor neuron per action dimension (per
   logit for discrete actions), followed by the same element-wise head as :class:`ltc_control.policy.Policy`
   (``tanh(scale * y + bias)`` for actions in [-1, 1]). That is what makes an exact export to a
-  :class:`~ltc_control.policy.Policy` checkpoint possible (:mod:`ltc_control.agents.sb3_export`), so the
+  :class:`~ltc_control.policy.Policy` checkpoint possible (:mod:`ltc_control.agents.sb3_checkpoint`), so the
   inspection, video and evaluation tools read a PPO-trained controller exactly like an imitation-trained one.
 - The feature extractor, the motor head and the LSTM-faced controller adapter live in
   :mod:`ltc_control.agents.sb3_modules`.

@@ -1,215 +1,208 @@
-"""Moving weights between the liquid sb3 policies and :class:`ltc_control.policy.Policy` checkpoints.
+"""Export the actor of a stable-baselines3 ``RecurrentPPO`` model with an
+:class:`~ltc_control.agents.sb3.LtcPolicy` / :class:`~ltc_control.agents.sb3.CnnLtcPolicy` to ONNX /
+``torch.export``.
 
-:func:`to_policy` / :func:`export_policy` turn a trained :class:`~ltc_control.agents.sb3.LtcPolicy` (or a
-``RecurrentPPO`` model using one) into an exact ``Policy`` (same actions); :func:`policy_kwargs_from_policy`
-and :func:`load_policy_weights` go the other way, to fine-tune an imitation-trained policy with PPO.
+The actor becomes a :class:`~ltc_control.policy.Policy` (:func:`ltc_control.agents.sb3.to_policy`, same
+weights), which is exported like any checkpoint; the parity reference, however, is the sb3 actor itself: its
+deterministic output (the Gaussian mean for ``Box`` actions, which ``model.predict(..., deterministic=True)``
+clips to the action space; the logits for discrete actions, whose argmax is the action) and its cell state
+(``h[0, :, :state_size]`` of sb3's ``(h, c)`` pair), stepped with the ``dt`` the adapter was trained with.
+
+``ltc-control export model.zip --out DIR`` comes here (:func:`export_sb3`); from Python pass the model::
+
+    from ltc_control.agents.sb3_export import export_sb3
+    export_sb3(model, "exported/ppo", env={"id": "LTC/LaneKeeping-v0", "kwargs": {...}})
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.torch_layers import FlattenExtractor
-from torch import Tensor, nn
+from stable_baselines3.common.policies import BaseModel
 
+from ltc_control.agents.export_rollout import PARITY_SEED, default_env, drive_trace
 from ltc_control.agents.sb3 import LtcPolicy
-from ltc_control.agents.sb3_modules import ConvHeadExtractor
-from ltc_control.policy import ActionHeadConfig, Policy, PolicyConfig
+from ltc_control.agents.sb3_checkpoint import to_policy
+from ltc_control.agents.sb3_modules import ControllerAdapter
+from ltc_control.export import (
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    EXPORT_FORMATS,
+    ExportError,
+    ExportResult,
+    ParityTrace,
+    export_policy,
+    synthetic_trace,
+)
 
-__all__ = ["export_policy", "load_policy_weights", "policy_kwargs_from_policy", "to_policy"]
+__all__ = ["export_sb3", "load_sb3", "sb3_actor", "sb3_trace"]
 
 
-# ------------------------------------------------------------------------------------ export / import
-def _policy_of(model: Any) -> LtcPolicy:
+def load_sb3(path: str | Path) -> Any:
+    """Load a ``RecurrentPPO`` zip on the CPU.
+
+    Raises:
+        ExportError: the file does not load or its policy is not an ``LtcPolicy`` (one line).
+    """
+    from sb3_contrib import RecurrentPPO
+
+    try:
+        model = RecurrentPPO.load(str(path), device="cpu")
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ExportError(f"cannot load sb3 model {str(path)!r}: {type(exc).__name__}: {first}") from exc
+    _ltc_policy(model)
+    return model
+
+
+def _ltc_policy(model: Any) -> LtcPolicy:
     policy = getattr(model, "policy", model)
     if not isinstance(policy, LtcPolicy):
-        raise ValueError(
-            f"expected an LtcPolicy or a RecurrentPPO model using one, got {type(policy).__name__}; "
-            "RecurrentPPO's "
-            "own MlpLstmPolicy has no liquid controller to export"
+        raise ExportError(
+            f"only LtcPolicy / CnnLtcPolicy actors export, got {type(policy).__name__}; sb3's own "
+            "MlpLstmPolicy has no liquid controller"
         )
     return policy
 
 
-def _policy_config(policy: LtcPolicy) -> PolicyConfig:
-    extractor = policy.pi_features_extractor
-    ctrl = policy.controller_config
-    head = ActionHeadConfig(squash=policy.action_squash, learnable=True)
-    if isinstance(extractor, ConvHeadExtractor):
-        c, h, w = extractor.head.image_shape
-        if not policy.normalize_images and not extractor.perception_config.standardize:
-            raise ValueError(
-                "cannot export: the sb3 policy feeds raw 0-255 images to an unstandardised head, while "
-                "ltc_control.policy.Policy scales frames to [0, 1]; train with normalize_images=True or a "
-                "standardising head"
-            )
-        return PolicyConfig(
-            observation="image",
-            image_shape=(h, w, c),
-            perception=dataclasses.replace(extractor.perception_config),
-            controller=ctrl,
-            action_size=policy.motor_size,
-            action_head=head,
-        )
-    if isinstance(extractor, FlattenExtractor):
-        return PolicyConfig(
-            observation="vector",
-            vector_size=int(extractor.features_dim),
-            controller=ctrl,
-            action_size=policy.motor_size,
-            action_head=head,
-        )
-    raise ValueError(
-        f"cannot export a policy whose features extractor is {type(extractor).__name__}: "
-        "ltc_control.policy.Policy knows vector observations (FlattenExtractor) and the ConvHead "
-        "(ConvHeadExtractor / CnnLtcPolicy)"
+def sb3_actor(model: Any) -> Any:
+    """The sb3 actor as an :data:`~ltc_control.agents.export_rollout.Actor` (batch 1): ``(obs, state, dt,
+    start) -> (env action, deterministic output (A,), state, cell state (S,))``; ``dt`` is ignored (the
+    adapter's fixed one applies)."""
+    policy = _ltc_policy(model).eval()
+    adapter = cast(ControllerAdapter, policy.lstm_actor)
+    space = policy.action_space
+
+    def actor(obs: np.ndarray, state: Any, dt: float, start: bool) -> tuple[Any, Any, Any, Any]:
+        with torch.no_grad():
+            if start or state is None:
+                zeros = torch.zeros(1, 1, adapter.hidden_size)
+                state = (zeros, zeros.clone())
+            obs_t, _ = policy.obs_to_tensor(obs)
+            feats = BaseModel.extract_features(policy, obs_t, policy.pi_features_extractor)
+            starts = torch.full((1,), float(start))
+            motor, _, state = adapter(feats, state, starts)
+            out = policy.action_net(motor)[0].numpy().astype(np.float32)
+            cell_state = adapter.unpack(state[0])[0].numpy().copy()
+        if isinstance(space, spaces.Box):
+            env_action: Any = np.clip(out.reshape(space.shape), space.low, space.high)
+        elif isinstance(space, spaces.Discrete):
+            env_action = int(np.argmax(out))
+        else:
+            env_action = out
+        return env_action, out, state, cell_state
+
+    return actor
+
+
+def sb3_trace(
+    model: Any, env: Mapping[str, Any] | None = None, steps: int = 1000, seed: int = PARITY_SEED
+) -> ParityTrace:
+    """The sb3 actor driving its env (or, when no lane-keeping env fits, on synthetic inputs) as a trace.
+
+    Args:
+        model: a ``RecurrentPPO`` model (or its policy).
+        env: ``{"id", "kwargs"}`` (default: :func:`~ltc_control.agents.export_rollout.default_env`).
+        steps: control steps.
+        seed: first road seed (or the synthetic inputs' seed).
+    """
+    policy = _ltc_policy(model)
+    actor = sb3_actor(model)
+    dt = float(cast(ControllerAdapter, policy.lstm_actor).dt)
+    spec = default_env(to_policy(model), env)
+    if spec is not None:
+        return drive_trace(actor, spec["id"], spec["kwargs"], steps, dt, seed, jitter=None)
+    synth = synthetic_trace(to_policy(model), steps=steps, seed=seed)
+    actions, states = [], []
+    state = None
+    for i in range(synth.steps):
+        _, out, state, cell = actor(synth.observations[i][0], state, dt, bool(synth.starts[i, 0]))
+        actions.append(out[None])
+        states.append(cell[None])
+    return ParityTrace(
+        synth.observations,
+        np.full_like(synth.dt, dt),
+        synth.starts,
+        np.stack(actions),
+        np.stack(states),
+        source=f"sb3 actor on synthetic inputs ({steps} steps, seed {seed}, dt = {dt:g})",
     )
 
 
-def to_policy(model: Any) -> Policy:
-    """The actor of a trained sb3 model as an :class:`ltc_control.policy.Policy` (same weights, eval mode).
+def _semantics(policy: LtcPolicy) -> list[str]:
+    space = policy.action_space
+    if isinstance(space, spaces.Box):
+        low, high = np.asarray(space.low).ravel(), np.asarray(space.high).ravel()
+        return [
+            f"output {i}: the deterministic action (Gaussian mean); clip to the action space "
+            f"[{lo:g}, {hi:g}] as model.predict does"
+            for i, (lo, hi) in enumerate(zip(low, high))
+        ]
+    if isinstance(space, spaces.Discrete):
+        return [
+            f"logit {i}: the action is the argmax over the {int(space.n)} logits" for i in range(int(space.n))
+        ]
+    return [
+        f"output {i}: motor output (sb3 {type(space).__name__} action space)"
+        for i in range(policy.motor_size)
+    ]
 
-    ``Policy.act(obs, state)`` then returns the deterministic action of ``model.predict(obs, state,
-    deterministic=True)`` (for discrete actions: the logits; the action is their argmax). Its ``controller``
-    is a copy of the sb3 policy's controller, so recorders, plots, saliency and video rollouts work unchanged.
 
-    Args:
-        model: a ``RecurrentPPO`` model with an :class:`LtcPolicy` / :class:`CnnLtcPolicy`, or the policy.
+def export_sb3(
+    model: Any,
+    out: str | Path,
+    formats: str | Sequence[str] = EXPORT_FORMATS,
+    opset: int = DEFAULT_OPSET,
+    steps: int = 1000,
+    tolerance: float = DEFAULT_TOLERANCE,
+    env: Mapping[str, Any] | None = None,
+    seed: int = PARITY_SEED,
+) -> ExportResult:
+    """Export an sb3 liquid actor (a ``RecurrentPPO`` model or the path of its zip), parity against sb3.
+
+    Arguments as :func:`ltc_control.agents.export.export_checkpoint`.
 
     Raises:
-        ValueError: a policy that is not an ``LtcPolicy`` or uses a features extractor ``Policy`` cannot
-    represent."""
-    policy = _policy_of(model)
-    cfg = _policy_config(policy)
-    out = Policy(cfg)
-    extractor = policy.pi_features_extractor
-    state: dict[str, Tensor] = {}
-    for k, v in policy.controller.state_dict().items():
-        state[f"controller.{k}"] = v
-    if isinstance(extractor, ConvHeadExtractor):
-        for k, v in extractor.head.state_dict().items():
-            state[f"perception.{k}"] = v
-    state["action_scale"] = policy.motor_head.scale.detach()
-    state["action_bias"] = policy.motor_head.bias.detach()
-    missing, unexpected = out.load_state_dict(
-        {k: v.detach().cpu().clone() for k, v in state.items()}, strict=False
-    )
-    # Policy may carry buffers that the sb3 policy does not (none today); weights must all be covered.
-    params = {name for name, _ in out.named_parameters()}
-    if params & set(missing) or unexpected:
-        raise RuntimeError(
-            f"export mismatch: missing {sorted(params & set(missing))}, unexpected {sorted(unexpected)}"
-        )
-    return out.eval()
-
-
-def export_policy(model: Any, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write the trained actor as an ``ltc_control`` checkpoint folder (safetensors + JSON, atomic).
-
-    The folder loads with :func:`ltc_control.checkpoint.load_checkpoint` and works with
-    ``ltc-control rollout|evaluate|inspect --checkpoint <folder>`` exactly like an imitation-trained policy.
-
-    Args:
-        model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
-        directory: checkpoint folder to write (replaced if it exists).
-        metadata: extra JSON-ready metadata (e.g. env id, training steps, returns).
-
-    Returns:
-        The checkpoint folder.
+        ExportError: an unloadable zip, a non-liquid policy, or the errors of
+            :func:`ltc_control.export.export_policy`.
     """
-    from ltc_control.checkpoint import save_checkpoint
+    from ltc_control.export import check_opset, parse_formats
 
-    policy = _policy_of(model)
-    meta: dict[str, Any] = {
-        "source": "stable-baselines3 RecurrentPPO",
-        "action_space": type(policy.action_space).__name__,
-        "action_decoding": "argmax of the outputs"
-        if isinstance(policy.action_space, spaces.Discrete)
-        else "the outputs are the actions (deterministic mean)",
-        "critic": policy.critic_mode,
-    }
+    if "onnx" in parse_formats(formats):
+        check_opset(opset)
+    source: dict[str, Any] = {"kind": "sb3", "algorithm": type(model).__name__}
+    if isinstance(model, str | Path):
+        path = Path(model)
+        source = {
+            "kind": "sb3",
+            "path": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
+        }
+        model = load_sb3(path)
+        source["algorithm"] = type(model).__name__
+    policy = _ltc_policy(model)
+    try:
+        converted = to_policy(model)
+    except ValueError as exc:
+        raise ExportError(f"cannot convert the sb3 actor: {exc}") from exc
     timesteps = getattr(model, "num_timesteps", None)
     if isinstance(timesteps, int):
-        meta["num_timesteps"] = timesteps
-    meta.update(dict(metadata or {}))
-    return save_checkpoint(directory, to_policy(policy), metadata=meta)
-
-
-def policy_kwargs_from_policy(policy: Policy, **overrides: Any) -> dict[str, Any]:
-    """``policy_kwargs`` for ``RecurrentPPO`` that rebuild ``policy``'s actor (perception, controller, head).
-
-    Use with :func:`load_policy_weights` to fine-tune an imitation-trained
-    :class:`~ltc_control.policy.Policy`.
-
-    Args:
-        policy: the trained policy.
-        **overrides: more policy keyword arguments (``critic``, ``log_std_init``, ``net_arch``...).
-
-    Returns:
-        The keyword arguments (the wiring is stored inline, so the actor has exactly the policy's synapses).
-    """
-    cfg = policy.resolved_config()
-    kwargs: dict[str, Any] = {
-        "controller": cfg.controller,
-        "action_squash": cfg.action_head.squash,
-    }
-    if cfg.observation == "image":
-        kwargs["features_extractor_class"] = ConvHeadExtractor
-        kwargs["features_extractor_kwargs"] = {"perception": cfg.perception}
-    kwargs.update(overrides)
-    return kwargs
-
-
-def load_policy_weights(model: Any, policy: Policy) -> None:
-    """Copy an :class:`~ltc_control.policy.Policy`'s perception, controller and action head into the sb3
-    actor.
-
-    The sb3 policy must have been built with :func:`policy_kwargs_from_policy` (same shapes). The critic's
-    controller and value head are left as they are (a separate critic CNN head, if any, gets the perception
-    weights too); the optimizer state is reset (its moments belonged to the old weights).
-
-    Args:
-        model: a ``RecurrentPPO`` model (or its :class:`LtcPolicy`).
-        policy: the source policy.
-
-    Raises:
-        ValueError: shapes that do not match (the message names the tensor).
-    """
-    sb3_policy = _policy_of(model)
-
-    def copy(dst: nn.Module, src: nn.Module, what: str) -> None:
-        dst_state, src_state = dst.state_dict(), src.state_dict()
-        if set(dst_state) != set(src_state):
-            raise ValueError(
-                f"{what}: parameter names differ ({sorted(set(dst_state) ^ set(src_state))}); build the sb3 "
-                "policy with policy_kwargs_from_policy(policy)"
-            )
-        for k, v in src_state.items():
-            if dst_state[k].shape != v.shape:
-                raise ValueError(
-                    f"{what}.{k}: shape {tuple(v.shape)} does not match the sb3 policy's "
-                    f"{tuple(dst_state[k].shape)}; build the sb3 policy with "
-                    "policy_kwargs_from_policy(policy)"
-                )
-        dst.load_state_dict(src_state)
-
-    copy(sb3_policy.controller, policy.controller, "controller")
-    if policy.perception is not None:
-        extractors = [sb3_policy.pi_features_extractor]
-        if not sb3_policy.share_features_extractor:
-            extractors.append(sb3_policy.vf_features_extractor)  # the critic starts from the same features
-        for ext in extractors:
-            if not isinstance(ext, ConvHeadExtractor):
-                raise ValueError(
-                    "the source policy has a ConvHead but the sb3 policy does not; use CnnLtcPolicy"
-                )
-            copy(ext.head, policy.perception, "perception")
-    with torch.no_grad():
-        sb3_policy.motor_head.scale.copy_(policy.action_scale.detach().reshape(-1))
-        sb3_policy.motor_head.bias.copy_(policy.action_bias.detach().reshape(-1))
-    sb3_policy.optimizer = sb3_policy.make_optimizer(sb3_policy.optimizer.param_groups[0]["lr"])
+        source["num_timesteps"] = timesteps
+    trace = sb3_trace(model, env, steps=steps, seed=seed)
+    return export_policy(
+        converted,
+        out,
+        formats,
+        opset,
+        trace=trace,
+        env=env,
+        source=source,
+        action_semantics=_semantics(policy),
+        tolerance=tolerance,
+    )

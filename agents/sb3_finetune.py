@@ -169,10 +169,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     import ltc_control.envs  # noqa: F401
     from ltc_control.agents.sb3 import CnnLtcPolicy
-    from ltc_control.agents.sb3_export import (
-        export_policy,
+    from ltc_control.agents.sb3_checkpoint import (
         load_policy_weights,
         policy_kwargs_from_policy,
+        sb3_to_checkpoint,
         to_policy,
     )
 
@@ -217,7 +217,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     train_time = _train(model, config)
     tuned = to_policy(model)
     after = closed_loop_metrics(tuned, config.env_id, env_kwargs, config.eval_seeds, config.eval_max_steps)
-    export_policy(
+    sb3_to_checkpoint(
         model,
         config.checkpoint_out,
         metadata={

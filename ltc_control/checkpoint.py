@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 
 from ltc_control._version import __version__
 from ltc_control.config import ConfigError, from_dict, to_dict
+from ltc_control.errors import ExpectedError
 from ltc_control.policy import Policy, PolicyConfig
 from ltc_control.runs import fsync_dir
 
@@ -56,6 +57,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "checkpoint_info",
     "load_checkpoint",
     "load_trainer_state",
@@ -70,8 +72,12 @@ TRAINER_WEIGHTS = "trainer_state.safetensors"
 TRAINER_JSON = "trainer_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExpectedError, ValueError):
     """A checkpoint file is missing a part, corrupt, truncated or does not match its config (file named)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint folder or one of its files is missing (both a CheckpointError and a FileNotFoundError)."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -117,6 +123,27 @@ def _write_json(path: Path, doc: Any) -> None:
 
 def _versions() -> dict[str, str]:
     return {"ltc_control": __version__, "torch": torch.__version__, "numpy": np.__version__}
+
+
+def _wiring_digest(policy: torch.nn.Module) -> str:
+    """sha256 over every wiring in the policy (signed adjacency and sensory adjacency, in module order).
+
+    Stored in the weights file (whose own sha256 ``model.json`` records), so a wiring edited in
+    ``model.json`` -- a synapse dropped, added or its polarity flipped -- no longer matches the weights.
+    """
+    h = hashlib.sha256()
+    for name, module in policy.named_modules():
+        wiring = getattr(module, "wiring", None)
+        adjacency = getattr(wiring, "adjacency", None)
+        if adjacency is None:
+            continue
+        h.update(name.encode())
+        for matrix in (adjacency, getattr(wiring, "sensory_adjacency", None)):
+            if matrix is not None:
+                arr = np.ascontiguousarray(np.asarray(matrix, dtype=np.int8))
+                h.update(repr(arr.shape).encode())
+                h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 # Nested state (optimizer.state_dict(), extra_state) -> JSON skeleton + flat tensor dict.
@@ -243,7 +270,10 @@ def save_checkpoint(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        save_file(weights, str(tmp / MODEL_WEIGHTS), metadata={"format": FORMAT})
+        # one metadata key: safetensors writes several in a random order, and a checkpoint's bytes must
+        # depend on its contents only (a resumed run's files equal an uninterrupted run's)
+        header = json.dumps({"format": FORMAT, "wiring_sha256": _wiring_digest(policy)}, sort_keys=True)
+        save_file(weights, str(tmp / MODEL_WEIGHTS), metadata={"ltc_control": header})
         _fsync_file(tmp / MODEL_WEIGHTS)
         trainer_ref = None
         if trainer_tree is not None:
@@ -317,7 +347,7 @@ def _resolve_dir(directory: str | Path) -> Path:
             stacklevel=3,
         )
         return backups[-1]
-    raise FileNotFoundError(
+    raise CheckpointNotFoundError(
         f"checkpoint folder {str(d)!r} not found (expected a folder written by save_checkpoint with "
         f"{MODEL_JSON} and {MODEL_WEIGHTS})"
     )
@@ -325,7 +355,9 @@ def _resolve_dir(directory: str | Path) -> Path:
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete")
+        raise CheckpointNotFoundError(
+            f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -336,7 +368,9 @@ def _read_json(path: Path) -> Any:
 
 def _load_tensors(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete")
+        raise CheckpointNotFoundError(
+            f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete"
+        )
     if sha256 is not None and _sha256(path) != sha256:
         raise CheckpointError(
             f"checkpoint file {str(path)!r} is corrupt, truncated or was modified: its sha256 does not "
@@ -346,6 +380,47 @@ def _load_tensors(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for bad headers / short buffers
         raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt or truncated ({exc})") from exc
+
+
+#: The keys of ``model.json`` (format version 1); missing or unknown ones make the file invalid.
+_TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "created": str,
+    "versions": dict,
+    "weights": dict,
+    "trainer_state": (dict, type(None)),
+    "summary": dict,
+    "policy_config": dict,
+    "metadata": dict,
+}
+
+
+def _check_document(doc: dict[str, Any], path: Path) -> None:
+    """Every top-level key present with its type, no unknown ones, a weights entry with a sha256."""
+    missing = sorted(set(_TOP_LEVEL) - set(doc))
+    unknown = sorted(set(doc) - set(_TOP_LEVEL))
+    if missing or unknown:
+        parts = ([f"missing keys {missing}"] if missing else []) + (
+            [f"unknown keys {unknown}"] if unknown else []
+        )
+        raise CheckpointError(
+            f"{str(path)!r} is not a valid checkpoint document ({'; '.join(parts)}); it was edited or "
+            "damaged: restore it from a good copy or save the checkpoint again"
+        )
+    for key, kind in _TOP_LEVEL.items():
+        if not isinstance(doc[key], kind) or isinstance(doc[key], bool):
+            raise CheckpointError(
+                f"{str(path)!r}: key {key!r} holds a {type(doc[key]).__name__}; the file is damaged"
+            )
+    weights = doc["weights"]
+    if not isinstance(weights.get("sha256"), str) or weights.get("file") != MODEL_WEIGHTS:
+        raise CheckpointError(
+            f"{str(path)!r}: 'weights' must name {MODEL_WEIGHTS!r} and its sha256; the file is damaged"
+        )
+    ref = doc["trainer_state"]
+    if ref is not None and not all(isinstance(ref.get(k), str) for k in ("sha256", "json_sha256")):
+        raise CheckpointError(f"{str(path)!r}: 'trainer_state' lacks its sha256 entries; the file is damaged")
 
 
 def checkpoint_info(directory: str | Path) -> dict[str, Any]:
@@ -365,6 +440,7 @@ def checkpoint_info(directory: str | Path) -> dict[str, Any]:
             f"{str(path)!r} has format_version {version!r}; this ltc-control reads <= {FORMAT_VERSION}: "
             "upgrade ltc-control"
         )
+    _check_document(doc, path)
     return doc
 
 
@@ -390,11 +466,10 @@ def load_checkpoint(
     doc = checkpoint_info(d)
     json_path = d / MODEL_JSON
     try:
-        config = from_dict(PolicyConfig, doc.get("policy_config", {}), "policy_config")
+        config = from_dict(PolicyConfig, doc["policy_config"], "policy_config")
     except ConfigError as exc:
         raise CheckpointError(f"{str(json_path)!r}: invalid policy config: {exc}") from exc
-    weights_ref = doc.get("weights") or {}
-    weights = _load_tensors(d / MODEL_WEIGHTS, weights_ref.get("sha256"))
+    weights = _load_tensors(d / MODEL_WEIGHTS, doc["weights"]["sha256"])
     try:
         policy = Policy(config)
     except (ValueError, TypeError) as exc:
@@ -420,11 +495,55 @@ def load_checkpoint(
             + ", ".join(parts)
             + "; the weights and model.json come from different models"
         )
+    _check_consistent(policy, weights, d, json_path)
     policy.load_state_dict(weights, strict=True)
     policy.to(device)
     policy.eval()
     meta = doc.get("metadata") or {}
     return policy, dict(meta)
+
+
+def _check_consistent(policy: Policy, weights: Mapping[str, torch.Tensor], d: Path, json_path: Path) -> None:
+    """The weights agree with the wiring in ``model.json`` and hold only finite numbers.
+
+    Every persistent buffer of the rebuilt policy (wiring masks and polarity signs, fixed action scaling)
+    comes from ``model.json`` alone and must equal the saved one; the wiring digest stored in the weights file
+    (polarity included) must match the rebuilt wiring.
+    """
+    weights_path = d / MODEL_WEIGHTS
+    params = {name for name, _ in policy.named_parameters()}
+    differ = [
+        name
+        for name, buf in policy.state_dict().items()
+        if name not in params and not torch.equal(buf.detach().cpu(), weights[name].to(buf.dtype))
+    ]
+    if differ:
+        raise CheckpointError(
+            f"{str(json_path)!r} describes a different circuit than {str(weights_path)!r} computes: the "
+            f"buffers {differ[:6]} (wiring masks / signs) disagree; model.json was edited or comes from "
+            "another model: restore it from a good copy"
+        )
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights_path), framework="pt") as fh:
+            header = (fh.metadata() or {}).get("ltc_control")
+        stored = json.loads(header).get("wiring_sha256") if header else None  # absent in older checkpoints
+    except Exception as exc:  # noqa: BLE001 - already read once above; report it the same way
+        raise CheckpointError(
+            f"checkpoint file {str(weights_path)!r} is corrupt or truncated ({exc})"
+        ) from exc
+    if stored is not None and stored != _wiring_digest(policy):
+        raise CheckpointError(
+            f"the wiring in {str(json_path)!r} (synapses or polarities) differs from the one "
+            f"{str(weights_path)!r} was trained with; model.json was edited: restore it from a good copy"
+        )
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint file {str(weights_path)!r} holds NaN or inf in {bad[:6]}; the model diverged or the "
+            "file was damaged: use an earlier checkpoint"
+        )
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:

@@ -7,10 +7,14 @@ fast and an installed user needs no checkout of ``experiments/``.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
+
+from ltc_control.errors import ExpectedError, one_line
 
 # sub-command -> (module, function, one-line help); each function takes argv and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -39,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "ltc_control.agents.inspect",
         "inspect_main",
         "record a rollout and write neuron plots + HTML",
+    ),
+    "export": (
+        "ltc_control.agents.export",
+        "export_main",
+        "export a checkpoint's control step to ONNX / torch.export (with a parity check)",
     ),
     "study": (
         "ltc_control.agents.study.cli",
@@ -132,6 +141,52 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that every command saves its resume state the same way."""
+
+
+_TERMINATED: list[bool] = [False]
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _TERMINATED[0] = True
+    raise Terminated(f"signal {signum}")
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(name: str, func: object, argv: list[str]) -> int:
+    """Run one sub-command under the CLI contract (``docs/cli.md``).
+
+    An :class:`~ltc_control.errors.ExpectedError` prints one line to stderr and gives exit status 2; an
+    interrupt (Ctrl-C: 130, SIGTERM: 143) that the command did not handle itself prints one line; anything
+    else propagates with its traceback.
+    """
+    _TERMINATED[0] = False
+    try:
+        with terminate_as_interrupt():
+            rc = int(func(argv) or 0)  # type: ignore[operator]
+        return 143 if rc == 130 and _TERMINATED[0] else rc
+    except ExpectedError as exc:
+        print(f"ltc-control {name}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"ltc-control {name}: interrupted", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ltc-control`` console script.
 
@@ -158,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    return run_command(name, func, rest)
 
 
 if __name__ == "__main__":  # pragma: no cover

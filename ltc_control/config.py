@@ -41,6 +41,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ltc_control.errors import ExpectedError
+
 __all__ = [
     "ConfigError",
     "add_dataclass_arguments",
@@ -61,7 +63,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A configuration value, key or file is invalid; the message names the key path and the fix."""
 
 
@@ -655,7 +657,9 @@ def parse_args_and_config(
         cfg = dataclass_from_args(cls, ns, base)
         cfg = apply_overrides(cfg, ns.overrides)
     except (ConfigError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+        # one line naming the key and the fix (no usage dump: the flags were well-formed, a value was not)
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
     return cfg, ns
 
 

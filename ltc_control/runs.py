@@ -23,7 +23,9 @@ and are re-exported here.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import platform
 import re
@@ -43,6 +45,7 @@ from ltc_control.atomic import (
     atomic_write_text,
     fsync_dir,
 )
+from ltc_control.errors import RunFolderError
 
 __all__ = [
     "MetricsLogger",
@@ -191,6 +194,40 @@ def _as_float(key: str, value: Any) -> float:
     return float(value)
 
 
+def _read_metrics_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of an existing ``metrics.csv``, checked (a resumed run extends it).
+
+    Raises:
+        RunFolderError: a damaged file (bad header, a row with too few or too many fields, a value that is
+            not a number); the message names the line.
+    """
+    fix = "restore it from a good copy, or delete it to start a new metrics file"
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, restkey="\0extra")
+            header = list(reader.fieldnames or [])
+            if header[:2] != ["step", "time"] or len(set(header)) != len(header):
+                raise RunFolderError(
+                    f"{path}: the header must start with step,time (got {header[:3]}); {fix}"
+                )
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if "\0extra" in row or any(v is None for v in row.values()):
+                    raise RunFolderError(f"{path}, line {line}: wrong number of fields; {fix}")
+                try:
+                    int(row["step"])
+                    for key, value in row.items():
+                        if key != "step" and value != "":
+                            float(value)
+                except ValueError:
+                    raise RunFolderError(f"{path}, line {line}: a value is not a number; {fix}") from None
+                rows.append(dict(row))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RunFolderError(f"{path}: not a readable CSV file ({exc}); {fix}") from exc
+    return [c for c in header if c not in ("step", "time")], rows
+
+
 class MetricsLogger:
     """Scalar metrics to ``metrics.csv`` (wide, see the module doc) and TensorBoard event files.
 
@@ -215,16 +252,36 @@ class MetricsLogger:
         self._start = time.time()
         self._closed = False
         if self.csv_path.exists():
-            with self.csv_path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                header = reader.fieldnames or []
-                self._columns = [c for c in header if c not in ("step", "time")]
-                self._rows = [dict(r) for r in reader]
+            self._columns, self._rows = _read_metrics_csv(self.csv_path)
         self._writer: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+
+    @property
+    def num_rows(self) -> int:
+        """Rows written to the CSV so far (a resume point records it, see :meth:`truncate`)."""
+        return len(self._rows)
+
+    def digest(self, num_rows: int | None = None) -> str:
+        """sha256 of the first ``num_rows`` rows (all when None), independent of columns added later.
+
+        A resume point records it so that a damaged ``metrics.csv`` is detected when the run continues.
+        """
+        rows = self._rows if num_rows is None else self._rows[: max(0, int(num_rows))]
+        canonical = [{k: v for k, v in r.items() if v not in ("", None)} for r in rows]
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+    def truncate(self, num_rows: int) -> None:
+        """Keep only the first ``num_rows`` CSV rows (a resumed run drops the rows it is about to redo).
+
+        Args:
+            num_rows: rows to keep; more than there are keeps all of them.
+        """
+        if num_rows < len(self._rows):
+            self._rows = self._rows[: max(0, int(num_rows))]
+            self._rewrite()
 
     @property
     def columns(self) -> list[str]:

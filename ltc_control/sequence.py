@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ltc_control.cells.base import RecurrentCell
+from ltc_control.cells.base import RecurrentCell, validation_enabled
 
 
 class SequenceModel(nn.Module):
@@ -118,6 +118,7 @@ class SequenceModel(nn.Module):
                 else type(episode_starts).__name__
             )
             raise ValueError(f"episode_starts must be a tensor of shape (B, T) = ({b}, {t}), got {got}")
+        _check_finite_state(h0, "h0")
         y, h = self.cell.forward_sequence(x, h0, dt, episode_starts)
         if not self.return_sequences:
             y = y[:, -1]
@@ -141,7 +142,18 @@ class SequenceModel(nn.Module):
             h = self.cell.initial_state(
                 x.shape[0], device=x.device, dtype=x.dtype if x.is_floating_point() else None
             )
+        else:
+            _check_finite_state(h, "h")
         return self.cell(x, h, dt)
 
     def extra_repr(self) -> str:
         return f"return_sequences={self.return_sequences}"
+
+
+def _check_finite_state(h: Any, name: str) -> None:
+    """A NaN or inf in a given state would spread through every later step: reject it at the call."""
+    if isinstance(h, Tensor) and validation_enabled() and not bool(torch.isfinite(h).all()):
+        raise ValueError(
+            f"{name} (the recurrent state) contains NaN or inf; pass a finite state, e.g. policy.reset() / "
+            "cell.initial_state(batch)"
+        )

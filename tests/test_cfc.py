@@ -839,7 +839,7 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(
 
 def test_cfc_benchmark_smoke(load_bench: Callable[[str], ModuleType]) -> None:
     """``ltc-control bench ltc --cfc-only`` on a tiny budget: every model timed, ours equal to ncps."""
-    bench = load_bench("ltc_speed")
+    bench = load_bench("cfc_speed")
     CFC_MODELS, format_cfc_markdown, run_cfc_benchmark = (
         bench.CFC_MODELS,
         bench.format_cfc_markdown,

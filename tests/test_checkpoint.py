@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -146,14 +147,18 @@ def test_truncated_or_corrupt_weights_named(tmp_path: Path) -> None:
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"model.safetensors.*corrupt, truncated"):
         load_checkpoint(d)
-    # without the recorded checksum, safetensors' own parse error is reported with the file name
-    doc = json.loads((d / "model.json").read_text())
+    # with a checksum that matches the damaged file, safetensors' own parse error is reported with the name
+    for damaged in (data[: len(data) // 2], b"\x00" * 5):
+        (d / "model.safetensors").write_bytes(damaged)
+        doc = json.loads((d / "model.json").read_text())
+        doc["weights"]["sha256"] = hashlib.sha256(damaged).hexdigest()
+        (d / "model.json").write_text(json.dumps(doc))
+        with pytest.raises(CheckpointError, match=r"model.safetensors.*corrupt or truncated"):
+            load_checkpoint(d)
+    # without a recorded checksum the document itself is invalid (the check cannot be switched off)
     doc["weights"]["sha256"] = None
     (d / "model.json").write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"model.safetensors.*corrupt or truncated"):
-        load_checkpoint(d)
-    (d / "model.safetensors").write_bytes(b"\x00" * 5)
-    with pytest.raises(CheckpointError, match=r"model.safetensors.*corrupt or truncated"):
+    with pytest.raises(CheckpointError, match=r"model.json.*sha256"):
         load_checkpoint(d)
 
 

@@ -28,87 +28,23 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# ============================================================================================= LTC benchmark
-#: configuration name -> description; built by build_wiring
-LTC_CONFIGS: dict[str, str] = {
-    "ncp19": "lane-keeping NCP (19 neurons, 32 inputs, lane_keeping_ncp())",
-    "autoncp64": "AutoNCP(64, 1), sparse, 32 inputs",
-    "fc64": "fully connected 64 neurons, 32 inputs",
-}
-
-
-def build_wiring(name: str) -> Any:
-    from ltc_control.wirings import AutoNCP, FullyConnected, lane_keeping_ncp
-
-    if name == "ncp19":
-        return lane_keeping_ncp(seed=22222)
-    if name == "autoncp64":
-        return AutoNCP(64, 1, input_size=32, seed=0)
-    if name == "fc64":
-        return FullyConnected(64, input_size=32, output_size=1, seed=0)
-    raise ValueError(f"unknown LTC benchmark config {name!r}; valid: {', '.join(LTC_CONFIGS)}")
-
-
-def build_ncps_ltc(wiring: Any, unfolds: int) -> Any:
-    """An ``ncps.torch.LTC`` on the same adjacency as ``wiring`` (batch-first, softplus constraints)."""
-    import numpy as np
-    from ncps.torch import LTC
-    from ncps.wirings import Wiring as NcpsWiring
-
-    nw = NcpsWiring(wiring.units)
-    nw.build(wiring.input_size)
-    nw.adjacency_matrix = np.asarray(wiring.adjacency, dtype=np.int32).copy()
-    nw.sensory_adjacency_matrix = np.asarray(wiring.sensory_adjacency, dtype=np.int32).copy()
-    nw.set_output_dim(wiring.output_size)
-    return LTC(wiring.input_size, nw, batch_first=True, ode_unfolds=unfolds)
-
-
-def _ncps_cfc_model(wiring: Any) -> Any:
-    """An ``ncps.torch.CfC`` on an ncps ``NCP`` wiring of the same layer sizes and fan-outs as ``wiring`` (an
-    NCP built by :func:`build_wiring`): ncps draws its own synapses, so both CfCs are compared on ncps'."""
-    from ncps.torch import CfC
-    from ncps.wirings import NCP as NcpsNCP
-
-    roles = list(wiring.roles)
-    args = dict(wiring.to_dict().get("builder_args") or {})
-    nw = NcpsNCP(
-        inter_neurons=roles.count("inter"),
-        command_neurons=roles.count("command"),
-        motor_neurons=roles.count("motor"),
-        sensory_fanout=int(args.get("sensory_fanout", 6)),
-        inter_fanout=int(args.get("inter_fanout", 4)),
-        recurrent_command_synapses=int(args.get("recurrent_command_synapses", 6)),
-        motor_fanin=int(args.get("motor_fanin", 6)),
-        seed=22222,
-    )
-    return CfC(wiring.input_size, nw, batch_first=True)
-
-
-def _median_of(samples: list[float]) -> float:
-    return float(statistics.median(samples)) if samples else float("nan")
-
-
-def _time_call(fn: Callable[[], Any], min_time: float) -> tuple[float, float]:
-    """Wall-clock and CPU seconds per call of ``fn`` (runs it for at least ``min_time`` wall seconds).
-
-    CPU time is the process's (all threads), so a model that keeps two intra-op threads busy pays for both.
-    """
-    n = 0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / n, (time.process_time() - cpu_start) / n
+from bench_common import (
+    LTC_CONFIGS,
+    build_ncps_ltc,
+    build_wiring,
+    median_of,
+    ncps_cfc_model,
+    time_call,
+    version_of,
+    write_atomic,
+)
+from cfc_speed import format_cfc_markdown, run_cfc_benchmark
 
 
 def _memory_probe(config: str, model: str, batch: int, steps: int, unfolds: int) -> float:
@@ -269,7 +205,7 @@ def _build_models(config: str, unfolds: int, which: Sequence[str]) -> dict[str, 
     if "cfc" in which or "ncps-cfc" in which:
         from ltc_control.cells.cfc_ncps import cfc_from_ncps
 
-        ncps_cfc = _ncps_cfc_model(wiring)
+        ncps_cfc = ncps_cfc_model(wiring)
         ours_cfc = cfc_from_ncps(ncps_cfc)
         for name, model, step_cell in (
             ("ncps-cfc", ncps_cfc, ncps_cfc.rnn_cell),
@@ -362,7 +298,7 @@ def run_ltc_benchmark(
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
-            "ncps": _version_of("ncps"),
+            "ncps": version_of("ncps"),
             "kernel": ltc_fast.kernel_status(),
             "batch": batch,
             "steps": steps,
@@ -401,11 +337,11 @@ def run_ltc_benchmark(
             for name, fns in models.items():
                 for kind in ("train", "forward"):
                     fn = functools.partial(fns[kind], x)
-                    samples[name][kind].append(_time_call(fn, min_time))
-                samples[name]["step"].append(_time_call(fns["step"], min_time))
+                    samples[name][kind].append(time_call(fn, min_time))
+                samples[name]["step"].append(time_call(fns["step"], min_time))
                 for extra in ("controlstep", "seqstep", "policy_act"):
                     if extra in fns:
-                        samples[name].setdefault(extra, []).append(_time_call(fns[extra], min_time))
+                        samples[name].setdefault(extra, []).append(time_call(fns[extra], min_time))
             bar.update(1)
         entry: dict[str, Any] = {
             "description": LTC_CONFIGS[config],
@@ -422,9 +358,9 @@ def run_ltc_benchmark(
         for name, smp in samples.items():
             rec: dict[str, Any] = {}
             for clock, idx in (("wall", 0), ("cpu", 1)):
-                t_train = _median_of([v[idx] for v in smp["train"]])
-                t_fwd = _median_of([v[idx] for v in smp["forward"]])
-                t_step = _median_of([v[idx] for v in smp["step"]])
+                t_train = median_of([v[idx] for v in smp["train"]])
+                t_fwd = median_of([v[idx] for v in smp["forward"]])
+                t_step = median_of([v[idx] for v in smp["step"]])
                 rec[clock] = {
                     "train_seq_per_s": batch / t_train,
                     "forward_seq_per_s": batch / t_fwd,
@@ -432,7 +368,7 @@ def run_ltc_benchmark(
                 }
                 for extra in ("controlstep", "seqstep", "policy_act"):
                     if extra in smp:
-                        rec[clock][f"{extra}_us"] = _median_of([v[idx] for v in smp[extra]]) * 1e6
+                        rec[clock][f"{extra}_us"] = median_of([v[idx] for v in smp[extra]]) * 1e6
             rec["samples_wall_cpu_s"] = smp
             entry["models"][name] = rec
         entry["ratios"] = {}
@@ -471,15 +407,6 @@ def run_ltc_benchmark(
     bar.close()
     result["meta"]["kernel"] = ltc_fast.kernel_status()
     return result
-
-
-def _version_of(package: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(package)
-    except Exception:
-        return None
 
 
 def format_ltc_markdown(result: dict[str, Any]) -> str:
@@ -568,268 +495,6 @@ def format_ltc_markdown(result: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
-
-
-# ============================================================================================= CfC benchmark
-#: CfC benchmark models -> what they are (all on ``ncp19``'s sizes, input 32; see :func:`_build_cfc_models`)
-CFC_MODELS: dict[str, str] = {
-    "ncps-cfc": "ncps.torch.CfC on an ncps NCP (inter/command/motor sizes and fan-outs of the config)",
-    "cfc": "ours: cfc_from_ncps of ncps-cfc (WiredCfCCell, ncps_compatible=True), the fast paths",
-    "cfc-loop": "the same converted cell on the step-by-step reference (the pre-fast-path implementation)",
-    "cfc-sparse": "ours: WiredCfCCell on the same wiring with its true sparsity (the controllers' default)",
-    "ncps-cfc-dense": "ncps.torch.CfC(32, units=N) dense, backbone 128 x 1 (ncps defaults)",
-    "cfc-dense": "ours: cfc_from_ncps of ncps-cfc-dense (CfCCell), the fast paths",
-}
-
-
-def _build_cfc_models(config: str, mode: str = "default") -> dict[str, dict[str, Any]]:
-    """The CfC benchmark models of :data:`CFC_MODELS` on an NCP config, each with ``train(x)``,
-    ``forward(x)``, ``step()`` callables and its ``model`` (ours converted from ncps: same weights)."""
-    import torch
-    from ncps.torch import CfC
-
-    from ltc_control.cells.cfc import WiredCfCCell
-    from ltc_control.cells.cfc_ncps import cfc_from_ncps
-    from ltc_control.sequence import SequenceModel
-
-    wiring = build_wiring(config)
-    if not {"inter", "command", "motor"} <= set(wiring.roles):
-        raise ValueError(f"the CfC benchmark needs an NCP config (inter/command/motor roles), got {config!r}")
-    torch.manual_seed(0)
-    ncps_wired = _ncps_cfc_model(wiring)
-    if mode != "default":
-        ncps_wired = CfC(wiring.input_size, ncps_wired.wiring, mode=mode, batch_first=True)
-    ncps_dense = CfC(wiring.input_size, wiring.units, mode=mode, batch_first=True)
-    ours_wired = cfc_from_ncps(ncps_wired)
-    ours_dense = cfc_from_ncps(ncps_dense)
-    assert isinstance(ours_wired.cell, WiredCfCCell)
-    sparse = SequenceModel(WiredCfCCell(ours_wired.cell.wiring, mode=mode))  # type: ignore[arg-type]
-    loop_cell = ours_wired.cell
-    x1 = torch.randn(1, wiring.input_size)
-
-    def loop_step_fn(h: Any, x: Any = x1) -> Any:
-        # the pre-fast-path forward: validation, then the reference step (with or without gradients)
-        ts = loop_cell.check_step(x, h, 1.0)
-        new = loop_cell.reference_step(x, h, ts)
-        return loop_cell.readout(new), new
-
-    def loop_run(x: Any) -> Any:
-        h = loop_cell.initial_state(x.shape[0])
-        ys = []
-        for t in range(x.shape[1]):
-            y, h = loop_step_fn(h, x[:, t])
-            ys.append(y)
-        return torch.stack(ys, dim=1)
-
-    runs: dict[str, tuple[Any, Callable[[Any], Any], Callable[[Any], Any]]] = {
-        "ncps-cfc": (ncps_wired, lambda x: ncps_wired(x)[0], lambda h: ncps_wired.rnn_cell(x1, h, 1.0)),
-        "cfc": (ours_wired, lambda x: ours_wired(x)[0], lambda h: ours_wired.cell(x1, h, 1.0)),
-        "cfc-loop": (ours_wired, loop_run, loop_step_fn),
-        "cfc-sparse": (sparse, lambda x: sparse(x)[0], lambda h: sparse.cell(x1, h, 1.0)),
-        "ncps-cfc-dense": (ncps_dense, lambda x: ncps_dense(x)[0], lambda h: ncps_dense.rnn_cell(x1, h, 1.0)),
-        "cfc-dense": (ours_dense, lambda x: ours_dense(x)[0], lambda h: ours_dense.cell(x1, h, 1.0)),
-    }
-    out: dict[str, dict[str, Any]] = {}
-    for name, (model, run, step_fn) in runs.items():
-        params = list(model.parameters())
-        h_c = [torch.zeros(1, wiring.units)]
-
-        def train(x: Any, run: Callable[[Any], Any] = run, params: list[Any] = params) -> None:
-            for p in params:
-                p.grad = None
-            run(x).square().mean().backward()
-
-        def forward(x: Any, run: Callable[[Any], Any] = run) -> None:
-            with torch.no_grad():
-                run(x)
-
-        def step(step_fn: Callable[[Any], Any] = step_fn, h_c: list[Any] = h_c) -> None:
-            with torch.no_grad():
-                _, h_c[0] = step_fn(h_c[0])
-
-        out[name] = {"train": train, "forward": forward, "step": step, "run": run}
-    return out
-
-
-def run_cfc_benchmark(
-    configs: Sequence[str] = ("ncp19",),
-    batch: int = 32,
-    steps: int = 64,
-    repeats: int = 5,
-    min_time: float = 0.2,
-    mode: str = "default",
-    progress: bool = True,
-    threads: int | None = 1,
-) -> dict[str, Any]:
-    """Measures our CfC paths against ncps' CfC (wired and dense, same weights), interleaved in one process.
-
-    Args:
-        configs: NCP configs (keys of :data:`LTC_CONFIGS` with inter/command/motor roles).
-        batch: batch size of the sequence benchmarks (B).
-        steps: sequence length (T).
-        repeats: interleaved rounds; every figure is the median over them.
-        min_time: minimum seconds per timed measurement.
-        mode: CfC mode of every model (``default``, ``no_gate``, ``pure``).
-        progress: show a tqdm progress bar.
-        threads: torch intra-op threads (``None``: torch's default); 1 by default, see
-            :func:`run_ltc_benchmark`.
-
-    Returns:
-        A JSON-serialisable dict with ``meta`` and one entry per config (per-model medians, ratios against
-        ncps and the largest output difference against ncps).
-    """
-    import torch
-    from tqdm import tqdm
-
-    from ltc_control.cells import cfc_fast
-
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    cfc_fast.load_kernel()
-    result: dict[str, Any] = {
-        "meta": {
-            "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "ncps": _version_of("ncps"),
-            "cfc_kernel": cfc_fast.kernel_status(),
-            "batch": batch,
-            "steps": steps,
-            "repeats": repeats,
-            "mode": mode,
-            "dtype": "float32",
-        },
-        "models": dict(CFC_MODELS),
-        "configs": {},
-    }
-    bar = tqdm(total=len(configs) * repeats, desc="cfc bench", disable=not progress)
-    for config in configs:
-        models = _build_cfc_models(config, mode)
-        torch.manual_seed(0)
-        x = torch.randn(batch, steps, 32)
-        with torch.no_grad():
-            outs = {name: fns["run"](x) for name, fns in models.items()}
-        diffs = {
-            "cfc_vs_ncps": float((outs["cfc"] - outs["ncps-cfc"]).abs().max()),
-            "cfc_loop_vs_ncps": float((outs["cfc-loop"] - outs["ncps-cfc"]).abs().max()),
-            "cfc_dense_vs_ncps": float((outs["cfc-dense"] - outs["ncps-cfc-dense"]).abs().max()),
-        }
-        samples: dict[str, dict[str, list[tuple[float, float]]]] = {
-            m: {k: [] for k in ("train", "forward", "step")} for m in models
-        }
-        for fns in models.values():  # warm-up
-            fns["train"](x[:2, :2])
-            fns["step"]()
-        for _ in range(repeats):
-            for name, fns in models.items():
-                for kind in ("train", "forward"):
-                    samples[name][kind].append(_time_call(functools.partial(fns[kind], x), min_time))
-                samples[name]["step"].append(_time_call(fns["step"], min_time))
-            bar.update(1)
-        entry: dict[str, Any] = {"description": LTC_CONFIGS[config], "max_abs_diff": diffs, "models": {}}
-        for name, smp in samples.items():
-            rec: dict[str, Any] = {}
-            for clock, idx in (("wall", 0), ("cpu", 1)):
-                t_train = _median_of([v[idx] for v in smp["train"]])
-                t_fwd = _median_of([v[idx] for v in smp["forward"]])
-                t_step = _median_of([v[idx] for v in smp["step"]])
-                rec[clock] = {
-                    "train_seq_per_s": batch / t_train,
-                    "forward_seq_per_s": batch / t_fwd,
-                    "step_us": t_step * 1e6,
-                }
-            rec["samples_wall_cpu_s"] = smp
-            entry["models"][name] = rec
-        entry["ratios"] = {}
-        for clock in ("wall", "cpu"):
-            m = {k: v[clock] for k, v in entry["models"].items()}
-            entry["ratios"][clock] = {
-                f"{ours}_vs_{ref}": {
-                    "train": m[ours]["train_seq_per_s"] / m[ref]["train_seq_per_s"],
-                    "forward": m[ours]["forward_seq_per_s"] / m[ref]["forward_seq_per_s"],
-                    "step": m[ref]["step_us"] / m[ours]["step_us"],
-                }
-                for ours, ref in (
-                    ("cfc", "ncps-cfc"),
-                    ("cfc-loop", "ncps-cfc"),
-                    ("cfc-sparse", "ncps-cfc"),
-                    ("cfc", "cfc-loop"),
-                    ("cfc-dense", "ncps-cfc-dense"),
-                )
-            }
-        result["configs"][config] = entry
-    bar.close()
-    return result
-
-
-def format_cfc_markdown(result: dict[str, Any]) -> str:
-    """Renders :func:`run_cfc_benchmark`'s result as a Markdown report."""
-    meta = result["meta"]
-    load = [round(v, 2) for v in meta["load_average_1_5_15"] or []]
-    lines = [
-        f"# CfC speed: our CfC paths vs ncps {meta['ncps']} CfC (mode `{meta['mode']}`)",
-        "",
-        f"- date: {meta['date_utc']}; machine: {meta['platform']}, {meta['processor']}, "
-        f"{meta['cpu_count']} CPUs (load average at start {load}: the machine is shared,"
-        " absolute numbers are noisy; ratios come from interleaved rounds in one process)",
-        f"- python {meta['python']}, torch {meta['torch']} ({meta['torch_threads']} intra-op threads for "
-        f"every model), ncps {meta['ncps']}; {meta['dtype']}",
-        f"- workload: batch {meta['batch']} x {meta['steps']} steps, 32 inputs; median of {meta['repeats']} "
-        "interleaved rounds",
-        "- train = forward + backward (mean-square loss) per second; forward = no-grad sequences per second; "
-        "step = one batch-1 step with the state carried in, no grad (`cell(x, h, 1.0)`, input validation on)",
-        "- wall = wall-clock throughput; CPU = per CPU-second of this process, steadier on a shared machine",
-        "- CfC C kernel (no-grad steps of every cell; the forward of backbone-free sequences, with and "
-        f"without gradients): {meta['cfc_kernel']}",
-        "",
-        "Models:",
-        "",
-    ]
-    lines += [f"- `{k}`: {v}" for k, v in result["models"].items()]
-    lines.append("")
-    for config, e in result["configs"].items():
-        d = e["max_abs_diff"]
-        lines += [
-            f"## {config}: {e['description']}",
-            "",
-            f"max |y - y_ncps| over the benchmark batch: cfc {d['cfc_vs_ncps']:.1e}, cfc-loop "
-            f"{d['cfc_loop_vs_ncps']:.1e}, cfc-dense {d['cfc_dense_vs_ncps']:.1e}",
-            "",
-            "| model | train seq/s (wall) | forward seq/s (wall) | step us (wall) "
-            "| train seq/CPU-s | forward seq/CPU-s | step CPU-us |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, v in e["models"].items():
-            w, c = v["wall"], v["cpu"]
-            lines.append(
-                f"| {name} | {w['train_seq_per_s']:.1f} | {w['forward_seq_per_s']:.1f} | {w['step_us']:.1f} "
-                f"| {c['train_seq_per_s']:.1f} | {c['forward_seq_per_s']:.1f} | {c['step_us']:.1f} |"
-            )
-        lines += [
-            "",
-            "| speed-up (CPU clock; wall in brackets) | train | forward | batch-1 step |",
-            "|---|---:|---:|---:|",
-        ]
-        rc, rw = e["ratios"]["cpu"], e["ratios"]["wall"]
-        for pair, r in rc.items():
-            w = rw[pair]
-            lines.append(
-                f"| {pair.replace('_vs_', ' vs ')} | **{r['train']:.2f}x** ({w['train']:.2f}x) "
-                f"| **{r['forward']:.2f}x** ({w['forward']:.2f}x) | **{r['step']:.2f}x** ({w['step']:.2f}x) |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from ltc_control.atomic import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def ltc_bench_main(argv: Sequence[str]) -> int:
@@ -945,9 +610,9 @@ def _emit(report: str, result: dict[str, Any], markdown: Path | None, json_path:
     """Prints the report and writes the Markdown / JSON files that were asked for."""
     print(report)
     if markdown is not None:
-        _write_atomic(markdown, report + "\n")
+        write_atomic(markdown, report + "\n")
     if json_path is not None:
-        _write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+        write_atomic(json_path, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -55,7 +55,7 @@ def _sync_time(fn: Callable[[], Any], min_time: float) -> float:
 
 
 def _build(config: str, unfolds: int) -> dict[str, dict[str, Any]]:
-    from ltc_speed import build_ncps_ltc, build_wiring
+    from bench_common import build_ncps_ltc, build_wiring
 
     from ltc_control.cells.ltc import LTCCell
     from ltc_control.interop import from_ncps

@@ -17,178 +17,32 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from rl_bench_config import BenchmarkConfig, ModelName, PPOConfig, RunSpec, parse_schedule
 
 from ltc_control.controllers import ControllerConfig
 from ltc_control.runs import atomic_write_json, atomic_write_text
 
 __all__ = [
     "BenchmarkConfig",
+    "ModelName",
     "PPOConfig",
     "RunSpec",
     "evaluate_model",
     "make_model",
+    "parse_schedule",
     "run_benchmark",
+    "run_missing",
     "run_one",
     "summarize",
 ]
-
-ModelName = Literal["ltc", "cfc", "lstm"]
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """RecurrentPPO hyper-parameters shared by every model of a benchmark.
-
-    Args:
-        n_envs: parallel envs (``DummyVecEnv``).
-        n_steps: steps per env per rollout.
-        batch_size: minibatch size (in steps).
-        n_epochs: passes over each rollout.
-        learning_rate: Adam learning rate.
-        learning_rate_schedule: ``constant`` or ``linear`` (decays to 0 over the budget, the RL Zoo's
-            ``lin_<rate>``).
-        gamma: discount factor.
-        gae_lambda: GAE lambda.
-        clip_range: PPO clip range.
-        ent_coef: entropy bonus.
-        vf_coef: value-loss weight.
-        max_grad_norm: gradient-norm clip.
-        log_std_init: initial log standard deviation of Gaussian actions (gSDE: of the noise-matrix entries).
-        normalize_observations: ``VecNormalize`` the observations (running mean and std; the statistics
-            are frozen and reused for the final evaluation and saved beside the run record).
-        normalize_rewards: ``VecNormalize`` the rewards (divided by the running std of the discounted
-            return, with ``gamma``; as the RL Zoo's ``normalize: True``). Evaluation reports raw returns.
-        use_sde: generalised state-dependent exploration (gSDE) for continuous actions.
-        sde_sample_freq: redraw gSDE's noise matrix every this many steps (-1: once per rollout).
-        ortho_init: sb3's orthogonal initialisation (for the liquid policies: value MLP and heads only).
-        activation: activation of the MLPs (``tanh``, sb3's default, or ``relu``).
-    """
-
-    n_envs: int = 8
-    n_steps: int = 128
-    batch_size: int = 256
-    n_epochs: int = 10
-    learning_rate: float = 1e-3
-    learning_rate_schedule: Literal["constant", "linear"] = "constant"
-    gamma: float = 0.9
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    log_std_init: float = 0.0
-    normalize_observations: bool = False
-    normalize_rewards: bool = False
-    use_sde: bool = False
-    sde_sample_freq: int = -1
-    ortho_init: bool = True
-    activation: Literal["tanh", "relu"] = "tanh"
-
-    def __post_init__(self) -> None:
-        for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate_schedule not in ("constant", "linear"):
-            raise ValueError(
-                "ppo.learning_rate_schedule must be 'constant' or 'linear', got "
-                f"{self.learning_rate_schedule!r}"
-            )
-        if self.activation not in ("tanh", "relu"):
-            raise ValueError(f"ppo.activation must be 'tanh' or 'relu', got {self.activation!r}")
-        if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
-            raise ValueError(f"ppo.sde_sample_freq must be -1 or >= 1, got {self.sde_sample_freq}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
-            raise ValueError("ppo.gamma and ppo.gae_lambda must be in (0, 1]")
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    """One benchmark: an env, the models, the shared budget and seeds.
-
-    Args:
-        env_id: partially observed task, e.g. ``"PendulumNoVel-v1"`` or ``"HalfCheetahNoVel-v5"``.
-        timesteps: env steps per run (the same for every model).
-        seeds: training seeds (each model trains once per seed).
-        models: which of ``ltc``, ``cfc``, ``lstm`` to train.
-        ppo: shared PPO hyper-parameters.
-        ltc: the LTC controller (default: the paper-sized NCP, 12 inter / 6 command neurons).
-        cfc: the CfC controller (default: wired CfC on the same NCP).
-        critic: critic of the liquid policies: ``separate``, ``shared`` or ``feedforward``.
-        critic_outputs: motor neurons of a separate critic controller.
-        value_arch: hidden layers of the liquid policies' value MLP.
-        lstm_hidden_size: hidden units of RecurrentPPO's LSTMs (actor and critic; sb3-contrib's default 256).
-        lstm_net_arch: hidden layers after RecurrentPPO's LSTM (pi and vf; sb3's default is 64, 64).
-        lstm_critic: the LSTM critic has its own LSTM (sb3-contrib's ``enable_critic_lstm``, its default).
-        liquid_policy_kwargs: extra keyword arguments of the liquid policies (``LtcPolicy``), e.g.
-            ``action_scale_init``, ``critic_controller`` (a mapping of ``ControllerConfig`` fields) or
-            ``optimizer_kwargs``.
-        save_models: also save each trained model (``.zip``) beside its record.
-        eval_episodes: deterministic evaluation episodes after training (seeds 10_000 + i, not trained on).
-        curve_points: points of the learning curve (training-episode returns binned over the budget).
-        out_dir: where the table and the plot go.
-        runs_dir: where the per-run JSON records go (git-ignored ``runs/`` by default).
-        name: prefix of the result files (``<name>.md``, ``<name>.csv``, ``<name>.png``).
-        workers: parallel training processes.
-        torch_threads: torch threads per process.
-    """
-
-    env_id: str = "PendulumNoVel-v1"
-    timesteps: int = 100_000
-    seeds: tuple[int, ...] = (0, 1, 2)
-    models: tuple[str, ...] = ("ltc", "cfc", "lstm")
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    ltc: ControllerConfig = field(default_factory=lambda: ControllerConfig(kind="ltc"))
-    cfc: ControllerConfig = field(default_factory=lambda: ControllerConfig(kind="cfc"))
-    critic: Literal["separate", "shared", "feedforward"] = "shared"
-    critic_outputs: int = 8
-    value_arch: tuple[int, ...] = (64,)
-    lstm_hidden_size: int = 256
-    lstm_net_arch: tuple[int, ...] = (64, 64)
-    lstm_critic: bool = True
-    liquid_policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    save_models: bool = True
-    eval_episodes: int = 10
-    curve_points: int = 20
-    out_dir: str = "experiments/results"
-    runs_dir: str = "runs/rl_benchmark"
-    name: str = "rl_pendulum_novel"
-    workers: int = 1
-    torch_threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
-        bad = [m for m in self.models if m not in ("ltc", "cfc", "lstm")]
-        if bad or not self.models:
-            raise ValueError(f"models must be a non-empty subset of ltc, cfc, lstm; got {list(self.models)}")
-        if self.ltc.kind != "ltc" or self.cfc.kind != "cfc":
-            raise ValueError("the 'ltc' config must have kind 'ltc' and the 'cfc' config kind 'cfc'")
-        if self.eval_episodes < 1 or self.curve_points < 2 or self.workers < 1 or self.torch_threads < 1:
-            raise ValueError("eval_episodes, workers and torch_threads must be >= 1 and curve_points >= 2")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run: a model on the benchmark's env with one seed."""
-
-    model: str
-    seed: int
-
-    def file_name(self, env_id: str, timesteps: int) -> str:
-        """Name of the run's JSON record."""
-        return f"{env_id}__{self.model}__{self.seed}__{timesteps}.json"
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -201,9 +55,11 @@ def _make_env_fn(env_id: str) -> Any:
     return _fn
 
 
-def _schedule(rate: float, kind: str) -> Any:
-    """A constant rate, or sb3's linear schedule (``progress_remaining`` 1 -> 0)."""
-    if kind == "constant":
+def _schedule(value: float | str, kind: str, name: str) -> Any:
+    """A constant rate, or sb3's linear schedule (``progress_remaining`` 1 -> 0) for ``lin_<rate>`` or
+    ``kind == "linear"``."""
+    rate, parsed = parse_schedule(value, name)
+    if kind == "constant" and parsed == "constant":
         return rate
     from stable_baselines3.common.utils import LinearSchedule
 
@@ -234,14 +90,15 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         env = VecNormalize(
             env, norm_obs=ppo.normalize_observations, norm_reward=ppo.normalize_rewards, gamma=ppo.gamma
         )
+    kwargs: dict[str, Any] | None
     common: dict[str, Any] = dict(
         n_steps=ppo.n_steps,
         batch_size=ppo.batch_size,
         n_epochs=ppo.n_epochs,
-        learning_rate=_schedule(ppo.learning_rate, ppo.learning_rate_schedule),
+        learning_rate=_schedule(ppo.learning_rate, ppo.learning_rate_schedule, "ppo.learning_rate"),
         gamma=ppo.gamma,
         gae_lambda=ppo.gae_lambda,
-        clip_range=ppo.clip_range,
+        clip_range=_schedule(ppo.clip_range, "constant", "ppo.clip_range"),
         ent_coef=ppo.ent_coef,
         vf_coef=ppo.vf_coef,
         max_grad_norm=ppo.max_grad_norm,
@@ -251,6 +108,13 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         device="cpu",
         verbose=0,
     )
+    if config.policies == "defaults":  # no policy kwargs at all (issue #16's protocol)
+        if model == "lstm":
+            return RecurrentPPO("MlpLstmPolicy", env, **common)
+        if model not in ("ltc", "cfc"):
+            raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
+        kwargs = {"controller": {"kind": "cfc"}} if model == "cfc" else None
+        return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
     shared_kwargs: dict[str, Any] = {
         "log_std_init": ppo.log_std_init,
         "ortho_init": ppo.ortho_init,
@@ -258,7 +122,7 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     }
     if model == "lstm":
         arch = list(config.lstm_net_arch)
-        kwargs: dict[str, Any] = {
+        kwargs = {
             "lstm_hidden_size": config.lstm_hidden_size,
             "net_arch": {"pi": arch, "vf": arch},
             "enable_critic_lstm": config.lstm_critic,
@@ -348,7 +212,7 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         ``eval_mean``, ``wall_time_s``, ``cpu_time_s``, ``steps_per_second``, parameter counts, config.
     """
     import torch
-    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from tqdm.auto import tqdm
 
     from ltc_control.config import to_dict
@@ -367,8 +231,14 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
             bar.update(self.num_timesteps - bar.n)
             return True
 
+    callbacks: list[BaseCallback] = [_Curve()]
+    if config.diagnostics:
+        from ltc_control.agents.sb3_diagnostics import RecurrentDiagnostics
+
+        diag_name = spec.file_name(config.env_id, config.timesteps).removesuffix(".json") + ".diagnostics.csv"
+        callbacks.append(RecurrentDiagnostics((out_dir or Path(config.runs_dir)) / diag_name))
     t0, c0 = time.perf_counter(), time.process_time()
-    model.learn(config.timesteps, callback=_Curve())
+    model.learn(config.timesteps, callback=CallbackList(callbacks))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     bar.close()
     norm = model.get_vec_normalize_env()
@@ -440,6 +310,13 @@ def run_benchmark(config: BenchmarkConfig, resume: bool = True) -> Path:
     Returns:
         Path of the Markdown table.
     """
+    run_missing(config, resume)
+    return summarize(config)
+
+
+def run_missing(config: BenchmarkConfig, resume: bool = True) -> None:
+    """Trains every (model, seed) run of ``config`` that has no record yet (all of them if not ``resume``),
+    ``config.workers`` at a time; writes no summary."""
     out = Path(config.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = [
@@ -459,7 +336,6 @@ def run_benchmark(config: BenchmarkConfig, resume: bool = True) -> Path:
             futures = [pool.submit(_worker, (config, spec, str(out))) for spec in todo]
             for fut in as_completed(futures):
                 print(f"finished {fut.result()}", flush=True)
-    return summarize(config)
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -556,17 +432,21 @@ def summarize(config: BenchmarkConfig) -> Path:
     writer.writerows(rows)
     atomic_write_text(out / f"{config.name}.csv", buf.getvalue())
     ppo = config.ppo
-    lr_kind = " (linear decay)" if ppo.learning_rate_schedule == "linear" else ""
     sde = f"gSDE (sample freq {ppo.sde_sample_freq})" if ppo.use_sde else "no gSDE"
     normed = [w for w, on in (("obs", ppo.normalize_observations), ("reward", ppo.normalize_rewards)) if on]
     norm = f"VecNormalize({', '.join(normed)})" if normed else "no VecNormalize"
     title = " vs ".join(_MODEL_NAMES[m] for m in config.models)
-    models_text = []
-    if "ltc" in config.models:
+    models_text: list[str] = []
+    if config.policies == "defaults":
+        models_text.append(
+            "Policies: defaults, no policy kwargs (LTC: LtcPolicy(); CfC: LtcPolicy(controller={'kind': "
+            "'cfc'}); LSTM: MlpLstmPolicy()). "
+        )
+    elif "ltc" in config.models:
         models_text.append(f"LTC: {_controller_text(config.ltc)}. ")
-    if "cfc" in config.models:
+    if "cfc" in config.models and config.policies == "config":
         models_text.append(f"CfC: {_controller_text(config.cfc)}. ")
-    if "ltc" in config.models or "cfc" in config.models:
+    if config.policies == "config" and ("ltc" in config.models or "cfc" in config.models):
         critic: str = config.critic
         if critic == "separate":
             critic += f" ({config.critic_outputs} motor neurons)"
@@ -574,7 +454,7 @@ def summarize(config: BenchmarkConfig) -> Path:
             f"Liquid policy kwargs {dict(config.liquid_policy_kwargs)}; liquid critics: {critic}, value MLP "
             f"{list(config.value_arch)}. "
         )
-    if "lstm" in config.models:
+    if "lstm" in config.models and config.policies == "config":
         models_text.append(
             f"LSTM: {config.lstm_hidden_size} units, net_arch {list(config.lstm_net_arch)}, critic LSTM "
             f"{config.lstm_critic}. "
@@ -584,8 +464,8 @@ def summarize(config: BenchmarkConfig) -> Path:
         "",
         f"Budget {config.timesteps:,} env steps per run; seeds {list(config.seeds)} (rows list the seeds "
         f"done). PPO for all models: n_envs {ppo.n_envs}, n_steps {ppo.n_steps}, batch {ppo.batch_size}, "
-        f"epochs {ppo.n_epochs}, lr {ppo.learning_rate:g}{lr_kind}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
-        f"clip {ppo.clip_range}, {sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
+        f"epochs {ppo.n_epochs}, {ppo.rate_text()}, gamma {ppo.gamma}, GAE {ppo.gae_lambda}, "
+        f"{sde}, {norm}, ortho init {ppo.ortho_init}, {ppo.activation} MLPs, "
         f"log_std_init {ppo.log_std_init}. "
         + "".join(models_text)
         + f"Eval: deterministic, {config.eval_episodes} episodes on unseen seeds, mean per run; the table "
@@ -710,10 +590,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "ltc-control bench rl") 
     missing runs (or only re-write the summary with ``--summary-only``) and print the summary."""
     from ltc_control.config import make_parser, parse_args_and_config
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--suite" or a.startswith("--suite=") for a in args):  # a suite of tasks: rl_suite.py
+        from rl_suite import main as suite_main
+
+        return suite_main(args, prog=prog)
     parser = make_parser(BenchmarkConfig, description=(__doc__ or "").split("\n\n")[0], prog=prog)
     parser.add_argument("--summary-only", action="store_true", help="only re-write the table and the plot")
     parser.add_argument("--no-resume", action="store_true", help="retrain runs whose record exists")
-    config, ns = parse_args_and_config(BenchmarkConfig, argv, parser)
+    config, ns = parse_args_and_config(BenchmarkConfig, args, parser)
     path = summarize(config) if ns.summary_only else run_benchmark(config, resume=not ns.no_resume)
     print(path.read_text())
     return 0

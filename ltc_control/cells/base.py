@@ -245,6 +245,10 @@ class RecurrentCell(nn.Module):
         Returns:
             ``dt`` as ``(B, 1)`` on ``x``'s device in ``h``'s dtype.
         """
+        if torch.compiler.is_compiling():
+            # torch.export / ONNX export: the signature fixes the shapes, and int(x.shape[0]) would
+            # specialise the symbolic batch size; only the (B,) -> (B, 1) reshape of dt remains.
+            return dt.reshape(-1, 1) if isinstance(dt, Tensor) else dt  # type: ignore[return-value]
         self._check_input(x)
         self._check_state(h, int(x.shape[0]))
         return self._as_dt(dt, int(x.shape[0]), x.device, h.dtype)

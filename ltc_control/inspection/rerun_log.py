@@ -205,6 +205,8 @@ def _blueprint(trace: Trace, have: set[str]) -> Any:
     return rrb.Blueprint(rrb.Horizontal(*columns), collapse_panels=False)
 
 
+# over 120 lines: one recording written section by section (scalars, images, map, wiring) on one stream,
+# inside one try that removes the partial file; the sections share the stream, its time columns and `have`
 def record_rerun(
     trace: Trace,
     path: str | os.PathLike[str],

@@ -164,7 +164,7 @@ def test_summary_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert dataset_main(["summary", str(tmp_path), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "episodes  2 on 2 roads" in out and "steps     50" in out
-    assert dataset_main(["summary", str(tmp_path / "missing")]) == 1
+    assert dataset_main(["summary", str(tmp_path / "missing")]) == 2
     assert "no dataset manifest" in capsys.readouterr().err
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert manifest["metadata"] == {"test": True}
@@ -195,7 +195,7 @@ def test_collect_cli_with_workers_is_deterministic_and_resumes(tmp_path: Path) -
         == 0
     )
     assert (
-        dataset_main(["collect", "--out", str(tmp_path / "b"), "--num_roads", "3", *common]) == 1
+        dataset_main(["collect", "--out", str(tmp_path / "b"), "--num_roads", "3", *common]) == 2
     )  # no --resume
     a, b = DemoDataset(tmp_path / "a"), DemoDataset(tmp_path / "b")
     assert [e["key"] for e in a.episodes] == [f"expert/road{r}/ep0" for r in range(3)]

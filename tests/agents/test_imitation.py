@@ -24,6 +24,7 @@ from ltc_control.agents.imitation_config import (
 from ltc_control.agents.imitation_trainer import _Trainer, curve_weighted_mse
 from ltc_control.checkpoint import load_checkpoint, load_trainer_state
 from ltc_control.config import ConfigError, apply_overrides, from_dict
+from ltc_control.errors import RunFolderError
 from ltc_control.policy import PolicyConfig
 
 H, W = 16, 32
@@ -165,7 +166,7 @@ def test_interrupt_saves_and_resume_continues(tmp_path: Path, monkeypatch: pytes
     assert len(epochs) == 4  # 2 before the interrupt + 2 after resuming, none repeated
     final = load_trainer_state(second.last_checkpoint)
     assert final is not None and final["extra"]["round"] == 1
-    with pytest.raises(FileNotFoundError, match="not a training run folder"):
+    with pytest.raises(RunFolderError, match="not a training run folder"):
         train(resume=tmp_path / "nowhere", progress=False)
 
 

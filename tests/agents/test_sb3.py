@@ -16,13 +16,13 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.env_util import make_vec_env
 
 from ltc_control.agents.sb3 import CnnLtcPolicy, LtcPolicy
-from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
-from ltc_control.agents.sb3_export import (
-    export_policy,
+from ltc_control.agents.sb3_checkpoint import (
     load_policy_weights,
     policy_kwargs_from_policy,
+    sb3_to_checkpoint,
     to_policy,
 )
+from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
 
@@ -427,7 +427,7 @@ def test_export_vector_policy_matches_predict(tmp_path: Path) -> None:
     policy = to_policy(model)
     assert policy.controller.cell.num_neurons == model.policy.controller.cell.num_neurons
     assert _rollout_pairs(model, policy, observations) < 1e-6
-    folder = export_policy(model, tmp_path / "ckpt", metadata={"env": "PendulumNoVel-v1"})
+    folder = sb3_to_checkpoint(model, tmp_path / "ckpt", metadata={"env": "PendulumNoVel-v1"})
     loaded, meta = load_checkpoint(folder)
     assert meta["env"] == "PendulumNoVel-v1" and meta["num_timesteps"] == model.num_timesteps
     assert _rollout_pairs(model, loaded, observations) < 1e-6
@@ -439,7 +439,7 @@ def test_export_image_policy_matches_predict(tmp_path: Path) -> None:
     model.learn(32)
     rng = np.random.default_rng(2)
     frames = [rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8) for _ in range(5)]
-    loaded, _ = load_checkpoint(export_policy(model, tmp_path / "ckpt"))
+    loaded, _ = load_checkpoint(sb3_to_checkpoint(model, tmp_path / "ckpt"))
     assert loaded.config.observation == "image" and loaded.config.image_shape == (24, 32, 3)
     assert _rollout_pairs(model, loaded, frames) < 1e-5
 

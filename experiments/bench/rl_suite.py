@@ -1,0 +1,400 @@
+"""A suite of partially observed tasks for issue #16: the liquid policies' **defaults** against RecurrentPPO's
+default LSTM policy, task by task, with the same PPO hyper-parameters, budget and seeds.
+
+Every model runs with no policy kwargs (``BenchmarkConfig.policies = "defaults"``: ``LtcPolicy()``, its
+CfC variant ``LtcPolicy(controller={"kind": "cfc"})``, ``"MlpLstmPolicy"``). Each task has its PPO settings
+(the RL Zoo's where it has an entry), its budget (the Zoo's, times the task's ``fraction`` and the suite's
+``budget_fraction``) and a flag saying whether it is **held out** from every tuning run. The runs are
+:mod:`rl_bench` runs (one JSON record per task, model and seed under ``runs_dir``; finished runs are skipped).
+The summary, ``<out_dir>/<name>.md|csv|png``, gives per task and model: the final deterministic return (mean
+and 95% t-interval over seeds), the return normalised between a random policy (0) and LSTM-PPO's mean (1) with
+its 95% interval, whether it reaches the issue's 0.9, the training return of the last 10% of the budget and
+the training steps per CPU-second; the plot has one learning-curve panel per task.
+
+Entry points: ``experiments/rl_benchmark.py --suite novel`` (``experiments/configs/rl_novel_suite.yaml``) or
+``ltc-control bench rl --suite novel``; ``--budget-fraction F`` scales every budget (a run with ``F != 1``
+writes ``<name>_frac<F>.*`` so it never overwrites the full suite's table).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rl_bench import _MODEL_NAMES, _binned_curve, _fmt, _load_records, _provenance, run_missing
+from rl_bench_config import BenchmarkConfig, PPOConfig
+
+from ltc_control.runs import atomic_write_json, atomic_write_text
+
+__all__ = ["SuiteConfig", "SuiteTask", "random_returns", "run_suite", "summarize_suite", "t_interval"]
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task of a suite.
+
+    Args:
+        env_id: a partially observed env id (``make_novel_env``), e.g. ``"PendulumNoVel-v1"``.
+        zoo_timesteps: the RL Zoo's budget for the task (``n_timesteps``).
+        fraction: the part of ``zoo_timesteps`` this suite trains (documented in the summary).
+        ppo: the task's PPO hyper-parameters, the same for every model.
+        held_out: never used in a tuning run (the issue's "tasks you have not tuned on").
+        source: where the PPO settings come from (printed in the summary).
+    """
+
+    env_id: str
+    zoo_timesteps: int
+    fraction: float = 1.0
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    held_out: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.zoo_timesteps < 1 or not 0 < self.fraction <= 1:
+            raise ValueError(f"{self.env_id}: zoo_timesteps must be >= 1 and fraction in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A suite: tasks, models, seeds and where the records and the summary go.
+
+    Args:
+        name: prefix of the summary files.
+        tasks: the tasks.
+        seeds: training seeds (every model, every task).
+        models: which of ``ltc``, ``cfc``, ``lstm`` to train (``lstm`` is the normalisation's 1).
+        budget_fraction: multiplies every task's budget (``--budget-fraction``; < 1 for a smoke run).
+        eval_episodes: deterministic evaluation episodes per run (seeds 10_000 + i).
+        random_episodes: episodes of the uniformly random policy on the same seeds (the normalisation's 0).
+        curve_points: points of each learning curve.
+        out_dir: where the summary goes.
+        runs_dir: where the run records go (one folder for the whole suite).
+        save_models: save each trained model beside its record.
+        workers: parallel training processes.
+        torch_threads: torch threads per process.
+    """
+
+    name: str = "rl_novel_suite"
+    tasks: tuple[SuiteTask, ...] = ()
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    models: tuple[str, ...] = ("ltc", "cfc", "lstm")
+    budget_fraction: float = 1.0
+    eval_episodes: int = 10
+    random_episodes: int = 10
+    curve_points: int = 20
+    out_dir: str = "experiments/results"
+    runs_dir: str = "runs/rl_benchmark/rl_novel_suite"
+    save_models: bool = True
+    workers: int = 1
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("a suite needs at least one task")
+        if not 0 < self.budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if self.random_episodes < 1:
+            raise ValueError("random_episodes must be >= 1")
+
+    @property
+    def file_stem(self) -> str:
+        """``name``, or ``<name>_frac<F>`` for a scaled budget."""
+        return self.name if self.budget_fraction == 1 else f"{self.name}_frac{self.budget_fraction:g}"
+
+    def timesteps(self, task: SuiteTask) -> int:
+        """The task's training budget in env steps."""
+        return max(1, round(task.zoo_timesteps * task.fraction * self.budget_fraction))
+
+    def benchmark(self, task: SuiteTask) -> BenchmarkConfig:
+        """The :mod:`rl_bench` config of one task (defaults-only policies)."""
+        return BenchmarkConfig(
+            env_id=task.env_id,
+            timesteps=self.timesteps(task),
+            seeds=self.seeds,
+            models=self.models,
+            ppo=task.ppo,
+            policies="defaults",
+            save_models=self.save_models,
+            eval_episodes=self.eval_episodes,
+            curve_points=self.curve_points,
+            out_dir=self.out_dir,
+            runs_dir=self.runs_dir,
+            name=f"{self.file_stem}__{task.env_id}",
+            workers=self.workers,
+            torch_threads=self.torch_threads,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ running
+def random_returns(env_id: str, episodes: int, seed0: int = 10_000) -> list[float]:
+    """Returns of a uniformly random policy on ``episodes`` episodes seeded ``seed0 + i`` (the seeds of the
+    deterministic evaluation)."""
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    env = make_novel_env(env_id)
+    out = []
+    for i in range(episodes):
+        env.reset(seed=seed0 + i)
+        env.action_space.seed(seed0 + i)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = bool(terminated or truncated)
+        out.append(total)
+    env.close()
+    return out
+
+
+def _random_baseline(config: SuiteConfig, env_id: str) -> list[float]:
+    """The random policy's returns, cached in ``runs_dir``."""
+    path = Path(config.runs_dir) / f"{env_id}__random__{config.random_episodes}.json"
+    if path.is_file():
+        return [float(r) for r in json.loads(path.read_text())["returns"]]
+    returns = random_returns(env_id, config.random_episodes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"env_id": env_id, "episodes": config.random_episodes, "returns": returns})
+    return returns
+
+
+def run_suite(config: SuiteConfig, resume: bool = True) -> Path:
+    """Trains every missing run of every task (task by task), then writes the summary.
+
+    Returns:
+        Path of the Markdown summary.
+    """
+    for task in config.tasks:
+        _random_baseline(config, task.env_id)
+        run_missing(config.benchmark(task), resume)
+    return summarize_suite(config)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+#: Student-t 97.5% quantiles by degrees of freedom (two-sided 95% intervals).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% Student-t interval of the mean (NaN width for one value)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), math.nan
+    df = x.size - 1
+    t = _T975.get(df, 2.0 if df <= 30 else 1.96)
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def _task_rows(config: SuiteConfig, task: SuiteTask) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The summary rows of one task (one per model with records) and its run records."""
+    bench = config.benchmark(task)
+    records = _load_records(bench)
+    if not records:
+        return [], []
+    rand = float(np.mean(_random_baseline(config, task.env_id)))
+    lstm = [r["eval_mean"] for r in records if r["model"] == "lstm"]
+    scale = float(np.mean(lstm)) - rand if lstm else math.nan
+    usable = (
+        math.isfinite(scale) and scale > 0
+    )  # LSTM-PPO must beat random for the normalisation to mean much
+    rows = []
+    for model in config.models:
+        recs = [r for r in records if r["model"] == model]
+        if not recs:
+            continue
+        evals = [float(r["eval_mean"]) for r in recs]
+        mean, half = t_interval(evals)
+        norm_mean, norm_half = t_interval([(e - rand) / scale for e in evals]) if usable else (math.nan,) * 2
+        last = []
+        for r in recs:
+            tail = [ret for t, ret in r["curve"] if t > 0.9 * r["timesteps"]]
+            last.append(float(np.mean(tail)) if tail else math.nan)
+        rows.append(
+            {
+                "env_id": task.env_id,
+                "held_out": task.held_out,
+                "model": model,
+                "seeds": len(recs),
+                "timesteps": bench.timesteps,
+                "zoo_fraction": bench.timesteps / task.zoo_timesteps,
+                "trained_steps": int(np.mean([r["timesteps"] for r in recs])),
+                "eval_return_mean": mean,
+                "eval_return_ci95": half,
+                "random_return": rand,
+                "normalized_mean": norm_mean,
+                "normalized_ci95": norm_half,
+                "reaches_0.9_of_lstm": bool(usable and norm_mean >= 0.9),
+                "train_return_last10pct": float(np.nanmean(last)) if np.isfinite(last).any() else math.nan,
+                "steps_per_cpu_second": float(np.mean([r["steps_per_cpu_second"] for r in recs])),
+                "steps_per_second": float(np.mean([r["steps_per_second"] for r in recs])),
+                "policy_parameters": int(recs[0]["policy_parameters"]),
+                "per_seed_eval": " ".join(f"{r['seed']}:{r['eval_mean']:.1f}" for r in recs),
+            }
+        )
+    return rows, records
+
+
+def summarize_suite(config: SuiteConfig) -> Path:
+    """Writes ``<out_dir>/<file_stem>.md|csv|png`` from the records in ``runs_dir``.
+
+    Raises:
+        ValueError: no record of any task yet.
+    """
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for task in config.tasks:
+        task_rows, records = _task_rows(config, task)
+        rows += task_rows
+        curves[task.env_id] = records
+    if not rows:
+        raise ValueError(f"no run records in {config.runs_dir} for any task of {config.name}; run first")
+    out = Path(config.out_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / f"{config.file_stem}.csv", buf.getvalue())
+    atomic_write_text(out / f"{config.file_stem}.md", _markdown(config, rows, curves))
+    _plot_suite(config, curves, out / f"{config.file_stem}.png")
+    return out / f"{config.file_stem}.md"
+
+
+def _markdown(
+    config: SuiteConfig, rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]
+) -> str:
+    lines = [f"# {config.name}: default liquid policies vs RecurrentPPO's default LSTM policy", ""]
+    if config.budget_fraction < 1:
+        lines += [
+            f"**Budget fraction {config.budget_fraction:g} of the suite's budgets: a smoke run of the "
+            "pipeline, not a result.**",
+            "",
+        ]
+    held = [t.env_id for t in config.tasks if t.held_out]
+    lines += [
+        "Every model with **no policy kwargs**: LTC-PPO `LtcPolicy()`, CfC-PPO "
+        "`LtcPolicy(controller={'kind': 'cfc'})`, LSTM-PPO `MlpLstmPolicy`; per task the same PPO settings, "
+        "budget and seeds for all. "
+        f"Held out from every tuning run: {', '.join(held) or 'none'}. Eval: deterministic, "
+        f"{config.eval_episodes} episodes on unseen seeds per run; mean +- 95% t-interval over seeds. "
+        f"Normalised return: random policy ({config.random_episodes} episodes, same seeds) = 0, LSTM-PPO's "
+        "mean = 1; the issue's bar is 0.9.",
+        "",
+        "| task | model | seeds | budget (of Zoo's); trained | eval return | normalised | >= 0.9 | "
+        "train return, last 10% | steps/CPU-s | policy params |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        task = r["env_id"] + (" (held out)" if r["held_out"] else "")
+        lines.append(
+            f"| {task} | {_MODEL_NAMES[r['model']]} | {r['seeds']} | {r['timesteps']:,} "
+            f"({r['zoo_fraction']:.2g}); {r['trained_steps']:,} | "
+            f"{_fmt(r['eval_return_mean'])} +- {_fmt(r['eval_return_ci95'])} | "
+            f"{_fmt(r['normalized_mean'], 2)} +- {_fmt(r['normalized_ci95'], 2)} | "
+            f"{'yes' if r['reaches_0.9_of_lstm'] else 'no'} | {_fmt(r['train_return_last10pct'])} | "
+            f"{_fmt(r['steps_per_cpu_second'], 0)} | {r['policy_parameters']:,} |"
+        )
+    lines += ["", "Random policy's mean return: " + "; ".join(_random_text(rows)), ""]
+    lines += [
+        "Per-seed eval returns: "
+        + "; ".join(f"{r['env_id']} {r['model']} {r['per_seed_eval']}" for r in rows)
+    ]
+    lines += ["", "PPO settings per task (the same for every model):", ""]
+    for task in config.tasks:
+        ppo = task.ppo
+        lines.append(
+            f"- {task.env_id}: {task.source or 'no source given'}; n_envs {ppo.n_envs}, "
+            f"n_steps {ppo.n_steps}, batch {ppo.batch_size}, epochs {ppo.n_epochs}, {ppo.rate_text()}, "
+            f"gamma {ppo.gamma}, GAE {ppo.gae_lambda}, ent {ppo.ent_coef}, vf {ppo.vf_coef}, "
+            f"max grad norm {ppo.max_grad_norm}, "
+            f"gSDE {ppo.use_sde} ({ppo.sde_sample_freq}), VecNormalize obs {ppo.normalize_observations} / "
+            f"reward {ppo.normalize_rewards}."
+        )
+    records = [r for recs in curves.values() for r in recs]
+    lines += ["", _provenance(records), ""]
+    return "\n".join(lines)
+
+
+def _random_text(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, float] = {}
+    for r in rows:
+        seen.setdefault(r["env_id"], r["random_return"])
+    return [f"{env} {_fmt(v)}" for env, v in seen.items()]
+
+
+def _plot_suite(config: SuiteConfig, curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ltc_control.runs import atomic_write_bytes
+
+    tasks = list(config.tasks)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        recs_all = curves.get(task.env_id, [])  # sb3 trains whole rollouts: the runs may pass the budget
+        steps = max([config.timesteps(task), *(int(r["timesteps"]) for r in recs_all)])
+        x = (np.arange(config.curve_points) + 0.5) * steps / config.curve_points
+        for model in config.models:
+            recs = [r for r in curves.get(task.env_id, []) if r["model"] == model]
+            if not recs:
+                continue
+            binned = np.stack([_binned_curve(r["curve"], steps, config.curve_points) for r in recs])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, lo, hi = np.nanmean(binned, 0), np.nanmin(binned, 0), np.nanmax(binned, 0)
+            ok = np.isfinite(mean)
+            (line,) = ax.plot(x[ok], mean[ok], marker=".", label=f"{model} ({len(recs)})")
+            ax.fill_between(x[ok], lo[ok], hi[ok], color=line.get_color(), alpha=0.2)
+        ax.set_title(task.env_id + (" (held out)" if task.held_out else ""), fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("training episode return")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None, prog: str = "rl_benchmark.py") -> int:
+    """``--suite NAME`` (``experiments/configs/rl_<NAME>_suite.yaml``) or ``--config FILE``; runs the missing
+    runs (or only re-writes the summary with ``--summary-only``) and prints the summary."""
+    from ltc_control.config import make_parser, parse_args_and_config
+
+    parser = make_parser(SuiteConfig, description=(__doc__ or "").split("\n\n")[0], prog=prog)
+    parser.add_argument("--suite", help="a suite name: experiments/configs/rl_<NAME>_suite.yaml (e.g. novel)")
+    parser.add_argument(
+        "--budget-fraction", type=float, dest="budget_fraction_flag", help="scale every task's budget"
+    )
+    parser.add_argument("--summary-only", action="store_true", help="only re-write the table and the plot")
+    parser.add_argument("--no-resume", action="store_true", help="retrain runs whose record exists")
+    args = list(sys.argv[1:] if argv is None else argv)
+    known, _ = parser.parse_known_args(args)
+    if known.suite and known.config is None:
+        args = ["--config", str(SUITES_DIR / f"rl_{known.suite}_suite.yaml"), *args]
+    config, ns = parse_args_and_config(SuiteConfig, args, parser)
+    if ns.budget_fraction_flag is not None:
+        config = dataclasses.replace(config, budget_fraction=ns.budget_fraction_flag)
+    path = summarize_suite(config) if ns.summary_only else run_suite(config, resume=not ns.no_resume)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

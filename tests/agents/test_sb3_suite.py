@@ -1,0 +1,114 @@
+"""Tests of issue #16's suite (experiments/bench/rl_suite.py, experiments/configs/rl_novel_suite.yaml) and
+that the liquid policies' defaults are the documented ones."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from ltc_control.agents.sb3 import CnnLtcPolicy, LtcPolicy
+from ltc_control.config import load_yaml
+from ltc_control.controllers import ControllerConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_novel_suite_config_is_the_documented_one(load_bench: Callable[[str], ModuleType]) -> None:
+    """Two tuning tasks and two held-out tasks (named in docs/rl.md as held out), defaults-only policies."""
+    suite = load_bench("rl_suite")
+    config = load_yaml(suite.SuiteConfig, ROOT / "experiments" / "configs" / "rl_novel_suite.yaml")
+    ids = [t.env_id for t in config.tasks]
+    assert ids[:2] == ["PendulumNoVel-v1", "HalfCheetahNoVel-v5"]
+    held = [t.env_id for t in config.tasks if t.held_out]
+    assert len(held) >= 2 and not {"PendulumNoVel-v1", "HalfCheetahNoVel-v5"} & set(held)
+    docs = (ROOT / "docs" / "rl.md").read_text()
+    for env_id in held:
+        assert re.search(rf"held.out[^\n]*{re.escape(env_id)}|{re.escape(env_id)}[^\n]*held.out", docs, re.I)
+    assert len(config.seeds) >= 5 and set(config.models) == {"ltc", "cfc", "lstm"}
+    for task in config.tasks:
+        bench = config.benchmark(task)
+        assert bench.policies == "defaults" and not bench.liquid_policy_kwargs
+        assert 0 < config.timesteps(task) <= task.zoo_timesteps
+
+
+def test_liquid_policy_defaults_are_the_documented_ones() -> None:
+    """The defaults in docs/rl.md's keyword table are the signature's (and CnnLtcPolicy inherits them)."""
+    params = inspect.signature(LtcPolicy.__init__).parameters
+    docs = (ROOT / "docs" / "rl.md").read_text()
+    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| `?([^`|]+?)`? \|", docs, re.M)}
+    expected = {
+        "critic": "separate",
+        "critic_outputs": 8,
+        "net_arch": None,  # documented as [64]: the value MLP
+        "action_squash": "auto",
+        "controller_lr_scale": 1.0,
+        "controller": None,  # documented as ControllerConfig(kind="ltc")
+    }
+    for name, default in expected.items():
+        assert params[name].default == default, name
+        assert name in table, f"{name} missing from docs/rl.md's keyword table"
+    assert table["critic"] == '"separate"' and table["critic_outputs"] == "8" and table["net_arch"] == "[64]"
+    assert table["controller_lr_scale"] == "1.0" and table["controller"] == 'ControllerConfig(kind="ltc")'
+    config = ControllerConfig()
+    assert config.kind == "ltc" and config.wiring.preset == "lane_keeping"  # the paper-sized NCP
+    assert (config.wiring.inter, config.wiring.command) == (12, 6)
+    assert inspect.signature(CnnLtcPolicy.__init__).parameters.keys() >= {"observation_space", "kwargs"}
+
+
+def test_t_interval(load_bench: Callable[[str], ModuleType]) -> None:
+    t_interval = load_bench("rl_suite").t_interval
+    mean, half = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and half == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5))
+    assert np.isnan(t_interval([2.0])[1])
+
+
+def test_suite_smoke_writes_table_csv_and_curves(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType]
+) -> None:
+    """A two-task suite at a budget fraction (PendulumNoVel and discrete CartPoleNoVel, LTC vs LSTM, defaults
+    only): records, random baselines, the normalised table (LSTM = 1), CSV and plot; a smoke banner."""
+    suite = load_bench("rl_suite")
+    bench = load_bench("rl_bench_config")
+    ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, clip_range="lin_0.2")
+    config = suite.SuiteConfig(
+        name="tiny_suite",
+        tasks=(
+            suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=3200, ppo=ppo),
+            suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
+        ),
+        seeds=(0,),
+        models=("ltc", "lstm"),
+        budget_fraction=0.01,
+        eval_episodes=1,
+        random_episodes=2,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+        save_models=False,
+    )
+    assert [config.timesteps(t) for t in config.tasks] == [32, 32]
+    md = suite.run_suite(config)
+    assert md == tmp_path / "results" / "tiny_suite_frac0.01.md"
+    text = md.read_text()
+    assert "smoke run of the pipeline, not a result" in text and "CartPoleNoVel-v1 (held out)" in text
+    with (tmp_path / "results" / "tiny_suite_frac0.01.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["env_id"], r["model"]) for r in rows] == [
+        ("PendulumNoVel-v1", "ltc"),
+        ("PendulumNoVel-v1", "lstm"),
+        ("CartPoleNoVel-v1", "ltc"),
+        ("CartPoleNoVel-v1", "lstm"),
+    ]
+    for r in rows:
+        if r["model"] == "lstm" and r["normalized_mean"] != "nan":  # LSTM's mean is the normalisation's 1
+            assert float(r["normalized_mean"]) == pytest.approx(1.0)
+        assert float(r["steps_per_cpu_second"]) > 0
+    assert (tmp_path / "results" / "tiny_suite_frac0.01.png").is_file()
+    assert (tmp_path / "runs" / "CartPoleNoVel-v1__random__2.json").is_file()
