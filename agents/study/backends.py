@@ -40,7 +40,10 @@ class Backend:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release workers."""
+        """Release workers (after the running trials finish)."""
+
+    def terminate(self) -> None:
+        """Stop the running trials now (an interrupt); their folders restart cleanly on the next run."""
 
 
 class LocalBackend(Backend):
@@ -67,6 +70,12 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def terminate(self) -> None:
+        # ProcessPoolExecutor has no public kill; its worker processes are in ``_processes``.
+        for proc in list(getattr(self._pool, "_processes", {}).values()):
+            proc.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class RayBackend(Backend):
@@ -121,6 +130,9 @@ class RayBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - reported by the runner with the trial's name
                 out.append((ref, exc))
         return out
+
+    def terminate(self) -> None:
+        return None  # ray.shutdown() in close() stops the tasks
 
     def close(self) -> None:
         if self._started:

@@ -119,9 +119,10 @@ def study_main(argv: Sequence[str] | None = None) -> int:
         if ns.workers is not None:
             config = dataclasses.replace(config, workers=ns.workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        parser.error(str(exc).splitlines()[0])
+        # one line under the CLI contract (docs/cli.md): ltc-control study: error: <message>
+        raise ConfigError(str(exc).splitlines()[0]) from exc
     if ns.address is not None and ns.backend != "ray":
-        parser.error("--address is only used with --backend ray")
+        raise ConfigError("--address is only used with --backend ray")
     from ltc_control.agents.study.report import write_report
     from ltc_control.agents.study.runner import run_study, study_dir
 
@@ -133,6 +134,7 @@ def study_main(argv: Sequence[str] | None = None) -> int:
         try:
             state = run_study(config, backend, progress=not ns.no_progress, max_trials=ns.max_trials)
         except KeyboardInterrupt:
+            backend.terminate()
             print(
                 f"\ninterrupted; rerun the same command to resume (finished trials are kept in "
                 f"{study_dir(config) / 'trials'})",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ltc_control.agents.study.cli import build_parser, study_main
+from ltc_control import cli
+from ltc_control.agents.study.cli import build_parser
 from ltc_control.agents.study.config import StudyConfig
 from ltc_control.agents.study.trials import eval_trial, train_trial
 from ltc_control.config import ConfigError, apply_overrides, load_yaml
@@ -94,10 +95,15 @@ def test_cli_help_and_errors(capsys: pytest.CaptureFixture[str], tiny_preset: Pa
         "--no-progress",
     ):
         assert option in text
-    with pytest.raises(SystemExit) as exc:
-        study_main(["--config", str(tiny_preset), "--set", "bc.epochz=3"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "epochz" in err[-1]
-    with pytest.raises(SystemExit):
-        study_main(["--config", str(tiny_preset.parent / "missing.yaml")])
+    # expected errors are one line with status 2 (docs/cli.md), nothing created
+    for args, word in (
+        (["--set", "bc.epochz=3"], "epochz"),
+        (["--set", "evaluation.seed_start=1"], "overlap"),
+        (["--config", str(tiny_preset.parent / "missing.yaml")], "missing.yaml"),
+        (["--address", "auto"], "--address"),
+    ):
+        argv = ["study", "--config", str(tiny_preset), *args]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ltc-control study: error:") and word in err[0], err
+    assert not (tiny_preset.parent / "runs").exists()
