@@ -49,6 +49,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "export_main",
         "export a checkpoint's control step to ONNX / torch.export (with a parity check)",
     ),
+    "study": (
+        "ltc_control.agents.study.cli",
+        "study_main",
+        "the NCP study: train and evaluate every controller under the same budget",
+    ),
     "bench": (
         "ltc_control.cli",
         "bench_main",
