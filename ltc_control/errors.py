@@ -39,6 +39,10 @@ class RunFolderError(ExpectedError, ValueError):
     """A run folder's record (config, metrics, resume state) is missing, damaged or inconsistent (named)."""
 
 
+class StudyStoreError(ExpectedError, ValueError):
+    """A study's stored trial result that cannot be trusted (damaged, of another trial, wrong types)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (newlines folded into ``"; "``)."""
     text = str(exc).strip() or type(exc).__name__

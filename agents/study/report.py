@@ -92,20 +92,21 @@ def gather(config: StudyConfig) -> StudyData:
         cpu += float(doc.get("cpu_seconds") or 0.0)
         wall += float(doc.get("wall_seconds") or 0.0)
     for m in config.models:
-        cands = {t.lr: load_result(root / "trials" / t.folder) for t in tuning[m.name]}
+        cands = {t.lr: load_result(root / "trials" / t.folder, t.id) for t in tuning[m.name]}
         done += sum(r is not None for r in cands.values())
         md = ModelData(m.name, m.display, None, {lr: (r or {}).get("val_mse") for lr, r in cands.items()})
         if all(r is not None for r in cands.values()):
             md.lr = select_lr(config, {lr: r for lr, r in cands.items() if r is not None})
             for seed in range(config.seeds):
                 t: Trial = train_trial(config, m.name, seed, md.lr)
-                tr = load_result(root / "trials" / t.folder)
+                tr = load_result(root / "trials" / t.folder, t.id)
                 if tr is None:
                     continue
                 if seed != config.tuning.seed:
                     done += 1
                 md.train[seed] = tr
-                er = load_result(root / "trials" / eval_trial(config, t).folder)
+                et = eval_trial(config, t)
+                er = load_result(root / "trials" / et.folder, et.id)
                 if er is not None:
                     md.eval[seed] = er
                     done += 1

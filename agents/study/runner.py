@@ -208,7 +208,7 @@ def run_study(
             while progressed:
                 progressed = False
                 for trial in list(ready):
-                    stored = load_result(root / "trials" / trial.folder)
+                    stored = load_result(root / "trials" / trial.folder, trial.id)
                     if stored is not None:
                         ready.remove(trial)
                         on_done(trial, stored)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ltc_control.errors import StudyStoreError
 from ltc_control.runs import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -149,14 +150,58 @@ def eval_trial(config: Any, train: Trial) -> Trial:
     return Trial("eval", train.model, train.seed, train.lr, spec, spec_hash(spec))
 
 
-def load_result(trial_dir: Path) -> dict[str, Any] | None:
-    """The trial's ``result.json``, or None when the trial has not finished."""
+#: the keys every stored result carries (run_trial adds them), with their JSON types
+RESULT_KEYS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "kind": (str,),
+    "model": (str,),
+    "seed": (int,),
+    "lr": (int, float),
+    "wall_seconds": (int, float),
+    "cpu_seconds": (int, float),
+}
+
+
+def load_result(trial_dir: Path, expected_id: str | None = None) -> dict[str, Any] | None:
+    """The trial's ``result.json``, or None when the trial has not finished.
+
+    Args:
+        trial_dir: the trial's folder.
+        expected_id: the id of the trial this folder must hold (checked when given).
+
+    Raises:
+        StudyStoreError: the file is damaged (not JSON, not an object, its sha256 over the content wrong,
+            a key missing or of the wrong type, a ``kind`` other than train/eval) or holds another trial's
+            result. The message names the file and says to delete the trial folder, after which the study
+            recomputes that trial.
+    """
     path = trial_dir / RESULT_NAME
     if not path.is_file():
         return None
-    with open(path) as f:
-        doc: dict[str, Any] = json.load(f)
-    return doc
+    fix = f"delete the folder {trial_dir} and rerun the study to recompute this trial"
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyStoreError(f"trial result {path} is damaged ({exc}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise StudyStoreError(f"trial result {path} is not a JSON object; {fix}")
+    digest = doc.pop("sha256", None)
+    if not isinstance(digest, str) or digest != spec_hash(doc):
+        raise StudyStoreError(f"trial result {path} fails its sha256 check (damaged or edited); {fix}")
+    for key, types in RESULT_KEYS.items():
+        value = doc.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise StudyStoreError(
+                f"trial result {path}: key {key!r} is missing or not {'/'.join(t.__name__ for t in types)} "
+                f"(got {type(value).__name__}); {fix}"
+            )
+    if doc["kind"] not in ("train", "eval"):
+        raise StudyStoreError(f"trial result {path}: kind {doc['kind']!r} is not train or eval; {fix}")
+    if expected_id is not None and doc["id"] != expected_id:
+        raise StudyStoreError(
+            f"trial result {path} belongs to trial {doc['id'][:10]}, not to {expected_id[:10]}; {fix}"
+        )
+    return dict(doc)
 
 
 @contextlib.contextmanager
@@ -183,7 +228,7 @@ def run_trial(trial: Trial, study_dir: str) -> dict[str, Any]:
     os.environ.setdefault("MUJOCO_GL", "egl")
     root = Path(study_dir)
     tdir = root / "trials" / trial.folder
-    done = load_result(tdir)
+    done = load_result(tdir, trial.id)
     if done is not None:
         return done
     if tdir.exists():  # an interrupted trial: start it again from scratch
@@ -214,8 +259,9 @@ def run_trial(trial: Trial, study_dir: str) -> dict[str, Any]:
         cpu_seconds=time.process_time() - c0,
         host=os.uname().nodename,
     )
-    atomic_write_json(tdir / RESULT_NAME, _jsonable(result))
-    return _jsonable(result)
+    stored = _jsonable(result)
+    atomic_write_json(tdir / RESULT_NAME, {**stored, "sha256": spec_hash(stored)})
+    return stored
 
 
 def _jsonable(obj: Any) -> Any:
@@ -386,7 +432,7 @@ def _run_eval(trial: Trial, root: Path, tdir: Path) -> dict[str, Any]:
     spec = trial.spec
     ev = spec["evaluation"]
     train_dir = root / "trials" / spec["train_folder"]
-    if load_result(train_dir) is None:
+    if load_result(train_dir, spec["train_id"]) is None:
         raise FileNotFoundError(f"train trial {train_dir} has not finished; run it first")
     policy, _ = load_checkpoint(train_dir / "checkpoint")
     policy.eval()

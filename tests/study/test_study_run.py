@@ -32,6 +32,7 @@ def _results(root: Path) -> dict[str, dict]:
             "inference_us",
             "lockstep",
             "env_steps_per_second",
+            "sha256",  # the record's digest covers the timing fields above
         ):
             doc.pop(key, None)
         out[p.parent.name] = doc
