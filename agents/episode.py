@@ -35,12 +35,14 @@ __all__ = [
     "Agent",
     "AgentSpec",
     "ConstantAgent",
-    "check_agent_env",
-    "check_env",
-    "checkpoint_env",
     "EpisodeResult",
     "PolicyAgent",
     "StepRecord",
+    "check_agent_env",
+    "check_env",
+    "checkpoint_env",
+    "info_float",
+    "info_xy",
     "make_agent",
     "make_env",
     "resolve_env",
@@ -537,7 +539,8 @@ def _image_of(obs: Any) -> Any:
     return obs
 
 
-def _info_float(info: Mapping[str, Any], key: str) -> float:
+def info_float(info: Mapping[str, Any], key: str) -> float:
+    """``info[key]`` as a float (its first element for arrays); NaN when missing or not numeric."""
     value = info.get(key)
     if value is None:
         return float("nan")
@@ -547,7 +550,8 @@ def _info_float(info: Mapping[str, Any], key: str) -> float:
         return float("nan")
 
 
-def _info_xy(info: Mapping[str, Any]) -> tuple[float, float]:
+def info_xy(info: Mapping[str, Any]) -> tuple[float, float]:
+    """``info["position"]`` as ``(x, y)``; NaNs when missing or too short."""
     value = info.get("position")
     if value is None:
         return float("nan"), float("nan")
@@ -595,8 +599,8 @@ def run_episode(
 
     obs, info = env.reset(seed=int(seed), options=dict(reset_options) if reset_options else None)
     agent.reset()
-    start_distance = _info_float(info, "distance")
-    road_length = _info_float(info, "road_length")
+    start_distance = info_float(info, "distance")
+    road_length = info_float(info, "road_length")
 
     lateral: list[float] = []
     steering: list[float] = []
@@ -633,12 +637,12 @@ def run_episode(
         terminated, truncated = bool(terminated), bool(truncated)
         if max_steps is not None and step + 1 >= max_steps and not terminated:
             truncated = True
-        lateral.append(_info_float(info, "lateral_offset"))
+        lateral.append(info_float(info, "lateral_offset"))
         steering.append(float(action[0]))
         actions.append(action)
-        speed.append(_info_float(info, "speed"))
-        distance.append(_info_float(info, "distance"))
-        positions.append(_info_xy(info))
+        speed.append(info_float(info, "speed"))
+        distance.append(info_float(info, "distance"))
+        positions.append(info_xy(info))
         rewards.append(float(reward))
         departures.append(bool(info.get("lane_departure", False)))
         if on_step is not None:
@@ -649,7 +653,7 @@ def run_episode(
         if terminated or truncated:
             break
     if math.isnan(road_length):
-        road_length = _info_float(info, "road_length")
+        road_length = info_float(info, "road_length")
     return EpisodeResult(
         seed=int(seed),
         lateral_error=np.asarray(lateral, dtype=np.float64),

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ltc_control.agents.episode import EpisodeResult, make_env, torch_threads
+from ltc_control.agents.episode import EpisodeResult, info_float, info_xy, make_env, torch_threads
 from ltc_control.agents.perturbations import Perturbation
 
 __all__ = ["EpisodeJob", "LockstepStats", "replay_lockstep", "run_lockstep", "run_lockstep_parallel"]
@@ -92,26 +92,6 @@ class LockstepStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _info_float(info: Mapping[str, Any], key: str) -> float:
-    value = info.get(key)
-    if value is None:
-        return float("nan")
-    try:
-        return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError):
-        return float("nan")
-
-
-def _info_xy(info: Mapping[str, Any]) -> tuple[float, float]:
-    value = info.get("position")
-    if value is None:
-        return float("nan"), float("nan")
-    arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    if arr.size < 2:
-        return float("nan"), float("nan")
-    return float(arr[0]), float(arr[1])
-
-
 class _Slot:
     """One env and the per-step records of the episode it is driving."""
 
@@ -130,9 +110,9 @@ class _Slot:
     def start(self, job: EpisodeJob, index: int) -> None:
         self.job, self.index, self.step = job, index, 0
         self.obs, self.info = self.env.reset(seed=int(job.seed))
-        sd = _info_float(self.info, "distance")
+        sd = info_float(self.info, "distance")
         self.start_distance = 0.0 if math.isnan(sd) else sd
-        self.road_length = _info_float(self.info, "road_length")
+        self.road_length = info_float(self.info, "road_length")
         self.rec = {k: [] for k in ("lat", "steer", "act", "speed", "dist", "pos", "rew", "dep")}
         self.states = []
 
@@ -141,7 +121,7 @@ class _Slot:
         r = self.rec
         road_length = self.road_length
         if math.isnan(road_length):
-            road_length = _info_float(self.info, "road_length")
+            road_length = info_float(self.info, "road_length")
         return EpisodeResult(
             seed=int(self.job.seed),
             lateral_error=np.asarray(r["lat"], dtype=np.float64),
@@ -240,12 +220,12 @@ def _run_group(
                 if max_steps is not None and slot.step + 1 >= max_steps and not terminated:
                     truncated = True
                 r = slot.rec
-                r["lat"].append(_info_float(info, "lateral_offset"))
+                r["lat"].append(info_float(info, "lateral_offset"))
                 r["steer"].append(float(action[0]))
                 r["act"].append(action)
-                r["speed"].append(_info_float(info, "speed"))
-                r["dist"].append(_info_float(info, "distance"))
-                r["pos"].append(_info_xy(info))
+                r["speed"].append(info_float(info, "speed"))
+                r["dist"].append(info_float(info, "distance"))
+                r["pos"].append(info_xy(info))
                 r["rew"].append(float(reward))
                 r["dep"].append(bool(info.get("lane_departure", False)))
                 if rows is not None:

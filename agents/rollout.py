@@ -45,6 +45,7 @@ from ltc_control.agents.episode import (
     PolicyAgent,
     StepRecord,
     check_agent_env,
+    info_float,
     make_agent,
     make_env,
     resolve_env,
@@ -246,8 +247,8 @@ class FrameComposer:
         Returns:
             RGB uint8 ``(height, width, 3)``.
         """
-        lat = _scalar(info, "lateral_offset")
-        speed = _scalar(info, "speed")
+        lat = info_float(info, "lateral_offset")
+        speed = info_float(info, "speed")
         self.lateral.append(lat)
         self.speed.append(speed)
         self.steer.append(float(action[0]) if action.size else float("nan"))
@@ -322,8 +323,8 @@ class FrameComposer:
             label = f"expert steer {expert_action:+.2f}"
             vid.draw_bar(tile, expert_action, (8, y, bar_w, 14), color=_EXPERT_COLOR, label=label)
             y += 17
-        lat, speed = _scalar(info, "lateral_offset"), _scalar(info, "speed")
-        dist, road = _scalar(info, "distance"), _scalar(info, "road_length")
+        lat, speed = info_float(info, "lateral_offset"), info_float(info, "speed")
+        dist, road = info_float(info, "distance"), info_float(info, "road_length")
         parts = []
         if math.isfinite(lat):
             parts.append(f"lateral {lat:+.2f} m")
@@ -373,16 +374,6 @@ class FrameComposer:
                     tile, steer_series, (8, y, bar_w, plot_h), -1.0, 1.0, self.history, "steering"
                 )
         return tile
-
-
-def _scalar(info: Mapping[str, Any], key: str) -> float:
-    value = info.get(key)
-    if value is None:
-        return float("nan")
-    try:
-        return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-    except (TypeError, ValueError, IndexError):
-        return float("nan")
 
 
 class _SensoryProbe:
