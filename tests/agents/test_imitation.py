@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ltc_control.agents.collection import EnvSpec
-from ltc_control.agents.datasets import DatasetWriter, Episode
+from ltc_control.agents.datasets import DatasetWriter
 from ltc_control.agents.imitation import train
 from ltc_control.agents.imitation_cli import train_main
 from ltc_control.agents.imitation_config import (
@@ -26,32 +26,12 @@ from ltc_control.checkpoint import load_checkpoint, load_trainer_state
 from ltc_control.config import ConfigError, apply_overrides, from_dict
 from ltc_control.errors import RunFolderError
 from ltc_control.policy import PolicyConfig
-
-H, W = 16, 32
+from tests.faults.helpers import H, W, stripe_episode
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-def stripe_episode(road: int, length: int = 48) -> Episode:
-    """Synthetic demo: a bright stripe whose column encodes the label (a learnable image -> action map)."""
-    rng = np.random.default_rng(road)
-    t = np.arange(length)
-    labels = (0.8 * np.sin(t / 7.0 + road)).astype(np.float32)
-    images = rng.integers(0, 40, size=(length, H, W, 3), dtype=np.uint8)
-    cols = np.round((labels + 1) / 2 * (W - 3)).astype(int)
-    for k, c in enumerate(cols):
-        images[k, :, c : c + 3, :] = 255
-    return Episode(
-        images=images,
-        labels=labels[:, None],
-        actions=labels[:, None],
-        info={"lateral_offset": np.zeros(length, np.float32)},
-        road_seed=road,
-        key=f"expert/road{road}/ep0",
-    )
 
 
 def synthetic_config(tmp_path: Path, **bc: object) -> TrainConfig:
