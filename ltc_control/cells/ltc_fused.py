@@ -302,11 +302,10 @@ def ltc_sequence_kernel(
     Args:
         x: mapped inputs ``(B, T, S)`` (after the input mapping).
         h0: initial state ``(B, N)``.
-        dt: elapsed time per step, ``(B, T)``, ``(1, T)``, ``(B, 1)`` or ``(1, 1)``, > 0 (broadcast to ``(B,
-        T)``).
+        dt: elapsed time per step, ``(B, T)``, ``(1, T)``, ``(B, 1)`` or ``(1, 1)``, > 0 (broadcast to
+            ``(B, T)``).
         starts: episode-start flags ``(B, T)`` / broadcastable like ``dt`` (1 resets the state to zero
-        before the
-            step) or ``None``.
+            before the step) or ``None``.
         params: the 11 constrained parameters in :data:`PARAM_NAMES` order (``w`` etc. after softplus).
         edges: the wiring's :class:`EdgeList`.
         unfolds: solver unfolds ``K`` per step.
