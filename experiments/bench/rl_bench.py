@@ -113,7 +113,9 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
             return RecurrentPPO("MlpLstmPolicy", env, **common)
         if model not in ("ltc", "cfc"):
             raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
-        kwargs = {"controller": {"kind": "cfc"}} if model == "cfc" else None
+        # an ablation adds its liquid policy kwargs on top of the defaults (none in the suite itself)
+        kwargs = {"controller": {"kind": "cfc"}} if model == "cfc" else {}
+        kwargs = {**kwargs, **dict(config.liquid_policy_kwargs)} or None
         return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
     shared_kwargs: dict[str, Any] = {
         "log_std_init": ppo.log_std_init,
@@ -354,8 +356,19 @@ def _load_records(config: BenchmarkConfig) -> list[dict[str, Any]]:
                 raise ValueError(f"corrupt run record {path}: {exc}; delete it to retrain that run") from exc
             if int(rec.get("config", {}).get("timesteps", -1)) != config.timesteps:
                 continue
+            made_with = rec.get("config", {}).get("liquid_policy_kwargs", {})
+            if made_with != _jsonable(config.liquid_policy_kwargs):
+                raise ValueError(
+                    f"run record {path} was made with liquid_policy_kwargs {made_with}, this config has "
+                    f"{dict(config.liquid_policy_kwargs)}: give this config its own runs_dir"
+                )
             records.append(rec)
     return records
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from a JSON record (tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _binned_curve(curve: Sequence[Sequence[float]], timesteps: int, points: int) -> np.ndarray:
@@ -442,6 +455,11 @@ def summarize(config: BenchmarkConfig) -> Path:
             "Policies: defaults, no policy kwargs (LTC: LtcPolicy(); CfC: LtcPolicy(controller={'kind': "
             "'cfc'}); LSTM: MlpLstmPolicy()). "
         )
+        if config.liquid_policy_kwargs:
+            models_text.append(
+                f"**Ablation**: the liquid policies get {dict(config.liquid_policy_kwargs)} on top of "
+                "their defaults. "
+            )
     elif "ltc" in config.models:
         models_text.append(f"LTC: {_controller_text(config.ltc)}. ")
     if "cfc" in config.models and config.policies == "config":

@@ -155,11 +155,12 @@ class BenchmarkConfig:
             **no policy kwargs** (issue #16's protocol): ``LtcPolicy()`` for ``ltc``,
             ``LtcPolicy(controller={"kind": "cfc"})`` for ``cfc``, ``"MlpLstmPolicy"`` for ``lstm``;
             ``ltc``, ``cfc``, ``critic*``, ``value_arch`` and ``lstm_*`` are then ignored, and
-            ``liquid_policy_kwargs`` and the policy-side PPO keys (``ppo.log_std_init``, ``ortho_init``,
-            ``activation``) must keep their defaults (an error otherwise, so nothing is silently dropped).
+            the policy-side PPO keys (``ppo.log_std_init``, ``ortho_init``, ``activation``) must keep
+            their defaults (an error otherwise, so nothing is silently dropped); ``liquid_policy_kwargs``, if
+            any, is an ablation: those kwargs on top of the liquid policies' defaults (LSTM untouched).
         liquid_policy_kwargs: extra keyword arguments of the liquid policies (``LtcPolicy``), e.g.
             ``action_scale_init``, ``critic_controller`` (a mapping of ``ControllerConfig`` fields) or
-            ``optimizer_kwargs``.
+            ``optimizer_kwargs``. Records made with other kwargs in the same ``runs_dir`` are refused.
         diagnostics: also write training diagnostics (gradient norms per parameter group, time constants,
             synapse saturation, value error; :mod:`ltc_control.agents.sb3_diagnostics`) per rollout to
             ``<record stem>.diagnostics.csv`` beside the record.
@@ -214,11 +215,10 @@ class BenchmarkConfig:
             changed = [
                 k for k in ("log_std_init", "ortho_init", "activation") if getattr(self.ppo, k) != _SB3[k]
             ]
-            if changed or self.liquid_policy_kwargs:
+            if changed:
                 raise ValueError(
-                    "policies='defaults' passes no policy kwargs; remove liquid_policy_kwargs and keep "
-                    f"ppo.log_std_init 0.0, ortho_init true, activation tanh (changed: {changed or 'none'}, "
-                    f"liquid_policy_kwargs {dict(self.liquid_policy_kwargs)})"
+                    "policies='defaults' passes no policy-side PPO keys; keep ppo.log_std_init 0.0, "
+                    f"ortho_init true, activation tanh (changed: {changed})"
                 )
         if self.eval_episodes < 1 or self.curve_points < 2 or self.workers < 1 or self.torch_threads < 1:
             raise ValueError("eval_episodes, workers and torch_threads must be >= 1 and curve_points >= 2")

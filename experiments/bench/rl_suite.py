@@ -84,6 +84,11 @@ class SuiteConfig:
         save_models: save each trained model beside its record.
         workers: parallel training processes.
         torch_threads: torch threads per process.
+        only_tasks: train and summarise only these env ids (empty: every task).
+        liquid_policy_kwargs: an **ablation** of a candidate default: these kwargs on top of the liquid
+            policies' defaults (the LSTM runs as always). Refused on held-out tasks (they stay out of every
+            tuning run); records go to ``<runs_dir>/ablation/<slug>`` and the summary to
+            ``<name>_ablation_<slug>.*``, so an ablation never mixes with the suite's own runs.
     """
 
     name: str = "rl_novel_suite"
@@ -99,38 +104,85 @@ class SuiteConfig:
     save_models: bool = True
     workers: int = 1
     torch_threads: int = 1
+    only_tasks: tuple[str, ...] = ()
+    liquid_policy_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("a suite needs at least one task")
+        ids = [t.env_id for t in self.tasks]
+        unknown = [e for e in self.only_tasks if e not in ids]
+        if unknown:
+            raise ValueError(f"only_tasks names tasks not in the suite: {unknown}; the suite's: {ids}")
+        if self.liquid_policy_kwargs:
+            held = [t.env_id for t in self.selected_tasks if t.held_out]
+            if held:
+                raise ValueError(
+                    f"an ablation (liquid_policy_kwargs {dict(self.liquid_policy_kwargs)}) must not run on "
+                    f"held-out tasks {held}: they stay out of every tuning run; select tuning tasks with "
+                    "only_tasks"
+                )
         if not 0 < self.budget_fraction <= 1:
             raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if self.random_episodes < 1:
             raise ValueError("random_episodes must be >= 1")
 
     @property
+    def selected_tasks(self) -> tuple[SuiteTask, ...]:
+        """The tasks to train and summarise (``only_tasks``, in the suite's order)."""
+        return tuple(t for t in self.tasks if not self.only_tasks or t.env_id in self.only_tasks)
+
+    @property
+    def ablation_slug(self) -> str:
+        """``key=value`` pairs of ``liquid_policy_kwargs`` joined by ``_`` ("" for the suite itself)."""
+        pairs = sorted(self.liquid_policy_kwargs.items())
+        slug = "_".join(f"{k}={json.dumps(v, sort_keys=True, separators=(',', ':'))}" for k, v in pairs)
+        return "".join(c if c.isalnum() or c in "=._-," else "-" for c in slug)
+
+    @property
     def file_stem(self) -> str:
-        """``name``, or ``<name>_frac<F>`` for a scaled budget."""
-        return self.name if self.budget_fraction == 1 else f"{self.name}_frac{self.budget_fraction:g}"
+        """``name`` (``_ablation_<slug>`` for an ablation), ``_frac<F>`` added for a scaled budget."""
+        stem = f"{self.name}_ablation_{self.ablation_slug}" if self.liquid_policy_kwargs else self.name
+        return stem if self.budget_fraction == 1 else f"{stem}_frac{self.budget_fraction:g}"
+
+    @property
+    def records_dir(self) -> str:
+        """``runs_dir``, or ``<runs_dir>/ablation/<slug>`` for an ablation."""
+        if not self.liquid_policy_kwargs:
+            return self.runs_dir
+        return str(Path(self.runs_dir) / "ablation" / self.ablation_slug)
 
     def timesteps(self, task: SuiteTask) -> int:
         """The task's training budget in env steps."""
         return max(1, round(task.zoo_timesteps * task.fraction * self.budget_fraction))
 
-    def benchmark(self, task: SuiteTask) -> BenchmarkConfig:
-        """The :mod:`rl_bench` config of one task (defaults-only policies)."""
+    def benchmark(self, task: SuiteTask, base: bool = False) -> BenchmarkConfig:
+        """The :mod:`rl_bench` config of one task (defaults-only policies).
+
+        An ablation's config trains only the liquid models (in ``records_dir``); its LSTM-PPO runs are the
+        suite's own, the config with ``base=True`` (no ablation kwargs, only ``lstm``, the suite's
+        ``runs_dir``).
+        """
+        if base or not self.liquid_policy_kwargs:
+            models = ("lstm",) if base else self.models
+            kwargs: dict[str, Any] = {}
+            runs_dir = self.runs_dir
+        else:
+            models = tuple(m for m in self.models if m != "lstm") or ("ltc",)
+            kwargs, runs_dir = dict(self.liquid_policy_kwargs), self.records_dir
         return BenchmarkConfig(
             env_id=task.env_id,
             timesteps=self.timesteps(task),
             seeds=self.seeds,
-            models=self.models,
+            models=models,
             ppo=task.ppo,
             policies="defaults",
+            liquid_policy_kwargs=kwargs,
             save_models=self.save_models,
             eval_episodes=self.eval_episodes,
             curve_points=self.curve_points,
             out_dir=self.out_dir,
-            runs_dir=self.runs_dir,
+            runs_dir=runs_dir,
             name=f"{self.file_stem}__{task.env_id}",
             workers=self.workers,
             torch_threads=self.torch_threads,
@@ -175,8 +227,10 @@ def run_suite(config: SuiteConfig, resume: bool = True) -> Path:
     Returns:
         Path of the Markdown summary.
     """
-    for task in config.tasks:
+    for task in config.selected_tasks:
         _random_baseline(config, task.env_id)
+        if config.liquid_policy_kwargs and "lstm" in config.models:
+            run_missing(config.benchmark(task, base=True), resume)  # the suite's own LSTM-PPO runs
         run_missing(config.benchmark(task), resume)
     return summarize_suite(config)
 
@@ -202,6 +256,8 @@ def _task_rows(config: SuiteConfig, task: SuiteTask) -> tuple[list[dict[str, Any
     """The summary rows of one task (one per model with records) and its run records."""
     bench = config.benchmark(task)
     records = _load_records(bench)
+    if config.liquid_policy_kwargs and "lstm" in config.models:
+        records += _load_records(config.benchmark(task, base=True))
     if not records:
         return [], []
     rand = float(np.mean(_random_baseline(config, task.env_id)))
@@ -255,7 +311,7 @@ def summarize_suite(config: SuiteConfig) -> Path:
     """
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
-    for task in config.tasks:
+    for task in config.selected_tasks:
         task_rows, records = _task_rows(config, task)
         rows += task_rows
         curves[task.env_id] = records
@@ -282,9 +338,15 @@ def _markdown(
             "pipeline, not a result.**",
             "",
         ]
+    if config.liquid_policy_kwargs:
+        lines += [
+            f"**Ablation**: the liquid policies get `{dict(config.liquid_policy_kwargs)}` on top of their "
+            "defaults (LSTM-PPO unchanged); tuning tasks only.",
+            "",
+        ]
     held = [t.env_id for t in config.tasks if t.held_out]
     lines += [
-        "Every model with **no policy kwargs**: LTC-PPO `LtcPolicy()`, CfC-PPO "
+        "Every model with **no policy kwargs** (apart from an ablation's): LTC-PPO `LtcPolicy()`, CfC-PPO "
         "`LtcPolicy(controller={'kind': 'cfc'})`, LSTM-PPO `MlpLstmPolicy`; per task the same PPO settings, "
         "budget and seeds for all. "
         f"Held out from every tuning run: {', '.join(held) or 'none'}. Eval: deterministic, "
@@ -312,7 +374,7 @@ def _markdown(
         + "; ".join(f"{r['env_id']} {r['model']} {r['per_seed_eval']}" for r in rows)
     ]
     lines += ["", "PPO settings per task (the same for every model):", ""]
-    for task in config.tasks:
+    for task in config.selected_tasks:
         ppo = task.ppo
         lines.append(
             f"- {task.env_id}: {task.source or 'no source given'}; n_envs {ppo.n_envs}, "
@@ -342,7 +404,7 @@ def _plot_suite(config: SuiteConfig, curves: dict[str, list[dict[str, Any]]], pa
 
     from ltc_control.runs import atomic_write_bytes
 
-    tasks = list(config.tasks)
+    tasks = list(config.selected_tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         recs_all = curves.get(task.env_id, [])  # sb3 trains whole rollouts: the runs may pass the budget

@@ -112,3 +112,60 @@ def test_suite_smoke_writes_table_csv_and_curves(
         assert float(r["steps_per_cpu_second"]) > 0
     assert (tmp_path / "results" / "tiny_suite_frac0.01.png").is_file()
     assert (tmp_path / "runs" / "CartPoleNoVel-v1__random__2.json").is_file()
+
+
+def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType]
+) -> None:
+    """An ablation (liquid kwargs on top of the defaults) never runs on a held-out task, writes to its own
+    records folder and summary, and takes LSTM-PPO's runs from the suite's own folder."""
+    suite = load_bench("rl_suite")
+    bench = load_bench("rl_bench_config")
+    ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
+    tasks = (
+        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),
+        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=32, ppo=ppo, held_out=True),
+    )
+    common = dict(
+        name="tiny",
+        tasks=tasks,
+        seeds=(0,),
+        models=("ltc", "lstm"),
+        eval_episodes=1,
+        random_episodes=1,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+        save_models=False,
+    )
+    with pytest.raises(ValueError, match="held-out tasks \\['CartPoleNoVel-v1'\\]"):
+        suite.SuiteConfig(**common, liquid_policy_kwargs={"action_scale_init": 0.1})
+    with pytest.raises(ValueError, match="only_tasks names tasks not in the suite"):
+        suite.SuiteConfig(**common, only_tasks=("Nope-v0",))
+    config = suite.SuiteConfig(
+        **common, only_tasks=("PendulumNoVel-v1",), liquid_policy_kwargs={"action_scale_init": 0.1}
+    )
+    assert config.file_stem == "tiny_ablation_action_scale_init=0.1"
+    assert [t.env_id for t in config.selected_tasks] == ["PendulumNoVel-v1"]
+    md = suite.run_suite(config)
+    assert md.name == "tiny_ablation_action_scale_init=0.1.md" and "**Ablation**" in md.read_text()
+    abl = tmp_path / "runs" / "ablation" / "action_scale_init=0.1"
+    assert [p.name for p in abl.glob("*.json")] == ["PendulumNoVel-v1__ltc__0__32.json"]
+    assert (tmp_path / "runs" / "PendulumNoVel-v1__lstm__0__32.json").is_file()  # the suite's own LSTM run
+    assert not (tmp_path / "runs" / "PendulumNoVel-v1__ltc__0__32.json").exists()
+    rows = list(csv.DictReader((tmp_path / "results" / f"{config.file_stem}.csv").open()))
+    assert [r["model"] for r in rows] == ["ltc", "lstm"]
+    # a record made with other kwargs in the same folder is refused, not mixed
+    other = suite.SuiteConfig(
+        **{**common, "runs_dir": str(abl.parent.parent)},
+        only_tasks=("PendulumNoVel-v1",),
+        liquid_policy_kwargs={"action_scale_init": 0.1},
+    )
+    rec_path = abl / "PendulumNoVel-v1__ltc__0__32.json"
+    import json
+
+    rec = json.loads(rec_path.read_text())
+    rec["config"]["liquid_policy_kwargs"] = {"action_scale_init": 0.3}
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="give this config its own runs_dir"):
+        suite.summarize_suite(other)
