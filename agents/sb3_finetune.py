@@ -8,6 +8,11 @@ imitation actor around with meaningless advantages) -> PPO on everything -> expo
 ``Policy`` checkpoint -> the same closed-loop metrics. Writes a Markdown report, a JSON record and the
 fine-tuned checkpoint (with the JSON record beside it).
 
+Interrupts: the run saves an exact resume point at the start of every PPO rollout to
+``<checkpoint_out>.resume`` (:mod:`ltc_control.agents.sb3_resume`); ``finetune(config, resume=True)``
+(``--resume``) continues from it and ends with the same weights as an uninterrupted run. The folder is deleted
+when the run finishes.
+
 Entry point: ``experiments/finetune_lane_keeping_rl.py``.
 """
 
@@ -26,6 +31,7 @@ from ltc_control.agents.episode import PolicyAgent, make_env, run_episode
 from ltc_control.agents.metrics import episode_metrics
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.config import to_dict
+from ltc_control.errors import InputError, OutputExistsError
 from ltc_control.runs import atomic_write_json, atomic_write_text
 
 __all__ = ["FinetuneConfig", "closed_loop_metrics", "finetune"]
@@ -150,11 +156,61 @@ def _set_actor_trainable(policy: Any, trainable: bool) -> None:
         log_std.requires_grad_(trainable)
 
 
-def finetune(config: FinetuneConfig) -> dict[str, Any]:
+def resume_folder(config: FinetuneConfig) -> Path:
+    """Where the run's resume point lives: ``<checkpoint_out>.resume``."""
+    out = Path(config.checkpoint_out)
+    return out.parent / f"{out.name}.resume"
+
+
+def _config_key(config: FinetuneConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(to_dict(config), default=str))
+
+
+def _check_outputs(config: FinetuneConfig, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse outputs that hold results (unless ``overwrite``); the resume state if ``resume``."""
+    from ltc_control.agents.sb3_resume import ResumeError, load_snapshot
+
+    folder, out = resume_folder(config), Path(config.checkpoint_out)
+    if resume:
+        if not folder.is_dir():
+            raise InputError(
+                f"nothing to resume: no resume state at {folder} (the run finished or never started); "
+                "run without --resume"
+            )
+        state, meta = load_snapshot(folder)
+        saved = meta.get("finetune_config")
+        if saved != _config_key(config):
+            diff = sorted(
+                k
+                for k in set(saved or {}) | set(_config_key(config))
+                if (saved or {}).get(k) != _config_key(config).get(k)
+            )
+            raise ResumeError(
+                f"the resume state at {folder} was made with another config (differs in {diff}); resume with "
+                "the same options, or start again with --overwrite"
+            )
+        return {"state": state, "before": meta["before"]}
+    if (out.exists() or folder.exists()) and not overwrite:
+        what = (
+            f"{folder} holds an interrupted run (--resume to continue it)"
+            if folder.exists()
+            else (f"{out} already exists")
+        )
+        raise OutputExistsError(f"{what}; pass --overwrite to start again or choose another checkpoint_out")
+    if overwrite:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Runs the whole flow (see the module docstring) and writes the report.
 
     Args:
         config: the fine-tuning config.
+        resume: continue an interrupted run from ``<checkpoint_out>.resume`` (the same config).
+        overwrite: replace an existing ``checkpoint_out`` / discard a resume state.
 
     Returns:
         The JSON record (config, metrics before and after, training time).
@@ -162,6 +218,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     Raises:
         FileNotFoundError: a missing checkpoint folder.
         ValueError: a checkpoint that is not an image policy.
+        OutputExistsError: ``checkpoint_out`` or a resume state exists and neither flag is given.
+        ResumeError: a resume state made with another config, or one whose env replay diverges.
     """
     import torch
     from sb3_contrib import RecurrentPPO
@@ -175,6 +233,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         sb3_to_checkpoint,
         to_policy,
     )
+    from ltc_control.agents.sb3_resume import ActionLog, restore_snapshot
 
     if not config.checkpoint:
         raise ValueError("checkpoint is required: the imitation-trained policy folder (model.json inside)")
@@ -184,12 +243,18 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             f"{config.checkpoint} holds a {source.config.observation!r} policy; lane-keeping fine-tuning "
             "needs an image policy"
         )
+    resumed = _check_outputs(config, resume, overwrite)
     env_kwargs = _env_kwargs(config, source.config.image_shape)
-    before = closed_loop_metrics(source, config.env_id, env_kwargs, config.eval_seeds, config.eval_max_steps)
+    if resumed is not None:
+        before = resumed["before"]
+    else:
+        before = closed_loop_metrics(
+            source, config.env_id, env_kwargs, config.eval_seeds, config.eval_max_steps
+        )
 
     torch.manual_seed(config.seed)
-    env = make_vec_env(
-        config.env_id, n_envs=config.n_envs, seed=config.train_seed_start, env_kwargs=env_kwargs
+    log = ActionLog(
+        make_vec_env(config.env_id, n_envs=config.n_envs, seed=config.train_seed_start, env_kwargs=env_kwargs)
     )
     kwargs = policy_kwargs_from_policy(
         source,
@@ -200,7 +265,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     model = RecurrentPPO(
         CnnLtcPolicy,
-        env,
+        log,
         n_steps=config.n_steps,
         batch_size=config.batch_size,
         n_epochs=config.n_epochs,
@@ -214,7 +279,12 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     load_policy_weights(model, source)
     start = to_policy(model)
-    train_time = _train(model, config)
+    phase = "warmup" if config.value_warmup_steps else "main"
+    if resumed is not None:
+        restore_snapshot(model, log, resumed["state"])
+        phase = str(resumed["state"]["phase"])
+    resumed_total = None if resumed is None else int(resumed["state"]["total_timesteps"])
+    train_time = _train(model, config, log, phase, before, resumed_total)
     tuned = to_policy(model)
     after = closed_loop_metrics(tuned, config.env_id, env_kwargs, config.eval_seeds, config.eval_max_steps)
     sb3_to_checkpoint(
@@ -236,6 +306,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "before": before,
         "after": after,
         "start_equals_source": start_check["mean"] == ref_check["mean"],
+        "resumed": resumed is not None,
         "train_time_s": train_time,
         "env_steps": int(model.num_timesteps),
         "ep_info": [dict(e) for e in (model.ep_info_buffer or [])],
@@ -247,29 +318,62 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         json.loads(json.dumps(record, default=float)),
     )
     atomic_write_text(out / f"{config.name}.md", _report(config, record))
+    import shutil
+
+    shutil.rmtree(resume_folder(config), ignore_errors=True)
     return record
 
 
-def _train(model: Any, config: FinetuneConfig) -> float:
-    """Critic-only warm-up, then PPO on everything, with one progress bar; returns the training seconds."""
+def _train(
+    model: Any,
+    config: FinetuneConfig,
+    log: Any,
+    phase: str,
+    before: dict[str, Any],
+    resumed_total: int | None = None,
+) -> float:
+    """Critic-only warm-up, then PPO on everything, with one progress bar and a resume point at every
+    rollout start. A resumed run continues from ``phase`` and ``model.num_timesteps`` up to the interrupted
+    ``learn()`` call's budget ``resumed_total`` (sb3 adds ``num_timesteps`` to a budget when not resetting).
+    Returns the training seconds of this process."""
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from ltc_control.agents.sb3_checkpoint import to_policy
+    from ltc_control.agents.sb3_resume import install_snapshots, save_snapshot
+
     total = config.value_warmup_steps + config.timesteps
-    bar = tqdm(total=total, desc="PPO fine-tuning", unit="step", mininterval=5.0)
+    bar = tqdm(total=total, desc="PPO fine-tuning", unit="step", mininterval=5.0, initial=model.num_timesteps)
+    current = [phase]
 
     class _Progress(BaseCallback):
         def _on_step(self) -> bool:
             bar.update(self.num_timesteps - bar.n)
             return True
 
+    def save(state: dict[str, Any], actions: np.ndarray) -> None:
+        metadata = {"finetune_config": _config_key(config), "before": before, "phase": state["phase"]}
+        save_snapshot(resume_folder(config), to_policy(model), state, actions, metadata)
+
+    install_snapshots(model, log, save, lambda: current[0])
     t0 = time.perf_counter()
-    if config.value_warmup_steps:
+    if current[0] == "warmup":
         bar.set_postfix_str("critic-only warm-up")
         _set_actor_trainable(model.policy, False)
-        model.learn(config.value_warmup_steps, callback=_Progress(), progress_bar=False)
+        if resumed_total is None:
+            model.learn(config.value_warmup_steps, callback=_Progress(), progress_bar=False)
+        else:
+            model.learn(
+                resumed_total - model.num_timesteps,
+                callback=_Progress(),
+                reset_num_timesteps=False,
+                progress_bar=False,
+            )
+        resumed_total = None
         _set_actor_trainable(model.policy, True)
         bar.set_postfix_str("")
-    model.learn(config.timesteps, callback=_Progress(), reset_num_timesteps=False, progress_bar=False)
+        current[0] = "main"
+    steps = config.timesteps if resumed_total is None else resumed_total - model.num_timesteps
+    model.learn(steps, callback=_Progress(), reset_num_timesteps=False, progress_bar=False)
     train_time = time.perf_counter() - t0
     bar.close()
     return train_time
