@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ltc_control.agents.episode import PolicyAgent, make_env, run_episode
+from ltc_control.agents.episode import PolicyAgent, make_env, resolve_env, run_episode
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.config import make_parser, parse_args_and_config
 from ltc_control.inspection.perturbation import (
@@ -63,9 +63,11 @@ class InspectConfig:
 
     Args:
         out: output folder (created; files inside are replaced atomically).
-        env: Gymnasium env id of the recorded rollout.
-        env_kwargs: keyword arguments of the env (e.g. ``{road_length: 200}``); when empty and the checkpoint
-            records its training env (``metadata.train_config.env.kwargs``), those are used.
+        env: Gymnasium env id of the recorded rollout; empty: the env the checkpoint was trained in
+            (``metadata.train_config.env``), else ``LTC/LaneKeeping-v0``.
+        env_kwargs: keyword arguments of the env (e.g. ``{road_length: 200}``); they override the checkpoint's
+            training env kwargs key by key (used when the env is the training env), as in ``rollout`` and
+            ``evaluate``.
         seed: road seed of the recorded rollout.
         steps: maximum control steps of the recorded rollout (it ends earlier if the env ends the episode).
         saliency_frames: frames used for saliency maps, the video and the SSIM measure (the paper uses 200).
@@ -94,7 +96,7 @@ class InspectConfig:
     """
 
     out: str = "inspection"
-    env: str = "LTC/LaneKeeping-v0"
+    env: str = ""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     steps: int = 600
@@ -208,14 +210,6 @@ def closed_loop_evaluator(
     return evaluate
 
 
-def _training_env_kwargs(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The env kwargs a checkpoint was trained with (``metadata.train_config.env.kwargs``), if recorded."""
-    train = metadata.get("train_config")
-    env = train.get("env") if isinstance(train, Mapping) else None
-    kwargs = env.get("kwargs") if isinstance(env, Mapping) else None
-    return dict(kwargs) if isinstance(kwargs, Mapping) else None
-
-
 def _load_policy(policy_or_checkpoint: Any, device: str) -> tuple[Any, str, dict[str, Any]]:
     if isinstance(policy_or_checkpoint, str | os.PathLike):
         path = Path(policy_or_checkpoint)
@@ -236,7 +230,7 @@ def _load_policy(policy_or_checkpoint: Any, device: str) -> tuple[Any, str, dict
 def inspect_policy(
     policy_or_checkpoint: Any,
     out_dir: str | os.PathLike[str],
-    env_id: str = "LTC/LaneKeeping-v0",
+    env_id: str | None = None,
     seed: int = 0,
     steps: int = 600,
     config: InspectConfig | None = None,
@@ -247,7 +241,8 @@ def inspect_policy(
     Args:
         policy_or_checkpoint: an ``ltc_control.policy.Policy`` or a checkpoint folder.
         out_dir: output folder.
-        env_id: env of the recorded rollout (overrides ``config.env``).
+        env_id: env of the recorded rollout (overrides ``config.env``); None / empty: ``config.env``, else the
+            checkpoint's training env, else ``LTC/LaneKeeping-v0``.
         seed: road seed (overrides ``config.seed``).
         steps: step cap of the rollout (overrides ``config.steps``).
         config: every other option (:class:`InspectConfig`; its ``out``/``env``/``seed``/``steps`` are
@@ -257,7 +252,8 @@ def inspect_policy(
     Returns:
         The :class:`InspectionResult` (paths and the numbers of the summary).
     """
-    cfg = dataclasses.replace(config or InspectConfig(), out=str(out_dir), env=env_id, seed=seed, steps=steps)
+    cfg = config or InspectConfig()
+    cfg = dataclasses.replace(cfg, out=str(out_dir), env=env_id or cfg.env, seed=seed, steps=steps)
     if cfg.steps < 2:
         raise ValueError(
             f"steps must be >= 2 (PCA and step-to-step changes need two steps); got {cfg.steps}."
@@ -280,12 +276,10 @@ def _inspect(policy_or_checkpoint: Any, cfg: InspectConfig, env: Any) -> Inspect
     out = Path(cfg.out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    policy, source, ckpt_metadata = _load_policy(policy_or_checkpoint, cfg.device)
-    env_kwargs = dict(cfg.env_kwargs)
-    trained_kwargs = _training_env_kwargs(ckpt_metadata)
-    if not env_kwargs and trained_kwargs:
-        # the camera size etc. must match what the policy was trained on; the checkpoint says what that was
-        env_kwargs = trained_kwargs
+    policy, source, _ = _load_policy(policy_or_checkpoint, cfg.device)
+    # the camera size etc. must match what the policy was trained on; the checkpoint says what that was
+    env_id, env_kwargs = resolve_env(policy_or_checkpoint, cfg.env or None, cfg.env_kwargs)
+    cfg = dataclasses.replace(cfg, env=env_id)
     own_env = env is None
     env = make_env(cfg.env, env_kwargs) if own_env else env
     try:

@@ -131,6 +131,28 @@ def test_a_checkpoint_runs_in_its_training_env(
     )
 
 
+def test_inspect_runs_a_checkpoint_in_its_training_env_id_and_kwargs(tmp_path: Path) -> None:
+    """``inspect`` takes the training env's id as well as its kwargs (here the randomised-visuals env);
+    ``--env_kwargs`` overrides key by key, ``--env`` replaces the env."""
+    torch.manual_seed(0)
+    meta = {"train_config": {"env": {"id": "LTC/LaneKeepingRandomized-v0", "kwargs": ENV_KWARGS}}}
+    ckpt = save_checkpoint(tmp_path / "ck", Policy(PolicyConfig(image_shape=(16, 32, 3))), meta)
+    base = ["inspect", str(ckpt), "--steps", "3", "--saliency_frames", "0", "--no-video", "--formats", "png"]
+    base += ["--no-progress", "--noise", "0.1"]
+
+    def summary(out: str, *extra: str) -> dict[str, object]:
+        assert cli_main([*base, "--out", str(tmp_path / out), *extra]) == 0
+        return json.loads((tmp_path / out / "summary.json").read_text())["summary"]
+
+    got = summary("a")
+    assert got["env"] == "LTC/LaneKeepingRandomized-v0" and json.loads(got["env kwargs"]) == ENV_KWARGS
+    got = summary("b", "--env_kwargs", "{road_length: 15.0}")
+    assert json.loads(got["env kwargs"]) == {**ENV_KWARGS, "road_length": 15.0}
+    got = summary("c", "--env", "LTC/LaneKeeping-v0", "--env_kwargs", "{image_height: 16, image_width: 32}")
+    assert got["env"] == "LTC/LaneKeeping-v0"
+    assert json.loads(got["env kwargs"]) == {"image_height": 16, "image_width": 32}
+
+
 TRAIN = [
     "--set",
     "workers=0",
