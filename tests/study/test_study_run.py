@@ -39,7 +39,11 @@ def _results(root: Path) -> dict[str, dict]:
     return out
 
 
-def test_killed_study_resumes_without_recomputing(tiny_preset: Path) -> None:
+@pytest.mark.parametrize("sig", ["sigkill", "sigterm", "sigint"])
+def test_killed_study_resumes_without_recomputing(tiny_preset: Path, sig: str) -> None:
+    """SIGKILL to the whole process group, SIGTERM to the study process (``kill PID``), SIGINT to the group
+    (Ctrl-C in a terminal): the resumed study recomputes no finished trial and ends with the results of an
+    uninterrupted study (timings aside)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": "egl"}
     cmd = [
         sys.executable,
@@ -55,7 +59,7 @@ def test_killed_study_resumes_without_recomputing(tiny_preset: Path) -> None:
     ]
     root = tiny_preset.parent / "runs" / "tiny"
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 120
@@ -65,8 +69,23 @@ def test_killed_study_resumes_without_recomputing(tiny_preset: Path) -> None:
             time.sleep(0.2)
         time.sleep(1.0)  # the next trial is under way
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if sig == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL if sig == "sigkill" else signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    if sig != "sigkill":
+        assert proc.returncode == (143 if sig == "sigterm" else 130), err
+        assert "Traceback" not in err and "rerun the same command to resume" in err, err
+        gone_by = time.monotonic() + 10  # no worker process outlives the study (the resource tracker may
+        while time.monotonic() < gone_by:  # take a moment to see its pipe close)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in (root / "trials").glob("*/result.json")}
     assert finished and len(finished) < 3
     cfg = load_yaml(StudyConfig, tiny_preset)
@@ -90,6 +109,14 @@ def test_killed_study_resumes_without_recomputing(tiny_preset: Path) -> None:
     paths = write_report(cfg)
     text = paths[0].read_text()
     assert "Headline" in text and "ncp_ltc" in text
+    if sig == "sigterm":  # the same results as an uninterrupted study (once: a study takes ~15 s)
+        ref_cfg = apply_overrides(cfg, [f"out_dir={tiny_preset.parent / 'reference'}"])
+        backend = make_backend("local", 1)
+        try:
+            run_study(ref_cfg, backend, progress=False, log=lambda _: None)
+        finally:
+            backend.close()
+        assert _results(study_dir(ref_cfg)) == _results(root)
 
 
 def test_ray_backend_matches_local(tiny_preset: Path) -> None:
