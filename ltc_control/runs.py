@@ -274,14 +274,23 @@ class MetricsLogger:
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
     def truncate(self, num_rows: int) -> None:
-        """Keep only the first ``num_rows`` CSV rows (a resumed run drops the rows it is about to redo).
+        """Keep only the first ``num_rows`` CSV rows (a resumed run drops the rows it is about to redo); the
+        TensorBoard points from the first dropped row's step on are purged too.
 
         Args:
             num_rows: rows to keep; more than there are keeps all of them.
         """
         if num_rows < len(self._rows):
+            first_dropped = int(self._rows[max(0, int(num_rows))]["step"])
             self._rows = self._rows[: max(0, int(num_rows))]
             self._rewrite()
+            if self._writer is not None:
+                # TensorBoard drops the earlier process's points from this step on (its "purge_step"), so a
+                # resumed run's curves have no duplicate points either
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer.close()
+                self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=first_dropped)
 
     @property
     def columns(self) -> list[str]:

@@ -68,6 +68,28 @@ def test_metrics_csv_grows_columns_and_tensorboard(tmp_path: Path) -> None:
         log.log(4, {"loss": 1.0})
 
 
+def test_resumed_run_has_no_duplicate_points_in_csv_or_tensorboard(tmp_path: Path) -> None:
+    """A resume truncates to its resume point; TensorBoard purges the interrupted process's later points."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricsLogger(tmp_path) as log:
+        for step in range(1, 6):
+            log.log(step, {"loss": float(step)})
+    time.sleep(1.1)  # a new event file (their names carry the second)
+    with MetricsLogger(tmp_path) as log:
+        log.truncate(3)  # resume point after step 3: steps 4 and 5 are redone
+        for step in (4, 5):
+            log.log(step, {"loss": 10.0 * step})
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
+    assert [(int(r["step"]), float(r["loss"])) for r in rows] == expected
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == expected
+
+
 def test_metrics_resume_and_bad_values(tmp_path: Path) -> None:
     log = MetricsLogger(tmp_path, tensorboard=False)
     log.log(1, {"a": 1.0})
