@@ -329,6 +329,8 @@ def run_missing(config: BenchmarkConfig, resume: bool = True) -> None:
     ]
     if config.workers == 1:
         for spec in todo:
+            if resume and (out / spec.file_name(config.env_id, config.timesteps)).is_file():
+                continue  # another process (with disjoint --set seeds/models) finished it meanwhile
             run_one(config, spec, out)
     elif todo:
         import multiprocessing as mp

@@ -155,6 +155,16 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     assert not (tmp_path / "runs" / "PendulumNoVel-v1__ltc__0__32.json").exists()
     rows = list(csv.DictReader((tmp_path / "results" / f"{config.file_stem}.csv").open()))
     assert [r["model"] for r in rows] == ["ltc", "lstm"]
+    # the ablation table: variants side by side, the defaults' cell "not run" until the suite ran it
+    table = load_bench("rl_ablation_table")
+    base = suite.SuiteConfig(**common, only_tasks=("PendulumNoVel-v1",))
+    got = table.collect(base, [{}, {"action_scale_init": 0.1}])
+    assert [(r["variant"], r["model"], r["seeds"]) for r in got] == [("action_scale_init=0.1", "ltc", "0")]
+    assert got[0]["lstm_seeds"] == 1
+    md = table.markdown(base, got)
+    assert "| action_scale_init=0.1 |" in md and "PendulumNoVel-v1 LTC" in md
+    with pytest.raises(ValueError, match="held out"):
+        table.collect(suite.SuiteConfig(**common), [{}])
     # a record made with other kwargs in the same folder is refused, not mixed
     other = suite.SuiteConfig(
         **{**common, "runs_dir": str(abl.parent.parent)},
