@@ -113,9 +113,12 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
             return RecurrentPPO("MlpLstmPolicy", env, **common)
         if model not in ("ltc", "cfc"):
             raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
-        # an ablation adds its liquid policy kwargs on top of the defaults (none in the suite itself)
-        kwargs = {"controller": {"kind": "cfc"}} if model == "cfc" else {}
-        kwargs = {**kwargs, **dict(config.liquid_policy_kwargs)} or None
+        # an ablation adds its liquid policy kwargs on top of the defaults (none in the suite itself); a
+        # "controller" mapping in them keeps the CfC variant's kind
+        kwargs = dict(config.liquid_policy_kwargs)
+        if model == "cfc":
+            kwargs["controller"] = {**dict(kwargs.get("controller") or {}), "kind": "cfc"}
+        kwargs = kwargs or None
         return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
     shared_kwargs: dict[str, Any] = {
         "log_std_init": ppo.log_std_init,
