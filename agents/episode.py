@@ -322,7 +322,8 @@ def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mo
 
 
 def checkpoint_env(spec: Any) -> tuple[str | None, dict[str, Any]]:
-    """The env id and kwargs a checkpoint was trained with (``metadata.train_config.env``), if recorded.
+    """The env id and kwargs a checkpoint was trained with (``metadata.train_config.env``, or the top-level
+    ``env_id`` / ``env_kwargs`` of older RL fine-tuned checkpoints), if recorded.
 
     Args:
         spec: an agent spec; only a checkpoint folder has a training env (anything else gives ``(None, {})``).
@@ -339,6 +340,11 @@ def checkpoint_env(spec: Any) -> tuple[str | None, dict[str, Any]]:
     meta = checkpoint_info(Path(spec)).get("metadata") or {}
     train = meta.get("train_config") if isinstance(meta, Mapping) else None
     env = train.get("env") if isinstance(train, Mapping) else None
+    if not isinstance(env, Mapping) and isinstance(meta, Mapping) and isinstance(meta.get("env_id"), str):
+        env = {
+            "id": meta["env_id"],
+            "kwargs": meta.get("env_kwargs"),
+        }  # RL fine-tuned checkpoints before 12-06
     if not isinstance(env, Mapping):
         return None, {}
     env_id = env.get("id") if isinstance(env.get("id"), str) else None

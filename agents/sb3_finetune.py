@@ -294,6 +294,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
             "source_checkpoint": str(config.checkpoint),
             "env_id": config.env_id,
             "env_kwargs": env_kwargs,
+            # where rollout / evaluate / inspect look for the env a checkpoint was trained in
+            "train_config": {"env": {"id": config.env_id, "kwargs": env_kwargs}},
         },
     )
     # The sb3 actor must start exactly where the imitation policy was: check on the first held-out road.

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ltc_control.agents.episode import checkpoint_env
 from ltc_control.agents.sb3_finetune import FinetuneConfig, finetune
 from ltc_control.checkpoint import load_checkpoint, save_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
@@ -49,6 +50,9 @@ def test_finetune_starts_at_the_source_trains_and_writes_everything(tmp_path: Pa
     assert (tmp_path / "tuned" / "ft.json").is_file()
     tuned, meta = load_checkpoint(tmp_path / "tuned" / "policy")
     assert meta["source_checkpoint"] == str(tmp_path / "src")
+    # rollout / evaluate / inspect find the env the fine-tuned policy was trained in
+    env_id, env_kwargs = checkpoint_env(str(tmp_path / "tuned" / "policy"))
+    assert env_id == "LTC/LaneKeeping-v0" and env_kwargs == record["env_kwargs"]
     assert tuned.config.image_shape == (32, 64, 3)
     before, after = source.state_dict(), tuned.state_dict()
     assert before.keys() == after.keys()
@@ -67,3 +71,15 @@ def test_finetune_bad_inputs(tmp_path: Path) -> None:
         FinetuneConfig(eval_seeds=(100_005,))
     with pytest.raises(ValueError, match="critic must be"):
         FinetuneConfig(critic="lstm")
+
+
+def test_checkpoint_env_reads_older_fine_tuned_checkpoints(tmp_path: Path) -> None:
+    """Fine-tuned checkpoints written before train_config.env was added carry top-level env_id/env_kwargs."""
+    policy = Policy(PolicyConfig(observation="image", image_shape=(16, 32, 3)))
+    kwargs = {"image_height": 16, "image_width": 32}
+    save_checkpoint(
+        tmp_path / "old", policy, {"env_id": "LTC/LaneKeepingRandomized-v0", "env_kwargs": kwargs}
+    )
+    assert checkpoint_env(str(tmp_path / "old")) == ("LTC/LaneKeepingRandomized-v0", kwargs)
+    save_checkpoint(tmp_path / "none", policy, {})
+    assert checkpoint_env(str(tmp_path / "none")) == (None, {})
