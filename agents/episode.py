@@ -336,20 +336,11 @@ def checkpoint_env(spec: Any) -> tuple[str | None, dict[str, Any]]:
     if not Path(spec).exists():
         return None, {}
     from ltc_control.checkpoint import checkpoint_info
+    from ltc_control.export import env_of_metadata
 
     meta = checkpoint_info(Path(spec)).get("metadata") or {}
-    train = meta.get("train_config") if isinstance(meta, Mapping) else None
-    env = train.get("env") if isinstance(train, Mapping) else None
-    if not isinstance(env, Mapping) and isinstance(meta, Mapping) and isinstance(meta.get("env_id"), str):
-        env = {
-            "id": meta["env_id"],
-            "kwargs": meta.get("env_kwargs"),
-        }  # RL fine-tuned checkpoints before 12-06
-    if not isinstance(env, Mapping):
-        return None, {}
-    env_id = env.get("id") if isinstance(env.get("id"), str) else None
-    kwargs = env.get("kwargs")
-    return env_id, dict(kwargs) if isinstance(kwargs, Mapping) else {}
+    env = env_of_metadata(meta) if isinstance(meta, Mapping) else None
+    return (None, {}) if env is None else (env["id"], env["kwargs"])
 
 
 def resolve_env(
