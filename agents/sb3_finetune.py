@@ -19,6 +19,7 @@ Entry point: ``experiments/finetune_lane_keeping_rl.py``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,13 +179,9 @@ def _check_outputs(config: FinetuneConfig, resume: bool, overwrite: bool) -> dic
                 "run without --resume"
             )
         state, meta = load_snapshot(folder)
-        saved = meta.get("finetune_config")
-        if saved != _config_key(config):
-            diff = sorted(
-                k
-                for k in set(saved or {}) | set(_config_key(config))
-                if (saved or {}).get(k) != _config_key(config).get(k)
-            )
+        saved, now = meta.get("finetune_config") or {}, _config_key(config)
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ResumeError(
                 f"the resume state at {folder} was made with another config (differs in {diff}); resume with "
                 "the same options, or start again with --overwrite"
@@ -194,12 +191,10 @@ def _check_outputs(config: FinetuneConfig, resume: bool, overwrite: bool) -> dic
         what = (
             f"{folder} holds an interrupted run (--resume to continue it)"
             if folder.exists()
-            else (f"{out} already exists")
+            else f"{out} already exists"
         )
         raise OutputExistsError(f"{what}; pass --overwrite to start again or choose another checkpoint_out")
     if overwrite:
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
     return None
 
@@ -320,8 +315,6 @@ def finetune(config: FinetuneConfig, resume: bool = False, overwrite: bool = Fal
         json.loads(json.dumps(record, default=float)),
     )
     atomic_write_text(out / f"{config.name}.md", _report(config, record))
-    import shutil
-
     shutil.rmtree(resume_folder(config), ignore_errors=True)
     return record
 

@@ -13,7 +13,8 @@ equal the saved ones bit for bit, else the env is not deterministic and resuming
 The snapshot is written at every rollout start as a checkpoint folder (``ltc_control.checkpoint`` format:
 safetensors + JSON, sha256-checked, atomic), so a SIGKILL resumes as exactly as a Ctrl-C; a rollout that was
 interrupted is collected again from its start. Replaying costs one env step per recorded step, no policy
-calls.
+calls. The action log grows with the run (4 bytes x action size per env step) and is rewritten with every
+snapshot: cheap for fine-tuning budgets (32k steps of one action: 128 KB), worth a thought for millions.
 """
 
 from __future__ import annotations
