@@ -280,10 +280,37 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         **_param_counts(model),
         "saved": saved,
         "config": to_dict(config),
+        "liquid_defaults_sha256": liquid_defaults_digest(),
     }
     if out_dir is not None:
         atomic_write_json(out_dir / spec.file_name(config.env_id, config.timesteps), record)
     return record
+
+
+#: The digest of :func:`liquid_defaults` when records started to carry it (2026-12-06): records without the
+#: field were made with these defaults.
+_DEFAULTS_BEFORE_THE_FIELD = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88acde75d8a3d2a11"
+
+
+def liquid_defaults() -> dict[str, Any]:
+    """``LtcPolicy``'s keyword defaults and the default controller (as JSON): what a liquid run with no (or
+    some) policy kwargs was made with."""
+    import inspect
+
+    from ltc_control.agents.sb3 import LtcPolicy
+    from ltc_control.config import to_dict
+
+    params = inspect.signature(LtcPolicy.__init__).parameters
+    out = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    out["controller"] = to_dict(ControllerConfig())
+    return dict(json.loads(json.dumps(out, default=str, sort_keys=True)))
+
+
+def liquid_defaults_digest() -> str:
+    """sha256 of :func:`liquid_defaults` (records carry it; records of other defaults are refused)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(liquid_defaults(), sort_keys=True).encode()).hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -361,6 +388,14 @@ def _load_records(config: BenchmarkConfig) -> list[dict[str, Any]]:
                 raise ValueError(f"corrupt run record {path}: {exc}; delete it to retrain that run") from exc
             if int(rec.get("config", {}).get("timesteps", -1)) != config.timesteps:
                 continue
+            if rec["model"] != "lstm":
+                digest = rec.get("liquid_defaults_sha256", _DEFAULTS_BEFORE_THE_FIELD)
+                if digest != liquid_defaults_digest():
+                    raise ValueError(
+                        f"run record {path} was made with other LtcPolicy defaults than today's "
+                        "(liquid_defaults_sha256 differs): move the records aside or give this config its "
+                        "own runs_dir"
+                    )
             made_with = rec.get("config", {}).get("liquid_policy_kwargs", {})
             if made_with != _jsonable(config.liquid_policy_kwargs):
                 raise ValueError(

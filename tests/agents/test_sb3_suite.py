@@ -179,3 +179,9 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     rec_path.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="give this config its own runs_dir"):
         suite.summarize_suite(other)
+    # a record made with other LtcPolicy defaults is refused too (a default change never mixes old runs in)
+    rec["config"]["liquid_policy_kwargs"] = {"action_scale_init": 0.1}
+    rec["liquid_defaults_sha256"] = "0" * 64
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="other LtcPolicy defaults"):
+        suite.summarize_suite(other)
