@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_bench import _fmt, _load_records, _provenance  # noqa: E402
-from rl_suite import SUITES_DIR, SuiteConfig, _random_baseline, t_interval  # noqa: E402
+from rl_suite import SUITES_DIR, SuiteConfig, _random_baseline, normalisation_scale, t_interval  # noqa: E402
 
 from ltc_control.config import load_yaml  # noqa: E402
 from ltc_control.runs import atomic_write_text  # noqa: E402
@@ -55,7 +55,7 @@ def collect(suite: SuiteConfig, variants: Sequence[dict[str, Any]]) -> list[dict
             base = dataclasses.replace(suite, liquid_policy_kwargs={})
             lstm = [r["eval_mean"] for r in _load_records(base.benchmark(task, base=True))]
             rand = float(np.mean(_random_baseline(config, task.env_id)))
-            scale = float(np.mean(lstm)) - rand if lstm else math.nan
+            scale = normalisation_scale(lstm, rand)
             records = _load_records(config.benchmark(task))
             for model in ("ltc", "cfc"):
                 recs = sorted((r for r in records if r["model"] == model), key=lambda r: r["seed"])
@@ -63,7 +63,7 @@ def collect(suite: SuiteConfig, variants: Sequence[dict[str, Any]]) -> list[dict
                     continue
                 evals = [float(r["eval_mean"]) for r in recs]
                 mean, half = t_interval(evals)
-                if math.isfinite(scale) and scale > 0:
+                if math.isfinite(scale):
                     nmean, nhalf = t_interval([(e - rand) / scale for e in evals])
                 else:
                     nmean, nhalf = math.nan, math.nan
@@ -98,7 +98,8 @@ def markdown(suite: SuiteConfig, rows: list[dict[str, Any]]) -> str:
         "",
         "Each cell: final deterministic return, mean +- 95% t-interval over the seeds listed, and in "
         "brackets the return normalised between a random policy (0) and the suite's LSTM-PPO "
-        "(`MlpLstmPolicy`, same PPO settings, budget and seeds; 1). Every variant changes only the named "
+        "(`MlpLstmPolicy`, same PPO settings, budget and seeds; 1; n/a where LSTM-PPO does not beat random "
+        "by more than its own 95% interval). Every variant changes only the named "
         "policy kwargs of `LtcPolicy()` / `LtcPolicy(controller={'kind': 'cfc'})`; the held-out tasks never "
         "enter an ablation.",
         "",

@@ -185,3 +185,12 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     rec_path.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="other LtcPolicy defaults"):
         suite.summarize_suite(other)
+
+
+def test_normalisation_needs_lstm_ppo_to_beat_random(load_bench: Callable[[str], ModuleType]) -> None:
+    """No "x% of LSTM-PPO" when LSTM-PPO itself is not clearly better than a random policy."""
+    scale = load_bench("rl_suite").normalisation_scale
+    assert scale([-150.0, -160.0, -140.0], -1100.0) == pytest.approx(950.0)
+    assert np.isnan(scale([-303.0, -54.0, -450.0], -301.0))  # mean above random, but inside its own interval
+    assert np.isnan(scale([-400.0], -301.0)) and np.isnan(scale([], -301.0))
+    assert scale([-200.0], -301.0) == pytest.approx(101.0)  # one seed: no interval to compare with
