@@ -356,6 +356,12 @@ def _markdown(
             "pipeline, not a result.**",
             "",
         ]
+    if config.only_tasks:
+        lines += [
+            f"**Part of the suite: only {', '.join(config.only_tasks)}, seeds {list(config.seeds)}; not the "
+            "suite's result.**",
+            "",
+        ]
     if config.liquid_policy_kwargs:
         lines += [
             f"**Ablation**: the liquid policies get `{dict(config.liquid_policy_kwargs)}` on top of their "
