@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -46,6 +47,12 @@ class Backend:
         """Stop the running trials now (an interrupt); their folders restart cleanly on the next run."""
 
 
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C in a terminal reaches the whole process group; the study process handles it
+    and stops the workers (a worker still starting up can print its own traceback before this runs)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class LocalBackend(Backend):
     """Trials in local worker processes (``workers`` at a time, a fresh process each)."""
 
@@ -54,7 +61,10 @@ class LocalBackend(Backend):
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.slots = workers
         self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            max_tasks_per_child=1,
+            initializer=_ignore_sigint,
         )
 
     def submit(self, trial: Trial, study_dir: str) -> Future[dict[str, Any]]:
