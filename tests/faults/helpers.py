@@ -55,7 +55,16 @@ def interrupt_cli(
         ``(exit status, stdout + stderr)``; the process may have finished before the signal (status 0).
     """
     proc = subprocess.Popen(
-        cli_command(args), cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cli_command(args),
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Not default_sigint (yet): with SIGINT really delivered in a run that ignores it (a backgrounded
+        # suite), two timings fail: train interrupted before its first resume point prints the generic
+        # "interrupted" line without --resume, and evaluate interrupted after its report is complete exits
+        # 130 without a journal. Open work (closing note of 2026-12-06); in a foreground run SIGINT arrives.
     )
     deadline = time.monotonic() + timeout
     while not started() and proc.poll() is None and time.monotonic() < deadline:
@@ -65,6 +74,13 @@ def interrupt_cli(
         proc.send_signal(sig)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out + err
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of interrupted subprocesses: SIGINT back to its default. A test run started in the
+    background of a non-interactive shell ignores SIGINT, and an ignored signal is inherited, which would turn
+    every SIGINT test into a run that is never interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupted_status(sig: int) -> int:

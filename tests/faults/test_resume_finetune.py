@@ -18,7 +18,7 @@ import torch
 
 from ltc_control.checkpoint import save_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
-from tests.faults.helpers import ROOT, cli_env, interrupted_status
+from tests.faults.helpers import ROOT, cli_env, default_sigint, interrupted_status
 
 _SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))
 SCRIPT = str(ROOT / "experiments" / "finetune_lane_keeping_rl.py")
@@ -97,7 +97,12 @@ def test_finetune_interrupted_and_resumed_gives_the_same_weights(
     name = f"run_{int(sig)}"
     state = root / name / "policy.resume"
     proc = subprocess.Popen(
-        _command(root, name), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _command(root, name),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 240
     while not (state / "model.json").is_file() and proc.poll() is None and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from ltc_control.agents.study.backends import make_backend
 from ltc_control.agents.study.config import StudyConfig
 from ltc_control.agents.study.runner import run_study, study_dir
 from ltc_control.config import apply_overrides, load_yaml
+from tests.faults.helpers import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,13 @@ def test_killed_study_resumes_without_recomputing(tiny_preset: Path, sig: str) -
     ]
     root = tiny_preset.parent / "runs" / "tiny"
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,  # an ignored SIGINT (a backgrounded test run) would be inherited
     )
     try:
         deadline = time.monotonic() + 120
