@@ -283,6 +283,12 @@ def build_eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_complete(folder: Path) -> bool:
+    """True when ``folder`` holds a whole evaluation report: ``evaluation.json`` and no journal of
+    unfinished work (the report is saved before the journal is deleted)."""
+    return (folder / "evaluation.json").is_file() and not (folder / JOURNAL_NAME).exists()
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ltc-control evaluate AGENT [--seeds 1000-1019] [--noise 0,0.1,0.2,0.3] ...``.
 
@@ -306,9 +312,16 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     env_id, env_kwargs = resolve_env(agent, cfg.env, cfg.env_kwargs)
     check_agent_env(agent, env_id, env_kwargs)
     record = {"agent": agent, **to_dict(cfg), "env": env_id, "env_kwargs": env_kwargs}
+    claimed: list[Path] = []  # the output folder, once claimed
     try:
-        folder = _evaluate_into(agent, cfg, ns, seeds, env_id, env_kwargs, record, args)
+        folder = _evaluate_into(agent, cfg, ns, seeds, env_id, env_kwargs, record, args, claimed)
     except KeyboardInterrupt:
+        if claimed and report_complete(claimed[0]):
+            print(
+                f"\ninterrupted after the report was complete: the results in {claimed[0]} are final",
+                file=sys.stderr,
+            )
+            return 130
         where = f"--out {cfg.out}" if cfg.out else "--out <the run folder>"
         print(
             f"\ninterrupted: finished episodes are kept; continue with the same options and {where} --resume",
@@ -328,6 +341,7 @@ def _evaluate_into(
     env_kwargs: dict[str, Any],
     record: dict[str, Any],
     args: list[str],
+    claimed: list[Path],
 ) -> Path:
     with open_run_dir(
         cfg.out,
@@ -339,6 +353,7 @@ def _evaluate_into(
         overwrite=ns.overwrite,
         resume=ns.resume,
     ) as folder:
+        claimed.append(folder)
         report = evaluate(
             agent,
             env_id,
@@ -353,7 +368,7 @@ def _evaluate_into(
             completion_tolerance=cfg.completion_tolerance,
             progress=cfg.progress,
             journal=folder / JOURNAL_NAME,
+            out_dir=folder,  # the report is saved before the journal is deleted
         )
-        report.save(folder)
     print(report.table())
     return folder

@@ -201,6 +201,12 @@ def train(
                     atomic_write_text(run_dir / "config.yaml", to_yaml(config))
                 trainer = _Trainer(config, run_dir, dist, progress)
                 return _run(trainer, resumed=resume is not None)
+        except KeyboardInterrupt:
+            # outside the training loop (setting up, or the final evaluation): the run folder resumes from
+            # its last resume point, or from the start when none was written yet
+            if dist.main:
+                print(f"\ninterrupted: continue with 'ltc-control train --resume {run_dir}'", file=sys.stderr)
+            raise
         except ExpectedError:
             # a new run that failed on a bad file or value before producing anything to resume: no folder
             resumable = (run_dir / "checkpoints" / "last").exists() or (

@@ -257,7 +257,11 @@ class _Trainer:
         """Load ``checkpoints/last`` with its trainer state if present; True when something was loaded."""
         last = self.ckpt_dir / "last"
         if not last.exists() and not any(self.ckpt_dir.glob(".last.old-*")):
-            return False  # interrupted before the first epoch ended: start training from the beginning
+            # interrupted before the first epoch ended: start training from the beginning, without the
+            # metric rows the interrupted process logged
+            if self.logger is not None:
+                self.logger.truncate(0)
+            return False
         loaded, _ = load_checkpoint(last)  # a damaged or incomplete checkpoint is an error, never a restart
         self.policy.load_state_dict(loaded.state_dict())
         trainer_state = load_trainer_state(last)

@@ -9,11 +9,47 @@ a GL context created in a parent that then forks hangs the children.
 
 from __future__ import annotations
 
+import ctypes
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import mujoco
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["OffscreenRenderer"]
+
+
+def _interrupt_classes(cls: type[BaseException] = KeyboardInterrupt) -> Iterator[type[BaseException]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _interrupt_classes(sub)
+
+
+@contextmanager
+def _interrupts_unwrapped() -> Iterator[None]:
+    """Re-raise a Ctrl-C / SIGTERM interrupt that ctypes wrapped while PyOpenGL (EGL) converted arguments.
+
+    PyOpenGL converts ctypes arguments in Python code. A signal handler that raises there (Ctrl-C's
+    KeyboardInterrupt, the CLI's SIGTERM-as-interrupt) reaches the caller as
+    ``ctypes.ArgumentError("argument N: <ExceptionType>: <message>")``, with no chained exception, and the
+    command's interrupt handling would miss it; the type named there is raised again instead.
+    """
+    try:
+        yield
+    except ctypes.ArgumentError as exc:
+        match = re.match(r"argument \d+: (\w+): ?(.*)", str(exc), re.S)
+        if match:
+            for cls in _interrupt_classes():
+                if cls.__name__ == match.group(1):
+                    raise cls(match.group(2)) from None
+        raise
+
+
+def _gl_call(func: Callable[[], object]) -> None:
+    with _interrupts_unwrapped():
+        func()
 
 
 class OffscreenRenderer:
@@ -26,8 +62,9 @@ class OffscreenRenderer:
 
     def __init__(self, max_height: int, max_width: int) -> None:
         self._max = (int(max_height), int(max_width))
-        self._gl: mujoco.GLContext | None = mujoco.GLContext(int(max_width), int(max_height))
-        self._gl.make_current()
+        with _interrupts_unwrapped():
+            self._gl: mujoco.GLContext | None = mujoco.GLContext(int(max_width), int(max_height))
+        _gl_call(self._gl.make_current)
         self._model: mujoco.MjModel | None = None
         self._ctx: mujoco.MjrContext | None = None
         self._scene: mujoco.MjvScene | None = None
@@ -48,7 +85,7 @@ class OffscreenRenderer:
                 f"model offscreen buffer {model.vis.global_.offheight}x{model.vis.global_.offwidth} "
                 f"is smaller than the renderer's {h}x{w}; build the model with a larger offscreen_size."
             )
-        self._gl.make_current()
+        _gl_call(self._gl.make_current)
         if self._ctx is not None:
             self._ctx.free()
         self._ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100.value)
@@ -88,7 +125,7 @@ class OffscreenRenderer:
             raise RuntimeError("OffscreenRenderer.render() needs set_model() first (and not after close()).")
         if height > self._max[0] or width > self._max[1]:
             raise ValueError(f"image {height}x{width} exceeds the renderer's {self._max[0]}x{self._max[1]}.")
-        self._gl.make_current()
+        _gl_call(self._gl.make_current)
         self._camera.fixedcamid = int(camera_id)
         mujoco.mjv_updateScene(
             self._model,
@@ -114,12 +151,12 @@ class OffscreenRenderer:
         """Free the GL resources (idempotent)."""
         if self._ctx is not None:
             if self._gl is not None:
-                self._gl.make_current()
+                _gl_call(self._gl.make_current)
             self._ctx.free()
             self._ctx = None
         if self._gl is not None:
-            self._gl.free()
-            self._gl = None
+            gl, self._gl = self._gl, None
+            _gl_call(gl.free)
         self._scene = None
         self._model = None
 

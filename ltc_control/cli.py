@@ -154,8 +154,14 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread."""
+def terminate_as_interrupt(then_ignore: bool = False) -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread.
+
+    Args:
+        then_ignore: after the block, ignore SIGINT and SIGTERM instead of restoring SIGTERM's handler (the
+            program is about to exit: a signal that comes once the command is over must not turn a finished
+            command into a traceback or a kill).
+    """
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave the signal alone
@@ -164,19 +170,24 @@ def terminate_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if then_ignore:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def run_command(name: str, func: object, argv: list[str]) -> int:
+def run_command(name: str, func: object, argv: list[str], exiting: bool = False) -> int:
     """Run one sub-command under the CLI contract (``docs/cli.md``).
 
     An :class:`~ltc_control.errors.ExpectedError` prints one line to stderr and gives exit status 2; an
     interrupt (Ctrl-C: 130, SIGTERM: 143) that the command did not handle itself prints one line; anything
-    else propagates with its traceback.
+    else propagates with its traceback. ``exiting``: the process ends after the command (the console
+    script), so SIGINT and SIGTERM are ignored once the command is over.
     """
     _TERMINATED[0] = False
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(then_ignore=exiting):
             rc = int(func(argv) or 0)  # type: ignore[operator]
         return 143 if rc == 130 and _TERMINATED[0] else rc
     except ExpectedError as exc:
@@ -187,11 +198,21 @@ def run_command(name: str, func: object, argv: list[str]) -> int:
         return 143 if isinstance(exc, Terminated) else 130
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ltc-control`` console script.
+def console_main() -> int:
+    """The ``ltc-control`` console script: :func:`main` on ``sys.argv``, then the process exits.
+
+    Unlike a call of :func:`main` from Python, a SIGINT or SIGTERM that arrives after the command has finished
+    (while the interpreter shuts down) is ignored: the command's own exit status stands.
+    """
+    return main(None, exiting=True)
+
+
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run ``ltc-control`` with ``argv`` (the sub-command and its options) in this process.
 
     Args:
         argv: command-line arguments without the program name (defaults to ``sys.argv[1:]``).
+        exiting: the process exits after the command (see :func:`console_main`).
 
     Returns:
         The process exit code.
@@ -213,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
-    return run_command(name, func, rest)
+    return run_command(name, func, rest, exiting=exiting)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(console_main())

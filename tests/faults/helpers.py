@@ -30,7 +30,12 @@ def cli_env() -> dict[str, str]:
 
 
 def cli_command(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-c", "from ltc_control.cli import main; raise SystemExit(main())", *args]
+    return [
+        sys.executable,
+        "-c",
+        "from ltc_control.cli import console_main; raise SystemExit(console_main())",
+        *args,
+    ]
 
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -61,10 +66,7 @@ def interrupt_cli(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Not default_sigint (yet): with SIGINT really delivered in a run that ignores it (a backgrounded
-        # suite), two timings fail: train interrupted before its first resume point prints the generic
-        # "interrupted" line without --resume, and evaluate interrupted after its report is complete exits
-        # 130 without a journal. Open work (closing note of 2026-12-06); in a foreground run SIGINT arrives.
+        preexec_fn=default_sigint,  # a backgrounded test run ignores SIGINT; the child must not
     )
     deadline = time.monotonic() + timeout
     while not started() and proc.poll() is None and time.monotonic() < deadline:

@@ -30,6 +30,7 @@ policy: {image_shape: [16, 32, 3]}
 bc: {epochs: 6, batch_size: 8, window: 8, stride: 4, patience: 0, log_every: 1, device: cpu, num_threads: 1}
 eval: {num_roads: 0}
 """
+_SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))  # the random delays before each signal
 TIMING = {"time", "epoch/seconds", "final/train_seconds", "final/wall_seconds"}
 
 
@@ -78,22 +79,65 @@ def test_train_interrupted_and_resumed_is_bit_identical(
 ) -> None:
     data, reference = train_reference
     root = _train_setup(tmp_path / "run", data)
-    rng = random.Random(int(sig))
+    rng = random.Random(_SEED * 100 + int(sig))
     started = lambda: (root / "runs").is_dir() and any((root / "runs").glob("*/metrics.csv"))  # noqa: E731
     rc, err = interrupt_cli(["train", "--config", "cfg.yaml", "--no-progress"], root, sig, started, rng, 0.8)
     print(f"train: exit status {rc} after the signal")
     assert rc in (0, interrupted_status(sig)), err
     run = _run_dir(root)
-    if rc != 0:
-        assert "Traceback" not in err and "best checkpoint" not in err and "--resume" in err
-        assert not (run / "checkpoints/best").exists()
-    if rc != 0:
+    assert "Traceback" not in err
+    if rc != 0 and not (run / "final_metrics.json").exists():  # else the signal came after the run ended
+        assert "best checkpoint" not in err and "--resume" in err
+        if "the last finished epoch is saved" in err:  # stopped in the training loop: no best checkpoint yet
+            assert not (run / "checkpoints/best").exists()
         monkeypatch.chdir(root)
         assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
     got = _final_files(run)
     assert got["metrics"] == reference["metrics"], _first_difference(got["metrics"], reference["metrics"])
     assert got == reference
     assert not (run / ".lock").exists()
+
+
+def test_train_interrupted_before_its_first_resume_point(
+    tmp_path: Path,
+    train_reference: tuple[Path, dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two timings a random delay rarely hits: Ctrl-C while the run sets up (its folder exists, nothing is
+    trained) and at the first resume point (metric rows logged, no checkpoint yet). Both
+    print the --resume line, and the resumed run equals an uninterrupted one (no row kept twice)."""
+    from ltc_control.agents import imitation, imitation_trainer
+
+    data, reference = train_reference
+    original = imitation._Trainer
+
+    def set_up_then_interrupted(*args: object, **kwargs: object) -> object:
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    def no_resume_point(self: object) -> None:
+        raise KeyboardInterrupt
+
+    for name, target, attr, replacement in (
+        ("setup", imitation, "_Trainer", set_up_then_interrupted),
+        ("first_epoch", imitation_trainer._Trainer, "save_state", no_resume_point),
+    ):
+        root = _train_setup(tmp_path / name, data)
+        monkeypatch.chdir(root)
+        with monkeypatch.context() as patch:
+            patch.setattr(target, attr, replacement)
+            assert cli_main(["train", "--config", "cfg.yaml", "--no-progress"]) == 130
+        out, err = capsys.readouterr()
+        run = _run_dir(root)
+        assert "ltc-control train --resume" in out + err and run.name in out + err, name
+        assert not (run / "checkpoints" / "last").exists()
+        if name == "first_epoch":
+            assert len(csv_without(run / "metrics.csv", TIMING)) > 0  # rows of the unfinished epoch
+        assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
+        got = _final_files(run)
+        assert got["metrics"] == reference["metrics"], _first_difference(got["metrics"], reference["metrics"])
+        assert got == reference, name
 
 
 # ------------------------------------------------------------------------------------------- dataset collect
@@ -123,7 +167,7 @@ def test_collect_interrupted_and_resumed_gives_identical_files(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli_main([*COLLECT, "--out", "reference"]) == 0
-    rng = random.Random(3)
+    rng = random.Random(_SEED + 3)
     out = tmp_path / "data"
     rc, err = interrupt_cli(
         [*COLLECT, "--out", str(out)],
@@ -177,17 +221,61 @@ def test_evaluate_interrupted_and_resumed_gives_identical_metrics(
     out = tmp_path / "eval"
     journal = out / ".evaluation.partial.jsonl"
     rc, err = interrupt_cli(
-        [*EVALUATE, "--out", str(out)], tmp_path, signal.SIGINT, journal.is_file, random.Random(4), 1.0
+        [*EVALUATE, "--out", str(out)],
+        tmp_path,
+        signal.SIGINT,
+        journal.is_file,
+        random.Random(_SEED + 4),
+        1.0,
     )
     print(f"evaluate: exit status {rc} after the signal")
     assert rc in (0, 130), err
     assert "Traceback" not in err and not (out / ".lock").exists()
-    if rc != 0:
+    if rc != 0 and not journal.exists():
+        # the signal came after the report was saved (then the journal deleted): nothing to resume
+        assert "--resume" not in err
+    elif rc != 0:
         assert journal.is_file()  # marks the folder unfinished until the whole report is written
+        assert "--resume" in err
         assert cli_main([*EVALUATE, "--out", str(out)]) == 2  # refused without --resume
         assert cli_main([*EVALUATE, "--out", str(out), "--resume"]) == 0
     assert _evaluation(out) == _evaluation(tmp_path / "reference")
     assert not journal.exists()
+
+
+def test_evaluate_interrupted_while_saving_or_after_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the report is written keeps the journal (the folder stays resumable, never half-finished
+    and unmarked); after the report is complete it says the results are final."""
+    from ltc_control.agents.evaluation import EvalReport
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main([*EVALUATE, "--out", "reference"]) == 0
+    save = EvalReport.save
+
+    def save_then_interrupted(self: EvalReport, *args: object, **kwargs: object) -> object:
+        save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def interrupted(self: EvalReport) -> str:
+        raise KeyboardInterrupt
+
+    journal = tmp_path / "eval" / ".evaluation.partial.jsonl"
+    with monkeypatch.context() as patch:
+        patch.setattr(EvalReport, "save", save_then_interrupted)
+        assert cli_main([*EVALUATE, "--out", "eval"]) == 130
+    assert journal.is_file() and "--resume" in capsys.readouterr().err
+    assert cli_main([*EVALUATE, "--out", "eval", "--resume"]) == 0
+    assert _evaluation(tmp_path / "eval") == _evaluation(tmp_path / "reference") and not journal.exists()
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(EvalReport, "table", interrupted)
+        assert cli_main([*EVALUATE, "--out", "again"]) == 130
+    err = capsys.readouterr().err
+    assert "report was complete" in err and "--resume" not in err
+    assert _evaluation(tmp_path / "again") == _evaluation(tmp_path / "reference")
+    assert not (tmp_path / "again" / ".evaluation.partial.jsonl").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- DAgger
@@ -201,9 +289,6 @@ DAGGER_YAML = (
     .replace("demos: {dir: DATA,", "demos: {max_steps: 40,")
     + "dagger: {rounds: 1, episodes_per_round: 2, epochs_per_round: 1, max_steps: 30}\n"
 )
-
-
-_SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))
 
 
 def _has_metrics(runs: Path) -> Callable[[], bool]:
