@@ -6,7 +6,7 @@ This is the only module of the project that imports stable-baselines3 / sb3-cont
     from sb3_contrib import RecurrentPPO
     from ltc_control.agents.sb3 import LtcPolicy
 
-    model = RecurrentPPO(LtcPolicy, "Pendulum-v1", policy_kwargs={"controller": {"kind": "ltc"}})
+    model = RecurrentPPO(LtcPolicy, "Pendulum-v1")  # or policy_kwargs={"controller": {"kind": "cfc"}}
     model.learn(10_000)
     model.save("ppo_ltc")
     model = RecurrentPPO.load("ppo_ltc")
@@ -16,7 +16,7 @@ Design (see ``docs/rl.md``):
 
 - :class:`LtcPolicy` subclasses sb3-contrib's ``RecurrentActorCriticPolicy`` (so ``RecurrentPPO`` accepts it)
   but builds no ``nn.LSTM``: the actor is an :class:`ltc_control.sequence.SequenceModel` built by
-  :func:`ltc_control.controllers.build_controller` (LTC on an NCP wiring by default; any wiring, CfC, or the
+  :func:`ltc_control.controllers.build_controller` (a dense 16-neuron LTC by default; any wiring, CfC, or the
   project's LSTM/GRU cells). Its **motor neurons are the action**: one motor neuron per action dimension (per
   logit for discrete actions), followed by the same element-wise head as :class:`ltc_control.policy.Policy`
   (``tanh(scale * y + bias)`` for actions in [-1, 1]). That is what makes an exact export to a
@@ -66,7 +66,14 @@ from ltc_control.cells.ltc import LTCCell
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
 from ltc_control.sequence import SequenceModel
 
-__all__ = ["CnnLtcPolicy", "CriticMode", "LtcPolicy", "SquashMode"]
+__all__ = [
+    "DEFAULT_CONTROLLER_LR_SCALE",
+    "CnnLtcPolicy",
+    "CriticMode",
+    "LtcPolicy",
+    "SquashMode",
+    "default_controller",
+]
 
 CriticMode = Literal["separate", "shared", "feedforward"]
 SquashMode = Literal["auto", "tanh", "none"]
@@ -98,6 +105,29 @@ def _motor_size(action_space: spaces.Space) -> int:
         f"unsupported action space {type(action_space).__name__}; use Box, Discrete, MultiDiscrete or "
         "MultiBinary"
     )
+
+
+def default_controller(motor_size: int) -> ControllerConfig:
+    """The actor's controller of ``LtcPolicy(controller=None)``: an LTC on a fully connected wiring of 16
+    neurons, the motor neurons among them (``motor_size + 8`` neurons when the action needs more than 8).
+
+    Chosen by the ablations on the tuning tasks (``docs/rl.md``): the paper-sized sparse NCP barely learns
+    PendulumNoVel at PPO's rates, a dense 16-neuron LTC at :data:`DEFAULT_CONTROLLER_LR_SCALE` does. Pass
+    ``controller=ControllerConfig()`` for the 19-neuron NCP.
+
+    Args:
+        motor_size: motor neurons (action dimensions, or logits of discrete actions).
+    """
+    units = max(16, int(motor_size) + 8)
+    return ControllerConfig(kind="ltc", wiring=WiringConfig(preset="fully_connected", units=units))
+
+
+#: ``controller_lr_scale`` when neither it nor ``controller`` is given: the default dense LTC trains its
+#: circuit at 5x the algorithm's rate (its parameters are large, ``sigma`` 3..8, and Adam moves them by about
+#: the rate per step: ``docs/rl.md``, the PendulumNoVel diagnosis). With a controller of your choice the scale
+#: is 1: at 5x the sparse NCP got no better on the tuning tasks and worse on the cue-memory test task, the
+#: CfC worse.
+DEFAULT_CONTROLLER_LR_SCALE = 5.0
 
 
 def _resolve_squash(squash: str, action_space: spaces.Space) -> Literal["tanh", "none"]:
@@ -157,15 +187,17 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     Example:
         >>> from sb3_contrib import RecurrentPPO
         >>> model = RecurrentPPO(LtcPolicy, "Pendulum-v1", n_steps=64, batch_size=64)
-        >>> model.policy.controller.cell.num_neurons  # NCP: 12 inter, 6 command, 1 motor
-        19
+        >>> model.policy.controller.cell.num_neurons  # the default: a dense 16-neuron LTC, 1 motor neuron
+        16
 
     Args:
         observation_space: observation space (vectors; images with :class:`CnnLtcPolicy`).
         action_space: ``Box``, ``Discrete``, ``MultiDiscrete`` or ``MultiBinary``.
         lr_schedule: learning-rate schedule (given by the algorithm).
         controller: the actor's controller (:class:`~ltc_control.controllers.ControllerConfig` or a mapping of
-            its fields; default: LTC on the paper-sized NCP, 12 inter / 6 command neurons, motor = actions).
+            its fields; default: :func:`default_controller`, an LTC on a dense 16-neuron wiring, motor neurons
+            = actions). ``ControllerConfig()`` (or ``{"kind": "ltc"}``) is the paper-sized NCP, 12 inter / 6
+            command neurons.
         critic: ``"separate"`` (own controller), ``"shared"`` (value MLP on the actor controller's neuron
             states; both losses train it) or ``"feedforward"`` (value MLP on the features).
         critic_controller: the critic's controller config for ``critic="separate"`` (default: ``controller``).
@@ -198,10 +230,11 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             None keeps the cell's init (0).
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
-            algorithm's rate. The LTC's parameters (``sigma`` 3..8, ``mu``, ``erev``, ...) move slowly at the
-            rates tuned for MLP/LSTM policies; the NCP paper trains them with a higher rate. The multiplier
-            is applied at every optimizer step, so it survives sb3 setting each group's ``lr`` from the
-            schedule.
+            algorithm's rate. None: :data:`DEFAULT_CONTROLLER_LR_SCALE` (5) with the default controller, 1
+            with a ``controller`` you pass. The LTC's parameters (``sigma`` 3..8, ``mu``, ``erev``, ...) move
+            slowly at the rates tuned for MLP/LSTM policies; the NCP paper trains them with a higher rate.
+            The multiplier is applied at every optimizer step, so it survives sb3 setting each group's ``lr``
+            from the schedule.
         features_extractor_class: sb3 features extractor (``FlattenExtractor`` for vectors).
         features_extractor_kwargs: its keyword arguments.
         share_features_extractor: one extractor for actor and critic.
@@ -235,7 +268,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         action_scale_init: float = 1.0,
         input_scale_init: float | None = None,
         input_bias_init: float | None = None,
-        controller_lr_scale: float = 1.0,
+        controller_lr_scale: float | None = None,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = True,
@@ -262,7 +295,12 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             raise ValueError(f"critic_outputs must be >= 1, got {critic_outputs}")
         # Plain attributes set before nn.Module.__init__ are allowed; _build (called from the base __init__)
         # reads them.
-        self.controller_config: ControllerConfig = as_config(ControllerConfig, controller, "controller")
+        self._default_controller = controller is None
+        self.controller_config: ControllerConfig = (
+            default_controller(_motor_size(action_space))
+            if controller is None
+            else as_config(ControllerConfig, controller, "controller")
+        )
         self.critic_mode: CriticMode = critic
         if critic_controller is None:
             # A saved wiring is sized for the actor's motor neurons; the critic gets the default builder.
@@ -280,6 +318,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.action_scale_init = float(action_scale_init)
         self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
         self.input_bias_init = None if input_bias_init is None else float(input_bias_init)
+        if controller_lr_scale is None:
+            controller_lr_scale = DEFAULT_CONTROLLER_LR_SCALE if controller is None else 1.0
         if not (float(controller_lr_scale) > 0 and np.isfinite(controller_lr_scale)):
             raise ValueError(f"controller_lr_scale must be a finite number > 0, got {controller_lr_scale}")
         self.controller_lr_scale = float(controller_lr_scale)
@@ -422,6 +462,24 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         optimizer.register_step_pre_hook(_scale_group_lrs)
         optimizer.register_step_post_hook(_unscale_group_lrs)
         return cast(torch.optim.Optimizer, optimizer)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """``nn.Module.load_state_dict``; weights that do not fit a policy built on the default controller
+        get a hint: models saved with no policy kwargs before 2026-12-06 used the 19-neuron NCP at 1x."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as exc:
+            if not self._default_controller:
+                raise
+            raise RuntimeError(
+                f"{exc}\n\nThis policy was built on the default controller (a dense LTC of "
+                f"{self.controller_config.wiring.units} neurons). A model saved with no policy kwargs before "
+                "2026-12-06 used the 19-neuron NCP at 1x: load it with RecurrentPPO.load(path, "
+                "custom_objects={'policy_kwargs': {'controller': {'kind': 'ltc'}, "
+                "'controller_lr_scale': 1.0}})"
+            ) from exc
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -297,12 +297,14 @@ def liquid_defaults() -> dict[str, Any]:
     some) policy kwargs was made with."""
     import inspect
 
-    from ltc_control.agents.sb3 import LtcPolicy
+    from ltc_control.agents.sb3 import DEFAULT_CONTROLLER_LR_SCALE, LtcPolicy, default_controller
     from ltc_control.config import to_dict
 
     params = inspect.signature(LtcPolicy.__init__).parameters
     out = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    out["controller"] = to_dict(ControllerConfig())
+    # controller=None resolves per task (motor neurons); controller_lr_scale=None per given controller
+    out["controller"] = {str(m): to_dict(default_controller(m)) for m in (1, 6, 8, 9)}
+    out["controller_lr_scale"] = {"default controller": DEFAULT_CONTROLLER_LR_SCALE, "given controller": 1.0}
     return dict(json.loads(json.dumps(out, default=str, sort_keys=True)))
 
 
@@ -603,7 +605,18 @@ def _provenance(records: list[dict[str, Any]]) -> str:
         f"1-minute load average at the end of the runs {min(loads):.1f} .. {max(loads):.1f}" if loads else "",
         "versions " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
-    return "; ".join(p for p in parts if p) + "."
+    text = "; ".join(p for p in parts if p) + "."
+    relabelled = [r for r in records if "relabelled" in r]
+    if relabelled:
+        when = sorted(r["relabelled"].get("utc", "") for r in relabelled)
+        text += (
+            f" {len(relabelled)} of these {len(records)} records were made under earlier defaults and "
+            f"re-labelled ({when[-1]} UTC, `experiments/bench/rl_relabel.py`) as runs of today's defaults "
+            "plus "
+            "the kwargs that give the same policy (the policy those build loads each run's saved weights "
+            "strictly; re-runs that reproduced records exactly: docs/rl.md)."
+        )
+    return text
 
 
 def _plot(config: BenchmarkConfig, records: list[dict[str, Any]], path: Path) -> None:

@@ -12,8 +12,10 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
+from gymnasium import spaces
 
-from ltc_control.agents.sb3 import CnnLtcPolicy, LtcPolicy
+from ltc_control.agents.sb3 import DEFAULT_CONTROLLER_LR_SCALE, CnnLtcPolicy, LtcPolicy, default_controller
 from ltc_control.config import load_yaml
 from ltc_control.controllers import ControllerConfig
 
@@ -39,7 +41,8 @@ def test_novel_suite_config_is_the_documented_one(load_bench: Callable[[str], Mo
 
 
 def test_liquid_policy_defaults_are_the_documented_ones() -> None:
-    """The defaults in docs/rl.md's keyword table are the signature's (and CnnLtcPolicy inherits them)."""
+    """The defaults in docs/rl.md's keyword table are the signature's (and CnnLtcPolicy inherits them); the
+    default controller is a dense 16-neuron LTC at 5x the rate, a given controller (NCP, CfC) trains at 1x."""
     params = inspect.signature(LtcPolicy.__init__).parameters
     docs = (ROOT / "docs" / "rl.md").read_text()
     table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| `?([^`|]+?)`? \|", docs, re.M)}
@@ -48,18 +51,38 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         "critic_outputs": 8,
         "net_arch": None,  # documented as [64]: the value MLP
         "action_squash": "auto",
-        "controller_lr_scale": 1.0,
-        "controller": None,  # documented as ControllerConfig(kind="ltc")
+        "controller_lr_scale": None,  # 5 with the default controller, 1 with a given one
+        "controller": None,  # documented as default_controller(motor_size)
     }
     for name, default in expected.items():
         assert params[name].default == default, name
         assert name in table, f"{name} missing from docs/rl.md's keyword table"
     assert table["critic"] == '"separate"' and table["critic_outputs"] == "8" and table["net_arch"] == "[64]"
-    assert table["controller_lr_scale"] == "1.0" and table["controller"] == 'ControllerConfig(kind="ltc")'
-    config = ControllerConfig()
-    assert config.kind == "ltc" and config.wiring.preset == "lane_keeping"  # the paper-sized NCP
-    assert (config.wiring.inter, config.wiring.command) == (12, 6)
+    assert table["controller_lr_scale"] == "None" and DEFAULT_CONTROLLER_LR_SCALE == 5.0
+    assert table["controller"] == "default_controller(motor_size)"
+    for motor, units in ((1, 16), (6, 16), (8, 16), (9, 17), (20, 28)):
+        config = default_controller(motor)
+        assert config.kind == "ltc" and config.wiring.preset == "fully_connected", motor
+        assert config.wiring.units == units, motor
+    ncp = ControllerConfig()
+    assert ncp.kind == "ltc" and ncp.wiring.preset == "lane_keeping"  # the paper-sized NCP
+    assert (ncp.wiring.inter, ncp.wiring.command) == (12, 6)
     assert inspect.signature(CnnLtcPolicy.__init__).parameters.keys() >= {"observation_space", "kwargs"}
+    # resolved in a built policy: the actor, a separate critic of the same design, the optimizer's groups
+    box = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    policy = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3)
+    assert policy.controller.cell.num_neurons == 16 and policy.controller_lr_scale == 5.0
+    assert policy.critic_controller is not None and policy.critic_controller.cell.num_neurons == 16
+    assert sorted(g["lr_scale"] for g in policy.optimizer.param_groups) == [1.0, 5.0]
+    for given in ({"kind": "cfc"}, {"kind": "ltc"}):
+        other = LtcPolicy(
+            spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, controller=given
+        )
+        assert other.controller_lr_scale == 1.0 and len(other.optimizer.param_groups) == 1
+    explicit = LtcPolicy(
+        spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, controller_lr_scale=2.0
+    )
+    assert explicit.controller_lr_scale == 2.0
 
 
 def test_t_interval(load_bench: Callable[[str], ModuleType]) -> None:
@@ -194,3 +217,63 @@ def test_normalisation_needs_lstm_ppo_to_beat_random(load_bench: Callable[[str],
     assert np.isnan(scale([-303.0, -54.0, -450.0], -301.0))  # mean above random, but inside its own interval
     assert np.isnan(scale([-400.0], -301.0)) and np.isnan(scale([], -301.0))
     assert scale([-200.0], -301.0) == pytest.approx(101.0)  # one seed: no interval to compare with
+
+
+def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str], ModuleType]) -> None:
+    """rl_relabel: a run made under the old defaults (19-neuron NCP at 1x) plus its kwargs becomes a run of
+    today's defaults plus kwargs that build the very same policy (constructor values and weight shapes)."""
+    relabel = load_bench("rl_relabel")
+    old = relabel.OLD_DEFAULTS[relabel._NO_DIGEST]
+    dense = {"controller": {"wiring": {"preset": "fully_connected", "units": 16}}, "controller_lr_scale": 5.0}
+    cases = [
+        ("ltc", {}, {"controller": {"kind": "ltc"}}),
+        ("ltc", dense, {}),
+        ("ltc", {**dense, "action_scale_init": 0.1}, {"action_scale_init": 0.1}),
+        ("ltc", {"controller_lr_scale": 5.0}, {"controller": {"kind": "ltc"}, "controller_lr_scale": 5.0}),
+        ("ltc", {"action_scale_init": 0.1}, {"action_scale_init": 0.1, "controller": {"kind": "ltc"}}),
+        ("cfc", {}, {}),
+        ("cfc", {"controller_lr_scale": 5.0}, {"controller_lr_scale": 5.0}),
+        ("cfc", dense, dense),
+    ]
+    obs = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    act = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def built(model: str, kwargs: dict[str, object]) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
+        policy = LtcPolicy(obs, act, lambda _: 1e-3, **relabel._policy_kwargs(model, kwargs))
+        params = policy._get_constructor_parameters()
+        params.pop("lr_schedule")
+        return params, {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+
+    for model, old_kwargs, expected in cases:
+        new = relabel.new_kwargs(model, old_kwargs, old, motor=1)
+        assert new == expected, (model, old_kwargs)
+        # what the old code built: the old defaults written out, then the run's own kwargs
+        assert built(model, {**old, **old_kwargs}) == built(model, new), (model, old_kwargs)
+    with pytest.raises(ValueError, match="does not know"):
+        relabel.plan_digest_check("0" * 64)
+
+
+def test_models_saved_under_the_old_defaults_load_with_the_hinted_kwargs(tmp_path: Path) -> None:
+    """A model saved with no policy kwargs before the defaults changed holds NCP weights: loading it into
+    today's default names the fix, and the fix (custom_objects) loads it with its weights."""
+    from sb3_contrib import RecurrentPPO
+
+    old = {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0}
+    model = RecurrentPPO(LtcPolicy, "Pendulum-v1", n_steps=8, batch_size=8, policy_kwargs=old, seed=0)
+    model.policy_kwargs = {}  # what such a zip records: no kwargs
+    model.save(tmp_path / "old_default")
+    with pytest.raises(RuntimeError, match="custom_objects=.*'controller_lr_scale': 1.0"):
+        RecurrentPPO.load(tmp_path / "old_default", device="cpu")
+    loaded = RecurrentPPO.load(tmp_path / "old_default", device="cpu", custom_objects={"policy_kwargs": old})
+    assert loaded.policy.controller.cell.num_neurons == 19
+    for (name, a), b in zip(model.policy.state_dict().items(), loaded.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+    given = LtcPolicy(
+        spaces.Box(-np.inf, np.inf, (3,), np.float32),
+        spaces.Box(-1.0, 1.0, (1,), np.float32),
+        lambda _: 1e-3,
+        controller={"kind": "cfc"},
+    )
+    with pytest.raises(RuntimeError) as info:  # a controller the user chose: no hint about old defaults
+        given.load_state_dict(model.policy.state_dict())
+    assert "custom_objects" not in str(info.value)

@@ -1,0 +1,234 @@
+"""Re-label the suite's liquid run records after a change of ``LtcPolicy``'s defaults.
+
+A record says which defaults it was made with (``liquid_defaults_sha256``) and which policy kwargs it added
+(``config.liquid_policy_kwargs``); the tables refuse records of other defaults. When the defaults change, a
+record made under the old ones is still a valid run of *some* configuration: the old defaults written out as
+kwargs, plus its own. This script rewrites each such record as a record of the new defaults with the kwargs
+that give the same policy, moves it to the folder of those kwargs (the suite's own folder when they are
+empty, else ``ablation/<slug>``), and keeps the original files under ``--archive``.
+
+Nothing is re-labelled on faith. For every record the policy the new kwargs build for the task's spaces must
+load the run's saved policy weights strictly (same modules, names and shapes) and match the record's
+parameter and synapse counts; otherwise the record is left where it is and named.
+
+The one defaults change so far (2026-12-06, issue #16): ``controller=None`` was ``ControllerConfig()`` (the
+19-neuron NCP) at ``controller_lr_scale`` 1; it became :func:`~ltc_control.agents.sb3.default_controller` (a
+dense 16-neuron LTC) at a scale of 5 (``DEFAULT_CONTROLLER_LR_SCALE``; 1 whenever a controller is given).
+``OLD_DEFAULTS`` below holds the old values as kwargs.
+
+Usage::
+
+    .venv/bin/python experiments/bench/rl_relabel.py --runs-dir runs/rl_benchmark/rl_novel_suite \\
+        --archive runs/rl_benchmark/rl_novel_suite_archive_ncp_defaults [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl_bench import _jsonable, liquid_defaults_digest  # noqa: E402
+from rl_suite import SUITES_DIR, SuiteConfig  # noqa: E402
+
+from ltc_control.agents.sb3 import _motor_size  # noqa: E402
+from ltc_control.config import load_yaml  # noqa: E402
+from ltc_control.controllers import ControllerConfig  # noqa: E402
+from ltc_control.runs import atomic_write_json  # noqa: E402
+
+#: digest of the defaults before 2026-12-06's change -> those defaults written out as policy kwargs
+OLD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # records made before the field existed carry no digest; rl_bench reads them as this one
+    "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88acde75d8a3d2a11": {
+        "controller": {"kind": "ltc"},
+        "controller_lr_scale": 1.0,
+    },
+}
+_NO_DIGEST = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88acde75d8a3d2a11"
+
+
+def _policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What ``rl_bench`` passes to ``LtcPolicy`` for ``model`` with ablation ``kwargs`` (the CfC keeps its
+    kind)."""
+    out = dict(kwargs)
+    if model == "cfc":
+        out["controller"] = {**dict(out.get("controller") or {}), "kind": "cfc"}
+    return out
+
+
+def new_kwargs(
+    model: str, old_kwargs: dict[str, Any], old_defaults: dict[str, Any], motor: int
+) -> dict[str, Any]:
+    """The kwargs that, on top of today's defaults, give the policy ``old_kwargs`` gave on the old ones.
+
+    Keys equal to today's resolved defaults are dropped, so a record of today's defaults gets ``{}``.
+    """
+    from ltc_control.agents.sb3 import DEFAULT_CONTROLLER_LR_SCALE, default_controller
+    from ltc_control.agents.sb3_modules import as_config
+
+    merged = {**old_defaults, **old_kwargs}
+    controller = as_config(ControllerConfig, _policy_kwargs(model, merged)["controller"], "controller")
+    out = dict(old_kwargs)
+    ctrl_kwargs = dict(merged["controller"])
+    if model == "cfc":
+        ctrl_kwargs.pop("kind", None)  # rl_bench adds it again
+    out["controller"] = ctrl_kwargs
+    if model == "ltc" and controller == default_controller(motor):
+        out.pop("controller")
+    elif model == "cfc" and not ctrl_kwargs:
+        out.pop("controller")
+    # today: 5x with no controller given (LTC only: the CfC variant always passes one), else 1x
+    default_lr = DEFAULT_CONTROLLER_LR_SCALE if "controller" not in out and model == "ltc" else 1.0
+    lr = float(merged.get("controller_lr_scale", 1.0))
+    if lr == default_lr:
+        out.pop("controller_lr_scale", None)
+    else:
+        out["controller_lr_scale"] = lr
+    return out
+
+
+def _spaces(env_id: str) -> tuple[Any, Any]:
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    env = make_novel_env(env_id)
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> None:
+    """Raise ``ValueError`` unless the policy ``kwargs`` build (today's defaults) is the record's policy."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    from ltc_control.agents.sb3 import LtcPolicy
+    from ltc_control.controllers import count_synapses
+
+    obs_space, act_space = _spaces(record["env_id"])
+    use_sde = bool(record["config"]["ppo"].get("use_sde", False))  # gSDE sizes log_std from the latent
+    policy = LtcPolicy(
+        obs_space, act_space, lambda _: 1e-3, use_sde=use_sde, **_policy_kwargs(record["model"], kwargs)
+    )
+    total = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    if total != record["policy_parameters"]:
+        raise ValueError(f"{total} policy parameters, the record has {record['policy_parameters']}")
+    synapses = int(count_synapses(policy.controller) or 0)
+    if "actor_synapses" in record and synapses != record["actor_synapses"]:
+        raise ValueError(f"{synapses} actor synapses, the record has {record['actor_synapses']}")
+    _, params, _ = load_from_zip_file(zip_path, device="cpu", load_data=False)
+    if params is None or "policy" not in params:
+        raise ValueError(f"{zip_path} holds no policy weights")
+    try:
+        policy.load_state_dict(cast(dict[str, Any], params["policy"]), strict=True)
+    except RuntimeError as exc:  # missing / unexpected keys, other shapes
+        raise ValueError(f"the saved weights do not fit: {exc}") from None
+
+
+def plan_digest_check(digest: str) -> dict[str, Any]:
+    """The old defaults (as kwargs) of records with ``digest``; ``ValueError`` for defaults not listed."""
+    if digest not in OLD_DEFAULTS:
+        raise ValueError(
+            f"made with defaults {digest[:12]}..., which this script does not know: add them to OLD_DEFAULTS"
+        )
+    return OLD_DEFAULTS[digest]
+
+
+def plan(runs_dir: Path, suite: SuiteConfig) -> list[tuple[Path, dict[str, Any], Path]]:
+    """``(record, new kwargs, new path)`` for each liquid record of other defaults under ``runs_dir``."""
+    today = liquid_defaults_digest()
+    out = []
+    for path in sorted(runs_dir.rglob("*.json")):
+        if "__random__" in path.name:
+            continue
+        rec = json.loads(path.read_text())
+        if rec.get("model") not in ("ltc", "cfc"):
+            continue
+        digest = rec.get("liquid_defaults_sha256", _NO_DIGEST)
+        if digest == today:
+            continue
+        try:
+            plan_digest_check(digest)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        _, act_space = _spaces(rec["env_id"])
+        old_kwargs = dict(rec["config"].get("liquid_policy_kwargs") or {})
+        kwargs = new_kwargs(rec["model"], old_kwargs, plan_digest_check(digest), _motor_size(act_space))
+        records_dir = Path(dataclasses.replace(suite, liquid_policy_kwargs=kwargs).records_dir)
+        out.append((path, kwargs, records_dir / path.name))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/rl_benchmark/rl_novel_suite"))
+    parser.add_argument("--archive", type=Path, required=True, help="where the original files are kept")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    args = parser.parse_args(argv)
+    suite = load_yaml(SuiteConfig, SUITES_DIR / "rl_novel_suite.yaml")
+    tuning = tuple(t.env_id for t in suite.tasks if not t.held_out)
+    suite = dataclasses.replace(suite, runs_dir=str(args.runs_dir), only_tasks=tuning)
+    moves = plan(args.runs_dir, suite)
+    for src, kwargs, dst in moves:
+        rec = json.loads(src.read_text())
+        zip_path = src.with_suffix(".zip")
+        try:
+            verify(rec, kwargs, zip_path)
+        except ValueError as exc:
+            raise SystemExit(f"{src}: not re-labelled: {exc}") from None
+        print(
+            f"{src.relative_to(args.runs_dir)} -> {dst.relative_to(args.runs_dir)}  kwargs {kwargs}  "
+            "(verified)"
+        )
+    if args.dry_run or not moves:
+        print(f"{len(moves)} records to re-label" + (" (dry run: nothing changed)" if args.dry_run else ""))
+        return 0
+    if args.archive.exists():
+        raise SystemExit(f"{args.archive} exists; choose a new --archive folder")
+    # 1. every original file (record, weights, VecNormalize statistics) to the archive
+    staged = []
+    for src, kwargs, dst in moves:
+        siblings = [src, src.with_suffix(".zip"), src.with_suffix(".vecnormalize.pkl")]
+        for f in siblings:
+            if f.exists():
+                target = args.archive / f.relative_to(args.runs_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(f), target)
+        staged.append((args.archive / src.relative_to(args.runs_dir), kwargs, dst))
+    # 2. the re-labelled copies in their new folders
+    today = liquid_defaults_digest()
+    for old, kwargs, dst in staged:
+        if dst.exists():
+            raise SystemExit(f"{dst} exists (a record of today's defaults): move it aside and run again")
+        rec = json.loads(old.read_text())
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        saved = {}
+        for key, suffix in (("model", ".zip"), ("vecnormalize", ".vecnormalize.pkl")):
+            src_file = old.with_suffix(suffix)
+            if src_file.exists():
+                shutil.copy2(src_file, dst.with_suffix(suffix))
+                saved[key] = str(dst.with_suffix(suffix))
+        rec["relabelled"] = {
+            "from": str(old),
+            "from_liquid_defaults_sha256": rec.get("liquid_defaults_sha256", _NO_DIGEST),
+            "from_liquid_policy_kwargs": rec["config"].get("liquid_policy_kwargs", {}),
+            "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "check": "today's defaults + these kwargs load the run's weights strictly; counts match",
+        }
+        rec["liquid_defaults_sha256"] = today
+        rec["config"]["liquid_policy_kwargs"] = _jsonable(kwargs)
+        rec["config"]["runs_dir"] = str(dst.parent)
+        rec["saved"] = saved
+        atomic_write_json(dst, rec)
+    print(f"re-labelled {len(staged)} records; originals in {args.archive}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
