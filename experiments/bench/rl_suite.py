@@ -95,8 +95,9 @@ class SuiteConfig:
         only_tasks: train and summarise only these env ids (empty: every task).
         liquid_policy_kwargs: an **ablation** of a candidate default: these kwargs on top of the liquid
             policies' defaults (the LSTM runs as always). Refused on held-out tasks (they stay out of every
-            tuning run); records go to ``<runs_dir>/ablation/<slug>`` and the summary to
-            ``<name>_ablation_<slug>.*``, so an ablation never mixes with the suite's own runs.
+            tuning run); records go to ``<runs_dir>/ablation/<slug>`` and the summary, beside them, to
+            ``<name>_ablation_<slug>.*``, so an ablation never mixes with the suite's own runs (the table of
+            all ablations: ``experiments/bench/rl_ablation_table.py``).
     """
 
     name: str = "rl_novel_suite"
@@ -322,7 +323,7 @@ def _task_rows(config: SuiteConfig, task: SuiteTask) -> tuple[list[dict[str, Any
 
 
 def summarize_suite(config: SuiteConfig) -> Path:
-    """Writes ``<out_dir>/<file_stem>.md|csv|png`` from the records in ``runs_dir``.
+    """Writes ``<out_dir>/<file_stem>.md|csv|png`` (an ablation's: in its ``records_dir``) from the records.
 
     Raises:
         ValueError: no record of any task yet.
@@ -335,7 +336,8 @@ def summarize_suite(config: SuiteConfig) -> Path:
         curves[task.env_id] = records
     if not rows:
         raise ValueError(f"no run records in {config.runs_dir} for any task of {config.name}; run first")
-    out = Path(config.out_dir)
+    # an ablation's own summary stays beside its records (the committed table is rl_ablation_table.py's)
+    out = Path(config.records_dir) if config.liquid_policy_kwargs else Path(config.out_dir)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -176,7 +176,8 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     assert [p.name for p in abl.glob("*.json")] == ["PendulumNoVel-v1__ltc__0__32.json"]
     assert (tmp_path / "runs" / "PendulumNoVel-v1__lstm__0__32.json").is_file()  # the suite's own LSTM run
     assert not (tmp_path / "runs" / "PendulumNoVel-v1__ltc__0__32.json").exists()
-    rows = list(csv.DictReader((tmp_path / "results" / f"{config.file_stem}.csv").open()))
+    assert md.parent == abl and not (tmp_path / "results").exists()  # beside its records, not the results
+    rows = list(csv.DictReader((abl / f"{config.file_stem}.csv").open()))
     assert [r["model"] for r in rows] == ["ltc", "lstm"]
     # the ablation table: variants side by side, the defaults' cell "not run" until the suite ran it
     table = load_bench("rl_ablation_table")
