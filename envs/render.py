@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from typing import cast
 
 import mujoco
 import numpy as np
@@ -27,29 +27,29 @@ def _interrupt_classes(cls: type[BaseException] = KeyboardInterrupt) -> Iterator
         yield from _interrupt_classes(sub)
 
 
-@contextmanager
-def _interrupts_unwrapped() -> Iterator[None]:
-    """Re-raise a Ctrl-C / SIGTERM interrupt that ctypes wrapped while PyOpenGL (EGL) converted arguments.
+def _reraise_interrupt(exc: ctypes.ArgumentError) -> None:
+    """Raise again the Ctrl-C / SIGTERM interrupt that ctypes wrapped while PyOpenGL (EGL) converted args.
 
     PyOpenGL converts ctypes arguments in Python code. A signal handler that raises there (Ctrl-C's
     KeyboardInterrupt, the CLI's SIGTERM-as-interrupt) reaches the caller as
     ``ctypes.ArgumentError("argument N: <ExceptionType>: <message>")``, with no chained exception, and the
-    command's interrupt handling would miss it; the type named there is raised again instead.
+    command's interrupt handling would miss it; the interrupt type named there is raised instead. Returns for
+    any other argument error (the caller re-raises it).
     """
-    try:
-        yield
+    match = re.match(r"argument \d+: (\w+): ?(.*)", str(exc), re.S)
+    if match:
+        for cls in _interrupt_classes():
+            if cls.__name__ == match.group(1):
+                raise cls(match.group(2)) from None
+
+
+def _gl_call(func: Callable[[], object]) -> object:
+    """``func()`` (a PyOpenGL/EGL call) with an interrupt during its argument conversion raised as such."""
+    try:  # free when nothing is raised (the render path calls this once per frame)
+        return func()
     except ctypes.ArgumentError as exc:
-        match = re.match(r"argument \d+: (\w+): ?(.*)", str(exc), re.S)
-        if match:
-            for cls in _interrupt_classes():
-                if cls.__name__ == match.group(1):
-                    raise cls(match.group(2)) from None
+        _reraise_interrupt(exc)
         raise
-
-
-def _gl_call(func: Callable[[], object]) -> None:
-    with _interrupts_unwrapped():
-        func()
 
 
 class OffscreenRenderer:
@@ -62,8 +62,9 @@ class OffscreenRenderer:
 
     def __init__(self, max_height: int, max_width: int) -> None:
         self._max = (int(max_height), int(max_width))
-        with _interrupts_unwrapped():
-            self._gl: mujoco.GLContext | None = mujoco.GLContext(int(max_width), int(max_height))
+        self._gl: mujoco.GLContext | None = cast(
+            mujoco.GLContext, _gl_call(lambda: mujoco.GLContext(int(max_width), int(max_height)))
+        )
         _gl_call(self._gl.make_current)
         self._model: mujoco.MjModel | None = None
         self._ctx: mujoco.MjrContext | None = None

@@ -9,7 +9,7 @@ import ctypes
 import pytest
 
 from ltc_control.cli import Terminated
-from ltc_control.envs.render import _interrupts_unwrapped
+from ltc_control.envs.render import _gl_call
 
 
 def _ctypes_call_raising(exc: BaseException) -> None:
@@ -32,12 +32,11 @@ def test_interrupt_in_argument_conversion_is_raised_again(exc: BaseException) ->
     with pytest.raises(ctypes.ArgumentError):
         _ctypes_call_raising(exc)  # what ctypes alone makes of it
     with pytest.raises(type(exc)) as info:
-        with _interrupts_unwrapped():
-            _ctypes_call_raising(exc)
+        _gl_call(lambda: _ctypes_call_raising(exc))
     assert type(info.value) is type(exc) and str(info.value) == str(exc)
 
 
 def test_other_argument_errors_pass_through() -> None:
     with pytest.raises(ctypes.ArgumentError, match="ValueError: bad value"):
-        with _interrupts_unwrapped():
-            _ctypes_call_raising(ValueError("bad value"))
+        _gl_call(lambda: _ctypes_call_raising(ValueError("bad value")))
+    assert _gl_call(lambda: 42) == 42
