@@ -23,8 +23,11 @@ from collections.abc import Sequence
 from ltc_control.config import make_parser, parse_args_and_config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the config and run the fine-tuning (Ctrl-C / SIGTERM: exit 130 / 143, resume with --resume)."""
+def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
+    """Parse the config and run the fine-tuning (Ctrl-C / SIGTERM: exit 130 / 143, resume with --resume).
+
+    ``exiting``: the process ends afterwards (run as a script), so a signal that comes once the work is done
+    is ignored, as in the ``ltc-control`` commands."""
     from ltc_control.agents.sb3_finetune import FinetuneConfig, finetune, resume_folder
     from ltc_control.cli import Terminated, terminate_as_interrupt
     from ltc_control.errors import ExpectedError, one_line
@@ -40,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     config, ns = parse_args_and_config(FinetuneConfig, argv, parser)
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(then_ignore=exiting):
             finetune(config, resume=ns.resume, overwrite=ns.overwrite)
     except ExpectedError as exc:
         print(f"finetune_lane_keeping_rl.py: error: {one_line(exc)}", file=sys.stderr)
@@ -57,4 +60,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exiting=True))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_bench import _jsonable, liquid_defaults_digest  # noqa: E402
+from rl_bench import _DEFAULTS_BEFORE_THE_FIELD, _jsonable, liquid_defaults_digest  # noqa: E402
 from rl_suite import SUITES_DIR, SuiteConfig  # noqa: E402
 
 from ltc_control.agents.sb3 import _motor_size  # noqa: E402
@@ -43,15 +44,12 @@ from ltc_control.config import load_yaml  # noqa: E402
 from ltc_control.controllers import ControllerConfig  # noqa: E402
 from ltc_control.runs import atomic_write_json  # noqa: E402
 
-#: digest of the defaults before 2026-12-06's change -> those defaults written out as policy kwargs
+#: digest of the defaults before 2026-12-06's change -> those defaults written out as policy kwargs (records
+#: made before the digest field existed read as that digest, as in rl_bench)
 OLD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # records made before the field existed carry no digest; rl_bench reads them as this one
-    "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88acde75d8a3d2a11": {
-        "controller": {"kind": "ltc"},
-        "controller_lr_scale": 1.0,
-    },
+    _DEFAULTS_BEFORE_THE_FIELD: {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0},
 }
-_NO_DIGEST = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88acde75d8a3d2a11"
+_NO_DIGEST = _DEFAULTS_BEFORE_THE_FIELD
 
 
 def _policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +92,7 @@ def new_kwargs(
     return out
 
 
+@functools.cache
 def _spaces(env_id: str) -> tuple[Any, Any]:
     from ltc_control.agents.sb3_envs import make_novel_env
 
