@@ -18,6 +18,8 @@ import numpy as np
 from ltc_control.agents.datasets import DatasetWriter, Episode
 
 ROOT = Path(__file__).resolve().parents[2]
+#: seeds the random point at which the resume tests send their signal (``LTC_FAULT_SEED=<n>`` moves it)
+FAULT_SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))
 H, W = 16, 32
 
 

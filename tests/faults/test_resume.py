@@ -4,7 +4,6 @@ files as an uninterrupted run with the same seed (issue #15 item 1 and the inter
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 from collections.abc import Callable
@@ -13,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from ltc_control.cli import main as cli_main
+from tests.faults.helpers import (
+    FAULT_SEED as _SEED,
+)
 from tests.faults.helpers import (
     csv_without,
     interrupt_cli,
@@ -30,7 +32,6 @@ policy: {image_shape: [16, 32, 3]}
 bc: {epochs: 6, batch_size: 8, window: 8, stride: 4, patience: 0, log_every: 1, device: cpu, num_threads: 1}
 eval: {num_roads: 0}
 """
-_SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))  # the random delays before each signal
 TIMING = {"time", "epoch/seconds", "final/train_seconds", "final/wall_seconds"}
 
 

@@ -5,7 +5,6 @@ point and resumed with ``--resume`` ends with the same weights and metrics as an
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -18,9 +17,9 @@ import torch
 
 from ltc_control.checkpoint import save_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
+from tests.faults.helpers import FAULT_SEED as _SEED
 from tests.faults.helpers import ROOT, cli_env, default_sigint, interrupted_status
 
-_SEED = int(os.environ.get("LTC_FAULT_SEED", "7"))
 SCRIPT = str(ROOT / "experiments" / "finetune_lane_keeping_rl.py")
 OPTIONS = [
     "--env_kwargs",
