@@ -278,3 +278,40 @@ def test_models_saved_under_the_old_defaults_load_with_the_hinted_kwargs(tmp_pat
     with pytest.raises(RuntimeError) as info:  # a controller the user chose: no hint about old defaults
         given.load_state_dict(model.policy.state_dict())
     assert "custom_objects" not in str(info.value)
+
+
+def test_ncp_behaviour_cloning_probe_fits_and_reports(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """experiments/bench/rl_ncp_bc.py on a tiny saved expert: every variant x seed fitted (a lower loss than
+    the untrained circuit), a markdown table and a jsonl row each; a missing expert is a clear error."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    venv = VecNormalize(DummyVecEnv([lambda: make_novel_env("PendulumNoVel-v1")]), norm_reward=False)
+    expert = RecurrentPPO("MlpLstmPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    stem = tmp_path / "PendulumNoVel-v1__lstm__0__16"
+    expert.save(str(stem) + ".zip")
+    venv.save(str(stem) + ".vecnormalize.pkl")
+    bc = load_bench("rl_ncp_bc")
+    out = tmp_path / "probe.md"
+    args = ["--expert", str(stem), "--env-id", "PendulumNoVel-v1", "--variants", "paper", "sf12"]
+    args += ["--seeds", "0", "1", "--iters", "30", "--train-episodes", "3", "--val-episodes", "1"]
+    assert bc.main([*args, "--eval-episodes", "1", "--write", str(out)]) == 0
+    import json
+
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("paper", 0), ("paper", 1), ("sf12", 0), ("sf12", 1)]
+    paper, sf12 = rows[0], rows[2]
+    assert paper["neurons"] == sf12["neurons"] == 19
+    # sensory fan-out 12: every inter neuron sees both inputs
+    assert sf12["sensory_synapses"] == 24 > paper["sensory_synapses"]
+    assert all(np.isfinite(r["val_mse"]) and np.isfinite(r["closed_loop_return"]) for r in rows)
+    # fitted on 3 episodes, every circuit predicts the held-out episode's actions better than untrained
+    assert all(r["val_mse"] < r["init_val_mse"] for r in rows), rows
+    text = out.read_text()
+    assert "| paper | 19 | 15 / 59 |" in text and "| sf12 | 19 | 24 / 60 |" in text
+    with pytest.raises(SystemExit):
+        bc.main(["--expert", str(tmp_path / "missing")])
