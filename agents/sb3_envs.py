@@ -23,7 +23,8 @@ from gymnasium import spaces
 __all__ = ["NOVEL_MASKS", "CueMemoryEnv", "HalfCheetahV5", "MaskVelocity", "make_novel_env", "novel_base_id"]
 
 #: Observation entries kept for each base env (positions / angles only; velocities dropped).
-#: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. MuJoCo v5 envs (default observation, x excluded):
+#: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. Acrobot-v1: the cos / sin of both joint angles.
+#: MuJoCo v5 envs (default observation, x excluded):
 #: ``qpos[1:]`` first, then ``qvel``: the kept entries are the ``nq - 1`` positions (``nq - 2`` for Swimmer /
 #: HalfCheetah-like planar bodies is not needed: their ``qpos`` excludes only x).
 NOVEL_MASKS: dict[str, tuple[int, ...]] = {
@@ -31,6 +32,7 @@ NOVEL_MASKS: dict[str, tuple[int, ...]] = {
     "CartPole-v1": (0, 2),
     "MountainCarContinuous-v0": (0,),
     "MountainCar-v0": (0,),
+    "Acrobot-v1": (0, 1, 2, 3),
     "LunarLander-v3": (0, 1, 4, 6, 7),
     "HalfCheetah-v5": tuple(range(8)),
     "Hopper-v5": tuple(range(5)),

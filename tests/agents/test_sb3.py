@@ -515,6 +515,14 @@ def test_mask_velocity_pendulum_and_halfcheetah() -> None:
     assert not term and r == pytest.approx(info["x_velocity"] - 0.1 * 6 * 0.25, abs=1e-9)
 
 
+def test_mask_velocity_acrobot_keeps_the_angles() -> None:
+    full, masked = gym.make("Acrobot-v1"), make_novel_env("AcrobotNoVel-v1")
+    o_full, _ = full.reset(seed=2)
+    o_mask, _ = masked.reset(seed=2)
+    np.testing.assert_array_equal(o_mask, o_full[:4])  # cos / sin of both angles; the two velocities dropped
+    assert masked.observation_space.shape == (4,) and masked.action_space.n == 3
+
+
 def test_halfcheetah_fallback_passes_env_checker() -> None:
     from gymnasium.utils.env_checker import check_env
 
@@ -530,7 +538,7 @@ def test_halfcheetah_fallback_passes_env_checker() -> None:
 
 def test_mask_velocity_errors() -> None:
     with pytest.raises(ValueError, match="no velocity mask known"):
-        MaskVelocity(gym.make("Acrobot-v1"))
+        MaskVelocity(gym.make("BipedalWalker-v3"))
     with pytest.raises(ValueError, match="distinct indices"):
         MaskVelocity(gym.make("Pendulum-v1"), keep=[0, 0])
 
