@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, default=None, help="markdown output (a .jsonl of rows beside it)")
     args = p.parse_args(argv)
     cli = sys.argv[1:] if argv is None else argv
+    for name in ("iters", "train_episodes", "val_episodes", "eval_episodes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
 
     stem = args.expert
     zip_path, norm_path = Path(f"{stem}.zip"), Path(f"{stem}.vecnormalize.pkl")
