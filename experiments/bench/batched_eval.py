@@ -17,20 +17,13 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def _load() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return "n/a"
+from bench_common import uptime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [float(x) for x in args.noise.split(",")]
     max_steps = args.max_steps or None
     jobs = [EpisodeJob(seed=s, perturbation=Perturbation(noise_variance=v)) for v in levels for s in seeds]
-    load_before = _load()
+    load_before = uptime()
 
     # 1. equality, in-process: every action of every episode
     policy, _ = load_checkpoint(args.checkpoint)
@@ -149,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         new_rates.append(sum(r.steps for r in res) / st.seconds)
         last_new = st
         eq_par.append(sum(metrics_equal(episode_metrics(a), m) for a, m in zip(res, report.episodes)))
-    load_after = _load()
+    load_after = uptime()
     ratio = float(np.median(new_rates) / np.median(old_rates))
     assert last_new is not None
     v = versions()

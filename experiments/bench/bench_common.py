@@ -4,6 +4,7 @@ version helpers, atomic report writing."""
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,3 +97,11 @@ def write_atomic(path: Path, text: str) -> None:
     from ltc_control.atomic import atomic_write_text
 
     atomic_write_text(path, text)
+
+
+def uptime() -> str:
+    """``uptime``'s line (the machine's load when a benchmark ran), or ``"n/a"`` where there is none."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "n/a"

@@ -26,13 +26,13 @@ import argparse
 import datetime as dt
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from bench_common import uptime
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "lane_keeping"},
@@ -48,13 +48,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "auto19": {"preset": "auto_ncp", "units": 19, "sparsity": 0.5},
     "fc16": {"preset": "fully_connected", "units": 16},
 }
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Behaviour-cloning probe: actor circuits fitted to `{stem.name}` ({env_id})",
         "",
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} "
-        f"({platform.machine()}); `uptime` at the end: {_uptime()}",
+        f"({platform.machine()}); `uptime` at the end: {uptime()}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
         f"- Command: `python experiments/bench/{Path(__file__).name} {' '.join(cli)}`",
         f"- Expert: deterministic return {expert_return:.1f} on {n_train + n_val} episodes (reset seeds "
