@@ -49,7 +49,6 @@ from ltc_control.runs import atomic_write_json  # noqa: E402
 OLD_DEFAULTS: dict[str, dict[str, Any]] = {
     _DEFAULTS_BEFORE_THE_FIELD: {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0},
 }
-_NO_DIGEST = _DEFAULTS_BEFORE_THE_FIELD
 
 
 def _policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +148,7 @@ def plan(runs_dir: Path, suite: SuiteConfig) -> list[tuple[Path, dict[str, Any],
         rec = json.loads(path.read_text())
         if rec.get("model") not in ("ltc", "cfc"):
             continue
-        digest = rec.get("liquid_defaults_sha256", _NO_DIGEST)
+        digest = rec.get("liquid_defaults_sha256", _DEFAULTS_BEFORE_THE_FIELD)
         if digest == today:
             continue
         try:
@@ -215,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 saved[key] = str(dst.with_suffix(suffix))
         rec["relabelled"] = {
             "from": str(old),
-            "from_liquid_defaults_sha256": rec.get("liquid_defaults_sha256", _NO_DIGEST),
+            "from_liquid_defaults_sha256": rec.get("liquid_defaults_sha256", _DEFAULTS_BEFORE_THE_FIELD),
             "from_liquid_policy_kwargs": rec["config"].get("liquid_policy_kwargs", {}),
             "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "check": "today's defaults + these kwargs load the run's weights strictly; counts match",

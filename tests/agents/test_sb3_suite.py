@@ -224,7 +224,7 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
     """rl_relabel: a run made under the old defaults (19-neuron NCP at 1x) plus its kwargs becomes a run of
     today's defaults plus kwargs that build the very same policy (constructor values and weight shapes)."""
     relabel = load_bench("rl_relabel")
-    old = relabel.OLD_DEFAULTS[relabel._NO_DIGEST]
+    old = relabel.OLD_DEFAULTS[relabel._DEFAULTS_BEFORE_THE_FIELD]
     dense = {"controller": {"wiring": {"preset": "fully_connected", "units": 16}}, "controller_lr_scale": 5.0}
     cases = [
         ("ltc", {}, {"controller": {"kind": "ltc"}}),
@@ -281,7 +281,7 @@ def test_models_saved_under_the_old_defaults_load_with_the_hinted_kwargs(tmp_pat
 
 
 def test_ncp_behaviour_cloning_probe_fits_and_reports(
-    load_bench: Callable[[str], ModuleType], tmp_path: Path
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """experiments/bench/rl_ncp_bc.py on a tiny saved expert: every variant x seed fitted (a lower loss than
     the untrained circuit), a markdown table and a jsonl row each; a missing expert is a clear error."""
@@ -315,3 +315,4 @@ def test_ncp_behaviour_cloning_probe_fits_and_reports(
     assert "| paper | 19 | 15 / 59 |" in text and "| sf12 | 19 | 24 / 60 |" in text
     with pytest.raises(SystemExit):
         bc.main(["--expert", str(tmp_path / "missing")])
+    assert "missing.zip does not exist" in capsys.readouterr().err
