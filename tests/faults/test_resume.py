@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from ltc_control.cli import main as cli_main
-from tests.faults.helpers import (
-    FAULT_SEED as _SEED,
-)
+from tests.faults.helpers import FAULT_SEED as _SEED
 from tests.faults.helpers import (
     csv_without,
     interrupt_cli,
