@@ -316,3 +316,55 @@ def test_ncp_behaviour_cloning_probe_fits_and_reports(
     with pytest.raises(SystemExit):
         bc.main(["--expert", str(tmp_path / "missing")])
     assert "missing.zip does not exist" in capsys.readouterr().err
+
+
+def test_discrete_logit_stats_tell_a_constant_policy_from_a_state_dependent_one(
+    load_bench: Callable[[str], ModuleType],
+) -> None:
+    """rl_discrete_diag.logit_stats: logits that do not move with the state have a constant share of 1 and no
+    state spread; logits that follow the state do; bad logits are clear errors."""
+    diag = load_bench("rl_discrete_diag")
+    constant = diag.logit_stats(np.tile([0.0, 1.0, 0.2], (10, 1)))
+    assert constant["constant_share"] == 1.0 and constant["state_std"] < 1e-12
+    assert constant["argmax_share"] == [0.0, 1.0, 0.0]
+    assert constant["margin"] == pytest.approx(0.8)
+    flips = np.array([[2.0, 0.0], [0.0, 2.0]] * 5)  # the argmax follows the state, no constant preference
+    moving = diag.logit_stats(flips)
+    assert moving["constant_share"] == 0.5 and moving["state_std"] == pytest.approx(np.sqrt(2.0))
+    assert moving["preference"] == pytest.approx(0.0)
+    for bad in (np.zeros((3,)), np.zeros((0, 2)), np.array([[np.nan, 0.0]])):
+        with pytest.raises(ValueError):
+            diag.logit_stats(bad)
+
+
+def test_discrete_diagnosis_reads_saved_liquid_runs(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """experiments/bench/rl_discrete_diag.py on two saved LtcPolicy runs: one whose motor head ignores the
+    state (scale 0, a bias that prefers action 1) plays action 1 on every greedy step; the untouched one has
+    logits that move with the state. A missing run is a clear error."""
+    import json
+
+    from sb3_contrib import RecurrentPPO
+
+    model = RecurrentPPO(LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    model.save(str(tmp_path / "CartPole-v1__ltc__0__16.zip"))
+    with torch.no_grad():
+        model.policy.motor_head.scale.zero_()
+        model.policy.motor_head.bias.copy_(torch.tensor([0.0, 3.0]))
+    model.save(str(tmp_path / "CartPole-v1__ltc__1__16.zip"))
+    diag = load_bench("rl_discrete_diag")
+    out = tmp_path / "diag.md"
+    args = ["--runs", str(tmp_path), "--task", "CartPole-v1", "--models", "ltc", "--seeds", "0", "1"]
+    assert diag.main([*args, "--budget", "16", "--episodes", "2", "--write", str(out)]) == 0
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["mode"]) for r in rows] == [(s, m) for s in (0, 1) for m in ("greedy", "sampled")]
+    fixed = rows[2]
+    assert fixed["argmax_share"] == [0.0, 1.0] and fixed["constant_share"] == 1.0
+    assert fixed["state_std"] < 1e-6 and fixed["head_scale"] == [0.0, 0.0]
+    assert rows[0]["state_std"] > 1e-3 and rows[0]["head_scale"] == [1.0, 1.0]
+    assert all(r["steps"] >= 2 and np.isfinite(r["return"]) for r in rows)
+    assert "| ltc | 1 | greedy |" in out.read_text()
+    with pytest.raises(SystemExit):
+        diag.main([*args[:-1], "--budget", "99"])
+    assert "CartPole-v1__ltc__0__99.zip does not exist" in capsys.readouterr().err

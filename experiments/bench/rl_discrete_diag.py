@@ -1,0 +1,198 @@
+"""Why does a discrete policy that trains well fail when it acts greedily? Logits along its own episodes.
+
+Issue #16's held-out LunarLanderNoVel runs: sampled during training, the liquid policies score about what
+RecurrentPPO's LSTM does, but their greedy (argmax) policies crash. This script loads saved ``RecurrentPPO``
+runs (``<stem>.zip`` and, where the run normalised observations, ``<stem>.vecnormalize.pkl``), plays episodes
+on fixed reset seeds twice, greedy and sampled, and reports per run how much the logits depend on the state:
+
+- ``argmax share``: the fraction of steps on which each action has the largest logit;
+- ``state std``: the state-driven spread of the logits, ``sqrt(sum_k Var_t[l_k(t) - mean_j l_j(t)])``;
+- ``preference``: the norm of the time-mean centred logit vector (the constant part of the policy);
+- ``constant share``: the fraction of steps whose argmax is the argmax of that time-mean vector. At 1.0 the
+  greedy policy takes one action whatever it sees;
+- ``margin``: the mean gap between the largest and the second largest logit; ``entropy`` in nats.
+
+A policy whose logits move little with the state (``state std`` small against ``preference``) can still
+score while sampled, because its random draws mix the actions, while its argmax repeats one action.
+
+    .venv/bin/python experiments/bench/rl_discrete_diag.py --runs runs/rl_benchmark/rl_novel_suite \\
+        --task LunarLanderNoVel-v3 --models ltc cfc lstm --seeds 0 1 2 3 4 --budget 500000 \\
+        --write experiments/results/rl_discrete_diag_lunarlander.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_common import uptime
+
+
+def logit_stats(logits: np.ndarray) -> dict[str, Any]:
+    """The summary of a ``(T, K)`` array of logits over the steps of one or more episodes."""
+    if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (steps >= 1, actions >= 2), got shape {logits.shape}")
+    if not np.all(np.isfinite(logits)):
+        raise ValueError("logits contain NaN or inf")
+    centred = logits - logits.mean(axis=1, keepdims=True)
+    preference = centred.mean(axis=0)
+    top2 = np.sort(centred, axis=1)[:, -2:]
+    probs = np.exp(centred - centred.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    argmax = centred.argmax(axis=1)
+    return {
+        "steps": int(logits.shape[0]),
+        "argmax_share": [float(s) for s in np.bincount(argmax, minlength=logits.shape[1]) / len(argmax)],
+        "state_std": float(np.sqrt(centred.var(axis=0).sum())),
+        "preference": float(np.linalg.norm(preference)),
+        "constant_share": float(np.mean(argmax == int(preference.argmax()))),
+        "margin": float(np.mean(top2[:, 1] - top2[:, 0])),
+        "entropy": float(np.mean(-(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1))),
+    }
+
+
+def play(model: Any, make_venv: Any, seeds: list[int], greedy: bool) -> tuple[np.ndarray, list[float]]:
+    """Logits of every step and the return of each episode (one episode per reset seed)."""
+    import torch
+
+    policy = model.policy
+    rows: list[np.ndarray] = []
+    returns: list[float] = []
+    for seed in seeds:
+        venv = make_venv()
+        venv.seed(seed)
+        obs = venv.reset()
+        rng = np.random.default_rng(seed)
+        shape = (policy.lstm_actor.num_layers, 1, policy.lstm_actor.hidden_size)
+        state: Any = (torch.zeros(shape), torch.zeros(shape))
+        start, done, ret = torch.ones(1), False, 0.0
+        while not done:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+                dist, state = policy.get_distribution(obs_t, state, start)
+                logits = dist.distribution.logits[0].double().numpy()
+            rows.append(logits)
+            if greedy:
+                action = int(np.argmax(logits))
+            else:
+                p = np.exp(logits - logits.max())
+                action = int(rng.choice(len(p), p=p / p.sum()))
+            obs, reward, dones, _ = venv.step(np.array([action]))
+            ret += float(reward[0])
+            done = bool(dones[0])
+            start = torch.zeros(1)
+        returns.append(ret)
+        venv.close()
+    return np.asarray(rows), returns
+
+
+def main(argv: list[str] | None = None) -> int:
+    import gymnasium as gym
+    import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from ltc_control.agents.sb3_envs import make_novel_env
+    from ltc_control.runs import atomic_write_text, versions
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--runs", required=True, type=Path, help="folder of run records <task>__<model>__<seed>__<budget>"
+    )
+    p.add_argument("--task", required=True, help="env id, e.g. LunarLanderNoVel-v3")
+    p.add_argument("--models", nargs="+", default=["ltc", "cfc", "lstm"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="training seeds of the runs")
+    p.add_argument("--budget", required=True, type=int, help="training steps in the runs' names")
+    p.add_argument("--episodes", type=int, default=3, help="episodes per run and mode")
+    p.add_argument("--first-seed", type=int, default=9000, help="reset seed of the first episode")
+    p.add_argument("--write", type=Path, default=None, help="markdown output (a .jsonl of rows beside it)")
+    args = p.parse_args(argv)
+    cli = sys.argv[1:] if argv is None else argv
+    if args.episodes < 1:
+        p.error(f"--episodes must be >= 1, got {args.episodes}")
+    stems = [args.runs / f"{args.task}__{m}__{s}__{args.budget}" for m in args.models for s in args.seeds]
+    for stem in stems:
+        if not Path(f"{stem}.zip").is_file():
+            p.error(f"{stem}.zip does not exist (run records are <task>__<model>__<seed>__<budget>.zip)")
+    torch.set_num_threads(1)
+    episode_seeds = list(range(args.first_seed, args.first_seed + args.episodes))
+    t0 = time.perf_counter()
+    rows = []
+    for stem in stems:
+        model = RecurrentPPO.load(f"{stem}.zip", device="cpu")
+        if not isinstance(model.action_space, gym.spaces.Discrete):
+            p.error(f"{stem}: the diagnosis reads discrete policies, not {type(model.action_space).__name__}")
+        norm = Path(f"{stem}.vecnormalize.pkl")
+
+        def make_venv(norm: Path = norm) -> Any:
+            venv = DummyVecEnv([lambda: make_novel_env(args.task)])
+            if not norm.is_file():
+                return venv
+            normalised = VecNormalize.load(str(norm), venv)
+            normalised.training, normalised.norm_reward = False, False
+            return normalised
+
+        _, model_name, seed, _ = stem.name.split("__")
+        head = {}
+        motor_head = getattr(model.policy, "motor_head", None)
+        if motor_head is not None:
+            head = {"head_scale": [round(float(v), 3) for v in motor_head.scale.detach()]}
+        for mode in ("greedy", "sampled"):
+            logits, returns = play(model, make_venv, episode_seeds, greedy=mode == "greedy")
+            row = {"model": model_name, "seed": int(seed), "mode": mode, "return": float(np.mean(returns))}
+            row.update(logit_stats(logits))
+            row.update(head)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    lines = [
+        f"# Discrete policies' logits, greedy vs sampled: {args.task}, runs in `{args.runs}`",
+        "",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} "
+        f"({platform.machine()}); `uptime` at the end: {uptime()}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
+        f"- Command: `python experiments/bench/{Path(__file__).name} {' '.join(cli)}`",
+        f"- {args.episodes} episodes per run and mode on reset seeds "
+        f"{episode_seeds[0]}..{episode_seeds[-1]}; "
+        "greedy = argmax of the logits, sampled = a draw from the softmax (numpy seeded by the reset seed). "
+        "Logits are centred per step. Total time "
+        f"{time.perf_counter() - t0:.0f} s.",
+        "",
+        "| model | seed | mode | return | argmax share per action | constant share | state std | "
+        "preference | margin | entropy (nats) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        share = " / ".join(f"{s:.2f}" for s in r["argmax_share"])
+        lines.append(
+            f"| {r['model']} | {r['seed']} | {r['mode']} | {r['return']:.0f} | {share} | "
+            f"{r['constant_share']:.2f} | {r['state_std']:.2f} | {r['preference']:.2f} | {r['margin']:.2f} | "
+            f"{r['entropy']:.2f} |"
+        )
+    lines += ["", "Per model, mean over seeds (greedy rows): state std / preference, constant share", ""]
+    for m in args.models:
+        rs = [r for r in rows if r["model"] == m and r["mode"] == "greedy"]
+        ratio = np.mean([r["state_std"] / max(r["preference"], 1e-9) for r in rs])
+        lines.append(
+            f"- {m}: state std {np.mean([r['state_std'] for r in rs]):.2f}, preference "
+            f"{np.mean([r['preference'] for r in rs]):.2f} (ratio {ratio:.2f}), constant share "
+            f"{np.mean([r['constant_share'] for r in rs]):.2f}, greedy return "
+            f"{np.mean([r['return'] for r in rs]):.0f}"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write is not None:
+        atomic_write_text(args.write, text)
+        atomic_write_text(args.write.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
