@@ -19,6 +19,9 @@ the model's logger, so TensorBoard shows them) with
 - the **relative update size per group**, ``||theta - theta_prev|| / ||theta_prev||`` over the update that
   preceded the rollout (with Adam the step size hardly depends on the gradient's norm, so this, not the
   gradient norm, says how fast a group's parameters move);
+- the **policy's entropy** (nats, mean over the sampled rollout steps; the action distribution the actor
+  gives with the states it had then): how much the policy still explores. With sparse rewards and no entropy
+  bonus it drifts down before the first reward, the faster the higher the rate;
 - the mean return of the last training episodes.
 
 No sb3 internals are patched: gradients are read by tensor hooks on the parameters and an optimizer step
@@ -209,7 +212,8 @@ class RecurrentDiagnostics(BaseCallback):
         obs = obs.to(policy.device)
         features = policy.extract_features(obs, policy.pi_features_extractor)
         h = torch.as_tensor(buf.hidden_states_pi[idx, 0]).reshape(len(idx) * n_envs, -1).to(policy.device)
-        out = {"tau_steps_p10": math.nan, "tau_steps_median": math.nan, "tau_steps_p90": math.nan}
+        out = {"policy_entropy": self._entropy(buf, idx, obs)}
+        out.update({"tau_steps_p10": math.nan, "tau_steps_median": math.nan, "tau_steps_p90": math.nan})
         out.update({"sensory_saturated_fraction": math.nan, "recurrent_saturated_fraction": math.nan})
         actor: Any = policy.lstm_actor
         if isinstance(actor, nn.LSTM):
@@ -235,6 +239,22 @@ class RecurrentDiagnostics(BaseCallback):
         rec_arg = params["sigma"] * (state.unsqueeze(-1) - params["mu"])  # (B, N, N)
         out["recurrent_saturated_fraction"] = _saturated(rec_arg, cell.sparsity_mask, self.threshold)
         return out
+
+    def _entropy(self, buf: Any, idx: np.ndarray, obs: Tensor) -> float:
+        """Mean entropy of the actor's action distribution at rollout steps ``idx`` (all envs), each with the
+        recurrent state it had at that step."""
+        policy: Any = self.model.policy
+        n = obs.shape[0]
+
+        def state(array: np.ndarray) -> Tensor:  # (steps, layers, envs, H) -> (layers, steps * envs, H)
+            picked = torch.as_tensor(array[idx]).transpose(0, 1)
+            return picked.reshape(picked.shape[0], n, -1).to(policy.device)
+
+        starts = torch.as_tensor(buf.episode_starts[idx]).reshape(n).float().to(policy.device)
+        distribution, _ = policy.get_distribution(
+            obs, (state(buf.hidden_states_pi), state(buf.cell_states_pi)), starts
+        )
+        return float(distribution.entropy().float().mean())
 
     def _write(self, row: dict[str, float]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

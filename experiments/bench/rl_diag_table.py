@@ -22,6 +22,7 @@ import numpy as np
 GROUPS = ("actor_sensory", "actor_recurrent", "actor_time_constants", "action_head", "critic")
 MEANS = [f"update_rel_{g}" for g in GROUPS] + [f"grad_{g}_mean" for g in (*GROUPS, "total")]
 POINTS = (
+    "policy_entropy",
     "value_explained_variance",
     "value_rmse",
     "tau_steps_median",

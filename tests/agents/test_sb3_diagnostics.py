@@ -78,6 +78,9 @@ def test_diagnostics_callback_writes_a_row_per_rollout(name: str, tmp_path: Path
     assert 0.0 <= float(last["grad_clipped_fraction"]) <= 1.0
     assert math.isnan(float(first["update_rel_critic"])) and float(last["update_rel_critic"]) > 0
     assert np.isfinite(float(last["value_explained_variance"])) and float(last["value_rmse"]) >= 0
+    # Gaussian actions, log_std 0 at the start: entropy 0.5 * log(2 pi e) = 1.419 nats
+    assert float(first["policy_entropy"]) == pytest.approx(0.5 * math.log(2 * math.pi * math.e), abs=1e-3)
+    assert np.isfinite(float(last["policy_entropy"]))
     tau = [float(last[f"tau_steps_{q}"]) for q in ("p10", "median", "p90")]
     sat = float(last["sensory_saturated_fraction"])
     if name == "cfc":
@@ -93,3 +96,24 @@ def test_diagnostics_callback_writes_a_row_per_rollout(name: str, tmp_path: Path
     n = len(diag.rows)
     model.policy.optimizer.zero_grad()
     assert len(diag.rows) == n and not diag._handles
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_diagnostics_policy_entropy_of_discrete_actions(name: str, tmp_path: Path) -> None:
+    """The entropy column on discrete actions: at most log(2) nats for 2 actions, and it is the entropy of
+    the actor's distribution at the rollout's states (a motor head forced to one action drives it to 0)."""
+    env = make_vec_env(lambda: CueMemoryEnv(delay=3, continuous=False), n_envs=2, seed=0)
+    policy, kwargs = MODELS[name]
+    model = RecurrentPPO(policy, env, n_steps=16, batch_size=16, n_epochs=1, policy_kwargs=kwargs, seed=0)
+    diag = RecurrentDiagnostics(tmp_path / "diag.csv", samples=32)
+    model.learn(32, callback=diag)
+    entropy = diag.rows[0]["policy_entropy"]
+    assert 0.5 < entropy <= math.log(2) + 1e-6  # an untrained policy is close to uniform
+    if name != "lstm":
+        import torch
+
+        with torch.no_grad():
+            model.policy.motor_head.scale.zero_()
+            model.policy.motor_head.bias.copy_(torch.tensor([0.0, 30.0]))
+        model.learn(32, callback=diag, reset_num_timesteps=False)
+        assert diag.rows[-1]["policy_entropy"] < 1e-6
