@@ -73,6 +73,7 @@ __all__ = [
     "LtcPolicy",
     "SquashMode",
     "default_controller",
+    "default_controller_lr_scale",
 ]
 
 CriticMode = Literal["separate", "shared", "feedforward"]
@@ -122,12 +123,31 @@ def default_controller(motor_size: int) -> ControllerConfig:
     return ControllerConfig(kind="ltc", wiring=WiringConfig(preset="fully_connected", units=units))
 
 
-#: ``controller_lr_scale`` when neither it nor ``controller`` is given: the default dense LTC trains its
-#: circuit at 5x the algorithm's rate (its parameters are large, ``sigma`` 3..8, and Adam moves them by about
-#: the rate per step: ``docs/rl.md``, the PendulumNoVel diagnosis). With a controller of your choice the scale
-#: is 1: at 5x the sparse NCP got no better on the tuning tasks and worse on the cue-memory test task, the
-#: CfC worse.
+#: ``controller_lr_scale`` when neither it nor ``controller`` is given and the actions are continuous
+#: (``Box``): the default dense LTC trains its circuit at 5x the algorithm's rate (its parameters are large,
+#: ``sigma`` 3..8, and Adam moves them by about the rate per step: ``docs/rl.md``, the PendulumNoVel
+#: diagnosis). With a controller of your choice the scale is 1: at 5x the sparse NCP got no better on the
+#: tuning tasks and worse on the cue-memory test task, the CfC worse. With discrete actions it is 1 too (see
+#: :func:`default_controller_lr_scale`).
 DEFAULT_CONTROLLER_LR_SCALE = 5.0
+
+
+def default_controller_lr_scale(action_space: spaces.Space, controller_given: bool) -> float:
+    """``controller_lr_scale`` of ``LtcPolicy(controller_lr_scale=None)``.
+
+    :data:`DEFAULT_CONTROLLER_LR_SCALE` (5) for the default controller with continuous (``Box``) actions; 1
+    with a controller you pass, and 1 with discrete actions (``Discrete``, ``MultiDiscrete``,
+    ``MultiBinary``). With discrete actions the motor neurons are the logits; on the discrete tuning task
+    AcrobotNoVel-v1 (1M steps, the RL Zoo's PPO settings) the dense LTC at 5x never swung up (-500, its
+    policy's entropy collapsed) while at 1x it learned (``docs/rl.md``, "Discrete actions").
+
+    Args:
+        action_space: the policy's action space.
+        controller_given: whether the caller passed ``controller``.
+    """
+    if controller_given or not isinstance(action_space, spaces.Box):
+        return 1.0
+    return DEFAULT_CONTROLLER_LR_SCALE
 
 
 def _resolve_squash(squash: str, action_space: spaces.Space) -> Literal["tanh", "none"]:
@@ -230,11 +250,12 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             None keeps the cell's init (0).
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
-            algorithm's rate. None: :data:`DEFAULT_CONTROLLER_LR_SCALE` (5) with the default controller, 1
-            with a ``controller`` you pass. The LTC's parameters (``sigma`` 3..8, ``mu``, ``erev``, ...) move
-            slowly at the rates tuned for MLP/LSTM policies; the NCP paper trains them with a higher rate.
-            The multiplier is applied at every optimizer step, so it survives sb3 setting each group's ``lr``
-            from the schedule.
+            algorithm's rate. None: :func:`default_controller_lr_scale`, i.e.
+            :data:`DEFAULT_CONTROLLER_LR_SCALE` (5) with the default controller and ``Box`` actions, 1 with
+            discrete actions or a ``controller`` you pass. The LTC's parameters (``sigma`` 3..8, ``mu``,
+            ``erev``, ...) move slowly at the rates tuned for MLP/LSTM policies; the NCP paper trains them
+            with a higher rate. The multiplier is applied at every optimizer step, so it survives sb3 setting
+            each group's ``lr`` from the schedule.
         features_extractor_class: sb3 features extractor (``FlattenExtractor`` for vectors).
         features_extractor_kwargs: its keyword arguments.
         share_features_extractor: one extractor for actor and critic.
@@ -319,7 +340,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
         self.input_bias_init = None if input_bias_init is None else float(input_bias_init)
         if controller_lr_scale is None:
-            controller_lr_scale = DEFAULT_CONTROLLER_LR_SCALE if controller is None else 1.0
+            controller_lr_scale = default_controller_lr_scale(action_space, controller is not None)
         if not (float(controller_lr_scale) > 0 and np.isfinite(controller_lr_scale)):
             raise ValueError(f"controller_lr_scale must be a finite number > 0, got {controller_lr_scale}")
         self.controller_lr_scale = float(controller_lr_scale)

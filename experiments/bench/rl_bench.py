@@ -297,14 +297,23 @@ def liquid_defaults() -> dict[str, Any]:
     some) policy kwargs was made with."""
     import inspect
 
-    from ltc_control.agents.sb3 import DEFAULT_CONTROLLER_LR_SCALE, LtcPolicy, default_controller
+    from gymnasium import spaces
+
+    from ltc_control.agents.sb3 import LtcPolicy, default_controller, default_controller_lr_scale
     from ltc_control.config import to_dict
 
     params = inspect.signature(LtcPolicy.__init__).parameters
     out = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    # controller=None resolves per task (motor neurons); controller_lr_scale=None per given controller
+    # controller=None resolves per task (motor neurons); controller_lr_scale=None per action space and given
+    # controller
     out["controller"] = {str(m): to_dict(default_controller(m)) for m in (1, 6, 8, 9)}
-    out["controller_lr_scale"] = {"default controller": DEFAULT_CONTROLLER_LR_SCALE, "given controller": 1.0}
+    box, discrete = spaces.Box(-1.0, 1.0, (1,)), spaces.Discrete(4)
+    out["controller_lr_scale"] = {
+        "default controller, Box actions": default_controller_lr_scale(box, False),
+        "default controller, discrete actions": default_controller_lr_scale(discrete, False),
+        "given controller, Box actions": default_controller_lr_scale(box, True),
+        "given controller, discrete actions": default_controller_lr_scale(discrete, True),
+    }
     return dict(json.loads(json.dumps(out, default=str, sort_keys=True)))
 
 

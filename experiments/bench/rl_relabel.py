@@ -11,10 +11,15 @@ Nothing is re-labelled on faith. For every record the policy the new kwargs buil
 load the run's saved policy weights strictly (same modules, names and shapes) and match the record's
 parameter and synapse counts; otherwise the record is left where it is and named.
 
-The one defaults change so far (2026-12-06, issue #16): ``controller=None`` was ``ControllerConfig()`` (the
-19-neuron NCP) at ``controller_lr_scale`` 1; it became :func:`~ltc_control.agents.sb3.default_controller` (a
-dense 16-neuron LTC) at a scale of 5 (``DEFAULT_CONTROLLER_LR_SCALE``; 1 whenever a controller is given).
-``OLD_DEFAULTS`` below holds the old values as kwargs.
+The defaults changes so far (issue #16), each an entry of ``OLD_DEFAULTS`` (the old values as kwargs):
+
+1. 2026-12-06: ``controller=None`` was ``ControllerConfig()`` (the 19-neuron NCP) at ``controller_lr_scale``
+   1; it became :func:`~ltc_control.agents.sb3.default_controller` (a dense 16-neuron LTC) at a scale of 5
+   (``DEFAULT_CONTROLLER_LR_SCALE``; 1 whenever a controller is given).
+2. 2026-12-06, later: the scale of 5 became a continuous-action default only
+   (:func:`~ltc_control.agents.sb3.default_controller_lr_scale`: 1 with discrete actions). Records of
+   ``Box`` tasks keep their kwargs; an LTC run of a discrete task with no controller given gets
+   ``controller_lr_scale: 5.0``.
 
 Usage::
 
@@ -31,7 +36,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,10 +49,24 @@ from ltc_control.config import load_yaml  # noqa: E402
 from ltc_control.controllers import ControllerConfig  # noqa: E402
 from ltc_control.runs import atomic_write_json  # noqa: E402
 
-#: digest of the defaults before 2026-12-06's change -> those defaults written out as policy kwargs (records
-#: made before the digest field existed read as that digest, as in rl_bench)
-OLD_DEFAULTS: dict[str, dict[str, Any]] = {
-    _DEFAULTS_BEFORE_THE_FIELD: {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0},
+#: The digest of the defaults of change 2 (the dense LTC at 5x for every action space).
+_DEFAULTS_LR5_EVERYWHERE = "8efd2db87ea6fb35d8e305a4805a900cb0a5db5f6c81ae7ea66c67a0547249ac"
+
+
+def _ncp_defaults(model: str, run_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0}
+
+
+def _lr5_everywhere_defaults(model: str, run_kwargs: dict[str, Any]) -> dict[str, Any]:
+    given = model == "cfc" or "controller" in run_kwargs  # the CfC variant always passes a controller
+    return {"controller_lr_scale": 1.0 if given else 5.0}
+
+
+#: digest of old defaults -> ``(model, the run's kwargs) -> those defaults written out as policy kwargs``
+#: (records made before the digest field existed read as the first digest, as in rl_bench)
+OLD_DEFAULTS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+    _DEFAULTS_BEFORE_THE_FIELD: _ncp_defaults,
+    _DEFAULTS_LR5_EVERYWHERE: _lr5_everywhere_defaults,
 }
 
 
@@ -61,28 +80,32 @@ def _policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def new_kwargs(
-    model: str, old_kwargs: dict[str, Any], old_defaults: dict[str, Any], motor: int
+    model: str, old_kwargs: dict[str, Any], old_defaults: dict[str, Any], action_space: Any
 ) -> dict[str, Any]:
     """The kwargs that, on top of today's defaults, give the policy ``old_kwargs`` gave on the old ones.
 
-    Keys equal to today's resolved defaults are dropped, so a record of today's defaults gets ``{}``.
+    ``old_defaults``: the old defaults written out as kwargs (an ``OLD_DEFAULTS`` entry applied to ``model``
+    and ``old_kwargs``). Keys equal to today's resolved defaults for ``action_space`` are dropped, so a record
+    of today's defaults gets ``{}``.
     """
-    from ltc_control.agents.sb3 import DEFAULT_CONTROLLER_LR_SCALE, default_controller
+    from ltc_control.agents.sb3 import default_controller, default_controller_lr_scale
     from ltc_control.agents.sb3_modules import as_config
 
+    motor = _motor_size(action_space)
     merged = {**old_defaults, **old_kwargs}
-    controller = as_config(ControllerConfig, _policy_kwargs(model, merged)["controller"], "controller")
     out = dict(old_kwargs)
-    ctrl_kwargs = dict(merged["controller"])
-    if model == "cfc":
-        ctrl_kwargs.pop("kind", None)  # rl_bench adds it again
-    out["controller"] = ctrl_kwargs
-    if model == "ltc" and controller == default_controller(motor):
-        out.pop("controller")
-    elif model == "cfc" and not ctrl_kwargs:
-        out.pop("controller")
-    # today: 5x with no controller given (LTC only: the CfC variant always passes one), else 1x
-    default_lr = DEFAULT_CONTROLLER_LR_SCALE if "controller" not in out and model == "ltc" else 1.0
+    if "controller" in merged or model == "cfc":  # else the LTC had default_controller(motor), as today
+        controller = as_config(ControllerConfig, _policy_kwargs(model, merged)["controller"], "controller")
+        ctrl_kwargs = dict(merged.get("controller") or {})
+        if model == "cfc":
+            ctrl_kwargs.pop("kind", None)  # rl_bench adds it again
+        out["controller"] = ctrl_kwargs
+        if model == "ltc" and controller == default_controller(motor):
+            out.pop("controller")
+        elif model == "cfc" and not ctrl_kwargs:
+            out.pop("controller")
+    # today's rule for the task's actions (the CfC variant always passes a controller)
+    default_lr = default_controller_lr_scale(action_space, "controller" in out or model == "cfc")
     lr = float(merged.get("controller_lr_scale", 1.0))
     if lr == default_lr:
         out.pop("controller_lr_scale", None)
@@ -129,8 +152,9 @@ def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> No
         raise ValueError(f"the saved weights do not fit: {exc}") from None
 
 
-def plan_digest_check(digest: str) -> dict[str, Any]:
-    """The old defaults (as kwargs) of records with ``digest``; ``ValueError`` for defaults not listed."""
+def plan_digest_check(digest: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    """The old defaults (as kwargs, per model and run kwargs) of records with ``digest``; ``ValueError`` for
+    defaults not listed."""
     if digest not in OLD_DEFAULTS:
         raise ValueError(
             f"made with defaults {digest[:12]}..., which this script does not know: add them to OLD_DEFAULTS"
@@ -152,12 +176,12 @@ def plan(runs_dir: Path, suite: SuiteConfig) -> list[tuple[Path, dict[str, Any],
         if digest == today:
             continue
         try:
-            plan_digest_check(digest)
+            old_defaults = plan_digest_check(digest)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
         _, act_space = _spaces(rec["env_id"])
         old_kwargs = dict(rec["config"].get("liquid_policy_kwargs") or {})
-        kwargs = new_kwargs(rec["model"], old_kwargs, plan_digest_check(digest), _motor_size(act_space))
+        kwargs = new_kwargs(rec["model"], old_kwargs, old_defaults(rec["model"], old_kwargs), act_space)
         records_dir = Path(dataclasses.replace(suite, liquid_policy_kwargs=kwargs).records_dir)
         out.append((path, kwargs, records_dir / path.name))
     return out

@@ -15,7 +15,13 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from ltc_control.agents.sb3 import DEFAULT_CONTROLLER_LR_SCALE, CnnLtcPolicy, LtcPolicy, default_controller
+from ltc_control.agents.sb3 import (
+    DEFAULT_CONTROLLER_LR_SCALE,
+    CnnLtcPolicy,
+    LtcPolicy,
+    default_controller,
+    default_controller_lr_scale,
+)
 from ltc_control.config import load_yaml
 from ltc_control.controllers import ControllerConfig
 
@@ -42,7 +48,8 @@ def test_novel_suite_config_is_the_documented_one(load_bench: Callable[[str], Mo
 
 def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     """The defaults in docs/rl.md's keyword table are the signature's (and CnnLtcPolicy inherits them); the
-    default controller is a dense 16-neuron LTC at 5x the rate, a given controller (NCP, CfC) trains at 1x."""
+    default controller is a dense 16-neuron LTC at 5x the rate with continuous actions and 1x with discrete
+    ones, a given controller (NCP, CfC) trains at 1x."""
     params = inspect.signature(LtcPolicy.__init__).parameters
     docs = (ROOT / "docs" / "rl.md").read_text()
     table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| `?([^`|]+?)`? \|", docs, re.M)}
@@ -51,7 +58,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         "critic_outputs": 8,
         "net_arch": None,  # documented as [64]: the value MLP
         "action_squash": "auto",
-        "controller_lr_scale": None,  # 5 with the default controller, 1 with a given one
+        "controller_lr_scale": None,  # 5 with the default controller and Box actions, else 1
         "controller": None,  # documented as default_controller(motor_size)
     }
     for name, default in expected.items():
@@ -83,6 +90,13 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, controller_lr_scale=2.0
     )
     assert explicit.controller_lr_scale == 2.0
+    # discrete actions (the motor neurons are the logits): the default controller trains at 1x
+    for discrete in (spaces.Discrete(3), spaces.MultiDiscrete([2, 3]), spaces.MultiBinary(2)):
+        policy = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), discrete, lambda _: 1e-3)
+        assert policy.controller.cell.num_neurons == 16, discrete
+        assert policy.controller_lr_scale == 1.0 and len(policy.optimizer.param_groups) == 1, discrete
+        assert default_controller_lr_scale(discrete, False) == 1.0
+    assert default_controller_lr_scale(box, False) == 5.0 and default_controller_lr_scale(box, True) == 1.0
 
 
 def test_t_interval(load_bench: Callable[[str], ModuleType]) -> None:
@@ -221,35 +235,61 @@ def test_normalisation_needs_lstm_ppo_to_beat_random(load_bench: Callable[[str],
 
 
 def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str], ModuleType]) -> None:
-    """rl_relabel: a run made under the old defaults (19-neuron NCP at 1x) plus its kwargs becomes a run of
-    today's defaults plus kwargs that build the very same policy (constructor values and weight shapes)."""
+    """rl_relabel: a run made under old defaults (the 19-neuron NCP at 1x; the dense LTC at 5x for every
+    action space) plus its kwargs becomes a run of today's defaults plus kwargs that build the very same
+    policy (constructor values, learning-rate scale and weight shapes), on continuous and discrete actions."""
     relabel = load_bench("rl_relabel")
-    old = relabel.OLD_DEFAULTS[relabel._DEFAULTS_BEFORE_THE_FIELD]
+    ncp_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_BEFORE_THE_FIELD]
+    lr5_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_LR5_EVERYWHERE]
     dense = {"controller": {"wiring": {"preset": "fully_connected", "units": 16}}, "controller_lr_scale": 5.0}
-    cases = [
-        ("ltc", {}, {"controller": {"kind": "ltc"}}),
-        ("ltc", dense, {}),
-        ("ltc", {**dense, "action_scale_init": 0.1}, {"action_scale_init": 0.1}),
-        ("ltc", {"controller_lr_scale": 5.0}, {"controller": {"kind": "ltc"}, "controller_lr_scale": 5.0}),
-        ("ltc", {"action_scale_init": 0.1}, {"action_scale_init": 0.1, "controller": {"kind": "ltc"}}),
-        ("cfc", {}, {}),
-        ("cfc", {"controller_lr_scale": 5.0}, {"controller_lr_scale": 5.0}),
-        ("cfc", dense, dense),
-    ]
     obs = spaces.Box(-np.inf, np.inf, (2,), np.float32)
-    act = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    box = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    discrete = spaces.Discrete(3)
+    cases = [
+        (ncp_era, box, "ltc", {}, {"controller": {"kind": "ltc"}}),
+        (ncp_era, box, "ltc", dense, {}),
+        (ncp_era, box, "ltc", {**dense, "action_scale_init": 0.1}, {"action_scale_init": 0.1}),
+        (
+            ncp_era,
+            box,
+            "ltc",
+            {"controller_lr_scale": 5.0},
+            {"controller": {"kind": "ltc"}, "controller_lr_scale": 5.0},
+        ),
+        (
+            ncp_era,
+            box,
+            "ltc",
+            {"action_scale_init": 0.1},
+            {"action_scale_init": 0.1, "controller": {"kind": "ltc"}},
+        ),
+        (ncp_era, box, "cfc", {}, {}),
+        (ncp_era, box, "cfc", {"controller_lr_scale": 5.0}, {"controller_lr_scale": 5.0}),
+        (ncp_era, box, "cfc", dense, dense),
+        (ncp_era, discrete, "ltc", dense, {"controller_lr_scale": 5.0}),
+        (lr5_era, box, "ltc", {}, {}),
+        (lr5_era, box, "ltc", {"action_scale_init": 0.1}, {"action_scale_init": 0.1}),
+        (lr5_era, box, "cfc", {}, {}),
+        (lr5_era, discrete, "ltc", {}, {"controller_lr_scale": 5.0}),
+        (lr5_era, discrete, "ltc", {"controller_lr_scale": 1.0}, {}),
+        (lr5_era, discrete, "ltc", {"controller": {"kind": "ltc"}}, {"controller": {"kind": "ltc"}}),
+        (lr5_era, discrete, "cfc", {}, {}),
+    ]
 
-    def built(model: str, kwargs: dict[str, object]) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
+    def built(
+        model: str, act: spaces.Space, kwargs: dict[str, object]
+    ) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
         policy = LtcPolicy(obs, act, lambda _: 1e-3, **relabel._policy_kwargs(model, kwargs))
-        params = policy._get_constructor_parameters()
+        params = policy._get_constructor_parameters()  # includes the resolved controller_lr_scale
         params.pop("lr_schedule")
         return params, {k: tuple(v.shape) for k, v in policy.state_dict().items()}
 
-    for model, old_kwargs, expected in cases:
-        new = relabel.new_kwargs(model, old_kwargs, old, motor=1)
-        assert new == expected, (model, old_kwargs)
+    for era, act, model, old_kwargs, expected in cases:
+        old = era(model, old_kwargs)
+        new = relabel.new_kwargs(model, old_kwargs, old, act)
+        assert new == expected, (era.__name__, act, model, old_kwargs)
         # what the old code built: the old defaults written out, then the run's own kwargs
-        assert built(model, {**old, **old_kwargs}) == built(model, new), (model, old_kwargs)
+        assert built(model, act, {**old, **old_kwargs}) == built(model, act, new), (model, old_kwargs)
     with pytest.raises(ValueError, match="does not know"):
         relabel.plan_digest_check("0" * 64)
 
