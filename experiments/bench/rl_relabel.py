@@ -236,13 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if src_file.exists():
                 shutil.copy2(src_file, dst.with_suffix(suffix))
                 saved[key] = str(dst.with_suffix(suffix))
-        rec["relabelled"] = {
+        label = {
             "from": str(old),
             "from_liquid_defaults_sha256": rec.get("liquid_defaults_sha256", _DEFAULTS_BEFORE_THE_FIELD),
             "from_liquid_policy_kwargs": rec["config"].get("liquid_policy_kwargs", {}),
             "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "check": "today's defaults + these kwargs load the run's weights strictly; counts match",
         }
+        if "relabelled" in rec:  # re-labelled before, under a defaults change of its own: keep that too
+            label["previous"] = rec["relabelled"]
+        rec["relabelled"] = label
         rec["liquid_defaults_sha256"] = today
         rec["config"]["liquid_policy_kwargs"] = _jsonable(kwargs)
         rec["config"]["runs_dir"] = str(dst.parent)
