@@ -408,3 +408,49 @@ def test_discrete_diagnosis_reads_saved_liquid_runs(
     with pytest.raises(SystemExit):
         diag.main([*args[:-1], "--budget", "99"])
     assert "CartPole-v1__ltc__0__99.zip does not exist" in capsys.readouterr().err
+
+
+def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """rl_relabel end to end: an LTC run of a discrete task made when the default was 5x everywhere becomes a
+    run of ``controller_lr_scale: 5.0`` under today's defaults (moved to that ablation's folder, weights and
+    record), keeps its earlier re-labelling under ``previous``, and its original stays in the archive; a
+    Box-action run of the same era keeps its place and its (empty) kwargs."""
+    import json
+
+    from sb3_contrib import RecurrentPPO
+
+    relabel = load_bench("rl_relabel")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for env_id, name in (
+        ("CartPole-v1", "CartPole-v1__ltc__0__16"),
+        ("Pendulum-v1", "Pendulum-v1__ltc__0__16"),
+    ):
+        model = RecurrentPPO(LtcPolicy, env_id, n_steps=16, batch_size=16, seed=0, device="cpu")
+        model.save(str(runs / f"{name}.zip"))
+        record = {
+            "env_id": env_id,
+            "model": "ltc",
+            "seed": 0,
+            "policy_parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
+            "liquid_defaults_sha256": relabel._DEFAULTS_LR5_EVERYWHERE,
+            "config": {"liquid_policy_kwargs": {}, "ppo": {"use_sde": False}, "runs_dir": str(runs)},
+            "relabelled": {"utc": "2026-12-06 09:00:00", "from": "an older archive"},
+        }
+        (runs / f"{name}.json").write_text(json.dumps(record))
+    archive = tmp_path / "archive"
+    assert relabel.main(["--runs-dir", str(runs), "--archive", str(archive)]) == 0
+    moved = runs / "ablation" / "controller_lr_scale=5.0" / "CartPole-v1__ltc__0__16.json"
+    rec = json.loads(moved.read_text())
+    assert rec["config"]["liquid_policy_kwargs"] == {"controller_lr_scale": 5.0}
+    assert rec["liquid_defaults_sha256"] == relabel.liquid_defaults_digest()
+    assert rec["relabelled"]["previous"] == {"utc": "2026-12-06 09:00:00", "from": "an older archive"}
+    assert moved.with_suffix(".zip").is_file() and not (runs / "CartPole-v1__ltc__0__16.zip").exists()
+    assert (archive / "CartPole-v1__ltc__0__16.json").is_file()
+    kept = json.loads((runs / "Pendulum-v1__ltc__0__16.json").read_text())
+    assert kept["config"]["liquid_policy_kwargs"] == {} and "previous" in kept["relabelled"]
+    # a second run has nothing left to do
+    assert relabel.main(["--runs-dir", str(runs), "--archive", str(tmp_path / "archive2")]) == 0
+    assert not (tmp_path / "archive2").exists()
