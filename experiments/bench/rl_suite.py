@@ -348,6 +348,22 @@ def summarize_suite(config: SuiteConfig) -> Path:
     return out / f"{config.file_stem}.md"
 
 
+def _missing_runs(config: SuiteConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """``"<task> <model> seed <s>"`` for every selected (task, model, seed) without a record."""
+    done = {
+        (r["env_id"], r["model"], int(seed.split(":")[0]))
+        for r in rows
+        for seed in str(r["per_seed_eval"]).split()
+    }
+    return [
+        f"{task.env_id} {model} seed {seed}"
+        for task in config.selected_tasks
+        for model in config.models
+        for seed in config.seeds
+        if (task.env_id, model, int(seed)) not in done
+    ]
+
+
 def _markdown(
     config: SuiteConfig, rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]
 ) -> str:
@@ -368,6 +384,14 @@ def _markdown(
         lines += [
             f"**Ablation**: the liquid policies get `{dict(config.liquid_policy_kwargs)}` on top of their "
             "defaults (LSTM-PPO unchanged); tuning tasks only.",
+            "",
+        ]
+    missing = _missing_runs(config, rows)
+    if missing:
+        total = len(config.selected_tasks) * len(config.models) * len(config.seeds)
+        lines += [
+            f"**Incomplete: {len(missing)} of {total} runs have no record yet ({', '.join(missing)}); the "
+            "suite's command resumes and runs them.**",
             "",
         ]
     held = [t.env_id for t in config.tasks if t.held_out]

@@ -193,6 +193,12 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     assert md.parent == abl and not (tmp_path / "results").exists()  # beside its records, not the results
     rows = list(csv.DictReader((abl / f"{config.file_stem}.csv").open()))
     assert [r["model"] for r in rows] == ["ltc", "lstm"]
+    assert "Incomplete" not in md.read_text()
+    # a run without a record is named in the summary, which then does not pass for the suite's result
+    (abl / "PendulumNoVel-v1__ltc__0__32.json").rename(tmp_path / "hidden.json")
+    text = suite.summarize_suite(config).read_text()
+    assert "**Incomplete: 1 of 2 runs have no record yet (PendulumNoVel-v1 ltc seed 0)" in text
+    (tmp_path / "hidden.json").rename(abl / "PendulumNoVel-v1__ltc__0__32.json")
     # the ablation table: variants side by side, the defaults' cell "not run" until the suite ran it
     table = load_bench("rl_ablation_table")
     base = suite.SuiteConfig(**common, only_tasks=("PendulumNoVel-v1",))
