@@ -93,6 +93,26 @@ def _unscale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
         group["lr"] = group["lr"] / group.get("lr_scale", 1.0)
 
 
+def _check_group_layout(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """Load pre-hook: a saved optimizer state must have this policy's groups and learning-rate scales.
+
+    Otherwise torch would refuse it with "a different number of parameter groups", or, with as many groups,
+    silently take the saved scales. The error names the saved scale and how to load the model with it.
+    """
+    saved = sorted(float(g.get("lr_scale", 1.0)) for g in state_dict.get("param_groups", []))
+    mine = sorted(float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups)
+    if saved == mine:
+        return
+    scale = max(saved, default=1.0)
+    raise ValueError(
+        f"the saved optimizer trained the controllers at controller_lr_scale {scale:g} (learning-rate scales "
+        f"{saved}), this policy at {max(mine, default=1.0):g} ({mine}). Discrete-action models saved with no "
+        "policy kwargs before the discrete default became 1 (2026-12-06) trained at 5. Load it with "
+        "RecurrentPPO.load(path, custom_objects={'policy_kwargs': {..., 'controller_lr_scale': "
+        f"{scale:g}}}}}) (keeping its other policy kwargs)"
+    )
+
+
 def _motor_size(action_space: spaces.Space) -> int:
     if isinstance(action_space, spaces.Box):
         return int(np.prod(action_space.shape))
@@ -469,10 +489,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             The optimizer (also used by :func:`load_policy_weights` to reset the moments).
         """
         if self.controller_lr_scale == 1.0:  # one group (the layout of models saved before the option)
-            return cast(
-                torch.optim.Optimizer,
-                self.optimizer_class(self.parameters(), lr=lr, **self.optimizer_kwargs),  # type: ignore[call-arg]
-            )
+            single = self.optimizer_class(self.parameters(), lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
+            single.register_load_state_dict_pre_hook(_check_group_layout)
+            return cast(torch.optim.Optimizer, single)
         controllers = [m for m in (self.lstm_actor, self.lstm_critic) if m is not None]
         ctrl_ids = {id(p) for m in controllers for p in m.parameters()}
         ctrl = [p for p in self.parameters() if id(p) in ctrl_ids]
@@ -483,6 +502,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         )
         optimizer.register_step_pre_hook(_scale_group_lrs)
         optimizer.register_step_post_hook(_unscale_group_lrs)
+        optimizer.register_load_state_dict_pre_hook(_check_group_layout)
         return cast(torch.optim.Optimizer, optimizer)
 
     def load_state_dict(

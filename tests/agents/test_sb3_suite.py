@@ -460,3 +460,33 @@ def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
     # a second run has nothing left to do
     assert relabel.main(["--runs-dir", str(runs), "--archive", str(tmp_path / "archive2")]) == 0
     assert not (tmp_path / "archive2").exists()
+
+
+def test_discrete_models_saved_at_5x_name_their_rate_on_load(tmp_path: Path) -> None:
+    """A discrete-action model saved with no policy kwargs while the default was 5x: loading it into today's
+    1x default is a clear error that names the saved rate, and the named fix loads it at that rate; a model
+    whose optimizer layout matches loads as before."""
+    from sb3_contrib import RecurrentPPO
+
+    model = RecurrentPPO(
+        LtcPolicy,
+        "CartPole-v1",
+        n_steps=16,
+        batch_size=16,
+        seed=0,
+        policy_kwargs={"controller_lr_scale": 5.0},
+    )
+    model.learn(16)
+    model.policy_kwargs = {}  # what such a zip records: no kwargs
+    model.save(tmp_path / "old_5x")
+    with pytest.raises(
+        ValueError, match=r"controller_lr_scale 5 .*custom_objects=.*'controller_lr_scale': 5"
+    ):
+        RecurrentPPO.load(tmp_path / "old_5x", device="cpu")
+    fixed = {"policy_kwargs": {"controller_lr_scale": 5.0}}
+    loaded = RecurrentPPO.load(tmp_path / "old_5x", device="cpu", custom_objects=fixed)
+    assert loaded.policy.controller_lr_scale == 5.0
+    assert sorted(g["lr_scale"] for g in loaded.policy.optimizer.param_groups) == [1.0, 5.0]
+    today = RecurrentPPO(LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, seed=0)
+    today.save(tmp_path / "today")
+    assert RecurrentPPO.load(tmp_path / "today", device="cpu").policy.controller_lr_scale == 1.0
