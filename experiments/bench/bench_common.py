@@ -105,3 +105,29 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         return "n/a"
+
+
+def provenance_lines(script: str, cli: list[str]) -> list[str]:
+    """The Markdown bullets a probe's report starts with: date, machine and load, versions, the command."""
+    import datetime as dt
+    import platform
+
+    from ltc_control.runs import versions
+
+    return [
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} "
+        f"({platform.machine()}); `uptime` at the end: {uptime()}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
+        f"- Command: `python experiments/bench/{Path(script).name} {' '.join(cli)}`",
+    ]
+
+
+def emit_report(text: str, rows: list[dict[str, Any]], write: Path | None) -> None:
+    """Print a probe's Markdown report; with ``write``, save it there and its rows beside it as ``.jsonl``
+    (both atomically)."""
+    import json
+
+    print(text)
+    if write is not None:
+        write_atomic(write, text)
+        write_atomic(write.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))

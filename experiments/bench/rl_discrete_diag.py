@@ -23,16 +23,14 @@ score while sampled, because its random draws mix the actions, while its argmax 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import uptime
+from bench_common import emit_report, provenance_lines
 
 
 def logit_stats(logits: np.ndarray) -> dict[str, Any]:
@@ -100,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from ltc_control.agents.sb3_envs import make_novel_env
-    from ltc_control.runs import atomic_write_text, versions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -155,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Discrete policies' logits, greedy vs sampled: {args.task}, runs in `{args.runs}`",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} "
-        f"({platform.machine()}); `uptime` at the end: {uptime()}",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
-        f"- Command: `python experiments/bench/{Path(__file__).name} {' '.join(cli)}`",
+        *provenance_lines(__file__, cli),
         f"- {args.episodes} episodes per run and mode on reset seeds "
         f"{episode_seeds[0]}..{episode_seeds[-1]}; "
         "greedy = argmax of the logits, sampled = a draw from the softmax (numpy seeded by the reset seed). "
@@ -186,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.mean([r['constant_share'] for r in rs]):.2f}, greedy return "
             f"{np.mean([r['return'] for r in rs]):.0f}"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write is not None:
-        atomic_write_text(args.write, text)
-        atomic_write_text(args.write.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    emit_report("\n".join(lines) + "\n", rows, args.write)
     return 0
 
 

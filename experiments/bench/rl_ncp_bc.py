@@ -23,16 +23,14 @@ sparsity 0.5), ``fc16`` the fully connected 16-neuron default of ``LtcPolicy()``
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from bench_common import uptime
+from bench_common import emit_report, provenance_lines
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"preset": "lane_keeping"},
@@ -59,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from ltc_control.agents.sb3_envs import make_novel_env
     from ltc_control.agents.sb3_modules import MotorHead
     from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller
-    from ltc_control.runs import atomic_write_text, versions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--expert", required=True, type=Path, help="run stem: <stem>.zip, <stem>.vecnormalize.pkl")
@@ -198,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Behaviour-cloning probe: actor circuits fitted to `{stem.name}` ({env_id})",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} "
-        f"({platform.machine()}); `uptime` at the end: {uptime()}",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
-        f"- Command: `python experiments/bench/{Path(__file__).name} {' '.join(cli)}`",
+        *provenance_lines(__file__, cli),
         f"- Expert: deterministic return {expert_return:.1f} on {n_train + n_val} episodes (reset seeds "
         f"1000..); {n_train} episodes to fit, {n_val} for the validation MSE; Adam lr {args.lr:g}, "
         f"{args.iters} steps of 8 whole episodes, gradient norm clipped at 1; closed loop: mean return of "
@@ -221,11 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.mean([r['val_mse'] for r in rs]):.3f} ({mse}) | "
             f"{np.mean([r['closed_loop_return'] for r in rs]):.0f} ({ret}) |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write is not None:
-        atomic_write_text(args.write, text)
-        atomic_write_text(args.write.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    emit_report("\n".join(lines) + "\n", rows, args.write)
     return 0
 
 
