@@ -348,13 +348,10 @@ def summarize_suite(config: SuiteConfig) -> Path:
     return out / f"{config.file_stem}.md"
 
 
-def _missing_runs(config: SuiteConfig, rows: list[dict[str, Any]]) -> list[str]:
-    """``"<task> <model> seed <s>"`` for every selected (task, model, seed) without a record."""
-    done = {
-        (r["env_id"], r["model"], int(seed.split(":")[0]))
-        for r in rows
-        for seed in str(r["per_seed_eval"]).split()
-    }
+def _missing_runs(config: SuiteConfig, records: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """``"<task> <model> seed <s>"`` for every selected (task, model, seed) without a record (``records``:
+    the run records per task, as the summary loaded them)."""
+    done = {(env_id, r["model"], int(r["seed"])) for env_id, recs in records.items() for r in recs}
     return [
         f"{task.env_id} {model} seed {seed}"
         for task in config.selected_tasks
@@ -386,7 +383,7 @@ def _markdown(
             "defaults (LSTM-PPO unchanged); tuning tasks only.",
             "",
         ]
-    missing = _missing_runs(config, rows)
+    missing = _missing_runs(config, curves)
     if missing:
         total = len(config.selected_tasks) * len(config.models) * len(config.seeds)
         lines += [
