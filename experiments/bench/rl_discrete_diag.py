@@ -63,8 +63,8 @@ def play(model: Any, make_venv: Any, seeds: list[int], greedy: bool) -> tuple[np
     policy = model.policy
     rows: list[np.ndarray] = []
     returns: list[float] = []
+    venv = make_venv()
     for seed in seeds:
-        venv = make_venv()
         venv.seed(seed)
         obs = venv.reset()
         rng = np.random.default_rng(seed)
@@ -87,7 +87,7 @@ def play(model: Any, make_venv: Any, seeds: list[int], greedy: bool) -> tuple[np
             done = bool(dones[0])
             start = torch.zeros(1)
         returns.append(ret)
-        venv.close()
+    venv.close()
     return np.asarray(rows), returns
 
 
