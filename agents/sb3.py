@@ -286,7 +286,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
 
     Raises:
         ValueError: an unsupported action space, ``use_sde=True`` with non-Box actions, unknown critic mode or
-            config keys, a ``net_arch`` with actor layers.
+            config keys, a ``net_arch`` with actor layers, a non-finite initial value.
     """
 
     def __init__(
@@ -357,6 +357,14 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.value_arch = _value_arch(net_arch)
         self.motor_size = _motor_size(action_space)
         self.action_squash: Literal["tanh", "none"] = _resolve_squash(action_squash, action_space)
+        for name, value in (
+            ("action_scale_init", action_scale_init),
+            ("log_std_init", log_std_init),
+            ("input_scale_init", input_scale_init),
+            ("input_bias_init", input_bias_init),
+        ):
+            if value is not None and not np.isfinite(float(value)):  # NaN / inf would poison every step
+                raise ValueError(f"{name} must be a finite number, got {value}")
         self.action_scale_init = float(action_scale_init)
         self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
         self.input_bias_init = None if input_bias_init is None else float(input_bias_init)

@@ -489,6 +489,14 @@ def test_bad_configs_raise_clear_errors() -> None:
         _tiny_model(policy_kwargs={"critic": "both"})
     with pytest.raises(ValueError, match="only applies to continuous"):
         _tiny_model("CartPole-v1", policy_kwargs={"action_squash": "tanh"})
+    for name, value in (
+        ("action_scale_init", float("nan")),
+        ("log_std_init", float("inf")),
+        ("input_scale_init", float("nan")),
+        ("input_bias_init", float("-inf")),
+    ):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            LtcPolicy(spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (1,)), lambda _: 1e-3, **{name: value})
     model = _tiny_model()
     bad_state = (np.zeros((1, 1, 3), np.float32), np.zeros((1, 1, 3), np.float32))
     with pytest.raises(ValueError, match=r"recurrent state must have shape \(1, n_seq"):
