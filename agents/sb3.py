@@ -363,8 +363,12 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             ("input_scale_init", input_scale_init),
             ("input_bias_init", input_bias_init),
         ):
-            if value is not None and not np.isfinite(float(value)):  # NaN / inf would poison every step
-                raise ValueError(f"{name} must be a finite number, got {value}")
+            try:
+                finite = value is None or bool(np.isfinite(float(value)))  # NaN / inf would poison every step
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         self.action_scale_init = float(action_scale_init)
         self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
         self.input_bias_init = None if input_bias_init is None else float(input_bias_init)

@@ -494,6 +494,7 @@ def test_bad_configs_raise_clear_errors() -> None:
         ("log_std_init", float("inf")),
         ("input_scale_init", float("nan")),
         ("input_bias_init", float("-inf")),
+        ("action_scale_init", "large"),
     ):
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):
             LtcPolicy(spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (1,)), lambda _: 1e-3, **{name: value})
