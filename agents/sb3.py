@@ -61,7 +61,13 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-from ltc_control.agents.sb3_modules import ControllerAdapter, ConvHeadExtractor, MotorHead, as_config
+from ltc_control.agents.sb3_modules import (
+    ControllerAdapter,
+    ConvHeadExtractor,
+    MotorHead,
+    StateReadoutHead,
+    as_config,
+)
 from ltc_control.cells.ltc import LTCCell
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
 from ltc_control.sequence import SequenceModel
@@ -71,6 +77,7 @@ __all__ = [
     "CnnLtcPolicy",
     "CriticMode",
     "LtcPolicy",
+    "ReadoutMode",
     "SquashMode",
     "default_controller",
     "default_controller_lr_scale",
@@ -78,6 +85,7 @@ __all__ = [
 
 CriticMode = Literal["separate", "shared", "feedforward"]
 SquashMode = Literal["auto", "tanh", "none"]
+ReadoutMode = Literal["motor", "state"]
 
 
 # ----------------------------------------------------------------------------------------------- policy
@@ -260,7 +268,14 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         action_squash: ``"tanh"`` bounds the Gaussian mean to [-1, 1]; ``"none"`` leaves it affine;
             ``"auto"``:
             tanh for ``Box(-1, 1)`` action spaces, none otherwise (and for discrete actions).
-        action_scale_init: initial scale of the motor head.
+        action_scale_init: initial scale of the motor head (``action_readout="state"``: the gain of its
+            weights' orthogonal initialisation; sb3's own policies use 0.01).
+        action_readout: what the action head reads. ``"motor"``: one motor neuron per action output,
+            element-wise (:class:`MotorHead`; the NCP's motor layer is the action, and the policy converts
+            to :class:`ltc_control.policy.Policy` for export and inspection). ``"state"``: a linear map from
+            every neuron of the actor's controller to each output (:class:`StateReadoutHead`, like sb3's
+            ``action_net`` over an LSTM's whole hidden state); such a policy does not convert to a
+            ``Policy`` (no ``to_policy``, export or motor-neuron inspection).
         input_scale_init: initial ``input_w`` (every input) of the LTC controllers' input mapping (actor and
             a separate LTC critic); None keeps the cell's init (1). The LTC's sensory synapses are sigmoids
             ``sigmoid(sigma * (x_in - mu))`` with ``mu`` in [0.3, 0.8] and ``sigma`` in [3, 8] at init:
@@ -308,6 +323,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         squash_output: bool = False,
         action_squash: SquashMode = "auto",
         action_scale_init: float = 1.0,
+        action_readout: ReadoutMode = "motor",
         input_scale_init: float | None = None,
         input_bias_init: float | None = None,
         controller_lr_scale: float | None = None,
@@ -333,6 +349,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             raise ValueError(
                 "critic='shared' needs share_features_extractor=True (one controller, one input)"
             )
+        if action_readout not in ("motor", "state"):
+            raise ValueError(f"action_readout must be 'motor' or 'state', got {action_readout!r}")
         if int(critic_outputs) < 1:
             raise ValueError(f"critic_outputs must be >= 1, got {critic_outputs}")
         # Plain attributes set before nn.Module.__init__ are allowed; _build (called from the base __init__)
@@ -370,6 +388,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             if not finite:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         self.action_scale_init = float(action_scale_init)
+        self.action_readout: ReadoutMode = action_readout
         self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
         self.input_bias_init = None if input_bias_init is None else float(input_bias_init)
         if controller_lr_scale is None:
@@ -472,7 +491,12 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             self.action_dist, CategoricalDistribution | MultiCategoricalDistribution | BernoulliDistribution
         ):
             raise ValueError(f"unsupported action distribution {type(self.action_dist).__name__}")
-        self.action_net = MotorHead(m, self.action_squash, init_scale=self.action_scale_init)
+        if self.action_readout == "state":
+            self.action_net = StateReadoutHead(
+                self.controller.state_size, m, self.action_squash, init_gain=self.action_scale_init
+            )
+        else:
+            self.action_net = MotorHead(m, self.action_squash, init_scale=self.action_scale_init)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
             from functools import partial
@@ -547,6 +571,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             net_arch=list(self.value_arch),
             action_squash=self.action_squash,
             action_scale_init=self.action_scale_init,
+            action_readout=self.action_readout,
             input_scale_init=self.input_scale_init,
             input_bias_init=self.input_bias_init,
             controller_lr_scale=self.controller_lr_scale,
@@ -566,8 +591,17 @@ class LtcPolicy(RecurrentActorCriticPolicy):
 
     @property
     def motor_head(self) -> MotorHead:
-        """The element-wise action head (``action_net``)."""
-        return cast(MotorHead, self.action_net)
+        """The element-wise action head (``action_net``).
+
+        Raises:
+            ValueError: the policy reads every neuron (``action_readout="state"``), so it has no motor head.
+        """
+        if not isinstance(self.action_net, MotorHead):
+            raise ValueError(
+                "this policy has no element-wise motor head: with action_readout='state' its action_net "
+                "is a StateReadoutHead, a linear map from every neuron"
+            )
+        return self.action_net
 
     def summary(self) -> dict[str, Any]:
         """Parameter / neuron / synapse counts of the actor, the critic and the whole policy."""
@@ -581,15 +615,25 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     def _actor(
         self, features: Tensor, states: tuple[Tensor, ...], episode_starts: Tensor, with_states: bool
     ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
-        return cast(
+        """``(the action head's input, every step's neuron states or None, new states)``: the head's input
+        is the motor outputs, or with ``action_readout="state"`` the neuron states themselves."""
+        readout_state = self.action_readout == "state"
+        motor, seq, new_states = cast(
             tuple[Tensor, Tensor | None, tuple[Tensor, ...]],
-            self.lstm_actor(features, states, episode_starts, return_states=with_states or self.use_sde),
+            self.lstm_actor(
+                features, states, episode_starts, return_states=with_states or self.use_sde or readout_state
+            ),
         )
+        if readout_state:
+            assert seq is not None
+            return seq, seq, new_states
+        return motor, seq, new_states
 
     def _get_action_dist_from_latent(
         self, latent_pi: Tensor, latent_sde: Tensor | None = None
     ) -> Distribution:
-        """The action distribution from the motor outputs (gSDE: and the neuron states ``latent_sde``)."""
+        """The action distribution from the head's input (the motor outputs, or every neuron's state with
+        ``action_readout="state"``; gSDE: and the neuron states ``latent_sde``)."""
         if isinstance(self.action_dist, StateDependentNoiseDistribution):
             if latent_sde is None:
                 raise ValueError("gSDE needs the actor's neuron states (latent_sde)")

@@ -37,6 +37,7 @@ def _policy_of(model: Any) -> LtcPolicy:
 
 
 def _policy_config(policy: LtcPolicy) -> PolicyConfig:
+    _check_motor_readout(policy, "convert the sb3 policy to a Policy")
     extractor = policy.pi_features_extractor
     ctrl = policy.controller_config
     head = ActionHeadConfig(squash=policy.action_squash, learnable=True)
@@ -69,6 +70,15 @@ def _policy_config(policy: LtcPolicy) -> PolicyConfig:
         "ltc_control.policy.Policy knows vector observations (FlattenExtractor) and the ConvHead "
         "(ConvHeadExtractor / CnnLtcPolicy)"
     )
+
+
+def _check_motor_readout(policy: LtcPolicy, what: str) -> None:
+    if getattr(policy, "action_readout", "motor") != "motor":
+        raise ValueError(
+            f"cannot {what}: its action head reads every neuron (action_readout={policy.action_readout!r}), "
+            "while ltc_control.policy.Policy's head is element-wise on the motor neurons; only "
+            "action_readout='motor' policies convert (export, inspection, fine-tuning from a Policy)"
+        )
 
 
 def to_policy(model: Any) -> Policy:
@@ -178,9 +188,11 @@ def load_policy_weights(model: Any, policy: Policy) -> None:
         policy: the source policy.
 
     Raises:
-        ValueError: shapes that do not match (the message names the tensor).
+        ValueError: shapes that do not match (the message names the tensor), or an sb3 policy whose head reads
+            every neuron (``action_readout="state"``).
     """
     sb3_policy = _policy_of(model)
+    _check_motor_readout(sb3_policy, "copy a Policy's weights into the sb3 policy")
 
     def copy(dst: nn.Module, src: nn.Module, what: str) -> None:
         dst_state, src_state = dst.state_dict(), src.state_dict()

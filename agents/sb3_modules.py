@@ -18,7 +18,7 @@ from ltc_control.config import from_dict
 from ltc_control.perception import ConvHead, PerceptionConfig, standardize
 from ltc_control.sequence import SequenceModel
 
-__all__ = ["ControllerAdapter", "ConvHeadExtractor", "MotorHead", "as_config"]
+__all__ = ["ControllerAdapter", "ConvHeadExtractor", "MotorHead", "StateReadoutHead", "as_config"]
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -113,6 +113,39 @@ class MotorHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.scale.numel()}, squash={self.squash!r}"
+
+
+class StateReadoutHead(nn.Module):
+    """Linear map from every neuron's state to the distribution's inputs: ``squash(W x + b)``.
+
+    The head of ``LtcPolicy(action_readout="state")``: like sb3's ``action_net`` over an LSTM's whole hidden
+    state, each logit (or Gaussian mean) reads all ``state_size`` neurons of the actor's controller instead
+    of one motor neuron. ``W`` starts orthogonal with gain ``init_gain`` (sb3 uses 0.01 for its policies'
+    ``action_net``), ``b`` at zero.
+
+    Args:
+        state_size: neurons read (the controller's ``state_size``).
+        size: outputs ``M`` (= action dimensions or logits).
+        squash: ``"tanh"`` or ``"none"``.
+        init_gain: gain of the orthogonal initialisation of ``W``.
+    """
+
+    def __init__(self, state_size: int, size: int, squash: Literal["tanh", "none"], init_gain: float = 1.0) -> None:
+        super().__init__()
+        if squash not in ("tanh", "none"):
+            raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
+        self.squash = squash
+        self.linear = nn.Linear(int(state_size), int(size))
+        nn.init.orthogonal_(self.linear.weight, gain=float(init_gain))
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., state_size)`` neuron states -> ``(..., M)``."""
+        a = self.linear(x)
+        return torch.tanh(a) if self.squash == "tanh" else a
+
+    def extra_repr(self) -> str:
+        return f"state_size={self.linear.in_features}, size={self.linear.out_features}, squash={self.squash!r}"
 
 
 class ControllerAdapter(nn.Module):
