@@ -130,7 +130,9 @@ class StateReadoutHead(nn.Module):
         init_gain: gain of the orthogonal initialisation of ``W``.
     """
 
-    def __init__(self, state_size: int, size: int, squash: Literal["tanh", "none"], init_gain: float = 1.0) -> None:
+    def __init__(
+        self, state_size: int, size: int, squash: Literal["tanh", "none"], init_gain: float = 1.0
+    ) -> None:
         super().__init__()
         if squash not in ("tanh", "none"):
             raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
@@ -145,7 +147,9 @@ class StateReadoutHead(nn.Module):
         return torch.tanh(a) if self.squash == "tanh" else a
 
     def extra_repr(self) -> str:
-        return f"state_size={self.linear.in_features}, size={self.linear.out_features}, squash={self.squash!r}"
+        return (
+            f"state_size={self.linear.in_features}, size={self.linear.out_features}, squash={self.squash!r}"
+        )
 
 
 class ControllerAdapter(nn.Module):

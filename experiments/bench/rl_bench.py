@@ -292,6 +292,11 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
 _DEFAULTS_BEFORE_THE_FIELD = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88acde75d8a3d2a11"
 
 
+#: ``LtcPolicy`` options added after the defaults digest, with the value that reproduces the earlier policies
+#: (``action_readout="motor"``: the element-wise motor head every earlier run had)
+_NEUTRAL_NEW_OPTIONS: dict[str, Any] = {"action_readout": "motor"}
+
+
 def liquid_defaults() -> dict[str, Any]:
     """``LtcPolicy``'s keyword defaults and the default controller (as JSON): what a liquid run with no (or
     some) policy kwargs was made with."""
@@ -304,6 +309,11 @@ def liquid_defaults() -> dict[str, Any]:
 
     params = inspect.signature(LtcPolicy.__init__).parameters
     out = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    # options added after the digest existed, at a default that builds exactly the earlier policy: left out
+    # while at that value, so runs made before the option stay runs of today's defaults
+    for key, neutral in _NEUTRAL_NEW_OPTIONS.items():
+        if out.get(key) == neutral:
+            out.pop(key)
     # controller=None resolves per task (motor neurons); controller_lr_scale=None per action space and given
     # controller
     out["controller"] = {str(m): to_dict(default_controller(m)) for m in (1, 6, 8, 9)}

@@ -23,6 +23,7 @@ from ltc_control.agents.sb3_checkpoint import (
     to_policy,
 )
 from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
+from ltc_control.agents.sb3_modules import StateReadoutHead
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
 
@@ -94,8 +95,8 @@ def _eval_cue(model: RecurrentPPO, episodes: int = 200, seed: int = 123) -> floa
 
 
 # ---------------------------------------------------------------------------------------------- learning
-@pytest.mark.parametrize("kind", ["ltc"])
-def test_learns_cue_memory_task(kind: str) -> None:
+@pytest.mark.parametrize("kind,readout", [("ltc", "motor"), ("ltc", "state")])
+def test_learns_cue_memory_task(kind: str, readout: str) -> None:
     """A short learn() run makes the policy remember a cue shown 3 steps earlier.
 
     Chance is a mean return of 0 (the untrained policy scores about +-0.2); measured after 2,500 steps: 1.0
@@ -114,7 +115,11 @@ def test_learns_cue_memory_task(kind: str) -> None:
         ent_coef=0.0,
         seed=0,
         device="cpu",
-        policy_kwargs={"controller": {**SMALL_LTC, "kind": kind}, "net_arch": [16]},
+        policy_kwargs={
+            "controller": {**SMALL_LTC, "kind": kind},
+            "net_arch": [16],
+            "action_readout": readout,
+        },
     )
     before = _eval_cue(model)
     model.learn(2500)
@@ -394,6 +399,37 @@ def test_discrete_vector_actions() -> None:
     assert action.shape == () and int(action) in (0, 1)
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_state_readout_reads_every_neuron(env_id: str) -> None:
+    """``action_readout="state"``: each logit (or Gaussian mean) depends on every neuron of the actor circuit,
+    not only on its motor neuron; ``action_scale_init`` is the gain of the readout's orthogonal init."""
+    model = _tiny_model(env_id, policy_kwargs={"action_readout": "state"})
+    policy = model.policy
+    n = policy.controller.state_size
+    head = policy.action_net
+    assert isinstance(head, StateReadoutHead) and head.linear.weight.shape == (policy.motor_size, n)
+    feats = torch.randn(3, policy.features_dim)
+    zeros = torch.zeros(1, 3, policy.lstm_actor.hidden_size)
+    latent, seq, _ = policy._actor(feats, (zeros, zeros), torch.ones(3), False)
+    assert latent.shape == (3, n) and torch.equal(latent, seq)
+    x = latent.detach().requires_grad_(True)
+    head(x).sum().backward()
+    assert bool((x.grad.abs() > 0).all()), "every neuron should reach the action"
+    model.learn(32)
+    action, _ = model.predict(np.zeros(policy.observation_space.shape, np.float32), deterministic=True)
+    assert np.all(np.isfinite(action))
+    # sb3's uniform start: gain 0.01 makes every initial logit tiny
+    small = _tiny_model(env_id, policy_kwargs={"action_readout": "state", "action_scale_init": 0.01})
+    rows = small.policy.action_net.linear.weight.detach().norm(dim=1)
+    np.testing.assert_allclose(rows.numpy(), 0.01, rtol=1e-4)
+    with pytest.raises(ValueError, match="no element-wise motor head"):
+        _ = small.policy.motor_head
+    with pytest.raises(ValueError, match=r"reads every neuron \(action_readout='state'\)"):
+        to_policy(small)
+    with pytest.raises(ValueError, match="cannot copy a Policy's weights into the sb3 policy"):
+        load_policy_weights(small, to_policy(_tiny_model(env_id)))
+
+
 @pytest.mark.parametrize("discrete", [False, True])
 def test_image_observations(discrete: bool) -> None:
     env = make_vec_env(lambda: _ImageEnv(discrete), n_envs=2, seed=0)
@@ -485,6 +521,8 @@ def test_bad_configs_raise_clear_errors() -> None:
         _tiny_model(policy_kwargs={"net_arch": {"pi": [64], "vf": [64]}})
     with pytest.raises(ValueError, match="unknown config key 'controller.hidden'"):
         _tiny_model(policy_kwargs={"controller": {"hidden": 3}})
+    with pytest.raises(ValueError, match="action_readout must be 'motor' or 'state'"):
+        _tiny_model(policy_kwargs={"action_readout": "all"})
     with pytest.raises(ValueError, match="critic must be"):
         _tiny_model(policy_kwargs={"critic": "both"})
     with pytest.raises(ValueError, match="only applies to continuous"):

@@ -88,6 +88,7 @@ VARIANTS: dict[str, tuple[type[LtcPolicy], dict[str, Any] | None, Callable[[], g
     "ltc_ncp": (LtcPolicy, {"controller": SMALL_LTC}, _cue_env),
     "ltc_dense_lr_scale": (LtcPolicy, {"controller": DENSE_LTC, "controller_lr_scale": 3.0}, _cue_env),
     "ltc_defaults": (LtcPolicy, None, _cue_env),
+    "ltc_state_readout": (LtcPolicy, {"controller": SMALL_LTC, "action_readout": "state"}, _cue_env),
     "cfc": (LtcPolicy, {"controller": SMALL_CFC, "critic": "shared"}, _cue_env),
     "cnn_ltc": (
         CnnLtcPolicy,
