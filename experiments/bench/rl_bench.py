@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -347,8 +348,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _worker(args: tuple[BenchmarkConfig, RunSpec, str]) -> str:
-    config, spec, out = args
+_WATCHING_PARENT = False
+
+
+def exit_with_parent(parent: int, period: float = 2.0) -> None:
+    """Ends this process (exit code 1) once ``parent`` is no longer its parent, checked every ``period``
+    seconds by a daemon thread (once per process).
+
+    A ``ProcessPoolExecutor`` worker whose benchmark was stopped (Ctrl-C, ``kill``, even ``kill -9``) would
+    otherwise finish its training run orphaned and write its record after the user thought it stopped. Its
+    unfinished run writes nothing (records are written atomically at the end), so a resumed benchmark trains
+    it again.
+    """
+    global _WATCHING_PARENT
+    if _WATCHING_PARENT:
+        return
+    _WATCHING_PARENT = True
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            if os.getppid() != parent:
+                print(f"[rl_bench] worker {os.getpid()}: the benchmark process stopped; exiting", flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker(args: tuple[BenchmarkConfig, RunSpec, str, int]) -> str:
+    config, spec, out, parent = args
+    exit_with_parent(parent)
     run_one(config, spec, Path(out))
     return f"{spec.model} seed {spec.seed}"
 
@@ -388,7 +417,7 @@ def run_missing(config: BenchmarkConfig, resume: bool = True) -> None:
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(config.workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, (config, spec, str(out))) for spec in todo]
+            futures = [pool.submit(_worker, (config, spec, str(out), os.getpid())) for spec in todo]
             for fut in as_completed(futures):
                 print(f"finished {fut.result()}", flush=True)
 

@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
         _, model_name, seed, _ = stem.name.split("__")
         head = {}
-        motor_head = getattr(model.policy, "action_net", None)
-        if isinstance(getattr(motor_head, "scale", None), torch.Tensor):  # an element-wise MotorHead
-            head = {"head_scale": [round(float(v), 3) for v in motor_head.scale.detach()]}
+        scale = getattr(getattr(model.policy, "action_net", None), "scale", None)
+        if isinstance(scale, torch.Tensor):  # an element-wise MotorHead (not a StateReadoutHead)
+            head = {"head_scale": [round(float(v), 3) for v in scale.detach()]}
         for mode in ("greedy", "sampled"):
             logits, returns = play(model, make_venv, episode_seeds, greedy=mode == "greedy")
             row = {"model": model_name, "seed": int(seed), "mode": mode, "return": float(np.mean(returns))}

@@ -490,3 +490,60 @@ def test_discrete_models_saved_at_5x_name_their_rate_on_load(tmp_path: Path) -> 
     today = RecurrentPPO(LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, seed=0)
     today.save(tmp_path / "today")
     assert RecurrentPPO.load(tmp_path / "today", device="cpu").policy.controller_lr_scale == 1.0
+
+
+def test_defaults_digest_leaves_out_new_options_only_at_their_neutral_value(
+    load_bench: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``action_readout="motor"`` builds the policy every earlier run had, so the digest does not see it; the
+    same option at another default would be a defaults change and must move the digest."""
+    bench = load_bench("rl_bench")
+    defaults = bench.liquid_defaults()
+    assert "action_readout" not in defaults and "action_scale_init" in defaults
+    digest = bench.liquid_defaults_digest()
+    monkeypatch.setitem(bench._NEUTRAL_NEW_OPTIONS, "action_readout", "state")
+    assert bench.liquid_defaults()["action_readout"] == "motor"
+    assert bench.liquid_defaults_digest() != digest
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads process states from /proc")
+def test_benchmark_workers_exit_when_the_benchmark_is_killed(tmp_path: Path) -> None:
+    """A worker of a killed benchmark (even ``kill -9``) exits instead of finishing its run orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bench_dir = ROOT / "experiments" / "bench"
+    worker = (
+        f"import sys, time; sys.path.insert(0, {str(bench_dir)!r}); from rl_bench import exit_with_parent; "
+        "exit_with_parent(int(sys.argv[1]), period=0.1); time.sleep(120)"
+    )
+    parent = (
+        "import os, subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid())]); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return "State:\tZ" not in state
+
+    time.sleep(3.0)  # the worker has imported rl_bench and watches
+    assert running(child), "the worker must keep running while its parent lives"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = running(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the orphaned worker should have exited"
