@@ -18,6 +18,14 @@ score while sampled, because its random draws mix the actions, while its argmax 
     .venv/bin/python experiments/bench/rl_discrete_diag.py --runs runs/rl_benchmark/rl_novel_suite \\
         --task LunarLanderNoVel-v3 --models ltc cfc lstm --seeds 0 1 2 3 4 --budget 500000 \\
         --write experiments/results/rl_discrete_diag_lunarlander.md
+
+``--init`` reads untrained policies instead (built for the task with ``--policy-kwargs`` on top of the
+defaults, one per seed): where does each start, how far its logits' constant part outweighs their dependence
+on the state before any training? Observations go through a fresh ``VecNormalize`` (updating, as in a first
+rollout) unless ``--no-normalize``; episodes are cut at ``--max-steps``::
+
+    .venv/bin/python experiments/bench/rl_discrete_diag.py --init --task AcrobotNoVel-v1 --models ltc \\
+        --policy-kwargs '{action_readout: state}' --max-steps 200
 """
 
 from __future__ import annotations
@@ -56,8 +64,11 @@ def logit_stats(logits: np.ndarray) -> dict[str, Any]:
     }
 
 
-def play(model: Any, make_venv: Any, seeds: list[int], greedy: bool) -> tuple[np.ndarray, list[float]]:
-    """Logits of every step and the return of each episode (one episode per reset seed)."""
+def play(
+    model: Any, make_venv: Any, seeds: list[int], greedy: bool, max_steps: int | None = None
+) -> tuple[np.ndarray, list[float]]:
+    """Logits of every step and the return of each episode (one episode per reset seed; at most
+    ``max_steps`` steps each)."""
     import torch
 
     policy = model.policy
@@ -70,8 +81,9 @@ def play(model: Any, make_venv: Any, seeds: list[int], greedy: bool) -> tuple[np
         rng = np.random.default_rng(seed)
         shape = (policy.lstm_actor.num_layers, 1, policy.lstm_actor.hidden_size)
         state: Any = (torch.zeros(shape), torch.zeros(shape))
-        start, done, ret = torch.ones(1), False, 0.0
-        while not done:
+        start, done, ret, steps = torch.ones(1), False, 0.0, 0
+        while not done and (max_steps is None or steps < max_steps):
+            steps += 1
             with torch.no_grad():
                 obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
                 dist, state = policy.get_distribution(obs_t, state, start)
@@ -91,6 +103,24 @@ def play(model: Any, make_venv: Any, seeds: list[int], greedy: bool) -> tuple[np
     return np.asarray(rows), returns
 
 
+def _untrained(name: str, task: str, policy_kwargs: dict[str, Any]) -> Any:
+    """An untrained ``RecurrentPPO`` for ``<task>__<model>__<seed>__init`` (policy built with the seed)."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from ltc_control.agents.sb3 import LtcPolicy
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    _, model_name, seed, _ = name.split("__")
+    venv = DummyVecEnv([lambda: make_novel_env(task)])
+    if model_name == "lstm":
+        return RecurrentPPO("MlpLstmPolicy", venv, seed=int(seed), device="cpu")
+    kwargs = dict(policy_kwargs)
+    if model_name == "cfc":
+        kwargs["controller"] = {**dict(kwargs.get("controller") or {}), "kind": "cfc"}
+    return RecurrentPPO(LtcPolicy, venv, policy_kwargs=kwargs, seed=int(seed), device="cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     import gymnasium as gym
     import torch
@@ -101,12 +131,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--runs", required=True, type=Path, help="folder of run records <task>__<model>__<seed>__<budget>"
+        "--runs", type=Path, default=None, help="folder of run records <task>__<model>__<seed>__<budget>"
     )
+    p.add_argument("--init", action="store_true", help="untrained policies (one per seed), not saved runs")
+    p.add_argument(
+        "--policy-kwargs", default="{}", help="--init: YAML mapping of LtcPolicy kwargs (liquid models)"
+    )
+    p.add_argument("--no-normalize", action="store_true", help="--init: raw observations (no VecNormalize)")
+    p.add_argument("--max-steps", type=int, default=None, help="cut each episode after this many steps")
     p.add_argument("--task", required=True, help="env id, e.g. LunarLanderNoVel-v3")
     p.add_argument("--models", nargs="+", default=["ltc", "cfc", "lstm"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="training seeds of the runs")
-    p.add_argument("--budget", required=True, type=int, help="training steps in the runs' names")
+    p.add_argument("--budget", type=int, default=None, help="training steps in the runs' names")
     p.add_argument("--episodes", type=int, default=3, help="episodes per run and mode")
     p.add_argument("--first-seed", type=int, default=9000, help="reset seed of the first episode")
     p.add_argument("--write", type=Path, default=None, help="markdown output (a .jsonl of rows beside it)")
@@ -114,22 +150,47 @@ def main(argv: list[str] | None = None) -> int:
     cli = sys.argv[1:] if argv is None else argv
     if args.episodes < 1:
         p.error(f"--episodes must be >= 1, got {args.episodes}")
-    stems = [args.runs / f"{args.task}__{m}__{s}__{args.budget}" for m in args.models for s in args.seeds]
-    for stem in stems:
-        if not Path(f"{stem}.zip").is_file():
-            p.error(f"{stem}.zip does not exist (run records are <task>__<model>__<seed>__<budget>.zip)")
+    if args.max_steps is not None and args.max_steps < 1:
+        p.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    unknown = sorted(set(args.models) - {"ltc", "cfc", "lstm"})
+    if unknown:
+        p.error(f"unknown model(s) {unknown}: choose from ltc, cfc, lstm")
+    if args.init:
+        import yaml
+
+        try:
+            policy_kwargs = yaml.safe_load(args.policy_kwargs)
+        except yaml.YAMLError as exc:
+            p.error(f"--policy-kwargs is not YAML: {exc}")
+        if not isinstance(policy_kwargs, dict):
+            p.error(f"--policy-kwargs must be a mapping, got {args.policy_kwargs!r}")
+        stems = [Path(f"{args.task}__{m}__{s}__init") for m in args.models for s in args.seeds]
+        source = f"untrained policies, liquid policy kwargs {policy_kwargs}"
+    else:
+        if args.runs is None or args.budget is None:
+            p.error("--runs and --budget are required (or --init for untrained policies)")
+        stems = [args.runs / f"{args.task}__{m}__{s}__{args.budget}" for m in args.models for s in args.seeds]
+        for stem in stems:
+            if not Path(f"{stem}.zip").is_file():
+                p.error(f"{stem}.zip does not exist (run records are <task>__<model>__<seed>__<budget>.zip)")
+        source = f"runs in `{args.runs}`"
     torch.set_num_threads(1)
     episode_seeds = list(range(args.first_seed, args.first_seed + args.episodes))
     t0 = time.perf_counter()
     rows = []
     for stem in stems:
-        model = RecurrentPPO.load(f"{stem}.zip", device="cpu")
+        if args.init:
+            model = _untrained(stem.name, args.task, policy_kwargs)
+        else:
+            model = RecurrentPPO.load(f"{stem}.zip", device="cpu")
         if not isinstance(model.action_space, gym.spaces.Discrete):
             p.error(f"{stem}: the diagnosis reads discrete policies, not {type(model.action_space).__name__}")
         norm = Path(f"{stem}.vecnormalize.pkl")
 
         def make_venv(norm: Path = norm) -> Any:
             venv = DummyVecEnv([lambda: make_novel_env(args.task)])
+            if args.init:
+                return venv if args.no_normalize else VecNormalize(venv, norm_reward=False)
             if not norm.is_file():
                 return venv
             normalised = VecNormalize.load(str(norm), venv)
@@ -142,21 +203,27 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(scale, torch.Tensor):  # an element-wise MotorHead (not a StateReadoutHead)
             head = {"head_scale": [round(float(v), 3) for v in scale.detach()]}
         for mode in ("greedy", "sampled"):
-            logits, returns = play(model, make_venv, episode_seeds, greedy=mode == "greedy")
-            row = {"model": model_name, "seed": int(seed), "mode": mode, "return": float(np.mean(returns))}
+            logits, returns = play(model, make_venv, episode_seeds, mode == "greedy", args.max_steps)
+            row: dict[str, Any] = {
+                "model": model_name,
+                "seed": int(seed),
+                "mode": mode,
+                "return": float(np.mean(returns)),
+            }
             row.update(logit_stats(logits))
             row.update(head)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     lines = [
-        f"# Discrete policies' logits, greedy vs sampled: {args.task}, runs in `{args.runs}`",
+        f"# Discrete policies' logits, greedy vs sampled: {args.task}, {source}",
         "",
         *provenance_lines(__file__, cli),
         f"- {args.episodes} episodes per run and mode on reset seeds "
         f"{episode_seeds[0]}..{episode_seeds[-1]}; "
         "greedy = argmax of the logits, sampled = a draw from the softmax (numpy seeded by the reset seed). "
-        "Logits are centred per step. Total time "
+        + (f"Episodes cut at {args.max_steps} steps. " if args.max_steps else "")
+        + "Logits are centred per step. Total time "
         f"{time.perf_counter() - t0:.0f} s.",
         "",
         "| model | seed | mode | return | argmax share per action | constant share | state std | "

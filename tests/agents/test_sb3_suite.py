@@ -416,6 +416,37 @@ def test_discrete_diagnosis_reads_saved_liquid_runs(
     assert "CartPole-v1__ltc__0__99.zip does not exist" in capsys.readouterr().err
 
 
+def test_discrete_diagnosis_of_untrained_policies(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--init`` builds untrained policies from ``--policy-kwargs``: sb3's uniform start (a head gain of
+    0.01) has logits about a hundred times smaller than the default head's; episodes stop at ``--max-steps``;
+    bad kwargs and a missing ``--runs`` are clear errors."""
+    import json
+
+    diag = load_bench("rl_discrete_diag")
+    common = ["--init", "--task", "CartPole-v1", "--models", "ltc", "--seeds", "0", "--episodes", "1"]
+    rows = {}
+    for name, kwargs in (("default", "{}"), ("small", "{action_readout: state, action_scale_init: 0.01}")):
+        out = tmp_path / f"{name}.md"
+        argv = [*common, "--max-steps", "15", "--policy-kwargs", kwargs, "--write", str(out)]
+        assert diag.main(argv) == 0
+        rows[name] = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+        assert "untrained policies" in out.read_text() and "cut at 15 steps" in out.read_text()
+    assert all(r["steps"] <= 15 for r in rows["default"] + rows["small"])
+    assert rows["default"][0]["margin"] > 20 * rows["small"][0]["margin"] > 0
+    for bad, message in (
+        (["--policy-kwargs", "[1]"], "must be a mapping"),
+        (["--models", "gru"], "unknown model"),
+    ):
+        with pytest.raises(SystemExit):
+            diag.main([*common, *bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        diag.main(["--task", "CartPole-v1"])
+    assert "--runs and --budget are required" in capsys.readouterr().err
+
+
 def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
     load_bench: Callable[[str], ModuleType], tmp_path: Path
 ) -> None:
