@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.models) - {"ltc", "cfc", "lstm"})
     if unknown:
         p.error(f"unknown model(s) {unknown}: choose from ltc, cfc, lstm")
+    if not args.init and (args.policy_kwargs != "{}" or args.no_normalize):
+        p.error("--policy-kwargs and --no-normalize apply to untrained policies: add --init")
     if args.init:
         import yaml
 
@@ -180,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for stem in stems:
         if args.init:
-            model = _untrained(stem.name, args.task, policy_kwargs)
+            try:
+                model = _untrained(stem.name, args.task, policy_kwargs)
+            except (TypeError, ValueError) as exc:  # an unknown or bad policy kwarg
+                p.error(f"cannot build the {stem.name.split('__')[1]} policy from --policy-kwargs: {exc}")
         else:
             model = RecurrentPPO.load(f"{stem}.zip", device="cpu")
         if not isinstance(model.action_space, gym.spaces.Discrete):

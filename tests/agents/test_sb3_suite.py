@@ -438,6 +438,8 @@ def test_discrete_diagnosis_of_untrained_policies(
     for bad, message in (
         (["--policy-kwargs", "[1]"], "must be a mapping"),
         (["--models", "gru"], "unknown model"),
+        (["--policy-kwargs", "{action_readout: all}"], "action_readout must be 'motor' or 'state'"),
+        (["--policy-kwargs", "{no_such_kwarg: 1}"], "no_such_kwarg"),
     ):
         with pytest.raises(SystemExit):
             diag.main([*common, *bad])
@@ -445,6 +447,9 @@ def test_discrete_diagnosis_of_untrained_policies(
     with pytest.raises(SystemExit):
         diag.main(["--task", "CartPole-v1"])
     assert "--runs and --budget are required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        diag.main(["--task", "CartPole-v1", "--runs", str(tmp_path), "--budget", "16", "--no-normalize"])
+    assert "add --init" in capsys.readouterr().err
 
 
 def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
