@@ -103,16 +103,27 @@ def test_finetune_interrupted_and_resumed_gives_the_same_weights(
         text=True,
         preexec_fn=default_sigint,
     )
+    # A random point in training, counted in resume points rather than seconds (on an idle machine the whole
+    # run takes about a second): the k-th of its 6 snapshots (one per rollout, each written by an atomic
+    # rename, so each has its own inode), then a short random delay. k <= 3 leaves 3 rollouts of training.
+    rng = random.Random(_SEED + int(sig))
+    target, seen, last = rng.randint(1, 3), 0, None
     deadline = time.monotonic() + 240
-    while not (state / "model.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.Random(_SEED + int(sig)).uniform(0.0, 1.5))
+    while seen < target and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            info = (state / "model.json").stat()
+            stamp = (info.st_ino, info.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        if stamp is not None and stamp != last:
+            seen, last = seen + 1, stamp
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.05))
     if proc.poll() is None:
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=240)
-    print(f"finetune: exit status {proc.returncode} after the signal")
-    # the run trains for several seconds after its first resume point: the signal must land (a test that
-    # passes without an interrupt would prove nothing)
+    print(f"finetune: exit status {proc.returncode} after the signal at resume point {seen} (+ jitter)")
+    # the signal must land while the run trains (a test that passes without an interrupt would prove nothing)
     assert proc.returncode == interrupted_status(sig), err
     assert "Traceback" not in err and "--resume" in err and state.is_dir()
     refused = _run(_command(root, name))  # the interrupted run's state is not silently discarded
