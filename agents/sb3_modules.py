@@ -82,6 +82,15 @@ class ConvHeadExtractor(BaseFeaturesExtractor):
         return cast(Tensor, self.head(x))
 
 
+def _check_squash(squash: str) -> None:
+    if squash not in ("tanh", "none"):
+        raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
+
+
+def _squash(a: Tensor, squash: str) -> Tensor:
+    return torch.tanh(a) if squash == "tanh" else a
+
+
 class MotorHead(nn.Module):
     """Element-wise map from motor outputs to the distribution's inputs: ``squash(scale * y + bias)``.
 
@@ -100,16 +109,14 @@ class MotorHead(nn.Module):
         self, size: int, squash: Literal["tanh", "none"], init_scale: float = 1.0, init_bias: float = 0.0
     ) -> None:
         super().__init__()
-        if squash not in ("tanh", "none"):
-            raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
+        _check_squash(squash)
         self.squash = squash
         self.scale = nn.Parameter(torch.full((size,), float(init_scale)))
         self.bias = nn.Parameter(torch.full((size,), float(init_bias)))
 
     def forward(self, y: Tensor) -> Tensor:
         """``(..., M)`` motor outputs -> ``(..., M)``."""
-        a = self.scale * y + self.bias
-        return torch.tanh(a) if self.squash == "tanh" else a
+        return _squash(self.scale * y + self.bias, self.squash)
 
     def extra_repr(self) -> str:
         return f"size={self.scale.numel()}, squash={self.squash!r}"
@@ -134,8 +141,7 @@ class StateReadoutHead(nn.Module):
         self, state_size: int, size: int, squash: Literal["tanh", "none"], init_gain: float = 1.0
     ) -> None:
         super().__init__()
-        if squash not in ("tanh", "none"):
-            raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
+        _check_squash(squash)
         self.squash = squash
         self.linear = nn.Linear(int(state_size), int(size))
         nn.init.orthogonal_(self.linear.weight, gain=float(init_gain))
@@ -143,8 +149,7 @@ class StateReadoutHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., state_size)`` neuron states -> ``(..., M)``."""
-        a = self.linear(x)
-        return torch.tanh(a) if self.squash == "tanh" else a
+        return _squash(self.linear(x), self.squash)
 
     def extra_repr(self) -> str:
         return (

@@ -67,6 +67,18 @@ def _schedule(value: float | str, kind: str, name: str) -> Any:
     return LinearSchedule(rate, 0.0, 1.0)
 
 
+def defaults_policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``LtcPolicy`` kwargs of a liquid ``model`` under the suite's protocol: ``kwargs`` (an ablation's,
+    or none) on top of the defaults, and for ``"cfc"`` the CfC kind in the controller (a ``controller``
+    mapping in ``kwargs`` keeps its other fields)."""
+    if model not in ("ltc", "cfc"):
+        raise ValueError(f"unknown liquid model {model!r}; valid: ltc, cfc")
+    out = dict(kwargs)
+    if model == "cfc":
+        out["controller"] = {**dict(out.get("controller") or {}), "kind": "cfc"}
+    return out
+
+
 def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     """The ``RecurrentPPO`` model of one run (envs built and seeded).
 
@@ -114,12 +126,8 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
             return RecurrentPPO("MlpLstmPolicy", env, **common)
         if model not in ("ltc", "cfc"):
             raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
-        # an ablation adds its liquid policy kwargs on top of the defaults (none in the suite itself); a
-        # "controller" mapping in them keeps the CfC variant's kind
-        kwargs = dict(config.liquid_policy_kwargs)
-        if model == "cfc":
-            kwargs["controller"] = {**dict(kwargs.get("controller") or {}), "kind": "cfc"}
-        kwargs = kwargs or None
+        # an ablation adds its liquid policy kwargs on top of the defaults (none in the suite itself)
+        kwargs = defaults_policy_kwargs(model, config.liquid_policy_kwargs) or None
         return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
     shared_kwargs: dict[str, Any] = {
         "log_std_init": ppo.log_std_init,

@@ -105,6 +105,7 @@ def play(
 
 def _untrained(name: str, task: str, policy_kwargs: dict[str, Any]) -> Any:
     """An untrained ``RecurrentPPO`` for ``<task>__<model>__<seed>__init`` (policy built with the seed)."""
+    from rl_bench import defaults_policy_kwargs
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -115,9 +116,7 @@ def _untrained(name: str, task: str, policy_kwargs: dict[str, Any]) -> Any:
     venv = DummyVecEnv([lambda: make_novel_env(task)])
     if model_name == "lstm":
         return RecurrentPPO("MlpLstmPolicy", venv, seed=int(seed), device="cpu")
-    kwargs = dict(policy_kwargs)
-    if model_name == "cfc":
-        kwargs["controller"] = {**dict(kwargs.get("controller") or {}), "kind": "cfc"}
+    kwargs = defaults_policy_kwargs(model_name, policy_kwargs)
     return RecurrentPPO(LtcPolicy, venv, policy_kwargs=kwargs, seed=int(seed), device="cpu")
 
 

@@ -41,7 +41,12 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_bench import _DEFAULTS_BEFORE_THE_FIELD, _jsonable, liquid_defaults_digest  # noqa: E402
+from rl_bench import (  # noqa: E402
+    _DEFAULTS_BEFORE_THE_FIELD,
+    _jsonable,
+    defaults_policy_kwargs,
+    liquid_defaults_digest,
+)
 from rl_suite import SUITES_DIR, SuiteConfig  # noqa: E402
 
 from ltc_control.agents.sb3 import _motor_size  # noqa: E402
@@ -70,15 +75,6 @@ OLD_DEFAULTS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def _policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What ``rl_bench`` passes to ``LtcPolicy`` for ``model`` with ablation ``kwargs`` (the CfC keeps its
-    kind)."""
-    out = dict(kwargs)
-    if model == "cfc":
-        out["controller"] = {**dict(out.get("controller") or {}), "kind": "cfc"}
-    return out
-
-
 def new_kwargs(
     model: str, old_kwargs: dict[str, Any], old_defaults: dict[str, Any], action_space: Any
 ) -> dict[str, Any]:
@@ -95,7 +91,8 @@ def new_kwargs(
     merged = {**old_defaults, **old_kwargs}
     out = dict(old_kwargs)
     if "controller" in merged or model == "cfc":  # else the LTC had default_controller(motor), as today
-        controller = as_config(ControllerConfig, _policy_kwargs(model, merged)["controller"], "controller")
+        resolved = defaults_policy_kwargs(model, merged)["controller"]
+        controller = as_config(ControllerConfig, resolved, "controller")
         ctrl_kwargs = dict(merged.get("controller") or {})
         if model == "cfc":
             ctrl_kwargs.pop("kind", None)  # rl_bench adds it again
@@ -134,9 +131,8 @@ def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> No
 
     obs_space, act_space = _spaces(record["env_id"])
     use_sde = bool(record["config"]["ppo"].get("use_sde", False))  # gSDE sizes log_std from the latent
-    policy = LtcPolicy(
-        obs_space, act_space, lambda _: 1e-3, use_sde=use_sde, **_policy_kwargs(record["model"], kwargs)
-    )
+    policy_kwargs = defaults_policy_kwargs(record["model"], kwargs)
+    policy = LtcPolicy(obs_space, act_space, lambda _: 1e-3, use_sde=use_sde, **policy_kwargs)
     total = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     if total != record["policy_parameters"]:
         raise ValueError(f"{total} policy parameters, the record has {record['policy_parameters']}")

@@ -285,7 +285,7 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
     def built(
         model: str, act: spaces.Space, kwargs: dict[str, object]
     ) -> tuple[dict[str, object], dict[str, tuple[int, ...]]]:
-        policy = LtcPolicy(obs, act, lambda _: 1e-3, **relabel._policy_kwargs(model, kwargs))
+        policy = LtcPolicy(obs, act, lambda _: 1e-3, **relabel.defaults_policy_kwargs(model, kwargs))
         params = policy._get_constructor_parameters()  # includes the resolved controller_lr_scale
         params.pop("lr_schedule")
         return params, {k: tuple(v.shape) for k, v in policy.state_dict().items()}
