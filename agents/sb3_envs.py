@@ -24,6 +24,7 @@ __all__ = ["NOVEL_MASKS", "CueMemoryEnv", "HalfCheetahV5", "MaskVelocity", "make
 
 #: Observation entries kept for each base env (positions / angles only; velocities dropped).
 #: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. Acrobot-v1: the cos / sin of both joint angles.
+#: InvertedPendulum-v5: [cart x, pole angle, their velocities] -> [cart x, pole angle].
 #: MuJoCo v5 envs (default observation, x excluded):
 #: ``qpos[1:]`` first, then ``qvel``: the kept entries are the ``nq - 1`` positions (``nq - 2`` for Swimmer /
 #: HalfCheetah-like planar bodies is not needed: their ``qpos`` excludes only x).
@@ -35,6 +36,7 @@ NOVEL_MASKS: dict[str, tuple[int, ...]] = {
     "Acrobot-v1": (0, 1, 2, 3),
     "LunarLander-v3": (0, 1, 4, 6, 7),
     "HalfCheetah-v5": tuple(range(8)),
+    "InvertedPendulum-v5": (0, 1),
     "Hopper-v5": tuple(range(5)),
     "Walker2d-v5": tuple(range(8)),
     "Swimmer-v5": tuple(range(3)),
@@ -172,9 +174,9 @@ class CueMemoryEnv(gym.Env):  # type: ignore[type-arg]
 class HalfCheetahV5(gym.Env):  # type: ignore[type-arg]
     """``HalfCheetah-v5`` dynamics, reward and observation on Gymnasium's shipped ``half_cheetah.xml``.
 
-    Gymnasium's own MuJoCo env module imports ``imageio`` (for rendering) at import time; where that package
-    is missing, :func:`make_novel_env` falls back to this class, which reproduces the v5 env without
-    rendering:
+    :func:`make_novel_env` makes ``HalfCheetah-v5`` (with no kwargs) with this class, which reproduces
+    Gymnasium's v5 env step for step (tested) without rendering and without the XML's deprecated
+    ``settotalmass`` warning (which MuJoCo also appends to ``MUJOCO_LOG.TXT`` in the working directory):
     frame skip 5, reward ``x_velocity - 0.1 * |action|^2``, observation ``[qpos[1:], qvel]`` (17 entries),
     reset noise ``U(-0.1, 0.1)`` on ``qpos`` and ``0.1 * N(0, 1)`` on ``qvel``, 1000-step limit (added by
     :func:`make_novel_env`), never terminates.
@@ -245,9 +247,17 @@ class HalfCheetahV5(gym.Env):  # type: ignore[type-arg]
 
 
 def _make_base(env_id: str, **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
+    if env_id == "HalfCheetah-v5" and not kwargs:
+        # Always the re-implementation (step for step Gymnasium's env, tested): the suite's records were made
+        # with it, and it spares MuJoCo's settotalmass warning and MUJOCO_LOG.TXT on every env.
+        return gym.wrappers.TimeLimit(HalfCheetahV5(), max_episode_steps=1000)
     try:
         return gym.make(env_id, **kwargs)
     except ModuleNotFoundError as exc:
-        if env_id == "HalfCheetah-v5" and not kwargs and exc.name == "imageio":
-            return gym.wrappers.TimeLimit(HalfCheetahV5(), max_episode_steps=1000)
+        if exc.name == "imageio":
+            raise ModuleNotFoundError(
+                f"{env_id}: Gymnasium's MuJoCo envs import imageio, which is missing; reinstall ltc-control "
+                "(pip install -e .), whose dependencies include it",
+                name="imageio",
+            ) from exc
         raise

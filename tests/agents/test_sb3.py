@@ -583,6 +583,34 @@ def test_halfcheetah_fallback_passes_env_checker() -> None:
     assert o1.shape == (17,) and env.dt == pytest.approx(0.05)
 
 
+def test_halfcheetah_reimplementation_matches_gymnasium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make_novel_env uses HalfCheetahV5 for HalfCheetah-v5: it must be Gymnasium's env step for step."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its settotalmass warning to ./MUJOCO_LOG.TXT
+    ours, theirs = make_novel_env("HalfCheetah-v5"), gym.make("HalfCheetah-v5")
+    assert not isinstance(ours.unwrapped, type(theirs.unwrapped))  # really two implementations
+    o1, _ = ours.reset(seed=5)
+    o2, _ = theirs.reset(seed=5)
+    np.testing.assert_array_equal(o1, o2)
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        action = rng.uniform(-1, 1, 6)
+        a, b = ours.step(action), theirs.step(action)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:4] == b[1:4]
+
+
+def test_mask_velocity_inverted_pendulum_keeps_position_and_angle() -> None:
+    full, masked = gym.make("InvertedPendulum-v5"), make_novel_env("InvertedPendulumNoVel-v5")
+    o_full, _ = full.reset(seed=4)
+    o_mask, _ = masked.reset(seed=4)
+    np.testing.assert_array_equal(o_mask, o_full[:2])
+    assert masked.observation_space.shape == (2,)
+    # actions rescaled to [-1, 1] (the env's are [-3, 3])
+    assert np.all(masked.action_space.low == -1.0) and np.all(masked.action_space.high == 1.0)
+
+
 def test_mask_velocity_errors() -> None:
     with pytest.raises(ValueError, match="no velocity mask known"):
         MaskVelocity(gym.make("BipedalWalker-v3"))
