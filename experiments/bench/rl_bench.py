@@ -157,9 +157,14 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
 
 
 def evaluate_model(
-    model: Any, env_id: str, episodes: int, seed0: int = 10_000, vec_normalize: Any | None = None
+    model: Any,
+    env_id: str,
+    episodes: int,
+    seed0: int = 10_000,
+    vec_normalize: Any | None = None,
+    deterministic: bool = True,
 ) -> list[float]:
-    """Deterministic returns of ``episodes`` episodes on fresh envs seeded ``seed0 + i``.
+    """Returns of ``episodes`` episodes on fresh envs seeded ``seed0 + i``, greedy by default.
 
     Observations go through ``VecNormalize`` statistics (if any) as in training, without updating them; the
     returns are the env's raw (unnormalised) rewards.
@@ -171,21 +176,32 @@ def evaluate_model(
         seed0: seed of the first episode.
         vec_normalize: the ``VecNormalize`` whose observation statistics to use (e.g. loaded from a run's
             ``.vecnormalize.pkl`` for a loaded model); default: the model's own (``None`` if it has none).
+        deterministic: the greedy action (the benchmark's evaluation). False: actions drawn from the policy
+            as in training (torch seeded with ``seed0 + i`` per episode; a gSDE policy redraws its noise at
+            each episode's start and every ``sde_sample_freq`` steps, as its rollouts did).
 
     Returns:
         One undiscounted return per episode.
     """
+    import torch
     from stable_baselines3.common.vec_env import VecNormalize
 
     env = _make_env_fn(env_id)()
     norm = vec_normalize if vec_normalize is not None else model.get_vec_normalize_env()
+    sde = not deterministic and bool(getattr(model, "use_sde", False))
+    sde_freq = int(getattr(model, "sde_sample_freq", -1))
     returns = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed0 + i)
-        state, start, done, total = None, np.ones((1,), dtype=bool), False, 0.0
+        if not deterministic:
+            torch.manual_seed(seed0 + i)
+        state, start, done, total, step = None, np.ones((1,), dtype=bool), False, 0.0, 0
         while not done:
+            if sde and (step == 0 or (sde_freq > 0 and step % sde_freq == 0)):
+                model.policy.reset_noise(1)
             x = norm.normalize_obs(obs) if isinstance(norm, VecNormalize) else obs
-            action, state = model.predict(x, state=state, episode_start=start, deterministic=True)
+            action, state = model.predict(x, state=state, episode_start=start, deterministic=deterministic)
+            step += 1
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = bool(terminated or truncated)

@@ -583,3 +583,62 @@ def test_benchmark_workers_exit_when_the_benchmark_is_killed(tmp_path: Path) -> 
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive, "the orphaned worker should have exited"
+
+
+def test_sampled_evaluation_of_saved_suite_runs(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rl_stochastic_eval.py: the suite's saved runs with sampled actions beside the greedy numbers, cached
+    per run; sampled returns are reproducible and differ from the greedy ones; bad inputs are named."""
+    import yaml
+
+    from ltc_control.config import to_dict
+
+    suite = load_bench("rl_suite")
+    bench = load_bench("rl_bench")
+    script = load_bench("rl_stochastic_eval")
+    cfg = load_bench("rl_bench_config")
+    ppo = cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, use_sde=True, sde_sample_freq=4)
+    config = suite.SuiteConfig(
+        name="tiny_sampled",
+        tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),),
+        seeds=(0, 1),
+        models=("ltc", "lstm"),
+        eval_episodes=2,
+        random_episodes=2,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    suite.run_suite(config)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    records = bench._load_records(config.benchmark(config.tasks[0]))
+    assert len(records) == 4
+    first = script.sampled_returns(records[0], episodes=2)
+    cache = Path(records[0]["saved"]["model"]).with_suffix("").with_suffix(".sampled_eval.json")
+    assert cache.is_file()
+    cache.unlink()
+    assert script.sampled_returns(records[0], episodes=2) == first  # reproducible draws
+    assert first != records[0]["eval_returns"]  # a drawn action is not the greedy one
+    out = tmp_path / "sampled.md"
+    assert script.main(["--suite", str(path), "--write", str(out)]) == 0
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [r["model"] for r in rows] == ["ltc", "lstm"]
+    for r in rows:
+        greedy = [rec["eval_mean"] for rec in records if rec["model"] == r["model"]]
+        assert float(r["greedy_mean"]) == pytest.approx(np.mean(greedy))
+        assert np.isfinite(float(r["sampled_mean"])) and r["sampled_per_seed"].startswith("0:")
+    assert "greedy vs sampled" in out.read_text()
+    # cached: the saved models can go, the table is the same
+    for rec in records:
+        Path(rec["saved"]["model"]).unlink()
+    script.main(["--suite", str(path), "--write", str(tmp_path / "again.md")])
+    assert (tmp_path / "again.csv").read_text() == out.with_suffix(".csv").read_text()
+    # a run whose model and cache are gone is named
+    cache.unlink()
+    with pytest.raises(FileNotFoundError, match="PendulumNoVel-v1 .* seed 0: saved model"):
+        script.sampled_returns(records[0], episodes=2)
+    with pytest.raises(SystemExit):
+        script.main(["--suite", str(path), "--tasks", "Nope-v0"])
+    assert "not in the suite" in capsys.readouterr().err
