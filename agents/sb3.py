@@ -40,6 +40,7 @@ Design (see ``docs/rl.md``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -74,6 +75,7 @@ from ltc_control.sequence import SequenceModel
 
 __all__ = [
     "DEFAULT_CONTROLLER_LR_SCALE",
+    "DEFAULT_DISCRETE_DT",
     "CnnLtcPolicy",
     "CriticMode",
     "LtcPolicy",
@@ -101,13 +103,35 @@ def _unscale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
         group["lr"] = group["lr"] / group.get("lr_scale", 1.0)
 
 
-def _check_group_layout(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
-    """Load pre-hook: a saved optimizer state must have this policy's groups and learning-rate scales.
+def _check_group_layout(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], default_discrete_units: int | None = None
+) -> None:
+    """Load pre-hook: a saved optimizer state must have this policy's groups, learning-rate scales and
+    controller ``dt``.
 
     Otherwise torch would refuse it with "a different number of parameter groups", or, with as many groups,
-    silently take the saved scales. The error names the saved scale and how to load the model with it.
+    silently take the saved scales; and a model trained at another ``dt`` (no weight shape shows it) would
+    run its circuit at this policy's. The error names the saved value and how to load the model with it.
+    The groups carry ``controller_dt`` since 2026-12-06; a state saved before then trained at ``dt`` 1 when
+    it had the default controller (``default_discrete_units``: this policy is the default controller, of that
+    many neurons, with discrete actions, whose ``dt`` is now :data:`DEFAULT_DISCRETE_DT`; None otherwise).
     """
-    saved = sorted(float(g.get("lr_scale", 1.0)) for g in state_dict.get("param_groups", []))
+    saved_groups = state_dict.get("param_groups", [])
+    mine_dt = {float(g["controller_dt"]) for g in optimizer.param_groups if "controller_dt" in g}
+    saved_dt = {float(g["controller_dt"]) for g in saved_groups if "controller_dt" in g}
+    if not saved_dt and default_discrete_units is not None and mine_dt != {1.0}:
+        saved_dt = {1.0}  # saved before the groups said, when the discrete default controller had dt 1
+    if saved_dt and mine_dt and saved_dt != mine_dt:
+        dt = max(saved_dt)
+        raise ValueError(
+            f"the saved model's controller ran at dt {dt:g}, this policy's at {max(mine_dt):g}. "
+            "Discrete-action models saved with no policy kwargs before the discrete default became dt "
+            f"{DEFAULT_DISCRETE_DT:g} (2026-12-06) ran at 1. Load it with RecurrentPPO.load(path, "
+            "custom_objects={'policy_kwargs': {..., 'controller': {'kind': 'ltc', 'wiring': {'preset': "
+            f"'fully_connected', 'units': {default_discrete_units or 16}}}, 'dt': {dt:g}}}}}}}) (the default "
+            "circuit, keeping its other policy kwargs)"
+        )
+    saved = sorted(float(g.get("lr_scale", 1.0)) for g in saved_groups)
     mine = sorted(float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups)
     if saved == mine:
         return
@@ -136,7 +160,14 @@ def _motor_size(action_space: spaces.Space) -> int:
     )
 
 
-def default_controller(motor_size: int) -> ControllerConfig:
+#: ``dt`` of :func:`default_controller` with discrete actions: each env step advances the circuit's ODE by
+#: 0.1 time units, so its effective time constants span about one env step instead of a tenth of one (a
+#: circuit with memory). Chosen on the discrete tuning tasks (AcrobotNoVel-v1: 3 of 3 seeds learned, sooner
+#: than at 1; the ``docs/rl.md`` section "slower neurons"); continuous actions keep 1.
+DEFAULT_DISCRETE_DT = 0.1
+
+
+def default_controller(motor_size: int, discrete: bool = False) -> ControllerConfig:
     """The actor's controller of ``LtcPolicy(controller=None)``: an LTC on a fully connected wiring of 16
     neurons, the motor neurons among them (``motor_size + 8`` neurons when the action needs more than 8).
 
@@ -146,9 +177,12 @@ def default_controller(motor_size: int) -> ControllerConfig:
 
     Args:
         motor_size: motor neurons (action dimensions, or logits of discrete actions).
+        discrete: discrete actions (``Discrete``, ``MultiDiscrete``, ``MultiBinary``): ``dt`` is
+            :data:`DEFAULT_DISCRETE_DT` (slower neurons, time constants of about one env step); else 1.
     """
     units = max(16, int(motor_size) + 8)
-    return ControllerConfig(kind="ltc", wiring=WiringConfig(preset="fully_connected", units=units))
+    wiring = WiringConfig(preset="fully_connected", units=units)
+    return ControllerConfig(kind="ltc", wiring=wiring, dt=DEFAULT_DISCRETE_DT if discrete else 1.0)
 
 
 #: ``controller_lr_scale`` when neither it nor ``controller`` is given and the actions are continuous
@@ -245,8 +279,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         lr_schedule: learning-rate schedule (given by the algorithm).
         controller: the actor's controller (:class:`~ltc_control.controllers.ControllerConfig` or a mapping of
             its fields; default: :func:`default_controller`, an LTC on a dense 16-neuron wiring, motor neurons
-            = actions). ``ControllerConfig()`` (or ``{"kind": "ltc"}``) is the paper-sized NCP, 12 inter / 6
-            command neurons.
+            = actions, ``dt`` 0.1 with discrete actions). ``ControllerConfig()`` (or ``{"kind": "ltc"}``) is
+            the paper-sized NCP, 12 inter / 6 command neurons.
         critic: ``"separate"`` (own controller), ``"shared"`` (value MLP on the actor controller's neuron
             states; both losses train it) or ``"feedforward"`` (value MLP on the features).
         critic_controller: the critic's controller config for ``critic="separate"`` (default: ``controller``).
@@ -356,8 +390,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         # Plain attributes set before nn.Module.__init__ are allowed; _build (called from the base __init__)
         # reads them.
         self._default_controller = controller is None
+        self._default_discrete_controller = controller is None and not isinstance(action_space, spaces.Box)
         self.controller_config: ControllerConfig = (
-            default_controller(_motor_size(action_space))
+            default_controller(_motor_size(action_space), discrete=not isinstance(action_space, spaces.Box))
             if controller is None
             else as_config(ControllerConfig, controller, "controller")
         )
@@ -524,21 +559,27 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         Returns:
             The optimizer (also used by :func:`load_policy_weights` to reset the moments).
         """
+        # what the groups record besides their rates: the actor controller's dt (checked on load)
+        units = self.controller_config.wiring.units if self._default_discrete_controller else None
+        check = functools.partial(_check_group_layout, default_discrete_units=units)
         if self.controller_lr_scale == 1.0:  # one group (the layout of models saved before the option)
             single = self.optimizer_class(self.parameters(), lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
-            single.register_load_state_dict_pre_hook(_check_group_layout)
+            single.param_groups[0]["controller_dt"] = float(self.controller_config.dt)
+            single.register_load_state_dict_pre_hook(check)
             return cast(torch.optim.Optimizer, single)
         controllers = [m for m in (self.lstm_actor, self.lstm_critic) if m is not None]
         ctrl_ids = {id(p) for m in controllers for p in m.parameters()}
         ctrl = [p for p in self.parameters() if id(p) in ctrl_ids]
         rest = [p for p in self.parameters() if id(p) not in ctrl_ids]
         groups = [{"params": rest, "lr_scale": 1.0}, {"params": ctrl, "lr_scale": self.controller_lr_scale}]
+        for group in groups:
+            group["controller_dt"] = float(self.controller_config.dt)
         optimizer = self.optimizer_class(  # type: ignore[call-arg]
             [g for g in groups if g["params"]], lr=lr, **self.optimizer_kwargs
         )
         optimizer.register_step_pre_hook(_scale_group_lrs)
         optimizer.register_step_post_hook(_unscale_group_lrs)
-        optimizer.register_load_state_dict_pre_hook(_check_group_layout)
+        optimizer.register_load_state_dict_pre_hook(check)
         return cast(torch.optim.Optimizer, optimizer)
 
     def load_state_dict(

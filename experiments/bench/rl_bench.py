@@ -342,6 +342,8 @@ def liquid_defaults() -> dict[str, Any]:
     # controller=None resolves per task (motor neurons); controller_lr_scale=None per action space and given
     # controller
     out["controller"] = {str(m): to_dict(default_controller(m)) for m in (1, 6, 8, 9)}
+    # with discrete actions (dt 0.1 since 2026-12-06; the key is new then, so the digest changed with it)
+    out["controller, discrete actions"] = {str(m): to_dict(default_controller(m, True)) for m in (2, 3, 4, 9)}
     box, discrete = spaces.Box(-1.0, 1.0, (1,)), spaces.Discrete(4)
     out["controller_lr_scale"] = {
         "default controller, Box actions": default_controller_lr_scale(box, False),

@@ -20,6 +20,10 @@ The defaults changes so far (issue #16), each an entry of ``OLD_DEFAULTS`` (the 
    (:func:`~ltc_control.agents.sb3.default_controller_lr_scale`: 1 with discrete actions). Records of
    ``Box`` tasks keep their kwargs; an LTC run of a discrete task with no controller given gets
    ``controller_lr_scale: 5.0``.
+3. 2026-12-06, later still: the default controller with discrete actions got ``dt`` 0.1
+   (:data:`~ltc_control.agents.sb3.DEFAULT_DISCRETE_DT`; 1 before). Records of ``Box`` tasks and of the CfC
+   variant keep their kwargs; an LTC run of a discrete task with no controller given gets the old controller
+   written out (``dt`` 1).
 
 Usage::
 
@@ -56,22 +60,38 @@ from ltc_control.runs import atomic_write_json  # noqa: E402
 
 #: The digest of the defaults of change 2 (the dense LTC at 5x for every action space).
 _DEFAULTS_LR5_EVERYWHERE = "8efd2db87ea6fb35d8e305a4805a900cb0a5db5f6c81ae7ea66c67a0547249ac"
+#: The digest of the defaults of change 3 (the dense LTC at dt 1 for every action space).
+_DEFAULTS_DT1_EVERYWHERE = "e1385ab34f7e43352c84bb5a07fd77b247fd0a7ad865264bbbc6b300e9abb5a3"
 
 
-def _ncp_defaults(model: str, run_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _ncp_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
     return {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0}
 
 
-def _lr5_everywhere_defaults(model: str, run_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _lr5_everywhere_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
     given = model == "cfc" or "controller" in run_kwargs  # the CfC variant always passes a controller
-    return {"controller_lr_scale": 1.0 if given else 5.0}
+    out = {"controller_lr_scale": 1.0 if given else 5.0}
+    return {**out, **_dt1_everywhere_defaults(model, run_kwargs, action_space)}
 
 
-#: digest of old defaults -> ``(model, the run's kwargs) -> those defaults written out as policy kwargs``
-#: (records made before the digest field existed read as the first digest, as in rl_bench)
-OLD_DEFAULTS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+def _dt1_everywhere_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
+    from gymnasium import spaces
+
+    from ltc_control.agents.sb3 import default_controller
+
+    if model == "cfc" or "controller" in run_kwargs or isinstance(action_space, spaces.Box):
+        return {}
+    units = default_controller(_motor_size(action_space)).wiring.units
+    return {"controller": {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": units}, "dt": 1.0}}
+
+
+#: digest of old defaults -> ``(model, the run's kwargs, the task's action space) -> those defaults written
+#: out as policy kwargs`` (records made before the digest field existed read as the first digest, as in
+#: rl_bench)
+OLD_DEFAULTS: dict[str, Callable[[str, dict[str, Any], Any], dict[str, Any]]] = {
     _DEFAULTS_BEFORE_THE_FIELD: _ncp_defaults,
     _DEFAULTS_LR5_EVERYWHERE: _lr5_everywhere_defaults,
+    _DEFAULTS_DT1_EVERYWHERE: _dt1_everywhere_defaults,
 }
 
 
@@ -84,6 +104,8 @@ def new_kwargs(
     and ``old_kwargs``). Keys equal to today's resolved defaults for ``action_space`` are dropped, so a record
     of today's defaults gets ``{}``.
     """
+    from gymnasium import spaces
+
     from ltc_control.agents.sb3 import default_controller, default_controller_lr_scale
     from ltc_control.agents.sb3_modules import as_config
 
@@ -97,13 +119,16 @@ def new_kwargs(
         if model == "cfc":
             ctrl_kwargs.pop("kind", None)  # rl_bench adds it again
         out["controller"] = ctrl_kwargs
-        if model == "ltc" and controller == default_controller(motor):
+        discrete = not isinstance(action_space, spaces.Box)
+        if model == "ltc" and controller == default_controller(motor, discrete=discrete):
             out.pop("controller")
         elif model == "cfc" and not ctrl_kwargs:
             out.pop("controller")
     # today's rule for the task's actions (the CfC variant always passes a controller)
     default_lr = default_controller_lr_scale(action_space, "controller" in out or model == "cfc")
-    lr = float(merged.get("controller_lr_scale", 1.0))
+    # an era whose rate rule was today's writes no rate: the run had today's rule for its own kwargs
+    given_then = "controller" in old_kwargs or model == "cfc"
+    lr = float(merged.get("controller_lr_scale", default_controller_lr_scale(action_space, given_then)))
     if lr == default_lr:
         out.pop("controller_lr_scale", None)
     else:
@@ -148,7 +173,7 @@ def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> No
         raise ValueError(f"the saved weights do not fit: {exc}") from None
 
 
-def plan_digest_check(digest: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+def plan_digest_check(digest: str) -> Callable[[str, dict[str, Any], Any], dict[str, Any]]:
     """The old defaults (as kwargs, per model and run kwargs) of records with ``digest``; ``ValueError`` for
     defaults not listed."""
     if digest not in OLD_DEFAULTS:
@@ -177,7 +202,8 @@ def plan(runs_dir: Path, suite: SuiteConfig) -> list[tuple[Path, dict[str, Any],
             raise ValueError(f"{path}: {exc}") from None
         _, act_space = _spaces(rec["env_id"])
         old_kwargs = dict(rec["config"].get("liquid_policy_kwargs") or {})
-        kwargs = new_kwargs(rec["model"], old_kwargs, old_defaults(rec["model"], old_kwargs), act_space)
+        defaults = old_defaults(rec["model"], old_kwargs, act_space)
+        kwargs = new_kwargs(rec["model"], old_kwargs, defaults, act_space)
         records_dir = Path(dataclasses.replace(suite, liquid_policy_kwargs=kwargs).records_dir)
         out.append((path, kwargs, records_dir / path.name))
     return out

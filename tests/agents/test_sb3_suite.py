@@ -4,6 +4,7 @@ that the liquid policies' defaults are the documented ones."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from gymnasium import spaces
 
 from ltc_control.agents.sb3 import (
     DEFAULT_CONTROLLER_LR_SCALE,
+    DEFAULT_DISCRETE_DT,
     CnnLtcPolicy,
     LtcPolicy,
     default_controller,
@@ -70,7 +72,10 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     for motor, units in ((1, 16), (6, 16), (8, 16), (9, 17), (20, 28)):
         config = default_controller(motor)
         assert config.kind == "ltc" and config.wiring.preset == "fully_connected", motor
-        assert config.wiring.units == units, motor
+        assert config.wiring.units == units and config.dt == 1.0, motor
+        discrete_config = default_controller(motor, discrete=True)
+        assert discrete_config == dataclasses.replace(config, dt=DEFAULT_DISCRETE_DT), motor
+    assert DEFAULT_DISCRETE_DT == 0.1 and "`dt` 0.1 with discrete actions" in table["controller"] + docs
     ncp = ControllerConfig()
     assert ncp.kind == "ltc" and ncp.wiring.preset == "lane_keeping"  # the paper-sized NCP
     assert (ncp.wiring.inter, ncp.wiring.command) == (12, 6)
@@ -94,6 +99,8 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     for discrete in (spaces.Discrete(3), spaces.MultiDiscrete([2, 3]), spaces.MultiBinary(2)):
         policy = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), discrete, lambda _: 1e-3)
         assert policy.controller.cell.num_neurons == 16, discrete
+        assert policy.controller_config.dt == 0.1 == policy.critic_controller_config.dt, discrete
+        assert policy.lstm_actor.dt == 0.1, discrete  # what the adapter steps the ODE by
         assert policy.controller_lr_scale == 1.0 and len(policy.optimizer.param_groups) == 1, discrete
         assert default_controller_lr_scale(discrete, False) == 1.0
     assert default_controller_lr_scale(box, False) == 5.0 and default_controller_lr_scale(box, True) == 1.0
@@ -242,11 +249,15 @@ def test_normalisation_needs_lstm_ppo_to_beat_random(load_bench: Callable[[str],
 
 def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str], ModuleType]) -> None:
     """rl_relabel: a run made under old defaults (the 19-neuron NCP at 1x; the dense LTC at 5x for every
-    action space) plus its kwargs becomes a run of today's defaults plus kwargs that build the very same
-    policy (constructor values, learning-rate scale and weight shapes), on continuous and discrete actions."""
+    action space; the dense LTC at dt 1 for every action space) plus its kwargs becomes a run of today's
+    defaults plus kwargs that build the very same policy (constructor values, learning-rate scale and weight
+    shapes), on continuous and discrete actions."""
     relabel = load_bench("rl_relabel")
     ncp_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_BEFORE_THE_FIELD]
     lr5_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_LR5_EVERYWHERE]
+    dt1_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_DT1_EVERYWHERE]
+    dt1 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 1.0}
+    dt01 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 0.1}
     dense = {"controller": {"wiring": {"preset": "fully_connected", "units": 16}}, "controller_lr_scale": 5.0}
     obs = spaces.Box(-np.inf, np.inf, (2,), np.float32)
     box = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -272,14 +283,27 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
         (ncp_era, box, "cfc", {}, {}),
         (ncp_era, box, "cfc", {"controller_lr_scale": 5.0}, {"controller_lr_scale": 5.0}),
         (ncp_era, box, "cfc", dense, dense),
-        (ncp_era, discrete, "ltc", dense, {"controller_lr_scale": 5.0}),
+        (ncp_era, discrete, "ltc", dense, dense),  # dt 1: no longer the discrete default controller
         (lr5_era, box, "ltc", {}, {}),
         (lr5_era, box, "ltc", {"action_scale_init": 0.1}, {"action_scale_init": 0.1}),
         (lr5_era, box, "cfc", {}, {}),
-        (lr5_era, discrete, "ltc", {}, {"controller_lr_scale": 5.0}),
-        (lr5_era, discrete, "ltc", {"controller_lr_scale": 1.0}, {}),
+        (lr5_era, discrete, "ltc", {}, {"controller": dt1, "controller_lr_scale": 5.0}),
+        (lr5_era, discrete, "ltc", {"controller_lr_scale": 1.0}, {"controller": dt1}),
         (lr5_era, discrete, "ltc", {"controller": {"kind": "ltc"}}, {"controller": {"kind": "ltc"}}),
         (lr5_era, discrete, "cfc", {}, {}),
+        (dt1_era, box, "ltc", {}, {}),
+        (dt1_era, box, "cfc", {}, {}),
+        (dt1_era, discrete, "ltc", {}, {"controller": dt1}),
+        (
+            dt1_era,
+            discrete,
+            "ltc",
+            {"controller_lr_scale": 5.0},
+            {"controller": dt1, "controller_lr_scale": 5.0},
+        ),
+        (dt1_era, discrete, "ltc", {"controller": dt01}, {}),  # the dt-0.1 candidate is today's default
+        (dt1_era, discrete, "ltc", {"controller": {"kind": "ltc"}}, {"controller": {"kind": "ltc"}}),
+        (dt1_era, discrete, "cfc", {}, {}),
     ]
 
     def built(
@@ -291,7 +315,7 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
         return params, {k: tuple(v.shape) for k, v in policy.state_dict().items()}
 
     for era, act, model, old_kwargs, expected in cases:
-        old = era(model, old_kwargs)
+        old = era(model, old_kwargs, act)
         new = relabel.new_kwargs(model, old_kwargs, old, act)
         assert new == expected, (era.__name__, act, model, old_kwargs)
         # what the old code built: the old defaults written out, then the run's own kwargs
@@ -420,21 +444,26 @@ def test_discrete_diagnosis_of_untrained_policies(
     load_bench: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--init`` builds untrained policies from ``--policy-kwargs``: sb3's uniform start (a head gain of
-    0.01) has logits about a hundred times smaller than the default head's; episodes stop at ``--max-steps``;
+    0.01) has logits a hundred times smaller than the same head's at gain 1; episodes stop at ``--max-steps``;
     bad kwargs and a missing ``--runs`` are clear errors."""
     import json
 
     diag = load_bench("rl_discrete_diag")
     common = ["--init", "--task", "CartPole-v1", "--models", "ltc", "--seeds", "0", "--episodes", "1"]
     rows = {}
-    for name, kwargs in (("default", "{}"), ("small", "{action_readout: state, action_scale_init: 0.01}")):
+    for name, kwargs in (
+        ("unit", "{action_readout: state}"),
+        ("small", "{action_readout: state, action_scale_init: 0.01}"),
+    ):
         out = tmp_path / f"{name}.md"
         argv = [*common, "--max-steps", "15", "--policy-kwargs", kwargs, "--write", str(out)]
         assert diag.main(argv) == 0
         rows[name] = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
         assert "untrained policies" in out.read_text() and "cut at 15 steps" in out.read_text()
-    assert all(r["steps"] <= 15 for r in rows["default"] + rows["small"])
-    assert rows["default"][0]["margin"] > 20 * rows["small"][0]["margin"] > 0
+    assert all(r["steps"] <= 15 for r in rows["unit"] + rows["small"])
+    # the same circuit (same seed) read at gain 1 and 0.01: logits (bias 0) a hundred times smaller
+    assert rows["unit"][0]["margin"] == pytest.approx(100 * rows["small"][0]["margin"], rel=1e-3)
+    assert rows["small"][0]["margin"] > 0
     for bad, message in (
         (["--policy-kwargs", "[1]"], "must be a mapping"),
         (["--models", "gru"], "unknown model"),
@@ -455,10 +484,10 @@ def test_discrete_diagnosis_of_untrained_policies(
 def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
     load_bench: Callable[[str], ModuleType], tmp_path: Path
 ) -> None:
-    """rl_relabel end to end: an LTC run of a discrete task made when the default was 5x everywhere becomes a
-    run of ``controller_lr_scale: 5.0`` under today's defaults (moved to that ablation's folder, weights and
-    record), keeps its earlier re-labelling under ``previous``, and its original stays in the archive; a
-    Box-action run of the same era keeps its place and its (empty) kwargs."""
+    """rl_relabel end to end: an LTC run of a discrete task made when the default was 5x (and dt 1) everywhere
+    becomes a run of ``controller_lr_scale: 5.0`` on the dt-1 controller under today's defaults (moved to
+    that ablation's folder, weights and record), keeps its earlier re-labelling under ``previous``, and its
+    original stays in the archive; a Box-action run of the same era keeps its place and its (empty) kwargs."""
     import json
 
     from sb3_contrib import RecurrentPPO
@@ -484,9 +513,14 @@ def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
         (runs / f"{name}.json").write_text(json.dumps(record))
     archive = tmp_path / "archive"
     assert relabel.main(["--runs-dir", str(runs), "--archive", str(archive)]) == 0
-    moved = runs / "ablation" / "controller_lr_scale=5.0" / "CartPole-v1__ltc__0__16.json"
+    slug = (
+        "controller=--dt--1.0,-kind---ltc-,-wiring----preset---fully_connected-,-units--16--"
+        "_controller_lr_scale=5.0"
+    )
+    moved = runs / "ablation" / slug / "CartPole-v1__ltc__0__16.json"
     rec = json.loads(moved.read_text())
-    assert rec["config"]["liquid_policy_kwargs"] == {"controller_lr_scale": 5.0}
+    dt1 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 1.0}
+    assert rec["config"]["liquid_policy_kwargs"] == {"controller_lr_scale": 5.0, "controller": dt1}
     assert rec["liquid_defaults_sha256"] == relabel.liquid_defaults_digest()
     assert rec["relabelled"]["previous"] == {"utc": "2026-12-06 09:00:00", "from": "an older archive"}
     assert moved.with_suffix(".zip").is_file() and not (runs / "CartPole-v1__ltc__0__16.zip").exists()
@@ -642,3 +676,41 @@ def test_sampled_evaluation_of_saved_suite_runs(
     with pytest.raises(SystemExit):
         script.main(["--suite", str(path), "--tasks", "Nope-v0"])
     assert "not in the suite" in capsys.readouterr().err
+
+
+def test_discrete_models_saved_at_dt1_name_their_dt_on_load(tmp_path: Path) -> None:
+    """A discrete-action model saved with no policy kwargs while the default controller ran at dt 1 (no
+    ``controller_dt`` in its optimizer groups, no weight shape to tell): loading it into today's dt-0.1
+    default is a clear error naming the saved dt, and the named fix loads it at dt 1; today's models record
+    their dt and load as saved; a continuous-action model saved before loads as it was (dt 1 both)."""
+    from sb3_contrib import RecurrentPPO
+
+    dt1 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 1.0}
+    model = RecurrentPPO(
+        LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, seed=0, policy_kwargs={"controller": dt1}
+    )
+    model.learn(16)
+    for group in model.policy.optimizer.param_groups:  # what such a zip records: groups without the field
+        group.pop("controller_dt")
+    model.policy_kwargs = {}  # and no kwargs
+    model.save(tmp_path / "old_dt1")
+    with pytest.raises(ValueError, match=r"ran at dt 1, this policy's at 0.1.*custom_objects=.*'dt': 1\}"):
+        RecurrentPPO.load(tmp_path / "old_dt1", device="cpu")
+    fixed = RecurrentPPO.load(
+        tmp_path / "old_dt1", device="cpu", custom_objects={"policy_kwargs": {"controller": dt1}}
+    )
+    assert fixed.policy.lstm_actor.dt == 1.0
+    today = RecurrentPPO(LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, seed=0)
+    assert {g["controller_dt"] for g in today.policy.optimizer.param_groups} == {0.1}
+    today.save(tmp_path / "today")
+    assert RecurrentPPO.load(tmp_path / "today", device="cpu").policy.lstm_actor.dt == 0.1
+    # a model saved at dt 0.1 into a policy at dt 1 (e.g. a saved dt-0.1 model loaded with the dt-1 fix)
+    with pytest.raises(ValueError, match="ran at dt 0.1, this policy's at 1"):
+        RecurrentPPO.load(
+            tmp_path / "today", device="cpu", custom_objects={"policy_kwargs": {"controller": dt1}}
+        )
+    box = RecurrentPPO(LtcPolicy, "Pendulum-v1", n_steps=16, batch_size=16, seed=0)
+    for group in box.policy.optimizer.param_groups:
+        group.pop("controller_dt")
+    box.save(tmp_path / "old_box")
+    assert RecurrentPPO.load(tmp_path / "old_box", device="cpu").policy.lstm_actor.dt == 1.0
