@@ -60,7 +60,7 @@ from ltc_control.runs import atomic_write_json  # noqa: E402
 
 #: The digest of the defaults of change 2 (the dense LTC at 5x for every action space).
 _DEFAULTS_LR5_EVERYWHERE = "8efd2db87ea6fb35d8e305a4805a900cb0a5db5f6c81ae7ea66c67a0547249ac"
-#: The digest of the defaults of change 3 (the dense LTC at dt 1 for every action space).
+#: The digest of the defaults that change 3 replaced (the dense LTC at dt 1 for every action space).
 _DEFAULTS_DT1_EVERYWHERE = "e1385ab34f7e43352c84bb5a07fd77b247fd0a7ad865264bbbc6b300e9abb5a3"
 
 
