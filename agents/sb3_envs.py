@@ -24,7 +24,8 @@ __all__ = ["NOVEL_MASKS", "CueMemoryEnv", "HalfCheetahV5", "MaskVelocity", "make
 
 #: Observation entries kept for each base env (positions / angles only; velocities dropped).
 #: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. Acrobot-v1: the cos / sin of both joint angles.
-#: InvertedPendulum-v5: [cart x, pole angle, their velocities] -> [cart x, pole angle].
+#: InvertedPendulum-v5: [cart x, pole angle, their velocities] -> [cart x, pole angle]. Reacher-v5: the two
+#: joint velocities (entries 6, 7) dropped; cos / sin of the joints, the target and fingertip - target kept.
 #: MuJoCo v5 envs (default observation, x excluded):
 #: ``qpos[1:]`` first, then ``qvel``: the kept entries are the ``nq - 1`` positions (``nq - 2`` for Swimmer /
 #: HalfCheetah-like planar bodies is not needed: their ``qpos`` excludes only x).
@@ -37,6 +38,7 @@ NOVEL_MASKS: dict[str, tuple[int, ...]] = {
     "LunarLander-v3": (0, 1, 4, 6, 7),
     "HalfCheetah-v5": tuple(range(8)),
     "InvertedPendulum-v5": (0, 1),
+    "Reacher-v5": (0, 1, 2, 3, 4, 5, 8, 9),
     "Hopper-v5": tuple(range(5)),
     "Walker2d-v5": tuple(range(8)),
     "Swimmer-v5": tuple(range(3)),

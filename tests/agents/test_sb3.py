@@ -611,6 +611,15 @@ def test_mask_velocity_inverted_pendulum_keeps_position_and_angle() -> None:
     assert np.all(masked.action_space.low == -1.0) and np.all(masked.action_space.high == 1.0)
 
 
+def test_mask_velocity_reacher_drops_the_joint_velocities() -> None:
+    full, masked = gym.make("Reacher-v5"), make_novel_env("ReacherNoVel-v5")
+    o_full, _ = full.reset(seed=4)
+    o_mask, _ = masked.reset(seed=4)
+    np.testing.assert_array_equal(o_mask, np.delete(o_full, [6, 7]))
+    np.testing.assert_array_equal(o_full[6:8], full.unwrapped.data.qvel[:2])  # what was dropped: qvel
+    assert masked.observation_space.shape == (8,)
+
+
 def test_mask_velocity_errors() -> None:
     with pytest.raises(ValueError, match="no velocity mask known"):
         MaskVelocity(gym.make("BipedalWalker-v3"))
