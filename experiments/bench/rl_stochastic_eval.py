@@ -155,14 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fmt(mean: float, half: float, digits: int = 1) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} +- {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}"
+def _fmt_ci(mean: float, half: float, digits: int = 1) -> str:
+    """``mean +- half`` (``mean`` alone for one seed; n/a for no value)."""
+    from rl_bench import _fmt
+
+    return _fmt(mean, digits) + (
+        f" +- {_fmt(half, digits)}" if math.isfinite(mean) and math.isfinite(half) else ""
+    )
 
 
 def _markdown(rows: list[dict[str, Any]], episodes: int, seconds: float, cli: list[str]) -> str:
-    names = {"ltc": "LTC-PPO", "cfc": "CfC-PPO", "lstm": "LSTM-PPO"}
+    from rl_bench import _MODEL_NAMES
+    from rl_suite import _random_text
+
     lines = [
         "# The NoVel suite's runs, greedy vs sampled actions",
         "",
@@ -180,26 +185,19 @@ def _markdown(rows: list[dict[str, Any]], episodes: int, seconds: float, cli: li
     for r in rows:
         task = r["env_id"] + (" (held out)" if r["held_out"] else "")
         lines.append(
-            f"| {task} | {names.get(r['model'], r['model'])} | {r['seeds']} | "
-            f"{_fmt(r['greedy_mean'], r['greedy_ci95'])} | "
-            f"{_fmt(r['greedy_normalized_mean'], r['greedy_normalized_ci95'], 2)} | "
-            f"{_fmt(r['sampled_mean'], r['sampled_ci95'])} | "
-            f"{_fmt(r['sampled_normalized_mean'], r['sampled_normalized_ci95'], 2)} |"
+            f"| {task} | {_MODEL_NAMES[r['model']]} | {r['seeds']} | "
+            f"{_fmt_ci(r['greedy_mean'], r['greedy_ci95'])} | "
+            f"{_fmt_ci(r['greedy_normalized_mean'], r['greedy_normalized_ci95'], 2)} | "
+            f"{_fmt_ci(r['sampled_mean'], r['sampled_ci95'])} | "
+            f"{_fmt_ci(r['sampled_normalized_mean'], r['sampled_normalized_ci95'], 2)} |"
         )
-    lines += ["", "Random policy's mean return: " + "; ".join(_random_of(rows))]
+    lines += ["", "Random policy's mean return: " + "; ".join(_random_text(rows))]
     lines += [
         "",
         "Per-seed sampled returns: "
         + "; ".join(f"{r['env_id']} {r['model']} {r['sampled_per_seed']}" for r in rows),
     ]
     return "\n".join(lines) + "\n"
-
-
-def _random_of(rows: list[dict[str, Any]]) -> list[str]:
-    seen: dict[str, float] = {}
-    for r in rows:
-        seen.setdefault(r["env_id"], r["random_return"])
-    return [f"{k} {v:.1f}" for k, v in seen.items()]
 
 
 if __name__ == "__main__":
