@@ -310,6 +310,11 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             every neuron of the actor's controller to each output (:class:`StateReadoutHead`, like sb3's
             ``action_net`` over an LSTM's whole hidden state); such a policy does not convert to a
             ``Policy`` (no ``to_policy``, export or motor-neuron inspection).
+        motors_per_output: motor neurons per action output (``action_readout="motor"`` only): the actor's
+            controller gets ``outputs * motors_per_output`` motor neurons and each output (Gaussian mean or
+            logit) is the mean of its own ``motors_per_output`` consecutive ones, before the head's scale and
+            bias. 1 (default): one motor neuron per output. With more than one the policy does not convert to
+            a ``Policy`` (whose head is one motor neuron per output).
         input_scale_init: initial ``input_w`` (every input) of the LTC controllers' input mapping (actor and
             a separate LTC critic); None keeps the cell's init (1). The LTC's sensory synapses are sigmoids
             ``sigmoid(sigma * (x_in - mu))`` with ``mu`` in [0.3, 0.8] and ``sigma`` in [3, 8] at init:
@@ -358,6 +363,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         action_squash: SquashMode = "auto",
         action_scale_init: float = 1.0,
         action_readout: ReadoutMode = "motor",
+        motors_per_output: int = 1,
         input_scale_init: float | None = None,
         input_bias_init: float | None = None,
         controller_lr_scale: float | None = None,
@@ -385,14 +391,26 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             )
         if action_readout not in ("motor", "state"):
             raise ValueError(f"action_readout must be 'motor' or 'state', got {action_readout!r}")
+        if isinstance(motors_per_output, bool) or not isinstance(motors_per_output, int | np.integer):
+            raise ValueError(f"motors_per_output must be an integer >= 1, got {motors_per_output!r}")
+        if motors_per_output < 1:
+            raise ValueError(f"motors_per_output must be an integer >= 1, got {motors_per_output!r}")
+        if motors_per_output != 1 and action_readout != "motor":
+            raise ValueError(
+                f"motors_per_output={motors_per_output} needs action_readout='motor' (the 'state' head reads "
+                "every neuron, not the motor neurons)"
+            )
         if int(critic_outputs) < 1:
             raise ValueError(f"critic_outputs must be >= 1, got {critic_outputs}")
         # Plain attributes set before nn.Module.__init__ are allowed; _build (called from the base __init__)
         # reads them.
         self._default_controller = controller is None
         self._default_discrete_controller = controller is None and not isinstance(action_space, spaces.Box)
+        self.motors_per_output = int(motors_per_output)
+        #: motor neurons of the actor's controller (action outputs x motors_per_output)
+        self.controller_motor_size = _motor_size(action_space) * self.motors_per_output
         self.controller_config: ControllerConfig = (
-            default_controller(_motor_size(action_space), discrete=not isinstance(action_space, spaces.Box))
+            default_controller(self.controller_motor_size, discrete=not isinstance(action_space, spaces.Box))
             if controller is None
             else as_config(ControllerConfig, controller, "controller")
         )
@@ -461,7 +479,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         """Builds the controllers and the value MLP (``mlp_extractor``; its actor side is the identity)."""
         features_dim = self.features_dim
-        actor = build_controller(self.controller_config, features_dim, self.motor_size)
+        actor = build_controller(self.controller_config, features_dim, self.controller_motor_size)
         critic_model: SequenceModel | None = None
         if self.critic_mode == "separate":
             critic_model = build_controller(self.critic_controller_config, features_dim, self.critic_outputs)
@@ -531,7 +549,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
                 self.controller.state_size, m, self.action_squash, init_gain=self.action_scale_init
             )
         else:
-            self.action_net = MotorHead(m, self.action_squash, init_scale=self.action_scale_init)
+            self.action_net = MotorHead(
+                m, self.action_squash, init_scale=self.action_scale_init, group=self.motors_per_output
+            )
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
             from functools import partial
@@ -613,6 +633,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             action_squash=self.action_squash,
             action_scale_init=self.action_scale_init,
             action_readout=self.action_readout,
+            motors_per_output=self.motors_per_output,
             input_scale_init=self.input_scale_init,
             input_bias_init=self.input_bias_init,
             controller_lr_scale=self.controller_lr_scale,

@@ -79,6 +79,12 @@ def _check_motor_readout(policy: LtcPolicy, what: str) -> None:
             "while ltc_control.policy.Policy's head is element-wise on the motor neurons; only "
             "action_readout='motor' policies convert (export, inspection, fine-tuning from a Policy)"
         )
+    if getattr(policy, "motors_per_output", 1) != 1:
+        raise ValueError(
+            f"cannot {what}: each action output averages {policy.motors_per_output} motor neurons "
+            "(motors_per_output), while ltc_control.policy.Policy's head reads one motor neuron per output; "
+            "only motors_per_output=1 policies convert (export, inspection, fine-tuning from a Policy)"
+        )
 
 
 def to_policy(model: Any) -> Policy:

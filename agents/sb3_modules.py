@@ -98,28 +98,49 @@ class MotorHead(nn.Module):
     actions the logits (``squash="none"``). It has exactly the parameters of
     :class:`ltc_control.policy.Policy`'s action head (``action_scale``, ``action_bias``).
 
+    With ``group`` G > 1 each output averages G consecutive motor neurons first (``LtcPolicy``'s
+    ``motors_per_output``): output ``i`` reads motor neurons ``[i * G, (i + 1) * G)``.
+
     Args:
-        size: number of motor outputs ``M`` (= action dimensions or logits).
+        size: number of outputs ``M`` (= action dimensions or logits).
         squash: ``"tanh"`` or ``"none"``.
         init_scale: initial scale.
         init_bias: initial bias.
+        group: motor neurons averaged into each output (>= 1); the head's input has ``M * group`` entries.
     """
 
     def __init__(
-        self, size: int, squash: Literal["tanh", "none"], init_scale: float = 1.0, init_bias: float = 0.0
+        self,
+        size: int,
+        squash: Literal["tanh", "none"],
+        init_scale: float = 1.0,
+        init_bias: float = 0.0,
+        group: int = 1,
     ) -> None:
         super().__init__()
         _check_squash(squash)
+        if isinstance(group, bool) or int(group) != group or int(group) < 1:
+            raise ValueError(f"group (motor neurons per output) must be an integer >= 1, got {group!r}")
         self.squash = squash
+        self.group = int(group)
         self.scale = nn.Parameter(torch.full((size,), float(init_scale)))
         self.bias = nn.Parameter(torch.full((size,), float(init_bias)))
 
     def forward(self, y: Tensor) -> Tensor:
-        """``(..., M)`` motor outputs -> ``(..., M)``."""
+        """``(..., M * group)`` motor outputs -> ``(..., M)``."""
+        m = self.scale.numel()
+        if y.shape[-1] != m * self.group:
+            raise ValueError(
+                f"the motor head expects {m * self.group} motor outputs ({m} outputs x {self.group} motor "
+                f"neurons each), got {y.shape[-1]}"
+            )
+        if self.group > 1:
+            y = y.unflatten(-1, (m, self.group)).mean(-1)
         return _squash(self.scale * y + self.bias, self.squash)
 
     def extra_repr(self) -> str:
-        return f"size={self.scale.numel()}, squash={self.squash!r}"
+        extra = f", group={self.group}" if self.group > 1 else ""
+        return f"size={self.scale.numel()}, squash={self.squash!r}{extra}"
 
 
 class StateReadoutHead(nn.Module):

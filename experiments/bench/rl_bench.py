@@ -319,7 +319,7 @@ _DEFAULTS_BEFORE_THE_FIELD = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88a
 
 #: ``LtcPolicy`` options added after the defaults digest, with the value that reproduces the earlier policies
 #: (``action_readout="motor"``: the element-wise motor head every earlier run had)
-_NEUTRAL_NEW_OPTIONS: dict[str, Any] = {"action_readout": "motor"}
+_NEUTRAL_NEW_OPTIONS: dict[str, Any] = {"action_readout": "motor", "motors_per_output": 1}
 
 
 def liquid_defaults() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ltc_control.agents.sb3_checkpoint import (
     to_policy,
 )
 from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
-from ltc_control.agents.sb3_modules import StateReadoutHead
+from ltc_control.agents.sb3_modules import MotorHead, StateReadoutHead
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
 
@@ -428,6 +428,48 @@ def test_state_readout_reads_every_neuron(env_id: str) -> None:
         to_policy(small)
     with pytest.raises(ValueError, match="cannot copy a Policy's weights into the sb3 policy"):
         load_policy_weights(small, to_policy(_tiny_model(env_id)))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_motors_per_output_average_their_motor_neurons(env_id: str, tmp_path: Path) -> None:
+    """``motors_per_output=3``: the circuit gets 3 motor neurons per output and each output (logit or
+    Gaussian mean) is their mean; the model saves, loads and predicts the same, and refuses conversion to a
+    ``Policy`` with the reason named."""
+    model = _tiny_model(env_id, policy_kwargs={"motors_per_output": 3})
+    policy = model.policy
+    m = policy.motor_size
+    assert policy.controller.cell.wiring.output_size == 3 * m
+    head = policy.action_net
+    assert isinstance(head, MotorHead) and head.group == 3 and head.scale.shape == (m,)
+    with torch.no_grad():
+        head.scale.copy_(torch.linspace(0.5, 2.0, m))
+        head.bias.copy_(torch.linspace(-0.3, 0.3, m))
+    y = torch.randn(5, 3 * m)
+    expected = head.scale * y.reshape(5, m, 3).mean(-1) + head.bias
+    if head.squash == "tanh":
+        expected = torch.tanh(expected)
+    torch.testing.assert_close(head(y), expected)
+    # every one of the 3 motor neurons of an output reaches it, none of another output's
+    x = y.clone().requires_grad_(True)
+    head(x)[..., 0].sum().backward()
+    assert bool((x.grad[:, :3] != 0).all()) and bool((x.grad[:, 3:] == 0).all())
+    with pytest.raises(ValueError, match=rf"expects {3 * m} motor outputs \({m} outputs x 3 motor"):
+        head(torch.randn(5, m))
+    model.learn(32)
+    obs = np.random.default_rng(0).normal(size=policy.observation_space.shape).astype(np.float32)
+    action, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy.motors_per_output == 3
+    again, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(action, again)
+    with pytest.raises(ValueError, match=r"averages 3 motor neurons \(motors_per_output\)"):
+        to_policy(model)
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="motors_per_output must be an integer >= 1"):
+            _tiny_model(env_id, policy_kwargs={"motors_per_output": bad})
+    with pytest.raises(ValueError, match="needs action_readout='motor'"):
+        _tiny_model(env_id, policy_kwargs={"motors_per_output": 2, "action_readout": "state"})
 
 
 @pytest.mark.parametrize("discrete", [False, True])

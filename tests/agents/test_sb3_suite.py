@@ -62,6 +62,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         "action_squash": "auto",
         "controller_lr_scale": None,  # 5 with the default controller and Box actions, else 1
         "controller": None,  # documented as default_controller(motor_size)
+        "motors_per_output": 1,
     }
     for name, default in expected.items():
         assert params[name].default == default, name
@@ -69,6 +70,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     assert table["critic"] == '"separate"' and table["critic_outputs"] == "8" and table["net_arch"] == "[64]"
     assert table["controller_lr_scale"] == "None" and DEFAULT_CONTROLLER_LR_SCALE == 5.0
     assert table["controller"] == "default_controller(motor_size)"
+    assert table["motors_per_output"] == "1"
     for motor, units in ((1, 16), (6, 16), (8, 16), (9, 17), (20, 28)):
         config = default_controller(motor)
         assert config.kind == "ltc" and config.wiring.preset == "fully_connected", motor
