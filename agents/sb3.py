@@ -123,12 +123,17 @@ def _check_group_layout(
         saved_dt = {1.0}  # saved before the groups said, when the discrete default controller had dt 1
     if saved_dt and mine_dt and saved_dt != mine_dt:
         dt = max(saved_dt)
+        head = f"the saved model's controller ran at dt {dt:g}, this policy's at {max(mine_dt):g}. "
+        if default_discrete_units is None:  # a controller the user gave: name its dt, not the default circuit
+            raise ValueError(
+                head + "Load it with RecurrentPPO.load(path, custom_objects={'policy_kwargs': {..., "
+                f"'controller': {{..., 'dt': {dt:g}}}}}}}) (the controller it was saved with, dt {dt:g})"
+            )
         raise ValueError(
-            f"the saved model's controller ran at dt {dt:g}, this policy's at {max(mine_dt):g}. "
-            "Discrete-action models saved with no policy kwargs before the discrete default became dt "
+            head + "Discrete-action models saved with no policy kwargs before the discrete default became dt "
             f"{DEFAULT_DISCRETE_DT:g} (2026-12-06) ran at 1. Load it with RecurrentPPO.load(path, "
             "custom_objects={'policy_kwargs': {..., 'controller': {'kind': 'ltc', 'wiring': {'preset': "
-            f"'fully_connected', 'units': {default_discrete_units or 16}}}, 'dt': {dt:g}}}}}}}) (the default "
+            f"'fully_connected', 'units': {default_discrete_units}}}, 'dt': {dt:g}}}}}}}) (the default "
             "circuit, keeping its other policy kwargs)"
         )
     saved = sorted(float(g.get("lr_scale", 1.0)) for g in saved_groups)

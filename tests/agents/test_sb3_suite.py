@@ -707,11 +707,26 @@ def test_discrete_models_saved_at_dt1_name_their_dt_on_load(tmp_path: Path) -> N
     assert {g["controller_dt"] for g in today.policy.optimizer.param_groups} == {0.1}
     today.save(tmp_path / "today")
     assert RecurrentPPO.load(tmp_path / "today", device="cpu").policy.lstm_actor.dt == 0.1
-    # a model saved at dt 0.1 into a policy at dt 1 (e.g. a saved dt-0.1 model loaded with the dt-1 fix)
-    with pytest.raises(ValueError, match="ran at dt 0.1, this policy's at 1"):
+    # a model saved at dt 0.1 into a policy at dt 1 (e.g. a saved dt-0.1 model loaded with the dt-1 fix):
+    # the policy's controller is the user's, so the hint names the saved dt, not the default circuit
+    with pytest.raises(ValueError, match="ran at dt 0.1, this policy's at 1") as info:
         RecurrentPPO.load(
             tmp_path / "today", device="cpu", custom_objects={"policy_kwargs": {"controller": dt1}}
         )
+    assert "'controller': {..., 'dt': 0.1}" in str(info.value) and "fully_connected" not in str(info.value)
+    # a user's own controller at dt 0.5, loaded with another dt: the same
+    ncp = {"kind": "ltc", "dt": 0.5}
+    own = RecurrentPPO(
+        LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, seed=0, policy_kwargs={"controller": ncp}
+    )
+    own.save(tmp_path / "own")
+    with pytest.raises(ValueError, match=r"ran at dt 0.5, this policy's at 2.*'dt': 0.5\}"):
+        RecurrentPPO.load(
+            tmp_path / "own",
+            device="cpu",
+            custom_objects={"policy_kwargs": {"controller": {**ncp, "dt": 2.0}}},
+        )
+    assert RecurrentPPO.load(tmp_path / "own", device="cpu").policy.lstm_actor.dt == 0.5
     box = RecurrentPPO(LtcPolicy, "Pendulum-v1", n_steps=16, batch_size=16, seed=0)
     for group in box.policy.optimizer.param_groups:
         group.pop("controller_dt")
