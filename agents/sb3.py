@@ -68,6 +68,7 @@ from ltc_control.agents.sb3_modules import (
     MotorHead,
     StateReadoutHead,
     as_config,
+    check_motors_per_output,
 )
 from ltc_control.cells.ltc import LTCCell
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
@@ -396,10 +397,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             )
         if action_readout not in ("motor", "state"):
             raise ValueError(f"action_readout must be 'motor' or 'state', got {action_readout!r}")
-        if isinstance(motors_per_output, bool) or not isinstance(motors_per_output, int | np.integer):
-            raise ValueError(f"motors_per_output must be an integer >= 1, got {motors_per_output!r}")
-        if motors_per_output < 1:
-            raise ValueError(f"motors_per_output must be an integer >= 1, got {motors_per_output!r}")
+        motors_per_output = check_motors_per_output(motors_per_output)
         if motors_per_output != 1 and action_readout != "motor":
             raise ValueError(
                 f"motors_per_output={motors_per_output} needs action_readout='motor' (the 'state' head reads "
@@ -411,7 +409,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         # reads them.
         self._default_controller = controller is None
         self._default_discrete_controller = controller is None and not isinstance(action_space, spaces.Box)
-        self.motors_per_output = int(motors_per_output)
+        self.motors_per_output = motors_per_output
         #: motor neurons of the actor's controller (action outputs x motors_per_output)
         self.controller_motor_size = _motor_size(action_space) * self.motors_per_output
         self.controller_config: ControllerConfig = (

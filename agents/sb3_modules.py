@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -87,6 +88,13 @@ def _check_squash(squash: str) -> None:
         raise ValueError(f"squash must be 'tanh' or 'none', got {squash!r}")
 
 
+def check_motors_per_output(value: object, name: str = "motors_per_output") -> int:
+    """``value`` as an int >= 1 (motor neurons per output); else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def _squash(a: Tensor, squash: str) -> Tensor:
     return torch.tanh(a) if squash == "tanh" else a
 
@@ -119,10 +127,8 @@ class MotorHead(nn.Module):
     ) -> None:
         super().__init__()
         _check_squash(squash)
-        if isinstance(group, bool) or int(group) != group or int(group) < 1:
-            raise ValueError(f"group (motor neurons per output) must be an integer >= 1, got {group!r}")
         self.squash = squash
-        self.group = int(group)
+        self.group = check_motors_per_output(group, "group (motor neurons per output)")
         self.scale = nn.Parameter(torch.full((size,), float(init_scale)))
         self.bias = nn.Parameter(torch.full((size,), float(init_bias)))
 
