@@ -185,3 +185,37 @@ def test_config_round_trip() -> None:
         rebuilt.load_state_dict(cell.state_dict())
         x, h = torch.randn(2, 3), torch.randn(2, cell.state_size)
         assert torch.equal(cell(x, h, 0.5)[1], rebuilt(x, h, 0.5)[1])
+
+
+@pytest.mark.parametrize("cls", [LSTMCell, GRUCell])
+@pytest.mark.parametrize("mid_reset", [False, True])
+def test_gated_sequences_fused_path_equals_the_step_loop(cls: type, mid_reset: bool) -> None:
+    # The fused torch kernel serves sequences that restart only at their first step (RecurrentPPO's training
+    # batches); a restart inside a sequence falls back to the step loop. Outputs, final state, every step's
+    # state and all gradients agree with the reference loop either way.
+    torch.manual_seed(3)
+    cell = cls(5, 12, 3)
+    x = torch.randn(6, 9, 5, requires_grad=True)
+    h0 = torch.randn(6, cell.state_size, requires_grad=True)
+    starts = torch.zeros(6, 9)
+    starts[::2, 0] = 1.0
+    if mid_reset:
+        starts[1, 4] = 1.0
+    assert (cell._fused_sequence(x, h0, None, starts) is None) == mid_reset
+    y, h_t = cell.forward_sequence(x, h0, 0.5, starts)
+    y_ref, h_ref = RecurrentCell.forward_sequence(cell, x, h0, 0.5, starts)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_t, h_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        cell.state_sequence(x, h0, None, starts), RecurrentCell.state_sequence(cell, x, h0, None, starts)
+    )
+    params = [x, h0, *cell.parameters()]
+    grads = torch.autograd.grad((y**2).sum() + h_t.pow(2).sum(), params)
+    grads_ref = torch.autograd.grad((y_ref**2).sum() + h_ref.pow(2).sum(), params)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    # The fused path validates like the loop: a wrong input width and a NaN are named.
+    with pytest.raises(ValueError, match="input_size"):
+        cell.forward_sequence(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="non-finite"):
+        cell.forward_sequence(torch.full((2, 3, 5), float("nan")))

