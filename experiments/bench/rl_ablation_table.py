@@ -40,11 +40,71 @@ def _variant_name(kwargs: dict[str, Any]) -> str:
     return "defaults" if not kwargs else ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
 
 
-def collect(suite: SuiteConfig, variants: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (variant, tuning task, liquid model) with at least one record.
+#: the columns of a suite summary CSV that :func:`references_from_csv` reads
+_REFERENCE_COLUMNS = ("env_id", "model", "random_return", "per_seed_eval")
+
+
+def references_from_csv(path: str | Path, seeds: Sequence[int]) -> dict[str, tuple[list[float], float]]:
+    """LSTM-PPO's per-seed eval returns (for ``seeds``) and the random policy's return, per task, from a
+    suite summary CSV (e.g. the committed ``experiments/results/rl_novel_suite.csv``), for a machine that
+    lacks the suite's LSTM-PPO records (gitignored run folders). The CSV's per-seed returns are rounded to
+    0.1.
+
+    Returns:
+        ``{env_id: (lstm_returns, random_return)}`` for every task with an ``lstm`` row.
 
     Raises:
-        ValueError: a held-out task among the selected ones (ablations never touch them).
+        FileNotFoundError: no such file.
+        ValueError: a missing column, an unparsable number, or a seed the CSV's LSTM-PPO row lacks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"references CSV {path} does not exist (a suite summary CSV is expected)")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"references CSV {path} lacks the columns {missing} of a suite summary CSV")
+        rows = list(reader)
+    refs: dict[str, tuple[list[float], float]] = {}
+    for line, row in enumerate(rows, start=2):
+        if row["model"] != "lstm":
+            continue
+        try:
+            per_seed = {
+                int(k): float(v) for k, v in (item.split(":") for item in row["per_seed_eval"].split())
+            }
+            rand = float(row["random_return"])
+        except ValueError as exc:
+            raise ValueError(
+                f"references CSV {path} line {line}: cannot read {row['env_id']}'s values ({exc})"
+            ) from exc
+        absent = [s for s in seeds if s not in per_seed]
+        if absent:
+            raise ValueError(
+                f"references CSV {path}: {row['env_id']}'s LSTM-PPO row has no seeds {absent} "
+                f"(it has {sorted(per_seed)})"
+            )
+        refs[row["env_id"]] = ([per_seed[s] for s in seeds], rand)
+    return refs
+
+
+def collect(
+    suite: SuiteConfig,
+    variants: Sequence[dict[str, Any]],
+    references: dict[str, tuple[list[float], float]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (variant, tuning task, liquid model) with at least one record.
+
+    Args:
+        suite: the suite, its tasks and seeds narrowed to those reported.
+        variants: policy kwargs of each variant (``{}``: the defaults).
+        references: LSTM-PPO's returns and the random return per task (:func:`references_from_csv`) instead
+            of the suite's LSTM-PPO records and cached random returns.
+
+    Raises:
+        ValueError: a held-out task among the selected ones (ablations never touch them), or a task the
+            references lack.
     """
     rows: list[dict[str, Any]] = []
     for kwargs in variants:
@@ -52,9 +112,14 @@ def collect(suite: SuiteConfig, variants: Sequence[dict[str, Any]]) -> list[dict
         for task in config.selected_tasks:
             if task.held_out:
                 raise ValueError(f"{task.env_id} is held out: ablations never run or report on it")
-            base = dataclasses.replace(suite, liquid_policy_kwargs={})
-            lstm = [r["eval_mean"] for r in _load_records(base.benchmark(task, base=True))]
-            rand = float(np.mean(_random_baseline(config, task.env_id)))
+            if references is not None:
+                if task.env_id not in references:
+                    raise ValueError(f"the references have no LSTM-PPO row for {task.env_id}")
+                lstm, rand = references[task.env_id]
+            else:
+                base = dataclasses.replace(suite, liquid_policy_kwargs={})
+                lstm = [r["eval_mean"] for r in _load_records(base.benchmark(task, base=True))]
+                rand = float(np.mean(_random_baseline(config, task.env_id)))
             scale = normalisation_scale(lstm, rand)
             records = _load_records(config.benchmark(task))
             for model in ("ltc", "cfc"):
@@ -87,8 +152,9 @@ def collect(suite: SuiteConfig, variants: Sequence[dict[str, Any]]) -> list[dict
     return rows
 
 
-def markdown(suite: SuiteConfig, rows: list[dict[str, Any]]) -> str:
-    """The table: one row per variant, one column per (task, model)."""
+def markdown(suite: SuiteConfig, rows: list[dict[str, Any]], references_from: str | None = None) -> str:
+    """The table: one row per variant, one column per (task, model); ``references_from`` names the CSV the
+    references were read from (default: the suite's records)."""
     keys = sorted({(r["env_id"], r["model"]) for r in rows}, key=lambda k: (k[0], k[1] != "ltc"))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     by = {(r["variant"], r["env_id"], r["model"]): r for r in rows}
@@ -118,7 +184,12 @@ def markdown(suite: SuiteConfig, rows: list[dict[str, Any]]) -> str:
                 f"[{_fmt(r['normalized_mean'], 2)} +- {_fmt(r['normalized_ci95'], 2)}] (seeds {r['seeds']})"
             )
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    lines += ["", "References (mean eval return over the listed number of seeds):", ""]
+    source = (
+        "the suite's records"
+        if references_from is None
+        else f"`{references_from}` (per-seed returns rounded to 0.1 there)"
+    )
+    lines += ["", f"References (mean eval return over the listed number of seeds; from {source}):", ""]
     for env in dict.fromkeys(e for e, _ in keys):
         r = next(x for x in rows if x["env_id"] == env)
         budget = suite.timesteps(next(t for t in suite.tasks if t.env_id == env))
@@ -148,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--variants", nargs="+", default=["{}"], help="YAML mappings of policy kwargs")
     parser.add_argument("--write", help="Markdown output path (a .csv is written beside it)")
+    parser.add_argument(
+        "--references",
+        help="a suite summary CSV (e.g. experiments/results/rl_novel_suite.csv) giving LSTM-PPO's per-seed "
+        "returns and the random return, where the suite's LSTM-PPO records are not on this machine",
+    )
     args = parser.parse_args(argv)
     suite = load_yaml(SuiteConfig, SUITES_DIR / f"rl_{args.suite}_suite.yaml")
     tasks = args.tasks or [t.env_id for t in suite.tasks if not t.held_out]
@@ -161,11 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(value, dict):
             parser.error(f"a variant must be a YAML mapping of policy kwargs, got {text!r}")
         variants.append(value)
-    rows = collect(suite, variants)
+    try:
+        references = references_from_csv(args.references, suite.seeds) if args.references else None
+        rows = collect(suite, variants, references)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not rows:
         print("no records for any variant yet", file=sys.stderr)
         return 1
-    text = markdown(suite, rows)
+    text = markdown(suite, rows, args.references)
     print(text)
     if args.write:
         out = Path(args.write)

@@ -219,6 +219,31 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     assert "| action_scale_init=0.1 |" in md and "PendulumNoVel-v1 LTC" in md
     with pytest.raises(ValueError, match="held out"):
         table.collect(suite.SuiteConfig(**common), [{}])
+    # references from a committed suite CSV instead of the suite's records (a machine without runs/)
+    refs_csv = tmp_path / "refs.csv"
+    refs_csv.write_text(
+        "env_id,model,random_return,per_seed_eval,eval_return_mean\n"
+        "PendulumNoVel-v1,ltc,-1000.0,0:-700.0 1:-600.0,-650\n"
+        "PendulumNoVel-v1,lstm,-1000.0,0:-500.0 1:-100.0,-300\n"
+    )
+    refs = table.references_from_csv(refs_csv, [0])
+    assert refs == {"PendulumNoVel-v1": ([-500.0], -1000.0)}
+    via_csv = table.collect(base, [{"action_scale_init": 0.1}], refs)[0]
+    own = float(via_csv["_records"][0]["eval_mean"])
+    assert via_csv["normalized_mean"] == pytest.approx((own + 1000.0) / 500.0)
+    assert "from `refs.csv`" in table.markdown(base, [via_csv], "refs.csv")
+    with pytest.raises(ValueError, match="no seeds \\[2\\]"):
+        table.references_from_csv(refs_csv, [0, 2])
+    with pytest.raises(ValueError, match="no LSTM-PPO row for PendulumNoVel-v1"):
+        table.collect(base, [{"action_scale_init": 0.1}], {"Other-v0": ([0.0], -1.0)})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        table.references_from_csv(tmp_path / "absent.csv", [0])
+    (tmp_path / "bad.csv").write_text("env_id,model\nPendulumNoVel-v1,lstm\n")
+    with pytest.raises(ValueError, match="lacks the columns \\['random_return', 'per_seed_eval'\\]"):
+        table.references_from_csv(tmp_path / "bad.csv", [0])
+    (tmp_path / "bad.csv").write_text(refs_csv.read_text().replace("0:-500.0", "0:oops"))
+    with pytest.raises(ValueError, match="line 3: cannot read PendulumNoVel-v1's values"):
+        table.references_from_csv(tmp_path / "bad.csv", [0])
     # a record made with other kwargs in the same folder is refused, not mixed
     other = suite.SuiteConfig(
         **{**common, "runs_dir": str(abl.parent.parent)},
