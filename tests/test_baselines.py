@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +222,15 @@ def test_gated_sequences_fused_path_equals_the_step_loop(cls: type, mid_reset: b
         cell.forward_sequence(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="non-finite"):
         cell.forward_sequence(torch.full((2, 3, 5), float("nan")))
+
+
+def test_gated_sequence_benchmark_smoke(load_bench: Callable[[str], ModuleType]) -> None:
+    """experiments/bench/gated_seq_speed.py on a tiny budget: every (cell, workload, mode) timed, both paths
+    equal."""
+    bench = load_bench("gated_seq_speed")
+    rows = bench.run_benchmark(rounds=1, min_time=0.001)
+    assert {(r["cell"], r["workload"], r["mode"]) for r in rows} == {
+        (c, w, m) for c in ("lstm", "gru") for w in bench.WORKLOADS for m in ("train", "forward")
+    }
+    assert all(r["speedup_cpu"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
+    assert "| lstm | ppo | train |" in bench.markdown(rows, [])
