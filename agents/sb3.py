@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -73,6 +74,7 @@ from ltc_control.agents.sb3_modules import (
 from ltc_control.cells.ltc import LTCCell
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
 from ltc_control.sequence import SequenceModel
+from ltc_control.wirings import VALID_ROLES
 
 __all__ = [
     "DEFAULT_CONTROLLER_LR_SCALE",
@@ -149,6 +151,35 @@ def _check_group_layout(
         "RecurrentPPO.load(path, custom_objects={'policy_kwargs': {..., 'controller_lr_scale': "
         f"{scale:g}}}}}) (keeping its other policy kwargs)"
     )
+
+
+def _check_tau_scale(
+    tau_scale: Mapping[str, float] | None, controller: ControllerConfig
+) -> dict[str, float] | None:
+    """Validates ``LtcPolicy(tau_scale=...)``: a mapping of neuron roles to finite factors > 0, for an LTC
+    actor. An empty mapping is None (nothing to scale)."""
+    if tau_scale is None:
+        return None
+    if not isinstance(tau_scale, Mapping):
+        raise ValueError(
+            "tau_scale must be a mapping of neuron roles to factors, e.g. {'motor': 0.1}, "
+            f"got {tau_scale!r}"
+        )
+    out: dict[str, float] = {}
+    for role, factor in tau_scale.items():
+        if role not in VALID_ROLES:
+            raise ValueError(f"tau_scale: unknown neuron role {role!r}; roles: {list(VALID_ROLES)}")
+        real = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
+        value = float(factor) if real else float("nan")
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"tau_scale[{role!r}] must be a finite number > 0, got {factor!r}")
+        out[str(role)] = value
+    if out and controller.kind != "ltc":
+        raise ValueError(
+            f"tau_scale scales LTC time constants; the actor's controller is kind {controller.kind!r} "
+            "(use kind 'ltc')"
+        )
+    return out or None
 
 
 def _motor_size(action_space: spaces.Space) -> int:
@@ -329,6 +360,11 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             ``mu`` range keeps them in the sigmoids' graded range.
         input_bias_init: initial ``input_b`` of the LTC controllers (needs ``ltc_input_mapping="affine"``);
             None keeps the cell's init (0).
+        tau_scale: initial time constants by neuron role, e.g. ``{"motor": 0.1}`` (a motor layer 10x faster
+            than the cell's init): each role's membrane capacitance ``cm`` is multiplied by its factor
+            (:meth:`LTCCell.scale_time_constants`), so its time constant ``cm / conductance`` is too. Applied
+            to the actor's LTC (which must have every named role) and to a separate LTC critic's neurons of
+            the same roles where it has them. None (default): the cell's init.
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
             algorithm's rate. None: :func:`default_controller_lr_scale`, i.e.
@@ -372,6 +408,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         motors_per_output: int = 1,
         input_scale_init: float | None = None,
         input_bias_init: float | None = None,
+        tau_scale: Mapping[str, float] | None = None,
         controller_lr_scale: float | None = None,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
@@ -447,6 +484,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.action_readout: ReadoutMode = action_readout
         self.input_scale_init = None if input_scale_init is None else float(input_scale_init)
         self.input_bias_init = None if input_bias_init is None else float(input_bias_init)
+        self.tau_scale = _check_tau_scale(tau_scale, self.controller_config)
         if controller_lr_scale is None:
             controller_lr_scale = default_controller_lr_scale(action_space, controller is not None)
         if not (float(controller_lr_scale) > 0 and np.isfinite(controller_lr_scale)):
@@ -497,6 +535,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         for model in (actor, critic_model):
             if model is not None:
                 self._init_input_mapping(model)
+                self._init_time_constants(model, actor=model is actor)
         self.critic = None  # sb3-contrib's feed-forward critic projection; ours is the value MLP itself
         self.lstm_output_dim = hidden
         self.lstm_hidden_state_shape = (1, 1, hidden)
@@ -530,6 +569,18 @@ class LtcPolicy(RecurrentActorCriticPolicy):
                 )
             with torch.no_grad():
                 param.fill_(value)
+
+    def _init_time_constants(self, model: SequenceModel, actor: bool) -> None:
+        """Applies ``tau_scale`` to an LTC controller (the critic's: only the roles its wiring has)."""
+        cell = model.cell
+        if not self.tau_scale or not isinstance(cell, LTCCell):
+            return
+        for role, factor in self.tau_scale.items():
+            if actor or role in cell.wiring.roles:
+                try:
+                    cell.scale_time_constants(factor, role)
+                except ValueError as exc:
+                    raise ValueError(f"tau_scale: {exc}") from exc
 
     def _build(self, lr_schedule: Schedule) -> None:
         self._build_mlp_extractor()
@@ -639,6 +690,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             motors_per_output=self.motors_per_output,
             input_scale_init=self.input_scale_init,
             input_bias_init=self.input_bias_init,
+            tau_scale=None if self.tau_scale is None else dict(self.tau_scale),
             controller_lr_scale=self.controller_lr_scale,
         )
         return data

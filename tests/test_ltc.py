@@ -626,3 +626,47 @@ def test_parameter_names_are_exactly_the_cells_parameters() -> None:
     cell = LTCCell(lane_keeping_ncp(seed=0))
     assert {name for name, _ in cell.named_parameters()} == set(PARAM_NAMES)
     assert len(PARAM_NAMES) == 15  # ncps' LTCCell parameters (the masks are buffers)
+
+
+# ------------------------------------------------------------------ time-constant scaling by role
+@pytest.mark.parametrize("constraint", ["softplus", "clamp"])
+def test_scale_time_constants_scales_exactly_the_role(tiny_ncp: Wiring, constraint: str) -> None:
+    """``scale_time_constants(f, role)``: the effective ``cm`` and the liquid time constant
+    ``cm / conductance`` of that role's neurons become ``f`` times what they were at the same state and input;
+    other neurons and every other parameter are untouched; None scales every neuron."""
+    torch.manual_seed(0)
+    cell = LTCCell(tiny_ncp, ode_unfolds=1, constraint=constraint)  # one unfold: tau at the given state
+    x, h = torch.randn(4, 3), torch.rand(4, 6) * 2 - 1
+    before_params = {k: v.detach().clone() for k, v in cell.state_dict().items()}
+    with torch.no_grad():
+        before = cell.diagnostics(x, h)
+        cm_before = cell.effective_parameters()["cm"].clone()
+    motor = torch.tensor([r == "motor" for r in tiny_ncp.roles])
+    assert cell.scale_time_constants(0.1, "motor") == int(motor.sum()) == 1
+    with torch.no_grad():
+        after = cell.diagnostics(x, h)
+        cm_after = cell.effective_parameters()["cm"]
+    torch.testing.assert_close(cm_after[motor], 0.1 * cm_before[motor])
+    torch.testing.assert_close(cm_after[~motor], cm_before[~motor], rtol=0, atol=0)
+    torch.testing.assert_close(after["tau"][:, motor], 0.1 * before["tau"][:, motor])
+    torch.testing.assert_close(after["tau"][:, ~motor], before["tau"][:, ~motor], rtol=0, atol=0)
+    for name, value in cell.state_dict().items():
+        if name != "cm":
+            assert torch.equal(value, before_params[name]), name
+    assert cell.scale_time_constants(3.0) == 6
+    torch.testing.assert_close(cell.effective_parameters()["cm"][~motor], 3.0 * cm_before[~motor])
+    # still a trained parameter
+    cell.zero_grad()
+    cell(x, h)[0].sum().backward()
+    assert cell.cm.grad is not None and bool(cell.cm.grad.abs().sum() > 0)
+
+
+def test_scale_time_constants_refuses_bad_factors_and_roles(tiny_ncp: Wiring) -> None:
+    cell = LTCCell(tiny_ncp)
+    cm = cell.cm.detach().clone()
+    for bad in (0, -1.0, math.nan, math.inf, True, "0.1", None):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            cell.scale_time_constants(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"no neuron of this wiring has the role 'hidden'; its roles: \["):
+        cell.scale_time_constants(0.5, "hidden")
+    assert torch.equal(cell.cm.detach(), cm)  # nothing changed by a refused call

@@ -30,6 +30,7 @@ sparsity mask already multiplied in, ``erev (N,N)``, ``sensory_sigma (S,N)``, ``
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Callable
 from typing import Any, Literal
@@ -394,6 +395,49 @@ class LTCCell(RecurrentCell):
         if self.constraint == "clamp":
             for p in (self.gleak, self.cm, self.w, self.sensory_w):
                 p.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def scale_time_constants(self, factor: float, role: str | None = None) -> int:
+        """Multiplies the effective membrane capacitance ``cm`` of the neurons of ``role`` (every neuron when
+        None) by ``factor`` in place, which multiplies their time constant ``cm / conductance`` by ``factor``
+        at any conductance: ``factor < 1`` makes them faster, ``> 1`` slower. Meant for initialisation (e.g. a
+        faster motor layer); ``cm`` stays a trained parameter.
+
+        With ``constraint="softplus"`` the raw parameter is set to the softplus inverse of the scaled
+        effective value, so the effective ``cm`` is exactly ``factor`` times what it was; with ``"clamp"``
+        the raw value is scaled.
+
+        Args:
+            factor: a finite number > 0.
+            role: a neuron role of this cell's wiring (``"motor"``, ``"command"``, ``"inter"``, ``"hidden"``),
+                or None for every neuron.
+
+        Returns:
+            The number of neurons changed.
+
+        Raises:
+            ValueError: a factor that is not a finite number > 0, or a role no neuron of this wiring has.
+        """
+        real = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
+        value = float(factor) if real else math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"the time-constant factor must be a finite number > 0, got {factor!r}")
+        roles = self.wiring.roles
+        if role is None:
+            mask = torch.ones(len(roles), dtype=torch.bool, device=self.cm.device)
+        else:
+            present = sorted(set(roles))
+            if role not in present:
+                raise ValueError(f"no neuron of this wiring has the role {role!r}; its roles: {present}")
+            mask = torch.tensor([r == role for r in roles], dtype=torch.bool, device=self.cm.device)
+        if self.constraint == "softplus":
+            scaled = F.softplus(self.cm[mask]) * value
+            # softplus^-1(y) = y + log(1 - exp(-y)), stable for small and large y
+            self.cm[mask] = scaled + torch.log(-torch.expm1(-scaled))
+        else:
+            self.cm[mask] = self.cm[mask] * value
+        self.clear_cache()
+        return int(mask.sum())
 
     # ------------------------------------------------------------------ maps
     def map_inputs(self, x: Tensor) -> Tensor:

@@ -63,6 +63,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         "controller_lr_scale": None,  # 5 with the default controller and Box actions, else 1
         "controller": None,  # documented as default_controller(motor_size)
         "motors_per_output": 1,
+        "tau_scale": None,
     }
     for name, default in expected.items():
         assert params[name].default == default, name
@@ -71,6 +72,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     assert table["controller_lr_scale"] == "None" and DEFAULT_CONTROLLER_LR_SCALE == 5.0
     assert table["controller"] == "default_controller(motor_size)"
     assert table["motors_per_output"] == "1"
+    assert table["tau_scale"] == "None"
     for motor, units in ((1, 16), (6, 16), (8, 16), (9, 17), (20, 28)):
         config = default_controller(motor)
         assert config.kind == "ltc" and config.wiring.preset == "fully_connected", motor
