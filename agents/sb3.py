@@ -363,8 +363,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         tau_scale: initial time constants by neuron role, e.g. ``{"motor": 0.1}`` (a motor layer 10x faster
             than the cell's init): each role's membrane capacitance ``cm`` is multiplied by its factor
             (:meth:`LTCCell.scale_time_constants`), so its time constant ``cm / conductance`` is too. Applied
-            to the actor's LTC (which must have every named role) and to a separate LTC critic's neurons of
-            the same roles where it has them. None (default): the cell's init.
+            to the actor's LTC only (which must have every named role; the critic keeps the cell's init, so a
+            faster motor layer changes the action path alone). None (default): the cell's init.
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
             algorithm's rate. None: :func:`default_controller_lr_scale`, i.e.
@@ -535,7 +535,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         for model in (actor, critic_model):
             if model is not None:
                 self._init_input_mapping(model)
-                self._init_time_constants(model, actor=model is actor)
+        self._init_time_constants(actor)
         self.critic = None  # sb3-contrib's feed-forward critic projection; ours is the value MLP itself
         self.lstm_output_dim = hidden
         self.lstm_hidden_state_shape = (1, 1, hidden)
@@ -570,17 +570,16 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             with torch.no_grad():
                 param.fill_(value)
 
-    def _init_time_constants(self, model: SequenceModel, actor: bool) -> None:
-        """Applies ``tau_scale`` to an LTC controller (the critic's: only the roles its wiring has)."""
-        cell = model.cell
+    def _init_time_constants(self, actor: SequenceModel) -> None:
+        """Applies ``tau_scale`` to the actor's LTC (its kind was checked at construction)."""
+        cell = actor.cell
         if not self.tau_scale or not isinstance(cell, LTCCell):
             return
         for role, factor in self.tau_scale.items():
-            if actor or role in cell.wiring.roles:
-                try:
-                    cell.scale_time_constants(factor, role)
-                except ValueError as exc:
-                    raise ValueError(f"tau_scale: {exc}") from exc
+            try:
+                cell.scale_time_constants(factor, role)
+            except ValueError as exc:
+                raise ValueError(f"tau_scale: {exc}") from exc
 
     def _build(self, lr_schedule: Schedule) -> None:
         self._build_mlp_extractor()

@@ -787,20 +787,21 @@ def test_benchmark_difference_to_lstm_is_welch(load_bench: Callable[[str], Modul
 
 
 def test_tau_scale_speeds_up_the_named_roles_and_survives_save_load(tmp_path: Path) -> None:
-    """``tau_scale={"motor": 0.1}``: the actor's motor neuron(s) and the separate LTC critic's start with a
-    tenth of the effective ``cm`` of the same policy built without it (same seed), every other neuron the
-    same; the option is saved, the model loads and predicts the same; bad roles and factors are named."""
+    """``tau_scale={"motor": 0.1}``: the actor's motor neuron(s) start with a tenth of the effective ``cm`` of
+    the same policy built without it (same seed), every other neuron and the whole critic the same; the option
+    is saved, the model loads and predicts the same; bad roles and factors are named."""
     ncp = SMALL_LTC  # an NCP
     plain = _tiny_model(policy_kwargs={"controller": ncp}).policy
     model = _tiny_model(policy_kwargs={"controller": ncp, "tau_scale": {"motor": 0.1}})
     policy = model.policy
-    pairs = ((policy.controller, plain.controller), (policy.critic_controller, plain.critic_controller))
-    for ours, theirs in pairs:
-        motor = torch.tensor([r == "motor" for r in ours.cell.wiring.roles])
-        assert bool(motor.any())
-        cm, cm_plain = ours.cell.effective_parameters()["cm"], theirs.cell.effective_parameters()["cm"]
-        torch.testing.assert_close(cm[motor], 0.1 * cm_plain[motor])
-        torch.testing.assert_close(cm[~motor], cm_plain[~motor], rtol=0, atol=0)
+    motor = torch.tensor([r == "motor" for r in policy.controller.cell.wiring.roles])
+    assert bool(motor.any())
+    cm, cm_plain = (p.controller.cell.effective_parameters()["cm"] for p in (policy, plain))
+    torch.testing.assert_close(cm[motor], 0.1 * cm_plain[motor])
+    torch.testing.assert_close(cm[~motor], cm_plain[~motor], rtol=0, atol=0)
+    critic, critic_plain = policy.critic_controller.state_dict(), plain.critic_controller.state_dict()
+    assert critic.keys() == critic_plain.keys()
+    assert all(torch.equal(critic[k], critic_plain[k]) for k in critic)
     model.learn(32)
     obs = np.random.default_rng(0).normal(size=policy.observation_space.shape).astype(np.float32)
     action, _ = model.predict(obs, deterministic=True)
