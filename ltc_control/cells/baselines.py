@@ -95,12 +95,15 @@ class _GatedCell(RecurrentCell):
         RecurrentPPO's training batches restart only at a sequence's first step (sb3-contrib splits sequences
         at episode starts), so they take the fused path.
         """
-        x, h, _, resets = self._prepare_sequence(x, h0, dt, episode_starts)
-        if x.device.type != "cpu":
+        # where the fused path does not apply, decide before validating: the step loop validates (once)
+        if isinstance(x, Tensor) and x.device.type != "cpu":
             return None
-        if resets is not None:
-            if x.shape[1] > 1 and bool(resets[:, 1:].any()):
+        starts = episode_starts
+        if isinstance(starts, Tensor) and starts.dim() in (2, 3) and starts.shape[1] > 1:
+            if bool(starts[:, 1:].any()):
                 return None
+        x, h, _, resets = self._prepare_sequence(x, h0, dt, episode_starts)
+        if resets is not None:
             d = resets[:, 0]
             h = (1.0 - d) * h + d * self.initial_state(x.shape[0], device=h.device, dtype=h.dtype)
         return self._fused(x, h)
