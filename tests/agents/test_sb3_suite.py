@@ -759,3 +759,49 @@ def test_discrete_models_saved_at_dt1_name_their_dt_on_load(tmp_path: Path) -> N
         group.pop("controller_dt")
     box.save(tmp_path / "old_box")
     assert RecurrentPPO.load(tmp_path / "old_box", device="cpu").policy.lstm_actor.dt == 1.0
+
+
+def test_rl_first_reach_finds_the_first_rolling_mean_above_the_bar(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """rl_first_reach.py: the step of the episode completing the first window whose mean passes the bar;
+    "never" (counted as the budget, "at least") otherwise; named errors for bad records and curves."""
+    import json
+
+    script = load_bench("rl_first_reach")
+    # episodes 0-9 return -500, 10-19 return -100; episode k ends at step 1000 (k + 1). A 3-episode window
+    # with one -500 averages -233, so the first mean above -200 is episodes 10-12's: step 13,000.
+    returns = [-500.0] * 10 + [-100.0] * 10
+    curve = [[1000.0 * (i + 1), r] for i, r in enumerate(returns)]
+    assert script.first_reach(curve, -200.0, 3) == 13000.0
+    assert script.first_reach(curve, -200.0, 1) == 11000.0
+    assert script.first_reach(curve, -50.0, 3) is None
+    assert script.first_reach(curve[:2], -1000.0, 3) is None  # fewer episodes than the window
+    assert script.first_reach([], -200.0, 20) is None
+    for bad_window in (0, 1.5, True):
+        with pytest.raises(ValueError, match="window must be an integer >= 1"):
+            script.first_reach(curve, -200.0, bad_window)
+    with pytest.raises(ValueError, match="non-finite"):
+        script.first_reach([[1.0, float("nan")]], -200.0, 1)
+    with pytest.raises(ValueError, match="must not decrease"):
+        script.first_reach([[2.0, 0.0], [1.0, 0.0]], -200.0, 1)
+    with pytest.raises(ValueError, match=r"\[step, return\] pairs"):
+        script.first_reach([[1.0, 2.0, 3.0]], -200.0, 1)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    base = {"timesteps": 20000, "eval_mean": -80.0, "steps_per_cpu_second": 1000.0}
+    (runs / "T__ltc__0__20000.json").write_text(json.dumps({**base, "seed": 0, "curve": curve}))
+    never = [[1000.0 * (i + 1), -500.0] for i in range(20)]
+    (runs / "T__ltc__1__20000.json").write_text(json.dumps({**base, "seed": 1, "curve": never}))
+    (runs / "T__random__10.json").write_text(json.dumps({"model": "random", "eval_mean": -500.0}))
+    out = tmp_path / "reach.md"
+    assert script.main([str(runs), "--bar", "-200", "--window", "3", "--write", str(out)]) == 0
+    text = out.read_text()
+    assert "| T__ltc__0__20000 | 0 | -80.0 | 13,000 | 20,000 | 1000 |" in text
+    assert "| T__ltc__1__20000 | 1 | -80.0 | never |" in text
+    assert "Median first step over 2 runs: at least 16,500" in text
+    (runs / "broken.json").write_text("{not json")
+    assert script.main([str(runs), "--bar", "-200"]) == 2
+    assert script.main([str(tmp_path / "missing.json"), "--bar", "-200"]) == 2
+    with pytest.raises(ValueError, match="not a JSON run record"):
+        script.table([runs / "broken.json"], -200.0, 3)
