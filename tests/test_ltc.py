@@ -669,4 +669,7 @@ def test_scale_time_constants_refuses_bad_factors_and_roles(tiny_ncp: Wiring) ->
             cell.scale_time_constants(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"no neuron of this wiring has the role 'hidden'; its roles: \["):
         cell.scale_time_constants(0.5, "hidden")
+    for extreme in (1e-50, 1e39):
+        with pytest.raises(ValueError, match="out of torch.float32's finite range; nothing was changed"):
+            cell.scale_time_constants(extreme, "motor")
     assert torch.equal(cell.cm.detach(), cm)  # nothing changed by a refused call

@@ -433,9 +433,15 @@ class LTCCell(RecurrentCell):
         if self.constraint == "softplus":
             scaled = F.softplus(self.cm[mask]) * value
             # softplus^-1(y) = y + log(1 - exp(-y)), stable for small and large y
-            self.cm[mask] = scaled + torch.log(-torch.expm1(-scaled))
+            new = scaled + torch.log(-torch.expm1(-scaled))
         else:
-            self.cm[mask] = self.cm[mask] * value
+            new = self.cm[mask] * value
+        if not bool(torch.isfinite(new).all()):
+            raise ValueError(
+                f"the time-constant factor {factor!r} takes cm out of {self.cm.dtype}'s finite range; "
+                "nothing was changed"
+            )
+        self.cm[mask] = new
         self.clear_cache()
         return int(mask.sum())
 
