@@ -402,8 +402,11 @@ def exit_with_parent(parent: int, period: float = 2.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _worker(args: tuple[BenchmarkConfig, RunSpec, str, int]) -> str:
-    config, spec, out, parent = args
+def _worker(args: tuple[BenchmarkConfig, RunSpec, str, int, bool]) -> str:
+    config, spec, out, parent, resume = args
+    if resume and (Path(out) / spec.file_name(config.env_id, config.timesteps)).is_file():
+        # another process (with disjoint --set seeds/models) finished it while this one waited in the queue
+        return f"{spec.model} seed {spec.seed} (already finished by another process)"
     exit_with_parent(parent)
     run_one(config, spec, Path(out))
     return f"{spec.model} seed {spec.seed}"
@@ -444,7 +447,7 @@ def run_missing(config: BenchmarkConfig, resume: bool = True) -> None:
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(config.workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, (config, spec, str(out), os.getpid())) for spec in todo]
+            futures = [pool.submit(_worker, (config, spec, str(out), os.getpid(), resume)) for spec in todo]
             for fut in as_completed(futures):
                 print(f"finished {fut.result()}", flush=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -765,6 +766,12 @@ def test_benchmark_run_with_vecnormalize_and_gsde(
         np.testing.assert_allclose(again, record["eval_returns"], rtol=1e-5)
         if model_name == "ltc":  # without the statistics the policy sees other inputs
             assert evaluate_model(model, config.env_id, 1) != pytest.approx(record["eval_returns"])
+    # a pool worker whose run another process finished while it waited in the queue does not retrain it
+    record_path = tmp_path / "runs" / "PendulumNoVel-v1__ltc__0__32.json"
+    before = record_path.stat().st_mtime_ns
+    done = bench._worker((config, RunSpec("ltc", 0), str(tmp_path / "runs"), os.getpid(), True))
+    assert done == "ltc seed 0 (already finished by another process)"
+    assert record_path.stat().st_mtime_ns == before
     md = summarize(config)
     text = md.read_text()
     assert text.startswith("# PendulumNoVel-v1: LTC-PPO vs LSTM-PPO\n") and "CfC:" not in text
