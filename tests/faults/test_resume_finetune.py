@@ -126,13 +126,18 @@ def test_finetune_interrupted_and_resumed_gives_the_same_weights(
     # the signal must land while the run trains (a test that passes without an interrupt would prove nothing)
     assert proc.returncode == interrupted_status(sig), err
     assert "Traceback" not in err and "--resume" in err and state.is_dir()
-    refused = _run(_command(root, name))  # the interrupted run's state is not silently discarded
-    assert refused.returncode == 2 and "--resume to continue it" in refused.stderr
-    other = _run(_command(root, name, "--resume", "--seed", "5"))
-    assert other.returncode == 2 and "made with another config" in other.stderr and "seed" in other.stderr
+    # The CLI's refusals do not depend on which signal stopped the run: checked once (3 fewer interpreter
+    # starts for the other signal, about 10 s of the suite).
+    contract = sig == signal.SIGTERM
+    if contract:
+        refused = _run(_command(root, name))  # the interrupted run's state is not silently discarded
+        assert refused.returncode == 2 and "--resume to continue it" in refused.stderr
+        other = _run(_command(root, name, "--resume", "--seed", "5"))
+        assert other.returncode == 2 and "made with another config" in other.stderr and "seed" in other.stderr
     resumed = _run(_command(root, name, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert _final(root, name) == expected
     assert not state.exists()
-    again = _run(_command(root, name))
-    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    if contract:
+        again = _run(_command(root, name))
+        assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
