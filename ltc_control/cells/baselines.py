@@ -118,7 +118,7 @@ class _GatedCell(RecurrentCell):
         """Runs the cell over a batch-first sequence; arguments and returns as the base class's.
 
         On the CPU, when no sequence restarts after its first step, one call of torch's fused LSTM/GRU
-        kernel (per CPU-second the LSTM 4.6-5.3x, the GRU 2.4-3.4x the step loop's speed at 64 units,
+        kernel (per CPU-second the LSTM 4.8-5.3x, the GRU 2.0-4.0x the step loop's speed at 64 units,
         ``experiments/bench/gated_seq_speed.py``; the same numbers within float rounding, tested); otherwise
         the base class's step loop.
         """
