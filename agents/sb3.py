@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -71,7 +70,7 @@ from ltc_control.agents.sb3_modules import (
     as_config,
     check_motors_per_output,
 )
-from ltc_control.cells.ltc import LTCCell
+from ltc_control.cells.ltc import LTCCell, check_time_constant_factor
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
 from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import VALID_ROLES
@@ -169,11 +168,7 @@ def _check_tau_scale(
     for role, factor in tau_scale.items():
         if role not in VALID_ROLES:
             raise ValueError(f"tau_scale: unknown neuron role {role!r}; roles: {list(VALID_ROLES)}")
-        real = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
-        value = float(factor) if real else float("nan")
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"tau_scale[{role!r}] must be a finite number > 0, got {factor!r}")
-        out[str(role)] = value
+        out[str(role)] = check_time_constant_factor(f"tau_scale[{role!r}]", factor)
     if out and controller.kind != "ltc":
         raise ValueError(
             f"tau_scale scales LTC time constants; the actor's controller is kind {controller.kind!r} "

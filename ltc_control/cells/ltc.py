@@ -66,6 +66,7 @@ __all__ = [
     "Mappings",
     "PARAMETER_NAMES",
     "available_implementations",
+    "check_time_constant_factor",
     "get_implementation",
     "reference_diagnostics",
     "reference_sequence",
@@ -131,6 +132,16 @@ _MAPPINGS = ("affine", "linear", "none")
 
 
 _CONSTRAINTS = ("softplus", "clamp")
+
+
+def check_time_constant_factor(name: str, factor: Any) -> float:
+    """``factor`` as a float if it is a real number (not a bool), finite and > 0; else a ValueError naming
+    ``name`` (the check of :meth:`LTCCell.scale_time_constants` and of the options that lead to it)."""
+    real = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
+    value = float(factor) if real else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {factor!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------- the cell
@@ -418,10 +429,7 @@ class LTCCell(RecurrentCell):
         Raises:
             ValueError: a factor that is not a finite number > 0, or a role no neuron of this wiring has.
         """
-        real = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
-        value = float(factor) if real else math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"the time-constant factor must be a finite number > 0, got {factor!r}")
+        value = check_time_constant_factor("the time-constant factor", factor)
         roles = self.wiring.roles
         if role is None:
             mask = torch.ones(len(roles), dtype=torch.bool, device=self.cm.device)
