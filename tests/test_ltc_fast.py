@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -157,8 +158,21 @@ def test_no_grad_step_sees_parameter_updates(kernel: object) -> None:
         _assert_close(fast(x, h)[1], ref(x, h)[1], "after in-place update")
 
 
-def test_kernel_gradcheck_float64(kernel: object, tiny_ncp: Wiring) -> None:
-    """The hand-written backward against finite differences, including dt and the resets."""
+@pytest.fixture
+def small_batch_limit(kernel: ltc_fused.LTCKernel) -> Iterator[ltc_fused.LTCKernel]:
+    """The kernel, with both dtypes' small-batch limits restored to their defaults afterwards."""
+    yield kernel
+    for dtype in (torch.float32, torch.float64):
+        kernel.set_small_batch_limit(dtype, None)
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_kernel_gradcheck_float64(
+    kernel: ltc_fused.LTCKernel, small_batch_limit: ltc_fused.LTCKernel, tiny_ncp: Wiring, limit: int | None
+) -> None:
+    """The hand-written backward against finite differences, including dt and the resets, on both paths:
+    batch lanes (limit 0) and the small-batch path, sample by sample (the default limit covers B = 2)."""
+    kernel.set_small_batch_limit(torch.float64, limit)
     torch.manual_seed(0)
     wiring = tiny_ncp
     cell = LTCCell(wiring).double()
@@ -180,6 +194,75 @@ def test_kernel_gradcheck_float64(kernel: object, tiny_ncp: Wiring) -> None:
         return ltc_fast.ltc_sequence_kernel(x, h0, dt, starts, p, edges, 3, 1e-8)
 
     assert torch.autograd.gradcheck(fn, (x, h0, dt, *[params[n] for n in names]), eps=1e-6, atol=1e-7)
+
+
+def _path_results(
+    kernel: ltc_fused.LTCKernel, cell: LTCCell, limits: tuple[int | None, int | None], args: tuple
+) -> list[torch.Tensor]:
+    """Outputs and every gradient of one forward (small-batch limit ``limits[0]``) and backward
+    (``limits[1]``)."""
+    x, h0, dt, starts = args
+    dtype = x.dtype
+    cell.zero_grad()
+    x = x.clone().requires_grad_(True)
+    h0 = h0.clone().requires_grad_(True)
+    dt = dt.clone().requires_grad_(True)
+    kernel.set_small_batch_limit(dtype, limits[0])
+    y, _ = cell.forward_sequence(x, h0, dt=dt, episode_starts=starts)
+    kernel.set_small_batch_limit(dtype, limits[1])
+    weights = torch.linspace(-1.0, 1.0, y.numel(), dtype=dtype).view_as(y)
+    (y * weights).sum().backward()
+    grads = [x.grad, h0.grad, dt.grad] + [p.grad for p in cell.parameters() if p.requires_grad]
+    return [y.detach()] + [g.clone() for g in grads if g is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("wiring_name", list(WIRINGS))
+def test_small_batch_path_equals_the_lane_path(
+    kernel: ltc_fused.LTCKernel, small_batch_limit: ltc_fused.LTCKernel, dtype: torch.dtype, wiring_name: str
+) -> None:
+    """Batches up to the small-batch limit run sample by sample, vectorised over synapses: the same states bit
+    for bit as the batch-lane path (same summation order), the same gradients (float32 bit for bit; float64 up
+    to the order of the double accumulators), and a forward on one path followed by a backward on the other
+    gives them too (the stored unfold states are laid out alike)."""
+    wiring = WIRINGS[wiring_name]()
+    _, cell = _pair(wiring, "fused-c", dtype, seed=2)
+    lanes = kernel.lanes[dtype]
+    default = kernel.set_small_batch_limit(dtype, None)
+    assert 1 <= default < lanes
+    gen = torch.Generator().manual_seed(7)
+    for b in (1, 3, default):
+        t = 6
+        args = (
+            torch.randn(b, t, wiring.input_size, generator=gen, dtype=dtype),
+            0.3 * torch.randn(b, wiring.units, generator=gen, dtype=dtype),
+            torch.rand(b, t, generator=gen, dtype=dtype) + 0.2,
+            (torch.rand(b, t, generator=gen) < 0.3).to(dtype),
+        )
+        lane = _path_results(kernel, cell, (0, 0), args)
+        for limits in ((None, None), (0, None), (None, 0)):
+            other = _path_results(kernel, cell, limits, args)
+            assert torch.equal(other[0], lane[0]), f"B={b} limits {limits}: states differ"
+            for i, (a, e) in enumerate(zip(other[1:], lane[1:], strict=True)):
+                if dtype == torch.float32:
+                    assert torch.equal(a, e), f"B={b} limits {limits}: gradient {i} differs"
+                else:
+                    torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
+
+
+def test_small_batch_limit_setter(
+    kernel: ltc_fused.LTCKernel, small_batch_limit: ltc_fused.LTCKernel
+) -> None:
+    """The setter returns the previous limit, clamps to [0, lanes], restores the default with None and names
+    a dtype the kernel lacks."""
+    for dtype in (torch.float32, torch.float64):
+        default = kernel.set_small_batch_limit(dtype, 3)
+        assert kernel.set_small_batch_limit(dtype, 1000) == 3
+        assert kernel.set_small_batch_limit(dtype, -5) == kernel.lanes[dtype]
+        assert kernel.set_small_batch_limit(dtype, None) == 0
+        assert kernel.set_small_batch_limit(dtype, None) == default
+    with pytest.raises(ValueError, match="float16"):
+        kernel.set_small_batch_limit(torch.float16, 1)
 
 
 def test_masked_synapses_get_zero_gradient(kernel: object) -> None:
@@ -674,3 +757,31 @@ def test_hook_steps_from_several_threads_do_not_mix(kernel: object) -> None:
     for i in range(2):
         assert torch.equal(got[i], expected[i]), f"thread {i} diverged"
     assert not torch.equal(got[0], got[1])
+
+
+def test_small_batch_benchmark_smoke(
+    kernel: ltc_fused.LTCKernel, load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """experiments/bench/ltc_small_batch.py on a tiny budget: every (cell, mode, batch) timed on both paths,
+    the default path named by the kernel's limit and the limit restored; its RL tasks resolve (a suite task, a
+    defaults config) or are refused with their names before anything runs."""
+    bench = load_bench("ltc_small_batch")
+    rows = bench.kernel_rows(rounds=1, min_time=0.001)
+    default = kernel.set_small_batch_limit(torch.float32, None)
+    assert {(r["cell"], r["mode"], r["batch"]) for r in rows} == {
+        (c, m, b) for c in bench.CELLS for m in ("train", "step") for b in bench.BATCHES
+    }
+    assert all(r["speedup_cpu"] > 0 for r in rows)
+    assert all(r["default_path"] == ("small" if r["batch"] <= default else "lanes") for r in rows)
+    config = bench.rl_config("PendulumNoVel-v1")
+    assert (config.env_id, config.policies, config.ppo.batch_size) == ("PendulumNoVel-v1", "defaults", 128)
+    acrobot = bench.rl_config(str(REPO / "experiments/configs/rl_acrobot_novel.yaml"))
+    assert acrobot.env_id == "AcrobotNoVel-v1"
+    with pytest.raises(SystemExit, match="neither a config file nor a suite task"):
+        bench.rl_config("NoSuchTask-v0")
+    with pytest.raises(SystemExit, match="policies='config'"):
+        bench.rl_config(str(REPO / "experiments/configs/rl_pendulum_novel_zoo.yaml"))
+    with pytest.raises(SystemExit, match="no such config file"):
+        bench.rl_config(str(tmp_path / "missing.yaml"))
+    text = bench.markdown(rows, [])
+    assert "| dense16 | train | 1 |" in text and "RecurrentPPO" not in text

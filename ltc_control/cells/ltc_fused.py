@@ -37,7 +37,7 @@ __all__ = [
 
 #: the kernel's sources in ``csrc/`` (the first is compiled) and the ABI version its library reports
 KERNEL_SOURCES = ("ltc_kernel.c", "ltc_kernel_body.h")
-KERNEL_ABI = 6
+KERNEL_ABI = 7
 
 
 class LTCKernelUnavailableWarning(RuntimeWarning):
@@ -56,6 +56,7 @@ class LTCKernel:
         self.backward: dict[torch.dtype, Any] = {}
         self.lanes: dict[torch.dtype, int] = {}
         self.forward_packed: dict[torch.dtype, Any] = {}
+        self._small_batch_setters: dict[torch.dtype, Any] = {}
         for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
             self.lanes[dtype] = int(getattr(lib, f"ltc_kernel_lanes_{suffix}")())
             fwd = getattr(lib, f"ltc_forward_{suffix}")
@@ -70,6 +71,19 @@ class LTCKernel:
             packed.argtypes = [i64p, p, ctypes.c_double]
             packed.restype = ctypes.c_int
             self.forward_packed[dtype] = packed
+            setter = getattr(lib, f"ltc_kernel_set_small_batch_{suffix}")
+            setter.argtypes = [ctypes.c_int64]
+            setter.restype = ctypes.c_int64
+            self._small_batch_setters[dtype] = setter
+
+    def set_small_batch_limit(self, dtype: torch.dtype, limit: int | None) -> int:
+        """Sets the largest batch that runs sample by sample (vectorised over synapses, not batch lanes) and
+        returns the previous limit; ``None`` restores the default, 0 turns that path off, values above the lane
+        count are clamped to it. Process-wide (benchmarks and tests compare the two paths with it); a forward
+        and its backward may take different paths (the stored states are laid out alike)."""
+        if dtype not in self._small_batch_setters:
+            raise ValueError(f"the LTC kernel has no {dtype} entry points (float32 / float64 only)")
+        return int(self._small_batch_setters[dtype](-1 if limit is None else max(0, int(limit))))
 
 
 def _try_load(path: Path) -> LTCKernel | None:

@@ -10,17 +10,40 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LTC_KERNEL_ABI 6
+#define LTC_KERNEL_ABI 7
 /* Lanes per batch chunk: 16 float32 = one 512-bit or two 256-bit registers; 8 float64 likewise. The lane loops
  * are written with explicit vector types: auto-vectorisation of the synapse scatter (num[dst] += ...) is defeated
  * by possible aliasing and then degrades to scalar code with store-forwarding stalls. */
 #define LANES_F32 16
 #define LANES_F64 8
 #define VEC_ALIGN 64
+/* default small-batch limits (see small_batch_limit_* below): about where the two paths cost the same for the
+ * dense 16-neuron LTC and the 19-neuron NCP, T = 64, forward + backward (experiments/bench/ltc_small_batch.py) */
+#define SMALL_BATCH_F32 8
+#define SMALL_BATCH_F64 6
 
 typedef float vf32 __attribute__((vector_size(4 * LANES_F32)));
 typedef int32_t vi32 __attribute__((vector_size(4 * LANES_F32)));
 typedef double vf64 __attribute__((vector_size(8 * LANES_F64)));
+
+/* Batches of at most this many samples run sample by sample, vectorised over the synapses instead of the batch
+ * lanes (RecurrentPPO's minibatches hold 1-4 sequences; a lane chunk would compute up to L - 1 copies). Set by
+ * ltc_kernel_set_small_batch_* (clamped to [0, L]; 0 turns the path off); both paths give the same states. */
+static int64_t small_batch_limit_f32 = SMALL_BATCH_F32;
+static int64_t small_batch_limit_f64 = SMALL_BATCH_F64;
+
+static int64_t clamp_limit(int64_t v, int64_t hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
+/* Sets the limit (negative: the default) and returns the previous one. */
+int64_t ltc_kernel_set_small_batch_f32(int64_t v) {
+    const int64_t old = small_batch_limit_f32;
+    small_batch_limit_f32 = v < 0 ? SMALL_BATCH_F32 : clamp_limit(v, LANES_F32);
+    return old;
+}
+int64_t ltc_kernel_set_small_batch_f64(int64_t v) {
+    const int64_t old = small_batch_limit_f64;
+    small_batch_limit_f64 = v < 0 ? SMALL_BATCH_F64 : clamp_limit(v, LANES_F64);
+    return old;
+}
 
 int ltc_kernel_abi(void) { return LTC_KERNEL_ABI; }
 int ltc_kernel_lanes_f32(void) { return LANES_F32; }

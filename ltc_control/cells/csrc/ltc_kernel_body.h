@@ -120,93 +120,318 @@ static void FN(sensory)(const FN(dims_t) * d, const FN(scratch_t) * sc, const RE
     }
 }
 
-/* Batch-1 inference (no vstore): here the batch gives no lanes to vectorise over, so the synapses do. Each block
- * of L synapses gathers its presynaptic values into one vector, evaluates L sigmoids at once and scatters them
- * to their postsynaptic neurons in order (the same summation order as the batched path). Padding synapses have
- * zero weight. */
-static int FN(forward_b1)(const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges, const int32_t *sedges,
-                          const REAL *x, const REAL *h0, const REAL *dt, const REAL *starts, double eps,
-                          REAL *states, REAL *y, const REAL *iw, const REAL *ib, const REAL *ow, const REAL *ob) {
-    const int64_t T = d->T, S = d->S, N = d->N, K = d->K, E = d->E, ES = d->ES, M = d->M;
+/* Small batches (B <= the small-batch limit, one chunk): the batch gives too few lanes to vectorise over, so
+ * the synapses do, one sample after another. Each block of L synapses gathers its presynaptic values into one
+ * vector, evaluates L sigmoids at once and scatters them to their postsynaptic neurons in order (the summation
+ * order of the batched path, so the states are the same). Padding synapses have zero weight and zero slope. */
+typedef struct {
+    int64_t Ep, ESp;
+    REAL *ew, *esig, *emu, *eerev, *sw, *ssig, *smu, *serev; /* (Ep) / (ESp), L-aligned */
+    int32_t *esrc, *edst, *ssrc, *sdst;
+    REAL *work; /* n_work REALs after the synapse arrays, L-aligned */
+    void *block;
+} FN(syn_t);
+
+/* Gathers the padded per-synapse arrays and allocates n_work REALs of scratch (the first n_vec_work of them
+ * start L-aligned). Returns 0, or 1 if out of memory. */
+static int FN(syn_init)(FN(syn_t) * y, const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges,
+                        const int32_t *sedges, size_t n_work) {
+    const int64_t E = d->E, ES = d->ES, N = d->N;
     const int64_t Ep = (E + L - 1) / L * L, ESp = (ES + L - 1) / L * L;
-    /* per synapse: w, sigma, mu, erev (REAL), then src, dst (int32) after the REAL arrays */
-    const size_t n = (size_t)(4 * Ep + 4 * ESp + 6 * N + S + L);
-    void *block = NULL;
-    if (posix_memalign(&block, VEC_ALIGN, sizeof(REAL) * n + sizeof(int32_t) * (size_t)(2 * Ep + 2 * ESp)) != 0)
+    const size_t nreal = (size_t)(4 * Ep + 4 * ESp) + (n_work + L - 1) / L * L;
+    y->block = NULL;
+    if (posix_memalign(&y->block, VEC_ALIGN, sizeof(REAL) * nreal + sizeof(int32_t) * (size_t)(2 * Ep + 2 * ESp)) !=
+        0)
         return 1;
-    REAL *ew = (REAL *)block, *esig = ew + Ep, *emu = esig + Ep, *eerev = emu + Ep;
-    REAL *sw = eerev + Ep, *ssig = sw + ESp, *smu = ssig + ESp, *serev = smu + ESp;
-    REAL *v = serev + ESp, *num = v + N, *den = num + N, *snum = den + N, *sden = snum + N, *cmt = sden + N,
-         *xl = cmt + N;
-    int32_t *esrc = (int32_t *)(xl + S + L), *edst = esrc + Ep, *ssrc = edst + Ep, *sdst = ssrc + ESp;
+    y->Ep = Ep;
+    y->ESp = ESp;
+    y->ew = (REAL *)y->block;
+    y->esig = y->ew + Ep;
+    y->emu = y->esig + Ep;
+    y->eerev = y->emu + Ep;
+    y->sw = y->eerev + Ep;
+    y->ssig = y->sw + ESp;
+    y->smu = y->ssig + ESp;
+    y->serev = y->smu + ESp;
+    y->work = y->serev + ESp;
+    y->esrc = (int32_t *)((REAL *)y->block + nreal);
+    y->edst = y->esrc + Ep;
+    y->ssrc = y->edst + Ep;
+    y->sdst = y->ssrc + ESp;
     for (int64_t e = 0; e < Ep; ++e) {
         const int valid = e < E;
         const int64_t idx = valid ? (int64_t)edges[e] * N + edges[E + e] : 0;
-        ew[e] = valid ? p->w[idx] : (REAL)0;
-        esig[e] = valid ? p->sigma[idx] : (REAL)0;
-        emu[e] = valid ? p->mu[idx] : (REAL)0;
-        eerev[e] = valid ? p->erev[idx] : (REAL)0;
-        esrc[e] = valid ? edges[e] : 0;
-        edst[e] = valid ? edges[E + e] : 0;
+        y->ew[e] = valid ? p->w[idx] : (REAL)0;
+        y->esig[e] = valid ? p->sigma[idx] : (REAL)0;
+        y->emu[e] = valid ? p->mu[idx] : (REAL)0;
+        y->eerev[e] = valid ? p->erev[idx] : (REAL)0;
+        y->esrc[e] = valid ? edges[e] : 0;
+        y->edst[e] = valid ? edges[E + e] : 0;
     }
     for (int64_t e = 0; e < ESp; ++e) {
         const int valid = e < ES;
         const int64_t idx = valid ? (int64_t)sedges[e] * N + sedges[ES + e] : 0;
-        sw[e] = valid ? p->sw[idx] : (REAL)0;
-        ssig[e] = valid ? p->ssigma[idx] : (REAL)0;
-        smu[e] = valid ? p->smu[idx] : (REAL)0;
-        serev[e] = valid ? p->serev[idx] : (REAL)0;
-        ssrc[e] = valid ? sedges[e] : 0;
-        sdst[e] = valid ? sedges[ES + e] : 0;
+        y->sw[e] = valid ? p->sw[idx] : (REAL)0;
+        y->ssig[e] = valid ? p->ssigma[idx] : (REAL)0;
+        y->smu[e] = valid ? p->smu[idx] : (REAL)0;
+        y->serev[e] = valid ? p->serev[idx] : (REAL)0;
+        y->ssrc[e] = valid ? sedges[e] : 0;
+        y->sdst[e] = valid ? sedges[ES + e] : 0;
     }
-    for (int64_t j = 0; j < N; ++j) v[j] = h0[j];
+    return 0;
+}
+
+/* Sensory sums of one step of one sample (xl: its S mapped inputs) into snum/sden (N); keeps each sensory
+ * sigmoid in sig_keep (ESp, L-aligned) when it is not NULL. */
+static void FN(sensory_small)(const FN(dims_t) * d, const FN(syn_t) * y, const REAL *xl, REAL *snum, REAL *sden,
+                              REAL *sig_keep) {
+    for (int64_t j = 0; j < d->N; ++j) snum[j] = sden[j] = 0;
+    for (int64_t e = 0; e < y->ESp; e += L) {
+        V xs;
+        for (int64_t l = 0; l < L; ++l) xs[l] = xl[y->ssrc[e + l]];
+        const V sg = VSIGMOID(*(const V *)(y->ssig + e) * (xs - *(const V *)(y->smu + e)));
+        const V s = *(const V *)(y->sw + e) * sg;
+        const V sn = s * *(const V *)(y->serev + e);
+        for (int64_t l = 0; l < L; ++l) {
+            snum[y->sdst[e + l]] += sn[l];
+            sden[y->sdst[e + l]] += s[l];
+        }
+        if (sig_keep) *(V *)(sig_keep + e) = sg;
+    }
+}
+
+/* Forward of a small batch, sample by sample; vstore (or NULL) is laid out and filled as the batched path
+ * fills it (sample b in lane b of chunk 0, padding lanes copies of the last sample), so either backward path can
+ * follow either forward path. */
+static int FN(forward_small)(const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges,
+                             const int32_t *sedges, const REAL *x, const REAL *h0, const REAL *dt, const REAL *starts,
+                             double eps, REAL *states, REAL *y, REAL *vstore, const REAL *iw, const REAL *ib,
+                             const REAL *ow, const REAL *ob) {
+    const int64_t B = d->B, T = d->T, S = d->S, N = d->N, K = d->K, M = d->M;
+    FN(syn_t) sy;
+    if (FN(syn_init)(&sy, d, p, edges, sedges, (size_t)(6 * N + S + L))) return 1;
+    REAL *v = sy.work, *num = v + N, *den = num + N, *snum = den + N, *sden = snum + N, *cmt = sden + N,
+         *xl = cmt + N;
     const REAL Kr = (REAL)K, epsr = (REAL)eps;
-    for (int64_t t = 0; t < T; ++t) {
-        if (starts) {
-            const REAL keep = (REAL)1 - starts[t * d->sst];
-            for (int64_t j = 0; j < N; ++j) v[j] *= keep;
-        }
-        for (int64_t k = 0; k < S; ++k) xl[k] = x[t * S + k] * (iw ? iw[k] : (REAL)1) + (ib ? ib[k] : (REAL)0);
-        for (int64_t j = 0; j < N; ++j) snum[j] = sden[j] = 0;
-        for (int64_t e = 0; e < ESp; e += L) {
-            V xs;
-            for (int64_t l = 0; l < L; ++l) xs[l] = xl[ssrc[e + l]];
-            const V s = *(const V *)(sw + e) * VSIGMOID(*(const V *)(ssig + e) * (xs - *(const V *)(smu + e)));
-            const V sn = s * *(const V *)(serev + e);
-            for (int64_t l = 0; l < L; ++l) {
-                snum[sdst[e + l]] += sn[l];
-                sden[sdst[e + l]] += s[l];
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < N; ++j) v[j] = h0[b * N + j];
+        for (int64_t t = 0; t < T; ++t) {
+            if (starts) {
+                const REAL keep = (REAL)1 - starts[b * d->ssb + t * d->sst];
+                for (int64_t j = 0; j < N; ++j) v[j] *= keep;
             }
-        }
-        const REAL h = dt[t * d->dst] / Kr;
-        for (int64_t j = 0; j < N; ++j) {
-            cmt[j] = p->cm[j] / h;
-            snum[j] += p->gleak[j] * p->vleak[j];
-            sden[j] += cmt[j] + p->gleak[j];
-        }
-        for (int64_t u = 0; u < K; ++u) {
+            const REAL *xr = x + (b * T + t) * S;
+            for (int64_t k = 0; k < S; ++k) xl[k] = xr[k] * (iw ? iw[k] : (REAL)1) + (ib ? ib[k] : (REAL)0);
+            FN(sensory_small)(d, &sy, xl, snum, sden, NULL);
+            /* cm / (dt / K), written as the reference writes it so the rounding matches */
+            const REAL h = dt[b * d->dsb + t * d->dst] / Kr;
             for (int64_t j = 0; j < N; ++j) {
-                num[j] = cmt[j] * v[j] + snum[j];
-                den[j] = sden[j];
+                cmt[j] = p->cm[j] / h;
+                snum[j] += p->gleak[j] * p->vleak[j];
+                sden[j] += cmt[j] + p->gleak[j];
             }
-            for (int64_t e = 0; e < Ep; e += L) {
-                V vs;
-                for (int64_t l = 0; l < L; ++l) vs[l] = v[esrc[e + l]];
-                const V s = *(const V *)(ew + e) * VSIGMOID(*(const V *)(esig + e) * (vs - *(const V *)(emu + e)));
-                const V sn = s * *(const V *)(eerev + e);
+            for (int64_t u = 0; u < K; ++u) {
+                if (vstore) {
+                    REAL *vs = vstore + (t * K + u) * N * L + b;
+                    for (int64_t j = 0; j < N; ++j) vs[j * L] = v[j];
+                }
+                for (int64_t j = 0; j < N; ++j) {
+                    num[j] = cmt[j] * v[j] + snum[j];
+                    den[j] = sden[j];
+                }
+                for (int64_t e = 0; e < sy.Ep; e += L) {
+                    V vs;
+                    for (int64_t l = 0; l < L; ++l) vs[l] = v[sy.esrc[e + l]];
+                    const V s = *(const V *)(sy.ew + e) *
+                                VSIGMOID(*(const V *)(sy.esig + e) * (vs - *(const V *)(sy.emu + e)));
+                    const V sn = s * *(const V *)(sy.eerev + e);
+                    for (int64_t l = 0; l < L; ++l) {
+                        num[sy.edst[e + l]] += sn[l];
+                        den[sy.edst[e + l]] += s[l];
+                    }
+                }
+                for (int64_t j = 0; j < N; ++j) v[j] = num[j] / (den[j] + epsr);
+            }
+            REAL *st = states + (b * T + t) * N;
+            for (int64_t j = 0; j < N; ++j) st[j] = v[j];
+            if (y) {
+                REAL *yr = y + (b * T + t) * M;
+                for (int64_t j = 0; j < M; ++j) yr[j] = v[j] * (ow ? ow[j] : (REAL)1) + (ob ? ob[j] : (REAL)0);
+            }
+        }
+    }
+    if (vstore && B > 0 && B < L) {
+        /* padding lanes replicate the last sample, as the batched path fills them: either backward can follow */
+        for (int64_t r = 0; r < T * K * N; ++r)
+            for (int64_t l = B; l < L; ++l) vstore[r * L + l] = vstore[r * L + B - 1];
+    }
+    free(sy.block);
+    return 0;
+}
+
+/* Backward of a small batch (the forward ran forward_small with vstore), sample by sample; arguments as
+ * ltc_backward's. */
+static int FN(backward_small)(const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges,
+                              const int32_t *sedges, const REAL *x, const REAL *dt, const REAL *starts, double eps,
+                              const REAL *states, const REAL *vstore, const REAL *gstates, REAL *gx, REAL *gh0,
+                              REAL *gdt, REAL *const *gp) {
+    const int64_t B = d->B, T = d->T, S = d->S, N = d->N, K = d->K, E = d->E, ES = d->ES;
+    const int64_t Ep = (E + L - 1) / L * L, ESp = (ES + L - 1) / L * L;
+    FN(syn_t) sy;
+    /* L-aligned first: sig, lw, lsig, lmu, lerev (Ep each), ssg (ESp); then 14 N-vectors and 2 S-vectors */
+    if (FN(syn_init)(&sy, d, p, edges, sedges, (size_t)(5 * Ep + ESp + 14 * N + 2 * S))) return 1;
+    double *acc = (double *)calloc((size_t)(4 * E + 4 * ES + 3 * N + 1), sizeof(double));
+    if (!acc) {
+        free(sy.block);
+        return 1;
+    }
+    REAL *sig = sy.work, *lw = sig + Ep, *lsig = lw + Ep, *lmu = lsig + Ep, *lerev = lmu + Ep, *ssg = lerev + Ep;
+    REAL *gv = ssg + ESp, *gvn = gv + N, *vcur = gvn + N, *vnext = vcur + N, *vlast = vnext + N, *den = vlast + N,
+         *cmt = den + N, *snum = cmt + N, *sden = snum + N, *gnum = sden + N, *gden = gnum + N, *gsnum = gden + N,
+         *gsden = gsnum + N, *gcmt = gsden + N, *xl = gcmt + N, *gxt = xl + S;
+    double *aw = acc, *asig = aw + E, *amu = asig + E, *aerev = amu + E;
+    double *asw = aerev + E, *assig = asw + ES, *asmu = assig + ES, *aserev = asmu + ES;
+    double *agl = aserev + ES, *avl = agl + N, *acm = avl + N;
+    const REAL Kr = (REAL)K, epsr = (REAL)eps;
+
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < N; ++j) gv[j] = 0;
+        for (int64_t t = T - 1; t >= 0; --t) {
+            const REAL *gs_t = gstates + (b * T + t) * N, *st = states + (b * T + t) * N;
+            for (int64_t j = 0; j < N; ++j) {
+                gv[j] += gs_t[j];
+                vlast[j] = st[j];
+            }
+            const REAL h = dt[b * d->dsb + t * d->dst] / Kr;
+            const REAL *xr = x + (b * T + t) * S;
+            for (int64_t k = 0; k < S; ++k) xl[k] = xr[k];
+            FN(sensory_small)(d, &sy, xl, snum, sden, ssg);
+            for (int64_t j = 0; j < N; ++j) {
+                cmt[j] = p->cm[j] / h;
+                sden[j] += cmt[j] + p->gleak[j];
+                gsnum[j] = gsden[j] = gcmt[j] = 0;
+            }
+            for (int64_t e = 0; e < Ep; ++e) lw[e] = lsig[e] = lmu[e] = lerev[e] = 0;
+            for (int64_t u = K - 1; u >= 0; --u) {
+                const REAL *vsrc = vstore + (t * K + u) * N * L + b;
+                for (int64_t j = 0; j < N; ++j) {
+                    vcur[j] = vsrc[j * L];
+                    /* the state after this unfold: the next stored one, or the step's output for the last */
+                    vnext[j] = (u + 1 < K) ? vsrc[(N + j) * L] : vlast[j];
+                    den[j] = sden[j];
+                }
+                /* recompute the denominator and the sigmoids of this unfold */
+                for (int64_t e = 0; e < Ep; e += L) {
+                    V vs;
+                    for (int64_t l = 0; l < L; ++l) vs[l] = vcur[sy.esrc[e + l]];
+                    const V sg = VSIGMOID(*(const V *)(sy.esig + e) * (vs - *(const V *)(sy.emu + e)));
+                    *(V *)(sig + e) = sg;
+                    const V s = *(const V *)(sy.ew + e) * sg;
+                    for (int64_t l = 0; l < L; ++l) den[sy.edst[e + l]] += s[l];
+                }
+                for (int64_t j = 0; j < N; ++j) {
+                    const REAL g = gv[j] / (den[j] + epsr), gd = -g * vnext[j];
+                    gnum[j] = g;
+                    gden[j] = gd;
+                    gvn[j] = g * cmt[j];
+                    gcmt[j] += g * vcur[j] + gd;
+                    gsnum[j] += g;  /* also the gradient of the num's gleak * vleak term */
+                    gsden[j] += gd; /* also the gradient of the den's gleak term */
+                }
+                for (int64_t e = 0; e < Ep; e += L) {
+                    V gn, gdn, vs;
+                    for (int64_t l = 0; l < L; ++l) {
+                        gn[l] = gnum[sy.edst[e + l]];
+                        gdn[l] = gden[sy.edst[e + l]];
+                        vs[l] = vcur[sy.esrc[e + l]];
+                    }
+                    const V a = *(const V *)(sy.esig + e), wv = *(const V *)(sy.ew + e);
+                    const V sg = *(const V *)(sig + e);
+                    const V gs = gn * *(const V *)(sy.eerev + e) + gdn;
+                    *(V *)(lerev + e) += gn * (wv * sg);
+                    *(V *)(lw + e) += gs * sg;
+                    const V ds = gs * wv * sg * ((REAL)1 - sg);
+                    *(V *)(lsig + e) += ds * (vs - *(const V *)(sy.emu + e));
+                    *(V *)(lmu + e) -= ds * a;
+                    const V gi = ds * a;
+                    for (int64_t l = 0; l < L; ++l) gvn[sy.esrc[e + l]] += gi[l];
+                }
+                REAL *tmp = gv;
+                gv = gvn;
+                gvn = tmp;
+            }
+            /* sensory synapses (held over the K unfolds: their gradient is the sum over unfolds) */
+            for (int64_t k = 0; k < S; ++k) gxt[k] = 0;
+            for (int64_t e = 0; e < ESp; e += L) {
+                V gsn, gsd, xs;
                 for (int64_t l = 0; l < L; ++l) {
-                    num[edst[e + l]] += sn[l];
-                    den[edst[e + l]] += s[l];
+                    gsn[l] = gsnum[sy.sdst[e + l]];
+                    gsd[l] = gsden[sy.sdst[e + l]];
+                    xs[l] = xl[sy.ssrc[e + l]];
+                }
+                const V a = *(const V *)(sy.ssig + e), wv = *(const V *)(sy.sw + e);
+                const V sg = *(const V *)(ssg + e);
+                const V gs = gsn * *(const V *)(sy.serev + e) + gsd;
+                const V ds = gs * wv * sg * ((REAL)1 - sg);
+                const V l_erev = gsn * (wv * sg), l_w = gs * sg, l_sig = ds * (xs - *(const V *)(sy.smu + e)),
+                        l_mu = -ds * a, gi = ds * a;
+                for (int64_t l = 0; l < L && e + l < ES; ++l) {
+                    gxt[sy.ssrc[e + l]] += gi[l];
+                    aserev[e + l] += l_erev[l];
+                    asw[e + l] += l_w[l];
+                    assig[e + l] += l_sig[l];
+                    asmu[e + l] += l_mu[l];
                 }
             }
-            for (int64_t j = 0; j < N; ++j) v[j] = num[j] / (den[j] + epsr);
+            REAL *gxr = gx + (b * T + t) * S;
+            for (int64_t k = 0; k < S; ++k) gxr[k] = gxt[k];
+            for (int64_t e = 0; e < E; ++e) {
+                aw[e] += lw[e];
+                asig[e] += lsig[e];
+                amu[e] += lmu[e];
+                aerev[e] += lerev[e];
+            }
+            for (int64_t j = 0; j < N; ++j) {
+                /* num has gleak*vleak, den has gleak: d/dgleak = gnum*vleak + gden; d/dvleak = gnum*gleak */
+                agl[j] += gsnum[j] * p->vleak[j] + gsden[j];
+                avl[j] += gsnum[j] * p->gleak[j];
+                acm[j] += gcmt[j] / h;
+                if (gdt) gdt[b * T + t] += -gcmt[j] * p->cm[j] / (h * h) / Kr;
+            }
+            if (starts) {
+                const REAL keep = (REAL)1 - starts[b * d->ssb + t * d->sst];
+                for (int64_t j = 0; j < N; ++j) gv[j] *= keep;
+            }
         }
-        for (int64_t j = 0; j < N; ++j) states[t * N + j] = v[j];
-        if (y)
-            for (int64_t j = 0; j < M; ++j) y[t * M + j] = v[j] * (ow ? ow[j] : (REAL)1) + (ob ? ob[j] : (REAL)0);
+        for (int64_t j = 0; j < N; ++j) gh0[b * N + j] = gv[j];
     }
-    free(block);
+    for (int64_t j = 0; j < N; ++j) {
+        gp[0][j] += (REAL)agl[j];
+        gp[1][j] += (REAL)avl[j];
+        gp[2][j] += (REAL)acm[j];
+    }
+    for (int64_t e = 0; e < E; ++e) {
+        int64_t idx = (int64_t)edges[e] * N + edges[E + e];
+        gp[3][idx] += (REAL)aw[e];
+        gp[4][idx] += (REAL)asig[e];
+        gp[5][idx] += (REAL)amu[e];
+        gp[6][idx] += (REAL)aerev[e];
+    }
+    for (int64_t e = 0; e < ES; ++e) {
+        int64_t idx = (int64_t)sedges[e] * N + sedges[ES + e];
+        gp[7][idx] += (REAL)asw[e];
+        gp[8][idx] += (REAL)assig[e];
+        gp[9][idx] += (REAL)asmu[e];
+        gp[10][idx] += (REAL)aserev[e];
+    }
+    free(acc);
+    free(sy.block);
     return 0;
+}
+
+/* Whether a call takes the sample-by-sample path: the whole batch in one call, at most the small-batch limit. */
+static inline int FN(use_small)(const FN(dims_t) * d) {
+    return d->B <= FN(small_batch_limit) && d->c0 == 0 && d->c1 == (d->B + L - 1) / L;
 }
 
 /* Forward. states: (B, T, N) out; y: (B, T, M) out or NULL (readout output_w * v[:M] + output_b); vstore:
@@ -228,8 +453,8 @@ int FN(ltc_forward)(const int64_t *dims, const REAL *const *pp, const int32_t *e
                 if (!(h > 0) || !isfinite(h)) return 3;
             }
     }
-    if (B == 1 && !vstore && d.c0 == 0 && d.c1 == 1)
-        return FN(forward_b1)(&d, &p, edges, sedges, x, h0, dt, starts, eps, states, y, iw, ib, ow, ob);
+    if (FN(use_small)(&d))
+        return FN(forward_small)(&d, &p, edges, sedges, x, h0, dt, starts, eps, states, y, vstore, iw, ib, ow, ob);
     FN(scratch_t) sc;
     if (FN(scratch_init)(&sc, &p, &d, edges, sedges, (size_t)(S + 6 * N))) return 1;
     V *xl = (V *)sc.vector_block, *snum = xl + S, *sden = snum + N, *v = sden + N, *num = v + N, *den = num + N,
@@ -295,6 +520,9 @@ int FN(ltc_backward)(const int64_t *dims, const REAL *const *pp, const int32_t *
     const FN(dims_t) d = FN(read_dims)(dims);
     const int64_t B = d.B, T = d.T, S = d.S, N = d.N, K = d.K, E = d.E, ES = d.ES;
     const FN(params_t) p = {pp[0], pp[1], pp[2], pp[3], pp[4], pp[5], pp[6], pp[7], pp[8], pp[9], pp[10]};
+    if (FN(use_small)(&d))
+        return FN(backward_small)(&d, &p, edges, sedges, x, dt, starts, eps, states, vstore, gstates, gx, gh0, gdt,
+                                  gp);
     FN(scratch_t) sc;
     if (FN(scratch_init)(&sc, &p, &d, edges, sedges, (size_t)(2 * S + 13 * N + 5 * E + ES))) return 1;
     /* parameter gradients are sums over B * T * K terms: accumulate them in double */
