@@ -76,6 +76,7 @@ from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import VALID_ROLES
 
 __all__ = [
+    "CENTER_STEPS",
     "DEFAULT_CONTROLLER_LR_SCALE",
     "DEFAULT_DISCRETE_DT",
     "CnnLtcPolicy",
@@ -197,6 +198,10 @@ def _motor_size(action_space: spaces.Space) -> int:
 #: circuit with memory). Chosen on the discrete tuning tasks (AcrobotNoVel-v1: 3 of 3 seeds learned, sooner
 #: than at 1; the ``docs/rl.md`` section "slower neurons"); continuous actions keep 1.
 DEFAULT_DISCRETE_DT = 0.1
+
+#: env steps of zero features that :meth:`LtcPolicy.resting_state` runs (``action_bias_init="center"``): 20
+#: time units at the discrete default's ``dt`` 0.1, about 14 of its median effective time constants
+CENTER_STEPS = 200
 
 
 def default_controller(motor_size: int, discrete: bool = False) -> ControllerConfig:
@@ -336,6 +341,14 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             tanh for ``Box(-1, 1)`` action spaces, none otherwise (and for discrete actions).
         action_scale_init: initial scale of the motor head (``action_readout="state"``: the gain of its
             weights' orthogonal initialisation; sb3's own policies use 0.01).
+        action_bias_init: initial bias of the action head (a number; sb3's own policies start at 0), or
+            ``"center"``: the bias that makes the head's output before the squash zero at the actor's resting
+            state under the mean observation, i.e. after :data:`CENTER_STEPS` steps of zero features (the mean
+            of the last quarter of them, should the circuit not settle). At the cell's init the motor neurons
+            rest at random voltages, so every seed starts preferring some action whatever it observes (on
+            AcrobotNoVel / LunarLanderNoVel the constant part of the logits is several times their
+            state-driven spread); centring removes that constant part and keeps the state-driven one (unlike
+            a small ``action_scale_init``, which shrinks both).
         action_readout: what the action head reads. ``"motor"``: one motor neuron per action output,
             element-wise (:class:`MotorHead`; the NCP's motor layer is the action, and the policy converts
             to :class:`ltc_control.policy.Policy` for export and inspection). ``"state"``: a linear map from
@@ -399,6 +412,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         squash_output: bool = False,
         action_squash: SquashMode = "auto",
         action_scale_init: float = 1.0,
+        action_bias_init: float | Literal["center"] = 0.0,
         action_readout: ReadoutMode = "motor",
         motors_per_output: int = 1,
         input_scale_init: float | None = None,
@@ -463,6 +477,17 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.value_arch = _value_arch(net_arch)
         self.motor_size = _motor_size(action_space)
         self.action_squash: Literal["tanh", "none"] = _resolve_squash(action_squash, action_space)
+        if action_bias_init != "center":
+            try:
+                bias_ok = not isinstance(action_bias_init, str) and bool(np.isfinite(float(action_bias_init)))
+            except (TypeError, ValueError):
+                bias_ok = False
+            if not bias_ok:
+                raise ValueError(
+                    f"action_bias_init must be a finite number or 'center', got {action_bias_init!r}"
+                )
+            action_bias_init = float(action_bias_init)
+        self.action_bias_init: float | Literal["center"] = action_bias_init
         for name, value in (
             ("action_scale_init", action_scale_init),
             ("log_std_init", log_std_init),
@@ -592,14 +617,23 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             self.action_dist, CategoricalDistribution | MultiCategoricalDistribution | BernoulliDistribution
         ):
             raise ValueError(f"unsupported action distribution {type(self.action_dist).__name__}")
+        bias = 0.0 if self.action_bias_init == "center" else float(self.action_bias_init)
         if self.action_readout == "state":
             self.action_net = StateReadoutHead(
                 self.controller.state_size, m, self.action_squash, init_gain=self.action_scale_init
             )
+            nn.init.constant_(self.action_net.linear.bias, bias)
         else:
             self.action_net = MotorHead(
-                m, self.action_squash, init_scale=self.action_scale_init, group=self.motors_per_output
+                m,
+                self.action_squash,
+                init_scale=self.action_scale_init,
+                init_bias=bias,
+                group=self.motors_per_output,
             )
+        if self.action_bias_init == "center":
+            outputs, states = self.resting_state()
+            self.action_net.center_at(states if self.action_readout == "state" else outputs)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
             from functools import partial
@@ -616,6 +650,24 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             for module, gain in gains.items():
                 module.apply(partial(self.init_weights, gain=gain))
         self.optimizer = self.make_optimizer(lr_schedule(1))
+
+    @torch.no_grad()
+    def resting_state(self, steps: int = 0) -> tuple[Tensor, Tensor]:
+        """The actor controller's outputs ``(motor outputs,)`` and neuron states ``(state_size,)`` at rest
+        under the mean observation: zero features for ``steps`` env steps (default :data:`CENTER_STEPS`)
+        from the initial state, averaged over the last quarter of them (the fixed point where the circuit
+        settles). What ``action_bias_init="center"`` centres the head on."""
+        steps = int(steps) or CENTER_STEPS
+        adapter = self.lstm_actor
+        dtype = next(adapter.parameters()).dtype
+        features = torch.zeros(steps, adapter.input_size, dtype=dtype, device=self.device)
+        starts = torch.zeros(steps, dtype=dtype, device=self.device)
+        starts[0] = 1.0
+        h0 = torch.zeros(1, 1, adapter.hidden_size, dtype=dtype, device=self.device)
+        outputs, states, _ = adapter(features, (h0, h0), starts, return_states=True)
+        assert states is not None
+        tail = max(1, steps // 4)
+        return outputs[-tail:].mean(0), states[-tail:].mean(0)
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         """The policy's optimizer: ``optimizer_class`` over every parameter, with the controllers' parameters
@@ -680,6 +732,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             net_arch=list(self.value_arch),
             action_squash=self.action_squash,
             action_scale_init=self.action_scale_init,
+            action_bias_init=self.action_bias_init,
             action_readout=self.action_readout,
             motors_per_output=self.motors_per_output,
             input_scale_init=self.input_scale_init,

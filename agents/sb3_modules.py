@@ -140,9 +140,19 @@ class MotorHead(nn.Module):
                 f"the motor head expects {m * self.group} motor outputs ({m} outputs x {self.group} motor "
                 f"neurons each), got {y.shape[-1]}"
             )
+        return _squash(self.affine(y), self.squash)
+
+    def affine(self, y: Tensor) -> Tensor:
+        """The map before the squash: ``scale * y + bias`` (after averaging each output's motor group)."""
         if self.group > 1:
-            y = y.unflatten(-1, (m, self.group)).mean(-1)
-        return _squash(self.scale * y + self.bias, self.squash)
+            y = y.unflatten(-1, (self.scale.numel(), self.group)).mean(-1)
+        return self.scale * y + self.bias
+
+    @torch.no_grad()
+    def center_at(self, y: Tensor) -> None:
+        """Shifts the bias so that the pre-squash output at the motor outputs ``y`` ``(M * group,)`` is zero
+        (``LtcPolicy(action_bias_init="center")``)."""
+        self.bias.sub_(self.affine(y))
 
     def extra_repr(self) -> str:
         extra = f", group={self.group}" if self.group > 1 else ""
@@ -177,6 +187,12 @@ class StateReadoutHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., state_size)`` neuron states -> ``(..., M)``."""
         return _squash(self.linear(x), self.squash)
+
+    @torch.no_grad()
+    def center_at(self, x: Tensor) -> None:
+        """Shifts the bias so that the pre-squash output at the neuron states ``x`` ``(state_size,)`` is zero
+        (``LtcPolicy(action_bias_init="center")``)."""
+        self.linear.bias.sub_(self.linear(x))
 
     def extra_repr(self) -> str:
         return (

@@ -319,8 +319,13 @@ _DEFAULTS_BEFORE_THE_FIELD = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88a
 
 #: ``LtcPolicy`` options added after the defaults digest, with the value that reproduces the earlier policies
 #: (``action_readout="motor"``: the element-wise motor head every earlier run had; ``tau_scale=None``: the
-#: cell's own time-constant init)
-_NEUTRAL_NEW_OPTIONS: dict[str, Any] = {"action_readout": "motor", "motors_per_output": 1, "tau_scale": None}
+#: cell's own time-constant init; ``action_bias_init=0.0``: the head's zero bias at init)
+_NEUTRAL_NEW_OPTIONS: dict[str, Any] = {
+    "action_readout": "motor",
+    "motors_per_output": 1,
+    "tau_scale": None,
+    "action_bias_init": 0.0,
+}
 
 
 def liquid_defaults() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.env_util import make_vec_env
 
-from ltc_control.agents.sb3 import CnnLtcPolicy, LtcPolicy
+from ltc_control.agents.sb3 import CENTER_STEPS, CnnLtcPolicy, LtcPolicy
 from ltc_control.agents.sb3_checkpoint import (
     load_policy_weights,
     policy_kwargs_from_policy,
@@ -831,3 +831,53 @@ def test_tau_scale_speeds_up_the_named_roles_and_survives_save_load(tmp_path: Pa
         _tiny_model(policy_kwargs={"tau_scale": {"hidden": 0.5}})
     with pytest.raises(ValueError, match="tau_scale scales LTC time constants; .* kind 'cfc'"):
         _tiny_model(policy_kwargs={"controller": {"kind": "cfc"}, "tau_scale": {"motor": 0.5}})
+
+
+@pytest.mark.parametrize(
+    ("env_id", "readout", "controller"),
+    [
+        ("CartPole-v1", "motor", None),  # the discrete default controller (dense 16, dt 0.1)
+        ("Pendulum-v1", "motor", SMALL_LTC),  # continuous, tanh head, an NCP
+        ("CartPole-v1", "state", SMALL_CFC),  # the state readout, another cell kind
+    ],
+)
+def test_action_bias_init_center_zeroes_the_head_at_rest(
+    tmp_path: Path, env_id: str, readout: str, controller: dict | None
+) -> None:
+    """``action_bias_init="center"``: the head's output before the squash is zero at the actor's resting
+    state under zero features (which has settled), only the bias differs from the plain policy (same seed),
+    the option survives save / load (the loaded bias is the saved one) and bad values are named."""
+    kwargs: dict = {"controller": controller, "action_readout": readout}
+    plain = _tiny_model(env_id, policy_kwargs=kwargs).policy
+    model = _tiny_model(env_id, policy_kwargs={**kwargs, "action_bias_init": "center"})
+    policy = model.policy
+    outputs, states = policy.resting_state()
+    again_outputs, again_states = policy.resting_state(2 * CENTER_STEPS)
+    torch.testing.assert_close(again_states, states, rtol=0, atol=1e-4)  # settled
+    head_in = states if readout == "state" else outputs
+    pre = policy.action_net.linear(head_in) if readout == "state" else policy.action_net.affine(head_in)
+    torch.testing.assert_close(pre, torch.zeros_like(pre), rtol=0, atol=1e-6)
+    plain_pre = plain.action_net.linear(head_in) if readout == "state" else plain.action_net.affine(head_in)
+    assert float(plain_pre.abs().max()) > 1e-3  # the plain head does prefer something at rest
+    ours, theirs = policy.state_dict(), plain.state_dict()
+    bias = "action_net.linear.bias" if readout == "state" else "action_net.bias"
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == [bias]
+    model.learn(32)
+    obs = np.random.default_rng(0).normal(size=policy.observation_space.shape).astype(np.float32)
+    action, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy.action_bias_init == "center"
+    assert torch.equal(loaded.policy.state_dict()[bias], model.policy.state_dict()[bias])
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], action)
+
+
+def test_action_bias_init_number_and_bad_values() -> None:
+    """A number fills the head's bias; anything but a finite number or "center" is named."""
+    policy = _tiny_model("CartPole-v1", policy_kwargs={"action_bias_init": 0.25}).policy
+    assert torch.equal(policy.action_net.bias, torch.full((2,), 0.25))
+    state = _tiny_model("CartPole-v1", policy_kwargs={"action_bias_init": -1, "action_readout": "state"})
+    assert torch.equal(state.policy.action_net.linear.bias, torch.full((2,), -1.0))
+    for bad in ("centre", float("nan"), float("inf"), None, [0.0]):
+        with pytest.raises(ValueError, match="action_bias_init must be a finite number or 'center'"):
+            _tiny_model("CartPole-v1", policy_kwargs={"action_bias_init": bad})

@@ -64,6 +64,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         "controller": None,  # documented as default_controller(motor_size)
         "motors_per_output": 1,
         "tau_scale": None,
+        "action_bias_init": 0.0,
     }
     for name, default in expected.items():
         assert params[name].default == default, name
@@ -73,6 +74,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     assert table["controller"] == "default_controller(motor_size)"
     assert table["motors_per_output"] == "1"
     assert table["tau_scale"] == "None"
+    assert table["action_bias_init"] == "0.0"
     for motor, units in ((1, 16), (6, 16), (8, 16), (9, 17), (20, 28)):
         config = default_controller(motor)
         assert config.kind == "ltc" and config.wiring.preset == "fully_connected", motor
