@@ -343,8 +343,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             weights' orthogonal initialisation; sb3's own policies use 0.01).
         action_bias_init: initial bias of the action head (a number; sb3's own policies start at 0), or
             ``"center"``: the bias that makes the head's output before the squash zero at the actor's resting
-            state under the mean observation, i.e. after :data:`CENTER_STEPS` steps of zero features (the mean
-            of the last quarter of them, should the circuit not settle). At the cell's init the motor neurons
+            state under zero features (the mean observation when observations are normalised, e.g. by
+            ``VecNormalize``), i.e. after :data:`CENTER_STEPS` steps of them (the mean of the last quarter of
+            them, should the circuit not settle). At the cell's init the motor neurons
             rest at random voltages, so every seed starts preferring some action whatever it observes (on
             AcrobotNoVel / LunarLanderNoVel the constant part of the logits is several times their
             state-driven spread); centring removes that constant part and keeps the state-driven one (unlike
@@ -654,9 +655,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     @torch.no_grad()
     def resting_state(self, steps: int = 0) -> tuple[Tensor, Tensor]:
         """The actor controller's outputs ``(motor outputs,)`` and neuron states ``(state_size,)`` at rest
-        under the mean observation: zero features for ``steps`` env steps (default :data:`CENTER_STEPS`)
-        from the initial state, averaged over the last quarter of them (the fixed point where the circuit
-        settles). What ``action_bias_init="center"`` centres the head on."""
+        under zero features (the mean observation when observations are normalised) for ``steps`` env steps
+        (default :data:`CENTER_STEPS`) from the initial state, averaged over the last quarter of them (the
+        fixed point where the circuit settles). What ``action_bias_init="center"`` centres the head on."""
         steps = int(steps) or CENTER_STEPS
         adapter = self.lstm_actor
         dtype = next(adapter.parameters()).dtype
