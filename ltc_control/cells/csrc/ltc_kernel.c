@@ -27,7 +27,7 @@ typedef int32_t vi32 __attribute__((vector_size(4 * LANES_F32)));
 typedef double vf64 __attribute__((vector_size(8 * LANES_F64)));
 
 /* Batches of at most this many samples run sample by sample, vectorised over the synapses instead of the batch
- * lanes (RecurrentPPO's minibatches hold 1-4 sequences; a lane chunk would compute up to L - 1 copies). Set by
+ * lanes (RecurrentPPO's minibatches hold 1-8 sequences; a lane chunk would compute up to L - 1 copies). Set by
  * ltc_kernel_set_small_batch_* (clamped to [0, L]; 0 turns the path off); both paths give the same states. */
 static int64_t small_batch_limit_f32 = SMALL_BATCH_F32;
 static int64_t small_batch_limit_f64 = SMALL_BATCH_F64;

@@ -3,7 +3,8 @@
  * The batch is cut into chunks of L lanes (one vector V). A chunk runs the whole sequence with neuron-major lane
  * vectors v[j]; each synapse of the sparse edge list costs a few vector instructions per unfold, so the cost grows
  * with the number of synapses, not with N^2. A last partial chunk replicates its last valid sample into the unused
- * lanes (finite values; their results and gradients are discarded).
+ * lanes (finite values; their results and gradients are discarded). Batches up to the small-batch limit instead
+ * run sample by sample, vectorised over synapses (forward_small / backward_small below).
  *
  * Equations (h = dt / K, K unfolds per input step, sensory terms held over the K unfolds):
  *   s_sens[k->j] = sw * sigmoid(ssigma * (x[k] - smu));  snum_j = sum s_sens * serev;  sden_j = sum s_sens
@@ -132,8 +133,8 @@ typedef struct {
     void *block;
 } FN(syn_t);
 
-/* Gathers the padded per-synapse arrays and allocates n_work REALs of scratch (the first n_vec_work of them
- * start L-aligned). Returns 0, or 1 if out of memory. */
+/* Gathers the padded per-synapse arrays and allocates n_work REALs of scratch after them (starting L-aligned).
+ * Returns 0, or 1 if out of memory. */
 static int FN(syn_init)(FN(syn_t) * y, const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges,
                         const int32_t *sedges, size_t n_work) {
     const int64_t E = d->E, ES = d->ES, N = d->N;
