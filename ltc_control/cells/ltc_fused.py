@@ -78,9 +78,9 @@ class LTCKernel:
 
     def set_small_batch_limit(self, dtype: torch.dtype, limit: int | None) -> int:
         """Sets the largest batch that runs sample by sample (vectorised over synapses, not batch lanes) and
-        returns the previous limit; ``None`` restores the default, 0 turns that path off, values above the lane
-        count are clamped to it. Process-wide (benchmarks and tests compare the two paths with it); a forward
-        and its backward may take different paths (the stored states are laid out alike)."""
+        returns the previous limit; ``None`` restores the default, 0 turns that path off, values above the
+        lane count are clamped to it. Process-wide (benchmarks and tests compare the two paths with it); a
+        forward and its backward may take different paths (the stored states are laid out alike)."""
         if dtype not in self._small_batch_setters:
             raise ValueError(f"the LTC kernel has no {dtype} entry points (float32 / float64 only)")
         return int(self._small_batch_setters[dtype](-1 if limit is None else max(0, int(limit))))
