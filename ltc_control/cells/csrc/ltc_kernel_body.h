@@ -270,6 +270,35 @@ static int FN(forward_small)(const FN(dims_t) * d, const FN(params_t) * p, const
     return 0;
 }
 
+/* Adds the double-precision parameter-gradient sums acc (aw, asig, amu, aerev per edge; asw, assig, asmu, aserev
+ * per sensory edge; agl, avl, acm per neuron) to the dense gradients gp at their synapse positions. */
+static void FN(add_param_grads)(const FN(dims_t) * d, const int32_t *edges, const int32_t *sedges,
+                                const double *acc, REAL *const *gp) {
+    const int64_t N = d->N, E = d->E, ES = d->ES;
+    const double *aw = acc, *asig = aw + E, *amu = asig + E, *aerev = amu + E;
+    const double *asw = aerev + E, *assig = asw + ES, *asmu = assig + ES, *aserev = asmu + ES;
+    const double *agl = aserev + ES, *avl = agl + N, *acm = avl + N;
+    for (int64_t j = 0; j < N; ++j) {
+        gp[0][j] += (REAL)agl[j];
+        gp[1][j] += (REAL)avl[j];
+        gp[2][j] += (REAL)acm[j];
+    }
+    for (int64_t e = 0; e < E; ++e) {
+        int64_t idx = (int64_t)edges[e] * N + edges[E + e];
+        gp[3][idx] += (REAL)aw[e];
+        gp[4][idx] += (REAL)asig[e];
+        gp[5][idx] += (REAL)amu[e];
+        gp[6][idx] += (REAL)aerev[e];
+    }
+    for (int64_t e = 0; e < ES; ++e) {
+        int64_t idx = (int64_t)sedges[e] * N + sedges[ES + e];
+        gp[7][idx] += (REAL)asw[e];
+        gp[8][idx] += (REAL)assig[e];
+        gp[9][idx] += (REAL)asmu[e];
+        gp[10][idx] += (REAL)aserev[e];
+    }
+}
+
 /* Backward of a small batch (the forward ran forward_small with vstore), sample by sample; arguments as
  * ltc_backward's. */
 static int FN(backward_small)(const FN(dims_t) * d, const FN(params_t) * p, const int32_t *edges,
@@ -406,25 +435,7 @@ static int FN(backward_small)(const FN(dims_t) * d, const FN(params_t) * p, cons
         }
         for (int64_t j = 0; j < N; ++j) gh0[b * N + j] = gv[j];
     }
-    for (int64_t j = 0; j < N; ++j) {
-        gp[0][j] += (REAL)agl[j];
-        gp[1][j] += (REAL)avl[j];
-        gp[2][j] += (REAL)acm[j];
-    }
-    for (int64_t e = 0; e < E; ++e) {
-        int64_t idx = (int64_t)edges[e] * N + edges[E + e];
-        gp[3][idx] += (REAL)aw[e];
-        gp[4][idx] += (REAL)asig[e];
-        gp[5][idx] += (REAL)amu[e];
-        gp[6][idx] += (REAL)aerev[e];
-    }
-    for (int64_t e = 0; e < ES; ++e) {
-        int64_t idx = (int64_t)sedges[e] * N + sedges[ES + e];
-        gp[7][idx] += (REAL)asw[e];
-        gp[8][idx] += (REAL)assig[e];
-        gp[9][idx] += (REAL)asmu[e];
-        gp[10][idx] += (REAL)aserev[e];
-    }
+    FN(add_param_grads)(d, edges, sedges, acc, gp);
     free(acc);
     free(sy.block);
     return 0;
@@ -681,25 +692,7 @@ int FN(ltc_backward)(const int64_t *dims, const REAL *const *pp, const int32_t *
             for (int64_t j = 0; j < N; ++j) gh0[b * N + j] = gv[j][l];
         }
     }
-    for (int64_t j = 0; j < N; ++j) {
-        gp[0][j] += (REAL)agl[j];
-        gp[1][j] += (REAL)avl[j];
-        gp[2][j] += (REAL)acm[j];
-    }
-    for (int64_t e = 0; e < E; ++e) {
-        int64_t idx = (int64_t)edges[e] * N + edges[E + e];
-        gp[3][idx] += (REAL)aw[e];
-        gp[4][idx] += (REAL)asig[e];
-        gp[5][idx] += (REAL)amu[e];
-        gp[6][idx] += (REAL)aerev[e];
-    }
-    for (int64_t e = 0; e < ES; ++e) {
-        int64_t idx = (int64_t)sedges[e] * N + sedges[ES + e];
-        gp[7][idx] += (REAL)asw[e];
-        gp[8][idx] += (REAL)assig[e];
-        gp[9][idx] += (REAL)asmu[e];
-        gp[10][idx] += (REAL)aserev[e];
-    }
+    FN(add_param_grads)(&d, edges, sedges, acc, gp);
     free(acc);
     FN(scratch_free)(&sc);
     return 0;
