@@ -663,6 +663,23 @@ def test_mask_velocity_reacher_drops_the_joint_velocities() -> None:
     assert masked.observation_space.shape == (8,)
 
 
+@pytest.mark.parametrize(("base", "n_pos"), [("Hopper-v5", 5), ("Walker2d-v5", 8)])
+def test_mask_velocity_hopper_walker_keep_the_positions_only(base: str, n_pos: int) -> None:
+    """Held-out suite tasks: the kept entries are qpos[1:] (torso height, torso angle, joint angles), every
+    qvel entry is dropped, and the masked env steps like the full one."""
+    full, masked = gym.make(base), make_novel_env(base.replace("-v5", "NoVel-v5"))
+    o_full, _ = full.reset(seed=3)
+    o_mask, _ = masked.reset(seed=3)
+    np.testing.assert_array_equal(o_mask, o_full[:n_pos])
+    np.testing.assert_array_equal(o_mask, full.unwrapped.data.qpos[1:])
+    np.testing.assert_allclose(o_full[n_pos:], full.unwrapped.data.qvel, atol=0)  # what was dropped
+    assert masked.observation_space.shape == (n_pos,)
+    action = np.full(masked.action_space.shape, 0.3, dtype=np.float32)
+    a, b = full.step(action), masked.step(action)
+    np.testing.assert_array_equal(b[0], a[0][:n_pos])
+    assert b[1] == a[1] and b[2] == a[2]
+
+
 def test_mask_velocity_errors() -> None:
     with pytest.raises(ValueError, match="no velocity mask known"):
         MaskVelocity(gym.make("BipedalWalker-v3"))
