@@ -163,6 +163,7 @@ def evaluate_model(
     seed0: int = 10_000,
     vec_normalize: Any | None = None,
     deterministic: bool = True,
+    actions_out: list[np.ndarray] | None = None,
 ) -> list[float]:
     """Returns of ``episodes`` episodes on fresh envs seeded ``seed0 + i``, greedy by default.
 
@@ -179,6 +180,8 @@ def evaluate_model(
         deterministic: the greedy action (the benchmark's evaluation). False: actions drawn from the policy
             as in training (torch seeded with ``seed0 + i`` per episode; a gSDE policy redraws its noise at
             each episode's start and every ``sde_sample_freq`` steps, as its rollouts did).
+        actions_out: where given, each episode's actions as the env received them, ``(steps, *action
+            shape)``, are appended to it (``experiments/bench/rl_greedy_actions.py``).
 
     Returns:
         One undiscounted return per episode.
@@ -196,17 +199,21 @@ def evaluate_model(
         if not deterministic:
             torch.manual_seed(seed0 + i)
         state, start, done, total, step = None, np.ones((1,), dtype=bool), False, 0.0, 0
+        taken = []
         while not done:
             if sde and (step == 0 or (sde_freq > 0 and step % sde_freq == 0)):
                 model.policy.reset_noise(1)
             x = norm.normalize_obs(obs) if isinstance(norm, VecNormalize) else obs
             action, state = model.predict(x, state=state, episode_start=start, deterministic=deterministic)
             step += 1
+            taken.append(np.array(action, copy=True))
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = bool(terminated or truncated)
             start = np.zeros((1,), dtype=bool)
         returns.append(total)
+        if actions_out is not None:
+            actions_out.append(np.stack(taken))
     env.close()
     return returns
 

@@ -710,6 +710,100 @@ def test_sampled_evaluation_of_saved_suite_runs(
     assert "not in the suite" in capsys.readouterr().err
 
 
+def test_greedy_action_stats(load_bench: Callable[[str], ModuleType]) -> None:
+    """rl_greedy_actions.action_stats: an action pinned at the bound is constant with bound share 1; one that
+    moves is not; bad inputs are named."""
+    stats = load_bench("rl_greedy_actions").action_stats
+    low, high = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
+    pinned = stats([np.tile([1.0, -2.0], (5, 1)), np.tile([1.0, -2.0], (3, 1))], low, high)
+    assert pinned["constant"] and pinned["bound_share"] == 1.0 and pinned["action_std"] == 0.0
+    assert pinned["steps"] == 8 and pinned["episode_length"] == 4.0 and pinned["mean_action"] == [1.0, -2.0]
+    ramp = np.stack([np.linspace(-1, 1, 11), np.zeros(11)], axis=1)
+    moving = stats([ramp], low, high)
+    assert not moving["constant"] and moving["bound_share"] == pytest.approx(2 / 22)
+    assert moving["action_std"] == pytest.approx(
+        ramp[:, 0].std() / 2 / 2
+    )  # dim 0's std / range, mean of 2 dims
+    for bad, message in (
+        ([], "no episode"),
+        ([np.zeros((0, 2))], "steps >= 1"),
+        ([np.zeros((3, 3))], "steps >= 1, 2"),
+        ([np.full((3, 2), np.nan)], "NaN"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            stats(bad, low, high)
+    with pytest.raises(ValueError, match="finite bounds"):
+        stats([np.zeros((3, 2))], low, np.array([1.0, np.inf]))
+
+
+def test_greedy_actions_of_saved_suite_runs(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """experiments/bench/rl_greedy_actions.py on a tiny suite: the replayed greedy returns are the records'
+    (same seeds, same code); an LTC run whose head is pinned at the bound shows one constant action at the
+    bound on every step; a discrete run and a missing model are named errors."""
+    import json
+
+    import yaml
+    from sb3_contrib import RecurrentPPO
+
+    from ltc_control.config import to_dict
+
+    suite = load_bench("rl_suite")
+    bench = load_bench("rl_bench")
+    script = load_bench("rl_greedy_actions")
+    cfg = load_bench("rl_bench_config")
+    ppo = cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
+    config = suite.SuiteConfig(
+        name="tiny_greedy",
+        tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),),
+        seeds=(0,),
+        models=("ltc", "lstm"),
+        eval_episodes=2,
+        random_episodes=2,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    suite.run_suite(config)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    records = {r["model"]: r for r in bench._load_records(config.benchmark(config.tasks[0]))}
+    ltc_zip = records["ltc"]["saved"]["model"]
+    pinned = RecurrentPPO.load(ltc_zip, device="cpu")
+    with torch.no_grad():
+        pinned.policy.motor_head.scale.zero_()
+        pinned.policy.motor_head.bias.fill_(10.0)  # tanh(10): the mean at the upper bound whatever it sees
+    pinned.save(ltc_zip)
+    out = tmp_path / "greedy.md"
+    assert script.main(["--suite", str(path), "--tasks", "PendulumNoVel-v1", "--write", str(out)]) == 0
+    rows = {r["model"]: r for r in map(json.loads, out.with_suffix(".jsonl").read_text().splitlines())}
+    assert rows["lstm"]["return"] == pytest.approx(
+        records["lstm"]["eval_mean"], rel=1e-12
+    )  # the suite's eval
+    assert (
+        rows["ltc"]["constant"] and rows["ltc"]["bound_share"] == 1.0 and rows["ltc"]["mean_action"] == [1.0]
+    )
+    assert rows["ltc"]["episode_length"] == 200  # Pendulum's time limit
+    assert "LTC-PPO: 1 of 1 constant" in out.read_text()
+    # errors: a discrete run, a missing model, a task the suite does not have
+    discrete = RecurrentPPO(LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    discrete.save(str(tmp_path / "cp.zip"))
+    record = {
+        "env_id": "CartPoleNoVel-v1",
+        "model": "ltc",
+        "seed": 0,
+        "saved": {"model": str(tmp_path / "cp.zip")},
+    }
+    with pytest.raises(ValueError, match="rl_discrete_diag"):
+        script.greedy_actions(record, episodes=1)
+    with pytest.raises(FileNotFoundError, match="CartPoleNoVel-v1 ltc seed 0: saved model"):
+        script.greedy_actions({**record, "saved": {"model": str(tmp_path / "gone.zip")}}, episodes=1)
+    with pytest.raises(SystemExit):
+        script.main(["--suite", str(path), "--tasks", "Nope-v0"])
+    assert "not in the suite" in capsys.readouterr().err
+
+
 def test_discrete_models_saved_at_dt1_name_their_dt_on_load(tmp_path: Path) -> None:
     """A discrete-action model saved with no policy kwargs while the default controller ran at dt 1 (no
     ``controller_dt`` in its optimizer groups, no weight shape to tell): loading it into today's dt-0.1
