@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import uptime
+from bench_common import cpu_model, uptime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,15 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = float(np.median(new_rates) / np.median(old_rates))
     assert last_new is not None
     v = versions()
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     lines = [
         "# Batched lockstep evaluation vs the per-episode `evaluate` path",
         "",

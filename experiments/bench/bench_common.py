@@ -93,6 +93,20 @@ def version_of(package: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else ``platform.processor()`` or the machine type)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_atomic(path: Path, text: str) -> None:
     from ltc_control.atomic import atomic_write_text
 

@@ -249,6 +249,7 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         ``eval_mean``, ``wall_time_s``, ``cpu_time_s``, ``steps_per_second``, parameter counts, config.
     """
     import torch
+    from bench_common import cpu_model
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from tqdm.auto import tqdm
 
@@ -308,6 +309,9 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         "load_average_at_end": load,
         "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "cpu_count": os.cpu_count(),
+        # the CPU and torch's vector kernels for it: fixed-seed runs reproduce on one machine, not across CPUs
+        # whose vector units differ (docs/rl.md, "logits centred at rest?", the CartPoleNoVel seed-1 note)
+        "cpu": {"model": cpu_model(), "torch_capability": torch.backends.cpu.get_cpu_capability()},
         "versions": _versions(),
         **_param_counts(model),
         "saved": saved,
@@ -688,10 +692,13 @@ def _provenance(records: list[dict[str, Any]]) -> str:
     loads = [float(r["load_average_at_end"]) for r in records if "load_average_at_end" in r]
     done = sorted(r["finished_utc"] for r in records if "finished_utc" in r)
     cpus = sorted({int(r["cpu_count"]) for r in records if r.get("cpu_count")})
+    models = sorted({f"{c['model']}, torch {c['torch_capability']}" for r in records if (c := r.get("cpu"))})
     versions = next((r["versions"] for r in reversed(records) if "versions" in r), None) or _versions()
     parts = [
         f"Runs finished {done[0]} .. {done[-1]} UTC" if done else "Run finish times not recorded",
-        f"on a {'/'.join(map(str, cpus)) or os.cpu_count()}-CPU machine (1 torch thread per run)",
+        f"on a {'/'.join(map(str, cpus)) or os.cpu_count()}-CPU machine"
+        + (f" ({' / '.join(models)})" if models else "")
+        + " (1 torch thread per run)",
         f"1-minute load average at the end of the runs {min(loads):.1f} .. {max(loads):.1f}" if loads else "",
         "versions " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]

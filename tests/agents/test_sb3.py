@@ -768,6 +768,11 @@ def test_benchmark_run_with_vecnormalize_and_gsde(
     for model_name in ("ltc", "lstm"):
         record = run_one(config, RunSpec(model_name, 0), tmp_path / "runs")
         assert record["timesteps"] == 32 and len(record["eval_returns"]) == 1
+        # the CPU and torch's kernels for it are recorded (seeded runs reproduce on one kind of CPU only)
+        assert (
+            record["cpu"]["model"]
+            and record["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+        )
         stem = tmp_path / "runs" / f"PendulumNoVel-v1__{model_name}__0__32"
         assert record["saved"] == {"vecnormalize": f"{stem}.vecnormalize.pkl", "model": f"{stem}.zip"}
         model = RecurrentPPO.load(f"{stem}.zip", device="cpu")
@@ -794,6 +799,7 @@ def test_benchmark_run_with_vecnormalize_and_gsde(
     assert text.startswith("# PendulumNoVel-v1: LTC-PPO vs LSTM-PPO\n") and "CfC:" not in text
     assert "gSDE (sample freq 4)" in text and "VecNormalize(obs, reward)" in text
     assert "Runs finished" in text and "sb3-contrib" in text
+    assert f"torch {torch.backends.cpu.get_cpu_capability()})" in text
     assert (tmp_path / "results" / "tiny.png").is_file() and (tmp_path / "results" / "tiny.csv").is_file()
 
 
