@@ -40,7 +40,7 @@ CONSTANT_TOL = 1e-3
 
 
 def action_stats(episodes: list[np.ndarray], low: np.ndarray, high: np.ndarray) -> dict[str, Any]:
-    """The summary of one run's greedy actions: a list of ``(steps, D)`` arrays within ``[low, high]``.
+    """One run's greedy actions summarised: a list of ``(steps, *action shape)`` arrays in ``[low, high]``.
 
     Raises:
         ValueError: no episode, an empty one, a shape that is not ``(steps, D)``, unbounded or empty ranges,
@@ -52,6 +52,7 @@ def action_stats(episodes: list[np.ndarray], low: np.ndarray, high: np.ndarray) 
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
         raise ValueError(f"the action space needs finite bounds with high > low, got {low} .. {high}")
     arrays = [np.asarray(a, np.float64) for a in episodes]
+    arrays = [a.reshape(a.shape[0], -1) if a.ndim > 2 else a for a in arrays]  # (steps, *shape) -> (steps, D)
     for a in arrays:
         if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != low.size:
             raise ValueError(f"each episode's actions must be (steps >= 1, {low.size}), got shape {a.shape}")

@@ -718,6 +718,11 @@ def test_greedy_action_stats(load_bench: Callable[[str], ModuleType]) -> None:
     pinned = stats([np.tile([1.0, -2.0], (5, 1)), np.tile([1.0, -2.0], (3, 1))], low, high)
     assert pinned["constant"] and pinned["bound_share"] == 1.0 and pinned["action_std"] == 0.0
     assert pinned["steps"] == 8 and pinned["episode_length"] == 4.0 and pinned["mean_action"] == [1.0, -2.0]
+    assert stats([np.tile([1.0, -2.0], (5, 1)).reshape(5, 1, 2)], low, high) == {
+        **pinned,
+        "steps": 5,
+        "episode_length": 5.0,
+    }
     ramp = np.stack([np.linspace(-1, 1, 11), np.zeros(11)], axis=1)
     moving = stats([ramp], low, high)
     assert not moving["constant"] and moving["bound_share"] == pytest.approx(2 / 22)
