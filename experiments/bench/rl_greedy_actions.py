@@ -16,6 +16,7 @@ returns equal the record's) and reports per run:
     .venv/bin/python experiments/bench/rl_greedy_actions.py --tasks HopperNoVel-v5 \\
         --write experiments/results/rl_greedy_actions_hopper.md
 
+``--kwargs '{action_squash: none}'`` reads that ablation's runs instead of the suite's (tuning tasks only).
 Discrete-action runs are refused (their greedy view is ``rl_discrete_diag.py``'s).
 """
 
@@ -115,34 +116,23 @@ def greedy_actions(record: dict[str, Any], episodes: int, seed0: int = 10_000) -
 def main(argv: list[str] | None = None) -> int:
     import torch
     from rl_bench import _load_records
-    from rl_suite import SuiteConfig
+    from rl_suite import add_suite_arguments, suite_from_arguments
     from tqdm.auto import tqdm
 
-    from ltc_control.config import load_yaml
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="the suite's YAML config")
-    p.add_argument(
-        "--tasks", nargs="+", required=True, help="env ids of continuous-action tasks of the suite"
-    )
+    add_suite_arguments(p, DEFAULT_SUITE, tasks_required=True)
     p.add_argument("--episodes", type=int, default=None, help="episodes per run (default: the suite's)")
     p.add_argument("--write", type=Path, default=None, help="markdown output (+ .jsonl rows beside it)")
     args = p.parse_args(argv)
     cli = sys.argv[1:] if argv is None else argv
-    if not args.suite.is_file():
-        p.error(f"--suite {args.suite} does not exist")
-    config = load_yaml(SuiteConfig, args.suite)
-    ids = [t.env_id for t in config.tasks]
-    unknown = sorted(set(args.tasks) - set(ids))
-    if unknown:
-        p.error(f"--tasks names tasks not in the suite: {unknown}; the suite's: {ids}")
+    config, tasks = suite_from_arguments(p, args)
     episodes = config.eval_episodes if args.episodes is None else args.episodes
     if episodes < 1:
         p.error(f"--episodes must be >= 1, got {episodes}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for task in (t for t in config.tasks if t.env_id in args.tasks):
+    for task in tasks:
         records = _load_records(config.benchmark(task))
         if not records:
             p.error(f"{task.env_id}: no run records in {config.runs_dir}")

@@ -15,6 +15,8 @@ a second call only evaluates new runs::
     .venv/bin/python experiments/bench/rl_stochastic_eval.py \\
         --write experiments/results/rl_novel_suite_sampled.md
     .venv/bin/python experiments/bench/rl_stochastic_eval.py --tasks MountainCarContinuousNoVel-v0
+
+``--kwargs '{action_squash: none}'`` reads that ablation's runs instead of the suite's (tuning tasks only).
 """
 
 from __future__ import annotations
@@ -87,25 +89,21 @@ def sampled_returns(record: dict[str, Any], episodes: int, seed0: int = 10_000) 
 def main(argv: list[str] | None = None) -> int:
     import torch
     from rl_bench import _load_records
-    from rl_suite import SuiteConfig, _random_baseline, normalisation_scale, t_interval
+    from rl_suite import (
+        _random_baseline,
+        add_suite_arguments,
+        normalisation_scale,
+        suite_from_arguments,
+        t_interval,
+    )
     from tqdm.auto import tqdm
 
-    from ltc_control.config import load_yaml
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="the suite's YAML config")
-    p.add_argument("--tasks", nargs="+", default=None, help="only these env ids (default: every task)")
+    add_suite_arguments(p, DEFAULT_SUITE, tasks_required=False)
     p.add_argument("--write", type=Path, default=None, help="markdown output (a .csv beside it)")
     args = p.parse_args(argv)
     cli = sys.argv[1:] if argv is None else argv
-    if not args.suite.is_file():
-        p.error(f"--suite {args.suite} does not exist")
-    config = load_yaml(SuiteConfig, args.suite)
-    ids = [t.env_id for t in config.tasks]
-    unknown = sorted(set(args.tasks or []) - set(ids))
-    if unknown:
-        p.error(f"--tasks names tasks not in the suite: {unknown}; the suite's: {ids}")
-    tasks = [t for t in config.tasks if args.tasks is None or t.env_id in args.tasks]
+    config, tasks = suite_from_arguments(p, args)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []

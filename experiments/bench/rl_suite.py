@@ -18,6 +18,7 @@ writes ``<name>_frac<F>.*`` so it never overwrites the full suite's table).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import io
@@ -228,6 +229,57 @@ def _random_baseline(config: SuiteConfig, env_id: str) -> list[float]:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"env_id": env_id, "episodes": config.random_episodes, "returns": returns})
     return returns
+
+
+def add_suite_arguments(parser: argparse.ArgumentParser, default_suite: Path, tasks_required: bool) -> None:
+    """The options of the scripts that read the suite's saved runs: ``--suite``, ``--tasks`` and ``--kwargs``
+    (an ablation's ``liquid_policy_kwargs``: read its runs instead of the suite's own)."""
+    parser.add_argument("--suite", type=Path, default=default_suite, help="the suite's YAML config")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        required=tasks_required,
+        default=None,
+        help="env ids of the suite" + ("" if tasks_required else " (default: every task)"),
+    )
+    parser.add_argument(
+        "--kwargs",
+        default=None,
+        help="an ablation's liquid_policy_kwargs (YAML mapping, e.g. '{action_squash: none}'): read its runs "
+        "(liquid models only; tuning tasks only)",
+    )
+
+
+def suite_from_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[SuiteConfig, list[SuiteTask]]:
+    """The suite config and the selected tasks of :func:`add_suite_arguments`' options; every bad value is a
+    ``parser.error`` naming it (a missing file, tasks not in the suite, kwargs that are not a mapping, an
+    ablation on held-out tasks)."""
+    import yaml
+
+    from ltc_control.config import load_yaml
+
+    if not args.suite.is_file():
+        parser.error(f"--suite {args.suite} does not exist")
+    config = load_yaml(SuiteConfig, args.suite)
+    ids = [t.env_id for t in config.tasks]
+    unknown = sorted(set(args.tasks or []) - set(ids))
+    if unknown:
+        parser.error(f"--tasks names tasks not in the suite: {unknown}; the suite's: {ids}")
+    selected = [e for e in ids if args.tasks is None or e in args.tasks]
+    if args.kwargs is not None:
+        kwargs = yaml.safe_load(args.kwargs)
+        if not isinstance(kwargs, dict) or not kwargs:
+            parser.error(f"--kwargs must be a non-empty YAML mapping, got {args.kwargs!r}")
+        models = tuple(m for m in config.models if m != "lstm")
+        try:
+            config = dataclasses.replace(
+                config, liquid_policy_kwargs=kwargs, only_tasks=tuple(selected), models=models
+            )
+        except ValueError as err:
+            parser.error(str(err))
+    return config, [t for t in config.tasks if t.env_id in selected]
 
 
 def run_suite(config: SuiteConfig, resume: bool = True) -> Path:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -651,24 +652,26 @@ def test_benchmark_workers_exit_when_the_benchmark_is_killed(tmp_path: Path) -> 
     assert not alive, "the orphaned worker should have exited"
 
 
-def test_sampled_evaluation_of_saved_suite_runs(
-    tmp_path: Path, load_bench: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """rl_stochastic_eval.py: the suite's saved runs with sampled actions beside the greedy numbers, cached
-    per run; sampled returns are reproducible and differ from the greedy ones; bad inputs are named."""
+def _tiny_trained_suite(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, name: str, seeds: tuple[int, ...], **ppo: Any
+) -> tuple[Any, Path]:
+    """A trained PendulumNoVel suite of 32 steps per run (LTC and LSTM), and its config written as YAML."""
     import yaml
 
     from ltc_control.config import to_dict
 
     suite = load_bench("rl_suite")
-    bench = load_bench("rl_bench")
-    script = load_bench("rl_stochastic_eval")
     cfg = load_bench("rl_bench_config")
-    ppo = cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, use_sde=True, sde_sample_freq=4)
     config = suite.SuiteConfig(
-        name="tiny_sampled",
-        tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),),
-        seeds=(0, 1),
+        name=name,
+        tasks=(
+            suite.SuiteTask(
+                "PendulumNoVel-v1",
+                zoo_timesteps=32,
+                ppo=cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, **ppo),
+            ),
+        ),
+        seeds=seeds,
         models=("ltc", "lstm"),
         eval_episodes=2,
         random_episodes=2,
@@ -679,6 +682,19 @@ def test_sampled_evaluation_of_saved_suite_runs(
     suite.run_suite(config)
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(to_dict(config)))
+    return config, path
+
+
+def test_sampled_evaluation_of_saved_suite_runs(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rl_stochastic_eval.py: the suite's saved runs with sampled actions beside the greedy numbers, cached
+    per run; sampled returns are reproducible and differ from the greedy ones; bad inputs are named."""
+    bench = load_bench("rl_bench")
+    script = load_bench("rl_stochastic_eval")
+    config, path = _tiny_trained_suite(
+        load_bench, tmp_path, "tiny_sampled", (0, 1), use_sde=True, sde_sample_freq=4
+    )
     records = bench._load_records(config.benchmark(config.tasks[0]))
     assert len(records) == 4
     first = script.sampled_returns(records[0], episodes=2)
@@ -749,30 +765,12 @@ def test_greedy_actions_of_saved_suite_runs(
     bound on every step; a discrete run and a missing model are named errors."""
     import json
 
-    import yaml
     from sb3_contrib import RecurrentPPO
-
-    from ltc_control.config import to_dict
 
     suite = load_bench("rl_suite")
     bench = load_bench("rl_bench")
     script = load_bench("rl_greedy_actions")
-    cfg = load_bench("rl_bench_config")
-    ppo = cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
-    config = suite.SuiteConfig(
-        name="tiny_greedy",
-        tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),),
-        seeds=(0,),
-        models=("ltc", "lstm"),
-        eval_episodes=2,
-        random_episodes=2,
-        curve_points=2,
-        out_dir=str(tmp_path / "results"),
-        runs_dir=str(tmp_path / "runs"),
-    )
-    suite.run_suite(config)
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(to_dict(config)))
+    config, path = _tiny_trained_suite(load_bench, tmp_path, "tiny_greedy", (0,))
     records = {r["model"]: r for r in bench._load_records(config.benchmark(config.tasks[0]))}
     ltc_zip = records["ltc"]["saved"]["model"]
     pinned = RecurrentPPO.load(ltc_zip, device="cpu")
@@ -791,6 +789,20 @@ def test_greedy_actions_of_saved_suite_runs(
     )
     assert rows["ltc"]["episode_length"] == 200  # Pendulum's time limit
     assert "LTC-PPO: 1 of 1 constant" in out.read_text()
+    # --kwargs reads an ablation's runs (its own records, liquid models only), not the suite's
+    ablation = dataclasses.replace(config, liquid_policy_kwargs={"action_squash": "none"}, models=("ltc",))
+    suite.run_suite(ablation)
+    (ablated,) = bench._load_records(ablation.benchmark(ablation.tasks[0]))
+    out = tmp_path / "ablation.md"
+    argv = ["--suite", str(path), "--tasks", "PendulumNoVel-v1", "--kwargs", "{action_squash: none}"]
+    assert script.main([*argv, "--write", str(out)]) == 0
+    (row,) = map(json.loads, out.with_suffix(".jsonl").read_text().splitlines())
+    assert row["model"] == "ltc" and row["return"] == pytest.approx(ablated["eval_mean"], rel=1e-12)
+    assert not row["constant"]  # the unpinned ablation run, not the pinned suite run
+    for bad in ("[1]", "{}"):
+        with pytest.raises(SystemExit):
+            script.main([*argv[:-1], bad])
+        assert "--kwargs must be a non-empty YAML mapping" in capsys.readouterr().err
     # errors: a discrete run, a missing model, a task the suite does not have
     discrete = RecurrentPPO(LtcPolicy, "CartPole-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0)
     discrete.save(str(tmp_path / "cp.zip"))
