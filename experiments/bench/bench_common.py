@@ -3,6 +3,7 @@ version helpers, atomic report writing."""
 
 from __future__ import annotations
 
+import shlex
 import statistics
 import subprocess
 import time
@@ -132,7 +133,7 @@ def provenance_lines(script: str, cli: list[str]) -> list[str]:
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} "
         f"({platform.machine()}); `uptime` at the end: {uptime()}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
-        f"- Command: `python experiments/bench/{Path(script).name} {' '.join(cli)}`",
+        f"- Command: `python experiments/bench/{Path(script).name} {shlex.join(cli)}`",
     ]
 
 
