@@ -55,6 +55,7 @@ from stable_baselines3.common.distributions import (
     DiagGaussianDistribution,
     Distribution,
     MultiCategoricalDistribution,
+    SquashedDiagGaussianDistribution,
     StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
@@ -89,7 +90,7 @@ __all__ = [
 ]
 
 CriticMode = Literal["separate", "shared", "feedforward"]
-SquashMode = Literal["auto", "tanh", "none"]
+SquashMode = Literal["auto", "tanh", "tanh_sample", "none"]
 ReadoutMode = Literal["motor", "state"]
 
 
@@ -250,23 +251,27 @@ def default_controller_lr_scale(action_space: spaces.Space, controller_given: bo
     return DEFAULT_CONTROLLER_LR_SCALE
 
 
-def _resolve_squash(squash: str, action_space: spaces.Space) -> Literal["tanh", "none"]:
-    if squash not in ("auto", "tanh", "none"):
-        raise ValueError(f"action_squash must be 'auto', 'tanh' or 'none', got {squash!r}")
+def _resolve_squash(squash: str, action_space: spaces.Space) -> Literal["tanh", "tanh_sample", "none"]:
+    if squash not in ("auto", "tanh", "tanh_sample", "none"):
+        raise ValueError(f"action_squash must be 'auto', 'tanh', 'tanh_sample' or 'none', got {squash!r}")
     is_box = isinstance(action_space, spaces.Box)
-    if squash == "tanh" and not is_box:
+    if squash in ("tanh", "tanh_sample") and not is_box:
         raise ValueError(
-            "action_squash 'tanh' only applies to continuous (Box) actions, not "
+            f"action_squash {squash!r} only applies to continuous (Box) actions, not "
             f"{type(action_space).__name__}; "
             "use 'auto' or 'none'"
         )
+    box = cast(spaces.Box, action_space)
+    unit = is_box and bool(np.all(box.low == -1.0) and np.all(box.high == 1.0))
+    if squash == "tanh_sample" and not unit:
+        raise ValueError(
+            "action_squash 'tanh_sample' squashes the sampled action into [-1, 1] and needs a Box(-1, 1) "
+            f"action space, got low={box.low.tolist()}, high={box.high.tolist()}; rescale the env's actions "
+            "(gymnasium.wrappers.RescaleAction(env, -1, 1))"
+        )
     if squash == "auto":
-        if is_box:
-            box = cast(spaces.Box, action_space)
-            unit = bool(np.all(box.low == -1.0) and np.all(box.high == 1.0))
-            return "tanh" if unit else "none"
-        return "none"
-    return cast(Literal["tanh", "none"], squash)
+        return "tanh" if unit else "none"
+    return cast(Literal["tanh", "tanh_sample", "none"], squash)
 
 
 def _value_arch(net_arch: Any) -> list[int]:
@@ -336,9 +341,15 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         full_std: gSDE: one std per (latent, action) pair (True) or per latent (False).
         use_expln: gSDE: ``expln`` instead of ``exp`` to keep the std positive.
         squash_output: must be False (use ``action_squash``).
-        action_squash: ``"tanh"`` bounds the Gaussian mean to [-1, 1]; ``"none"`` leaves it affine;
-            ``"auto"``:
-            tanh for ``Box(-1, 1)`` action spaces, none otherwise (and for discrete actions).
+        action_squash: ``"tanh"`` bounds the Gaussian mean to [-1, 1] (the sample is the mean plus noise,
+            clipped to the bounds; the mean's gradient vanishes once it nears a bound); ``"none"`` leaves the
+            mean affine (sampled actions clipped, as RecurrentPPO's own policies do); ``"tanh_sample"`` keeps
+            the Gaussian (mean and gSDE noise) unbounded and squashes the *sample* with tanh, the
+            log-likelihood corrected for the squash (SAC's squashed Gaussian: sb3's
+            ``SquashedDiagGaussianDistribution``, or gSDE with ``squash_output``): the greedy action is
+            ``tanh(mean)`` and the mean keeps its gradient at the bounds; it needs ``Box(-1, 1)`` and has no
+            analytic entropy (PPO's entropy bonus uses ``-log_prob``). ``"auto"``: tanh for ``Box(-1, 1)``
+            action spaces, none otherwise (and for discrete actions).
         action_scale_init: initial scale of the motor head (``action_readout="state"``: the gain of its
             weights' orthogonal initialisation; sb3's own policies use 0.01).
         action_bias_init: initial bias of the action head (a number; sb3's own policies start at 0), or
@@ -477,7 +488,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         self.critic_outputs = int(critic_outputs)
         self.value_arch = _value_arch(net_arch)
         self.motor_size = _motor_size(action_space)
-        self.action_squash: Literal["tanh", "none"] = _resolve_squash(action_squash, action_space)
+        self.action_squash: Literal["tanh", "tanh_sample", "none"] = _resolve_squash(
+            action_squash, action_space
+        )
         if action_bias_init != "center":
             try:
                 bias_ok = not isinstance(action_bias_init, str) and bool(np.isfinite(float(action_bias_init)))
@@ -605,6 +618,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         self._build_mlp_extractor()
         m = self.motor_size
+        if self.action_squash == "tanh_sample":
+            self._squash_samples()
         if isinstance(self.action_dist, DiagGaussianDistribution):
             _, self.log_std = self.action_dist.proba_distribution_net(
                 latent_dim=m, log_std_init=self.log_std_init
@@ -619,15 +634,16 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         ):
             raise ValueError(f"unsupported action distribution {type(self.action_dist).__name__}")
         bias = 0.0 if self.action_bias_init == "center" else float(self.action_bias_init)
+        head_squash: Literal["tanh", "none"] = "tanh" if self.action_squash == "tanh" else "none"
         if self.action_readout == "state":
             self.action_net = StateReadoutHead(
-                self.controller.state_size, m, self.action_squash, init_gain=self.action_scale_init
+                self.controller.state_size, m, head_squash, init_gain=self.action_scale_init
             )
             nn.init.constant_(self.action_net.linear.bias, bias)
         else:
             self.action_net = MotorHead(
                 m,
-                self.action_squash,
+                head_squash,
                 init_scale=self.action_scale_init,
                 init_bias=bias,
                 group=self.motors_per_output,
@@ -651,6 +667,24 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             for module, gain in gains.items():
                 module.apply(partial(self.init_weights, gain=gain))
         self.optimizer = self.make_optimizer(lr_schedule(1))
+
+    def _squash_samples(self) -> None:
+        """``action_squash="tanh_sample"``: the Gaussian becomes its tanh-squashed form (same parameters: the
+        head gives the pre-squash mean, ``log_std`` / gSDE's noise scales are built next)."""
+        dist = self.action_dist
+        if isinstance(dist, StateDependentNoiseDistribution):
+            self.action_dist = StateDependentNoiseDistribution(
+                dist.action_dim,
+                full_std=dist.full_std,
+                use_expln=dist.use_expln,
+                squash_output=True,
+                learn_features=dist.learn_features,
+                epsilon=dist.epsilon,
+            )
+        elif type(dist) is DiagGaussianDistribution:
+            self.action_dist = SquashedDiagGaussianDistribution(self.motor_size)
+        else:
+            raise ValueError(f"action_squash 'tanh_sample' has no squashed form of {type(dist).__name__}")
 
     @torch.no_grad()
     def resting_state(self, steps: int = 0) -> tuple[Tensor, Tensor]:

@@ -512,6 +512,71 @@ def test_export_vector_policy_matches_predict(tmp_path: Path) -> None:
     assert _rollout_pairs(model, loaded, observations) < 1e-6
 
 
+@pytest.mark.parametrize("use_sde", [False, True])
+def test_tanh_sample_squashes_the_sample_and_keeps_the_gradient(use_sde: bool, tmp_path: Path) -> None:
+    """``action_squash="tanh_sample"``: the head gives an unbounded Gaussian mean, the sample is squashed
+    into (-1, 1) and its log-likelihood corrected (the same value at collection and in the PPO update); with
+    the mean far past the bound the log-likelihood still has a gradient for the head (the mean-``tanh`` head
+    has none); greedy = tanh(mean); it trains (no analytic entropy), saves, loads and converts to an exact
+    ``Policy``."""
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0)
+    kwargs = {"use_sde": use_sde, "sde_sample_freq": 4} if use_sde else {}
+    models = {
+        squash: _tiny_model(env, ent_coef=0.01, policy_kwargs={"action_squash": squash}, **kwargs)
+        for squash in ("tanh_sample", "tanh")
+    }
+    model, policy = models["tanh_sample"], models["tanh_sample"].policy
+    assert policy.action_squash == "tanh_sample" and policy.action_net.squash == "none"
+    assert policy.action_dist.bijector is not None if use_sde else policy.action_dist.entropy() is None
+    obs = torch.randn(2 * 6, 2)
+    starts = torch.zeros(2 * 6)
+    hid = policy.lstm_actor.hidden_size
+    zeros = (torch.zeros(1, 2, hid), torch.zeros(1, 2, hid))
+    grads = {}
+    for squash, m in models.items():
+        pol = m.policy
+        with torch.no_grad():
+            pol.action_net.bias.fill_(6.0)  # the pre-squash mean far above the upper bound
+        if use_sde:
+            pol.reset_noise(2)
+        states = RNNStates(zeros, zeros)
+        with torch.no_grad():
+            actions, _, log_prob, _ = pol(obs, states, starts)
+        if squash == "tanh_sample":  # the mean-tanh head's samples are mean + noise (sb3 clips them)
+            assert actions.abs().max() <= 1.0
+        _, again, _ = pol.evaluate_actions(obs, actions, states, starts)
+        torch.testing.assert_close(again, log_prob)  # collection and update agree
+        pol.zero_grad()
+        pol.evaluate_actions(obs, actions.clamp(-0.5, 0.5), states, starts)[1].sum().backward()
+        grads[squash] = float(pol.action_net.bias.grad.abs().max())
+    # tanh'(6) ~ 2.5e-5: the mean-tanh head's gradient is all but gone
+    assert grads["tanh_sample"] > 1.0 and grads["tanh_sample"] > 1e4 * grads["tanh"], grads
+    with torch.no_grad():
+        affine = policy.action_net(policy._actor(obs, zeros, starts, False)[0])
+        greedy = policy._get_action_dist_from_latent(
+            policy._actor(obs, zeros, starts, False)[0], policy._actor(obs, zeros, starts, True)[1]
+        ).get_actions(deterministic=True)
+    torch.testing.assert_close(greedy, torch.tanh(affine))
+    with torch.no_grad():
+        policy.action_net.bias.fill_(0.0)
+    model.learn(64)
+    assert all(np.isfinite(p.detach().numpy()).all() for p in policy.parameters())
+    rng = np.random.default_rng(3)
+    observations = [rng.normal(size=2).astype(np.float32) for _ in range(8)]
+    converted = to_policy(model)
+    assert converted.config.action_head.squash == "tanh"
+    assert _rollout_pairs(model, converted, observations) < 1e-6
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy.action_squash == "tanh_sample"
+    assert type(loaded.policy.action_dist) is type(policy.action_dist)
+    assert _rollout_pairs(loaded, converted, observations) < 1e-6
+    with pytest.raises(ValueError, match=r"needs a Box\(-1, 1\) action space, got low=\[-2.0\]"):
+        _tiny_model("Pendulum-v1", policy_kwargs={"action_squash": "tanh_sample"})
+    with pytest.raises(ValueError, match="'tanh_sample' only applies to continuous"):
+        _tiny_model("CartPole-v1", policy_kwargs={"action_squash": "tanh_sample"})
+
+
 def test_export_image_policy_matches_predict(tmp_path: Path) -> None:
     env = make_vec_env(lambda: _ImageEnv(False), n_envs=1, seed=0)
     model = _tiny_model(env, policy=CnnLtcPolicy, policy_kwargs=_small_image_kwargs())
