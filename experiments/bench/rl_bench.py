@@ -346,7 +346,12 @@ def liquid_defaults() -> dict[str, Any]:
 
     from gymnasium import spaces
 
-    from ltc_control.agents.sb3 import LtcPolicy, default_controller, default_controller_lr_scale
+    from ltc_control.agents.sb3 import (
+        LtcPolicy,
+        default_action_squash,
+        default_controller,
+        default_controller_lr_scale,
+    )
     from ltc_control.config import to_dict
 
     params = inspect.signature(LtcPolicy.__init__).parameters
@@ -367,6 +372,12 @@ def liquid_defaults() -> dict[str, Any]:
         "default controller, discrete actions": default_controller_lr_scale(discrete, False),
         "given controller, Box actions": default_controller_lr_scale(box, True),
         "given controller, discrete actions": default_controller_lr_scale(discrete, True),
+    }
+    # what action_squash="auto" resolves to (tanh_sample with the default controller since 2026-12-07; the key
+    # is new then, so the digest changed with it)
+    out["action_squash, Box(-1, 1)"] = {
+        "default controller": default_action_squash(box, False),
+        "given controller": default_action_squash(box, True),
     }
     return dict(json.loads(json.dumps(out, default=str, sort_keys=True)))
 

@@ -24,6 +24,11 @@ The defaults changes so far (issue #16), each an entry of ``OLD_DEFAULTS`` (the 
    (:data:`~ltc_control.agents.sb3.DEFAULT_DISCRETE_DT`; 1 before). Records of ``Box`` tasks and of the CfC
    variant keep their kwargs; an LTC run of a discrete task with no controller given gets the old controller
    written out (``dt`` 1).
+4. 2026-12-07: ``action_squash="auto"`` with ``Box(-1, 1)`` actions and the default controller became
+   ``"tanh_sample"`` (:func:`~ltc_control.agents.sb3.default_action_squash`; the sample squashed, not the
+   mean); every earlier era squashed the mean (``"tanh"``) for ``Box(-1, 1)`` whatever the controller.
+   Records of such tasks get ``action_squash: tanh`` unless the kwargs they end with give a controller
+   (today's rule squashes the mean then too) or name a squash.
 
 Usage::
 
@@ -62,10 +67,16 @@ from ltc_control.runs import atomic_write_json  # noqa: E402
 _DEFAULTS_LR5_EVERYWHERE = "8efd2db87ea6fb35d8e305a4805a900cb0a5db5f6c81ae7ea66c67a0547249ac"
 #: The digest of the defaults that change 3 replaced (the dense LTC at dt 1 for every action space).
 _DEFAULTS_DT1_EVERYWHERE = "e1385ab34f7e43352c84bb5a07fd77b247fd0a7ad865264bbbc6b300e9abb5a3"
+#: The digest of the defaults that change 4 replaced (the Gaussian mean squashed for every ``Box(-1, 1)``).
+_DEFAULTS_TANH_MEAN = "945bb971ca1145503cdb9fea31b76453d4282e3d058a4a281790fcc8860e8655"
 
 
 def _ncp_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
-    return {"controller": {"kind": "ltc"}, "controller_lr_scale": 1.0}
+    return {
+        "controller": {"kind": "ltc"},
+        "controller_lr_scale": 1.0,
+        **_tanh_mean_defaults(model, run_kwargs, action_space),
+    }
 
 
 def _lr5_everywhere_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
@@ -80,9 +91,20 @@ def _dt1_everywhere_defaults(model: str, run_kwargs: dict[str, Any], action_spac
     from ltc_control.agents.sb3 import default_controller
 
     if model == "cfc" or "controller" in run_kwargs or isinstance(action_space, spaces.Box):
-        return {}
+        return _tanh_mean_defaults(model, run_kwargs, action_space)
     units = default_controller(_motor_size(action_space)).wiring.units
     return {"controller": {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": units}, "dt": 1.0}}
+
+
+def _tanh_mean_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
+    from gymnasium import spaces
+
+    unit = isinstance(action_space, spaces.Box) and bool(
+        (action_space.low == -1.0).all() and (action_space.high == 1.0).all()
+    )
+    if not unit or run_kwargs.get("action_squash", "auto") != "auto":
+        return {}
+    return {"action_squash": "tanh"}
 
 
 #: digest of old defaults -> ``(model, the run's kwargs, the task's action space) -> those defaults written
@@ -92,6 +114,7 @@ OLD_DEFAULTS: dict[str, Callable[[str, dict[str, Any], Any], dict[str, Any]]] = 
     _DEFAULTS_BEFORE_THE_FIELD: _ncp_defaults,
     _DEFAULTS_LR5_EVERYWHERE: _lr5_everywhere_defaults,
     _DEFAULTS_DT1_EVERYWHERE: _dt1_everywhere_defaults,
+    _DEFAULTS_TANH_MEAN: _tanh_mean_defaults,
 }
 
 
@@ -106,7 +129,7 @@ def new_kwargs(
     """
     from gymnasium import spaces
 
-    from ltc_control.agents.sb3 import default_controller, default_controller_lr_scale
+    from ltc_control.agents.sb3 import default_action_squash, default_controller, default_controller_lr_scale
     from ltc_control.agents.sb3_modules import as_config
 
     motor = _motor_size(action_space)
@@ -133,6 +156,13 @@ def new_kwargs(
         out.pop("controller_lr_scale", None)
     else:
         out["controller_lr_scale"] = lr
+    # the squash the run had: its own, else its era's written out (None: today's rule was its rule)
+    squash = old_kwargs.get("action_squash", "auto")
+    squash = old_defaults.get("action_squash") if squash == "auto" else squash
+    if squash is None or squash == default_action_squash(action_space, "controller" in out or model == "cfc"):
+        out.pop("action_squash", None)
+    else:
+        out["action_squash"] = squash
     return out
 
 

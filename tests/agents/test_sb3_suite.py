@@ -94,11 +94,22 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     assert policy.controller.cell.num_neurons == 16 and policy.controller_lr_scale == 5.0
     assert policy.critic_controller is not None and policy.critic_controller.cell.num_neurons == 16
     assert sorted(g["lr_scale"] for g in policy.optimizer.param_groups) == [1.0, 5.0]
+    # Box(-1, 1) with the default controller: the sample is squashed (SAC's squashed Gaussian), with a given
+    # controller the mean; other boxes: no squash
+    assert policy.action_squash == "tanh_sample" and policy.action_net.squash == "none"
+    assert type(policy.action_dist).__name__ == "SquashedDiagGaussianDistribution"
+    assert table["action_squash"] == '"auto"'
+    squash_row = next(line for line in docs.splitlines() if line.startswith("| `action_squash` |"))
+    assert "`tanh_sample` for `Box(-1, 1)` with the default controller" in squash_row
+    wide = spaces.Box(-2.0, 2.0, (3,), np.float32)
+    obs_space = spaces.Box(-np.inf, np.inf, (5,), np.float32)
+    assert LtcPolicy(obs_space, wide, lambda _: 1e-3).action_squash == "none"
     for given in ({"kind": "cfc"}, {"kind": "ltc"}):
         other = LtcPolicy(
             spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, controller=given
         )
         assert other.controller_lr_scale == 1.0 and len(other.optimizer.param_groups) == 1
+        assert other.action_squash == "tanh", given
     explicit = LtcPolicy(
         spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, controller_lr_scale=2.0
     )
@@ -289,6 +300,7 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
     ncp_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_BEFORE_THE_FIELD]
     lr5_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_LR5_EVERYWHERE]
     dt1_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_DT1_EVERYWHERE]
+    tanh_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_TANH_MEAN]
     dt1 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 1.0}
     dt01 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 0.1}
     dense = {"controller": {"wiring": {"preset": "fully_connected", "units": 16}}, "controller_lr_scale": 5.0}
@@ -297,8 +309,14 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
     discrete = spaces.Discrete(3)
     cases = [
         (ncp_era, box, "ltc", {}, {"controller": {"kind": "ltc"}}),
-        (ncp_era, box, "ltc", dense, {}),
-        (ncp_era, box, "ltc", {**dense, "action_scale_init": 0.1}, {"action_scale_init": 0.1}),
+        (ncp_era, box, "ltc", dense, {"action_squash": "tanh"}),
+        (
+            ncp_era,
+            box,
+            "ltc",
+            {**dense, "action_scale_init": 0.1},
+            {"action_scale_init": 0.1, "action_squash": "tanh"},
+        ),
         (
             ncp_era,
             box,
@@ -317,14 +335,20 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
         (ncp_era, box, "cfc", {"controller_lr_scale": 5.0}, {"controller_lr_scale": 5.0}),
         (ncp_era, box, "cfc", dense, dense),
         (ncp_era, discrete, "ltc", dense, dense),  # dt 1: no longer the discrete default controller
-        (lr5_era, box, "ltc", {}, {}),
-        (lr5_era, box, "ltc", {"action_scale_init": 0.1}, {"action_scale_init": 0.1}),
+        (lr5_era, box, "ltc", {}, {"action_squash": "tanh"}),
+        (
+            lr5_era,
+            box,
+            "ltc",
+            {"action_scale_init": 0.1},
+            {"action_scale_init": 0.1, "action_squash": "tanh"},
+        ),
         (lr5_era, box, "cfc", {}, {}),
         (lr5_era, discrete, "ltc", {}, {"controller": dt1, "controller_lr_scale": 5.0}),
         (lr5_era, discrete, "ltc", {"controller_lr_scale": 1.0}, {"controller": dt1}),
         (lr5_era, discrete, "ltc", {"controller": {"kind": "ltc"}}, {"controller": {"kind": "ltc"}}),
         (lr5_era, discrete, "cfc", {}, {}),
-        (dt1_era, box, "ltc", {}, {}),
+        (dt1_era, box, "ltc", {}, {"action_squash": "tanh"}),
         (dt1_era, box, "cfc", {}, {}),
         (dt1_era, discrete, "ltc", {}, {"controller": dt1}),
         (
@@ -337,6 +361,14 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
         (dt1_era, discrete, "ltc", {"controller": dt01}, {}),  # the dt-0.1 candidate is today's default
         (dt1_era, discrete, "ltc", {"controller": {"kind": "ltc"}}, {"controller": {"kind": "ltc"}}),
         (dt1_era, discrete, "cfc", {}, {}),
+        (tanh_era, box, "ltc", {}, {"action_squash": "tanh"}),
+        (tanh_era, box, "ltc", {"action_squash": "tanh_sample"}, {}),  # the candidate is today's default
+        (tanh_era, box, "ltc", {"action_squash": "none"}, {"action_squash": "none"}),
+        # the default controller written out: dropped, and the rate and squash it then had written instead
+        (tanh_era, box, "ltc", {"controller": dt1}, {"controller_lr_scale": 1.0, "action_squash": "tanh"}),
+        (tanh_era, box, "cfc", {}, {}),
+        (tanh_era, discrete, "ltc", {}, {}),
+        (tanh_era, spaces.Box(-2.0, 2.0, (1,), np.float32), "ltc", {}, {}),
     ]
 
     def built(
@@ -520,7 +552,8 @@ def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
     """rl_relabel end to end: an LTC run of a discrete task made when the default was 5x (and dt 1) everywhere
     becomes a run of ``controller_lr_scale: 5.0`` on the dt-1 controller under today's defaults (moved to
     that ablation's folder, weights and record), keeps its earlier re-labelling under ``previous``, and its
-    original stays in the archive; a Box-action run of the same era keeps its place and its (empty) kwargs."""
+    original stays in the archive; a Box(-1, 1)-action run of the same era squashed its Gaussian mean, so it
+    becomes a run of ``action_squash: tanh`` (today's default squashes the sample)."""
     import json
 
     from sb3_contrib import RecurrentPPO
@@ -558,8 +591,11 @@ def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
     assert rec["relabelled"]["previous"] == {"utc": "2026-12-06 09:00:00", "from": "an older archive"}
     assert moved.with_suffix(".zip").is_file() and not (runs / "CartPole-v1__ltc__0__16.zip").exists()
     assert (archive / "CartPole-v1__ltc__0__16.json").is_file()
-    kept = json.loads((runs / "Pendulum-v1__ltc__0__16.json").read_text())
-    assert kept["config"]["liquid_policy_kwargs"] == {} and "previous" in kept["relabelled"]
+    assert not (runs / "Pendulum-v1__ltc__0__16.json").exists()
+    tanh_path = runs / "ablation" / "action_squash=-tanh-" / "Pendulum-v1__ltc__0__16.json"
+    tanh = json.loads(tanh_path.read_text())
+    assert tanh["config"]["liquid_policy_kwargs"] == {"action_squash": "tanh"}
+    assert "previous" in tanh["relabelled"]
     # a second run has nothing left to do
     assert relabel.main(["--runs-dir", str(runs), "--archive", str(tmp_path / "archive2")]) == 0
     assert not (tmp_path / "archive2").exists()
