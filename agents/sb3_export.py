@@ -88,7 +88,10 @@ def sb3_actor(model: Any) -> Any:
             feats = BaseModel.extract_features(policy, obs_t, policy.pi_features_extractor)
             starts = torch.full((1,), float(start))
             motor, _, state = adapter(feats, state, starts)
-            out = policy.action_net(motor)[0].numpy().astype(np.float32)
+            head = policy.action_net(motor)[0]
+            if policy.action_squash == "tanh_sample":  # the squashed Gaussian's greedy action: tanh(mean)
+                head = torch.tanh(head)
+            out = head.numpy().astype(np.float32)
             cell_state = adapter.unpack(state[0])[0].numpy().copy()
         if isinstance(space, spaces.Box):
             env_action: Any = np.clip(out.reshape(space.shape), space.low, space.high)
@@ -139,8 +142,13 @@ def _semantics(policy: LtcPolicy) -> list[str]:
     space = policy.action_space
     if isinstance(space, spaces.Box):
         low, high = np.asarray(space.low).ravel(), np.asarray(space.high).ravel()
+        what = (
+            "tanh of the Gaussian mean, the sample being squashed"
+            if policy.action_squash == "tanh_sample"
+            else "Gaussian mean"
+        )
         return [
-            f"output {i}: the deterministic action (Gaussian mean); clip to the action space "
+            f"output {i}: the deterministic action ({what}); clip to the action space "
             f"[{lo:g}, {hi:g}] as model.predict does"
             for i, (lo, hi) in enumerate(zip(low, high))
         ]

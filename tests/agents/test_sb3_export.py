@@ -116,6 +116,25 @@ def test_vector_ltc_policy_exports_with_synthetic_parity(tmp_path: Path) -> None
     result = export_sb3(model, tmp_path / "pendulum")
     _parity_ok(result.manifest)
     assert result.manifest["parity"]["trace"].startswith("sb3 actor on synthetic inputs")
+    # the sample squashed (the default with the default controller): the export's action is tanh(mean)
+    squashed = _model(make_novel_env("PendulumNoVel-v1"), LtcPolicy, action_squash="tanh_sample")
+    squashed.learn(32)
+    with torch.no_grad():
+        squashed.policy.action_net.bias.fill_(2.0)  # a mean past the bound: tanh(mean) differs from the clip
+    result = export_sb3(squashed, tmp_path / "squashed", formats="onnx")
+    _parity_ok(result.manifest)
+    assert "tanh of the Gaussian mean" in result.manifest["action"]["semantics"][0]
+    sess = onnx_session(tmp_path / "squashed" / "policy.onnx")
+    state_sb3, state = None, np.zeros((1, result.manifest["state"]["size"]), np.float32)
+    for t, obs in enumerate(np.random.default_rng(4).normal(size=(10, 2)).astype(np.float32)):
+        expected, state_sb3 = squashed.predict(
+            obs, state=state_sb3, episode_start=np.array([t == 0]), deterministic=True
+        )
+        action, state = sess.run(
+            None, {"observation": obs[None], "state": state, "dt": np.ones(1, np.float32)}
+        )
+        np.testing.assert_allclose(action[0], expected, atol=TOL, rtol=0)
+        assert abs(float(expected[0])) < 1.0  # tanh(mean), not a clipped mean at the bound
     discrete = _model("CartPole-v1", LtcPolicy)
     result = export_sb3(discrete, tmp_path / "cartpole", formats="onnx")
     _parity_ok(result.manifest)
