@@ -814,6 +814,14 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         """The separate critic's controller (None for ``"shared"`` / ``"feedforward"`` critics)."""
         return cast(SequenceModel, self.lstm_critic.controller) if self.lstm_critic is not None else None
 
+    def greedy_output(self, latent_pi: Tensor) -> Tensor:
+        """The deterministic output for the head's input (motor outputs, or every neuron's state with
+        ``action_readout="state"``): the Gaussian's greedy action (``tanh`` of its mean when the sample is
+        squashed, ``action_squash="tanh_sample"``) or the logits; what ``predict(deterministic=True)`` acts on
+        before sb3 clips (Box) or takes the argmax (Discrete)."""
+        out = self.action_net(latent_pi)
+        return torch.tanh(out) if self.action_squash == "tanh_sample" else out
+
     @property
     def motor_head(self) -> MotorHead:
         """The element-wise action head (``action_net``).

@@ -88,10 +88,7 @@ def sb3_actor(model: Any) -> Any:
             feats = BaseModel.extract_features(policy, obs_t, policy.pi_features_extractor)
             starts = torch.full((1,), float(start))
             motor, _, state = adapter(feats, state, starts)
-            head = policy.action_net(motor)[0]
-            if policy.action_squash == "tanh_sample":  # the squashed Gaussian's greedy action: tanh(mean)
-                head = torch.tanh(head)
-            out = head.numpy().astype(np.float32)
+            out = policy.greedy_output(motor)[0].numpy().astype(np.float32)
             cell_state = adapter.unpack(state[0])[0].numpy().copy()
         if isinstance(space, spaces.Box):
             env_action: Any = np.clip(out.reshape(space.shape), space.low, space.high)

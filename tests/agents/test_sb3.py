@@ -558,6 +558,8 @@ def test_tanh_sample_squashes_the_sample_and_keeps_the_gradient(use_sde: bool, t
         ).get_actions(deterministic=True)
     torch.testing.assert_close(greedy, torch.tanh(affine))
     with torch.no_grad():
+        torch.testing.assert_close(policy.greedy_output(policy._actor(obs, zeros, starts, False)[0]), greedy)
+    with torch.no_grad():
         policy.action_net.bias.fill_(0.0)
     model.learn(64)
     assert all(np.isfinite(p.detach().numpy()).all() for p in policy.parameters())
