@@ -267,11 +267,13 @@ def default_action_squash(
         action_space: the policy's action space.
         controller_given: whether the caller passed ``controller``.
     """
-    if not isinstance(action_space, spaces.Box):
-        return "none"
-    if not (np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)):
+    if not _is_unit_box(action_space):
         return "none"
     return "tanh" if controller_given else "tanh_sample"
+
+
+def _is_unit_box(space: spaces.Space) -> bool:
+    return isinstance(space, spaces.Box) and bool(np.all(space.low == -1.0) and np.all(space.high == 1.0))
 
 
 def _resolve_squash(
@@ -286,9 +288,8 @@ def _resolve_squash(
             f"{type(action_space).__name__}; "
             "use 'auto' or 'none'"
         )
-    box = cast(spaces.Box, action_space)
-    unit = is_box and bool(np.all(box.low == -1.0) and np.all(box.high == 1.0))
-    if squash == "tanh_sample" and not unit:
+    if squash == "tanh_sample" and not _is_unit_box(action_space):
+        box = cast(spaces.Box, action_space)
         raise ValueError(
             "action_squash 'tanh_sample' squashes the sampled action into [-1, 1] and needs a Box(-1, 1) "
             f"action space, got low={box.low.tolist()}, high={box.high.tolist()}; rescale the env's actions "
