@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,16 @@ import pytest
 
 from ltc_control.cells import base as cell_base
 from ltc_control.wirings import NCP, Wiring
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n auto`` in pyproject's addopts) each worker process gets its share of the cores
+    for torch's intra-op threads; otherwise every worker would start one thread per core."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 @pytest.fixture
