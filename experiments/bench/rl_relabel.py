@@ -97,12 +97,12 @@ def _dt1_everywhere_defaults(model: str, run_kwargs: dict[str, Any], action_spac
 
 
 def _tanh_mean_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
-    from gymnasium import spaces
+    from ltc_control.agents.sb3 import default_action_squash
 
-    unit = isinstance(action_space, spaces.Box) and bool(
-        (action_space.low == -1.0).all() and (action_space.high == 1.0).all()
-    )
-    if not unit or run_kwargs.get("action_squash", "auto") != "auto":
+    # every earlier era squashed the mean wherever today's rule squashes at all (Box(-1, 1)): today's rule
+    # with a given controller is exactly that
+    given = run_kwargs.get("action_squash", "auto")
+    if given != "auto" or default_action_squash(action_space, True) != "tanh":
         return {}
     return {"action_squash": "tanh"}
 
