@@ -49,6 +49,29 @@ def test_novel_suite_config_is_the_documented_one(load_bench: Callable[[str], Mo
         assert 0 < config.timesteps(task) <= task.zoo_timesteps
 
 
+def test_budget_variants_of_the_suite_keep_its_settings(load_bench: Callable[[str], ModuleType]) -> None:
+    """Every other ``rl_novel_*_suite.yaml`` (a task at another budget) has the suite's task, PPO settings,
+    held-out flag and evaluation; only the budget fraction differs, and its records never share a file name
+    with the suite's (the budget is in the name)."""
+    suite = load_bench("rl_suite")
+    configs = ROOT / "experiments" / "configs"
+    main = load_yaml(suite.SuiteConfig, configs / "rl_novel_suite.yaml")
+    by_id = {t.env_id: t for t in main.tasks}
+    variants = sorted(p for p in configs.glob("rl_novel_*_suite.yaml") if p.name != "rl_novel_suite.yaml")
+    assert {p.name for p in variants} >= {"rl_novel_ip300k_suite.yaml", "rl_novel_hc1m_suite.yaml"}
+    for path in variants:
+        config = load_yaml(suite.SuiteConfig, path)
+        assert config.name != main.name and config.seeds == main.seeds, path.name
+        assert (config.eval_episodes, config.random_episodes) == (main.eval_episodes, main.random_episodes)
+        assert set(config.models) <= {"ltc", "cfc", "lstm"} and "lstm" in config.models, path.name
+        for task in config.tasks:
+            base = by_id[task.env_id]
+            assert task.ppo == base.ppo and task.held_out == base.held_out, (path.name, task.env_id)
+            assert task.zoo_timesteps == base.zoo_timesteps and task.fraction != base.fraction
+            assert config.timesteps(task) != main.timesteps(base)
+            assert config.benchmark(task).policies == "defaults" and not config.liquid_policy_kwargs
+
+
 def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     """The defaults in docs/rl.md's keyword table are the signature's (and CnnLtcPolicy inherits them); the
     default controller is a dense 16-neuron LTC at 5x the rate with continuous actions and 1x with discrete
