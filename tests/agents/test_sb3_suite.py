@@ -977,3 +977,46 @@ def test_rl_first_reach_finds_the_first_rolling_mean_above_the_bar(
     assert script.main([str(tmp_path / "missing.json"), "--bar", "-200"]) == 2
     with pytest.raises(ValueError, match="not a JSON run record"):
         script.table([runs / "broken.json"], -200.0, 3)
+
+
+def test_nan_probe_names_the_first_non_finite_gradient(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """``rl_nan_probe.py``: a gradient made NaN in one parameter stops training at that optimizer step with a
+    dump naming it (and only it), the parameters before the step finite; a clean run passes its checks."""
+    import torch
+    from sb3_contrib import RecurrentPPO
+
+    from ltc_control.agents.sb3 import LtcPolicy
+
+    probe_mod = load_bench("rl_nan_probe")
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    clean = RecurrentPPO(LtcPolicy, "Pendulum-v1", **kwargs)
+    probe = probe_mod.Probe(clean, tmp_path / "clean")
+    handles = probe.install()
+    try:
+        clean.learn(64)
+    finally:
+        for h in handles:
+            h.remove()
+    assert probe.steps == 2 and not (tmp_path / "clean" / "first_nonfinite.pt").exists()
+
+    model = RecurrentPPO(LtcPolicy, "Pendulum-v1", **kwargs)
+    sigma = model.policy.controller.cell.sigma
+    sigma.register_hook(lambda g: g * float("nan"))
+    out = tmp_path / "nan"
+    out.mkdir()
+    probe = probe_mod.Probe(model, out)
+    handles = probe.install()
+    try:
+        with pytest.raises(probe_mod.NonFinite, match="non-finite gradients before clipping"):
+            model.learn(64)
+    finally:
+        for h in handles:
+            h.remove()
+    dump = torch.load(out / "first_nonfinite.pt", weights_only=False)
+    name = next(n for n, p in model.policy.named_parameters() if p is sigma)
+    assert dump["detail"] == name and set(dump["bad"]) == {name}
+    assert all(torch.isfinite(p).all() for p in dump["params_before_step"].values())
+    assert dump["optimizer_steps"] == 0 and {"obs", "old_log_prob", "advantages"} <= set(dump["batch"])
+    assert name in (out / "first_nonfinite.md").read_text()
