@@ -85,6 +85,8 @@ __all__ = [
     "LtcPolicy",
     "ReadoutMode",
     "SquashMode",
+    "TrainingDivergedError",
+    "bound_mean",
     "default_action_squash",
     "default_controller",
     "default_controller_lr_scale",
@@ -95,7 +97,25 @@ SquashMode = Literal["auto", "tanh", "tanh_sample", "none"]
 ReadoutMode = Literal["motor", "state"]
 
 
+class TrainingDivergedError(FloatingPointError):
+    """A liquid policy met a non-finite (NaN or inf) action-head output: its parameters (or the controller's
+    outputs) are no longer finite, so training diverged and the run cannot go on. The message names the
+    parameters that are not finite; ``experiments/bench/rl_nan_probe.py`` replays a run to find the first
+    non-finite gradient."""
+
+
 # ----------------------------------------------------------------------------------------------- policy
+def bound_mean(mean: Tensor, limit: float | None) -> Tensor:
+    """The squashed Gaussian's pre-tanh mean kept within ``[-limit, limit]`` (``mean_limit``): unchanged where
+    ``|mean| <= limit - 1`` (bit for bit), then ``limit - 1 + tanh(|mean| - limit + 1)`` with the sign (slope
+    1 at the join, so the gradient is continuous). ``None``: unchanged."""
+    if limit is None:
+        return mean
+    knee = limit - 1.0
+    over = mean.abs() - knee
+    return torch.where(over > 0, torch.sign(mean) * (knee + torch.tanh(over.clamp(min=0.0))), mean)
+
+
 def _scale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Step pre-hook: each param group's ``lr`` times its ``lr_scale`` for this step."""
     for group in optimizer.param_groups:
@@ -412,6 +432,13 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             (:meth:`LTCCell.scale_time_constants`), so its time constant ``cm / conductance`` is too. Applied
             to the actor's LTC only (which must have every named role; the critic keeps the cell's init, so a
             faster motor layer changes the action path alone). None (default): the cell's init.
+        mean_limit: with ``action_squash="tanh_sample"`` only: keeps the Gaussian's pre-tanh mean within
+            ``[-mean_limit, mean_limit]`` (:func:`bound_mean`: unchanged up to ``mean_limit - 1``, then a
+            smooth saturation), so the greedy action stays within ``tanh(mean_limit)`` and a sampled action's
+            tanh inverts accurately in float32. ``None`` (default): unbounded. Made for the HalfCheetahNoVel
+            divergence at 1M steps (docs/rl.md, "a run that diverged"): the unbounded mean drifted to 26-39,
+            where a float32 tanh is exactly 1, the stored actions' log-probabilities were evaluated at the
+            clamped inverse (8.3) far from the mean, and the PPO ratio overflowed to inf.
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
             algorithm's rate. None: :func:`default_controller_lr_scale`, i.e.
@@ -458,6 +485,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         input_bias_init: float | None = None,
         tau_scale: Mapping[str, float] | None = None,
         controller_lr_scale: float | None = None,
+        mean_limit: float | None = None,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = True,
@@ -551,6 +579,20 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         if not (float(controller_lr_scale) > 0 and np.isfinite(controller_lr_scale)):
             raise ValueError(f"controller_lr_scale must be a finite number > 0, got {controller_lr_scale}")
         self.controller_lr_scale = float(controller_lr_scale)
+        if mean_limit is not None:
+            if self.action_squash != "tanh_sample":
+                raise ValueError(
+                    f"mean_limit bounds the pre-tanh mean of action_squash='tanh_sample'; this policy's "
+                    f"action_squash is {self.action_squash!r}"
+                )
+            try:
+                limit_ok = bool(np.isfinite(float(mean_limit))) and float(mean_limit) > 1.0
+            except (TypeError, ValueError):
+                limit_ok = False
+            if not limit_ok:
+                raise ValueError(f"mean_limit must be a finite number > 1 (or None), got {mean_limit!r}")
+            mean_limit = float(mean_limit)
+        self.mean_limit: float | None = mean_limit
         # sb3-contrib attributes that callers may read
         self.shared_lstm = critic == "shared"
         self.enable_critic_lstm = critic == "separate"
@@ -801,6 +843,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             input_bias_init=self.input_bias_init,
             tau_scale=None if self.tau_scale is None else dict(self.tau_scale),
             controller_lr_scale=self.controller_lr_scale,
+            mean_limit=self.mean_limit,
         )
         return data
 
@@ -821,7 +864,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         squashed, ``action_squash="tanh_sample"``) or the logits; what ``predict(deterministic=True)`` acts on
         before sb3 clips (Box) or takes the argmax (Discrete)."""
         out = self.action_net(latent_pi)
-        return torch.tanh(out) if self.action_squash == "tanh_sample" else out
+        return torch.tanh(bound_mean(out, self.mean_limit)) if self.action_squash == "tanh_sample" else out
 
     @property
     def motor_head(self) -> MotorHead:
@@ -868,11 +911,32 @@ class LtcPolicy(RecurrentActorCriticPolicy):
     ) -> Distribution:
         """The action distribution from the head's input (the motor outputs, or every neuron's state with
         ``action_readout="state"``; gSDE: and the neuron states ``latent_sde``)."""
-        if isinstance(self.action_dist, StateDependentNoiseDistribution):
+        mean = self.action_net(latent_pi)
+        if not bool(torch.isfinite(mean).all()):
+            raise self._diverged()
+        mean = bound_mean(mean, self.mean_limit)
+        dist = self.action_dist
+        if isinstance(dist, StateDependentNoiseDistribution):
             if latent_sde is None:
                 raise ValueError("gSDE needs the actor's neuron states (latent_sde)")
-            return self.action_dist.proba_distribution(self.action_net(latent_pi), self.log_std, latent_sde)
-        return super()._get_action_dist_from_latent(latent_pi)
+            return dist.proba_distribution(mean, self.log_std, latent_sde)
+        if isinstance(dist, DiagGaussianDistribution):  # also the squashed form
+            return dist.proba_distribution(mean, self.log_std)
+        return dist.proba_distribution(action_logits=mean)  # categorical, multi-categorical, Bernoulli
+
+    def _diverged(self) -> TrainingDivergedError:
+        """The error for a non-finite action-head output, naming the parameters that are not finite."""
+        bad = [n for n, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        where = (
+            f"non-finite parameters: {', '.join(bad)}"
+            if bad
+            else "every parameter is finite: the controller's outputs or its inputs (observations) are not"
+        )
+        return TrainingDivergedError(
+            f"{type(self).__name__}: the action head's output is NaN or inf ({where}); training diverged "
+            "(usually one optimizer step with NaN gradients, e.g. from an overflowing PPO ratio). "
+            "experiments/bench/rl_nan_probe.py replays a run to find the first non-finite gradient"
+        )
 
     def _critic_latent(
         self,

@@ -80,6 +80,12 @@ def _check_motor_readout(policy: LtcPolicy, what: str) -> None:
             "while ltc_control.policy.Policy's head is element-wise on the motor neurons; only "
             "action_readout='motor' policies convert (export, inspection, fine-tuning from a Policy)"
         )
+    if getattr(policy, "mean_limit", None) is not None:
+        raise ValueError(
+            f"cannot {what}: its greedy action is tanh of a bounded mean (mean_limit={policy.mean_limit}), "
+            "which ltc_control.policy.Policy's tanh head does not compute; only mean_limit=None policies "
+            "convert (export, inspection, fine-tuning from a Policy)"
+        )
     if getattr(policy, "motors_per_output", 1) != 1:
         raise ValueError(
             f"cannot {what}: each action output averages {policy.motors_per_output} motor neurons "

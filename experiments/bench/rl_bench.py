@@ -275,16 +275,26 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
 
         diag_name = spec.file_name(config.env_id, config.timesteps).removesuffix(".json") + ".diagnostics.csv"
         callbacks.append(RecurrentDiagnostics((out_dir or Path(config.runs_dir)) / diag_name))
+    from ltc_control.agents.sb3 import TrainingDivergedError
+
     t0, c0 = time.perf_counter(), time.process_time()
-    model.learn(config.timesteps, callback=CallbackList(callbacks))
+    diverged: dict[str, Any] | None = None
+    try:
+        model.learn(config.timesteps, callback=CallbackList(callbacks))
+    except TrainingDivergedError as exc:
+        # A run whose policy went NaN is a result too (the method failed on this seed): it gets a record
+        # with no evaluation and no saved model, and the benchmark goes on with its other runs.
+        diverged = {"at_timesteps": int(model.num_timesteps), "error": str(exc)}
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     bar.close()
     norm = model.get_vec_normalize_env()
     if norm is not None:
         norm.training = False  # freeze the statistics for evaluation
-    returns = evaluate_model(model, config.env_id, config.eval_episodes)
+    returns = [] if diverged else evaluate_model(model, config.env_id, config.eval_episodes)
     saved: dict[str, str] = {}
-    if out_dir is not None:  # the model and statistics first: the record (written last) marks a finished run
+    if (
+        out_dir is not None and not diverged
+    ):  # model and statistics first: the record (last) marks a finished run
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = out_dir / spec.file_name(config.env_id, config.timesteps).removesuffix(".json")
         if norm is not None:
@@ -301,7 +311,8 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         "timesteps": int(model.num_timesteps),
         "curve": curve,
         "eval_returns": returns,
-        "eval_mean": float(np.mean(returns)),
+        "eval_mean": None if diverged else float(np.mean(returns)),
+        "diverged": diverged,
         "wall_time_s": wall,
         "cpu_time_s": cpu,
         "steps_per_second": model.num_timesteps / wall,
@@ -330,12 +341,14 @@ _DEFAULTS_BEFORE_THE_FIELD = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88a
 
 #: ``LtcPolicy`` options added after the defaults digest, with the value that reproduces the earlier policies
 #: (``action_readout="motor"``: the element-wise motor head every earlier run had; ``tau_scale=None``: the
-#: cell's own time-constant init; ``action_bias_init=0.0``: the head's zero bias at init)
+#: cell's own time-constant init; ``action_bias_init=0.0``: the head's zero bias at init; ``mean_limit=None``:
+#: the unbounded pre-tanh mean)
 _NEUTRAL_NEW_OPTIONS: dict[str, Any] = {
     "action_readout": "motor",
     "motors_per_output": 1,
     "tau_scale": None,
     "action_bias_init": 0.0,
+    "mean_limit": None,
 }
 
 
@@ -480,7 +493,13 @@ def run_missing(config: BenchmarkConfig, resume: bool = True) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- summary
-def _load_records(config: BenchmarkConfig) -> list[dict[str, Any]]:
+def _load_records(config: BenchmarkConfig, include_diverged: bool = False) -> list[dict[str, Any]]:
+    """The run records of ``config`` (its models and seeds at its budget); records of runs that diverged
+    (``record["diverged"]``: no evaluation, no saved model) only with ``include_diverged``.
+
+    Raises:
+        ValueError: a corrupt record, or a liquid record made with other defaults or kwargs (named).
+    """
     runs = Path(config.runs_dir)
     records = []
     for model in config.models:
@@ -509,6 +528,8 @@ def _load_records(config: BenchmarkConfig) -> list[dict[str, Any]]:
                     f"run record {path} was made with liquid_policy_kwargs {made_with}, this config has "
                     f"{dict(config.liquid_policy_kwargs)}: give this config its own runs_dir"
                 )
+            if rec.get("diverged") and not include_diverged:
+                continue
             records.append(rec)
     return records
 

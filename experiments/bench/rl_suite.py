@@ -328,20 +328,23 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
 def _task_rows(config: SuiteConfig, task: SuiteTask) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The summary rows of one task (one per model with records) and its run records."""
     bench = config.benchmark(task)
-    records = _load_records(bench)
+    records = _load_records(bench, include_diverged=True)
     if config.liquid_policy_kwargs and "lstm" in config.models:
-        records += _load_records(config.benchmark(task, base=True))
+        records += _load_records(config.benchmark(task, base=True), include_diverged=True)
     if not records:
         return [], []
     rand = float(np.mean(_random_baseline(config, task.env_id)))
-    lstm = [r["eval_mean"] for r in records if r["model"] == "lstm"]
+    lstm = [r["eval_mean"] for r in records if r["model"] == "lstm" and not r.get("diverged")]
     scale = normalisation_scale(lstm, rand)
     usable = math.isfinite(scale)
     rows = []
     for model in config.models:
-        recs = [r for r in records if r["model"] == model]
-        if not recs:
+        every = [r for r in records if r["model"] == model]
+        if not every:
             continue
+        # a run that diverged (NaN policy) has no evaluation: it is counted and named, not averaged
+        recs = [r for r in every if not r.get("diverged")]
+        diverged = [r for r in every if r.get("diverged")]
         evals = [float(r["eval_mean"]) for r in recs]
         mean, half = t_interval(evals)
         norm_mean, norm_half = t_interval([(e - rand) / scale for e in evals]) if usable else (math.nan,) * 2
@@ -355,20 +358,26 @@ def _task_rows(config: SuiteConfig, task: SuiteTask) -> tuple[list[dict[str, Any
                 "held_out": task.held_out,
                 "model": model,
                 "seeds": len(recs),
+                "diverged": len(diverged),
                 "timesteps": bench.timesteps,
                 "zoo_fraction": bench.timesteps / task.zoo_timesteps,
-                "trained_steps": int(np.mean([r["timesteps"] for r in recs])),
+                "trained_steps": int(np.mean([r["timesteps"] for r in recs])) if recs else 0,
                 "eval_return_mean": mean,
                 "eval_return_ci95": half,
                 "random_return": rand,
                 "normalized_mean": norm_mean,
                 "normalized_ci95": norm_half,
-                "reaches_0.9_of_lstm": bool(usable and norm_mean >= 0.9),
+                "reaches_0.9_of_lstm": bool(usable and norm_mean >= 0.9 and not diverged),
                 "train_return_last10pct": float(np.nanmean(last)) if np.isfinite(last).any() else math.nan,
-                "steps_per_cpu_second": float(np.mean([r["steps_per_cpu_second"] for r in recs])),
-                "steps_per_second": float(np.mean([r["steps_per_second"] for r in recs])),
-                "policy_parameters": int(recs[0]["policy_parameters"]),
-                "per_seed_eval": " ".join(f"{r['seed']}:{r['eval_mean']:.1f}" for r in recs),
+                "steps_per_cpu_second": float(np.mean([r["steps_per_cpu_second"] for r in every])),
+                "steps_per_second": float(np.mean([r["steps_per_second"] for r in every])),
+                "policy_parameters": int(every[0]["policy_parameters"]),
+                "per_seed_eval": " ".join(
+                    f"{r['seed']}:diverged@{r['diverged']['at_timesteps']}"
+                    if r.get("diverged")
+                    else f"{r['seed']}:{r['eval_mean']:.1f}"
+                    for r in sorted(every, key=lambda r: int(r["seed"]))
+                ),
             }
         )
     return rows, records
@@ -461,7 +470,8 @@ def _markdown(
     for r in rows:
         task = r["env_id"] + (" (held out)" if r["held_out"] else "")
         lines.append(
-            f"| {task} | {_MODEL_NAMES[r['model']]} | {r['seeds']} | {r['timesteps']:,} "
+            f"| {task} | {_MODEL_NAMES[r['model']]} | {r['seeds']}"
+            f"{f' + {d} diverged' if (d := r.get('diverged', 0)) else ''} | {r['timesteps']:,} "
             f"({r['zoo_fraction']:.2g}); {r['trained_steps']:,} | "
             f"{_fmt(r['eval_return_mean'])} +- {_fmt(r['eval_return_ci95'])} | "
             f"{_fmt(r['normalized_mean'], 2)} +- {_fmt(r['normalized_ci95'], 2)} | "
@@ -473,6 +483,17 @@ def _markdown(
         "Per-seed eval returns: "
         + "; ".join(f"{r['env_id']} {r['model']} {r['per_seed_eval']}" for r in rows)
     ]
+    diverged = [r for recs in curves.values() for r in recs if r.get("diverged")]
+    if diverged:
+        lines += [
+            "",
+            "**Runs that diverged** (training stopped when the policy's action head gave NaN or inf; no "
+            "evaluation, not in the means, and a model with one never reaches the bar): "
+            + "; ".join(
+                f"{r['env_id']} {r['model']} seed {r['seed']} at {r['diverged']['at_timesteps']:,} steps"
+                for r in diverged
+            ),
+        ]
     lines += ["", "PPO settings per task (the same for every model):", ""]
     for task in config.selected_tasks:
         ppo = task.ppo

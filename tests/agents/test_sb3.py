@@ -579,6 +579,70 @@ def test_tanh_sample_squashes_the_sample_and_keeps_the_gradient(use_sde: bool, t
         _tiny_model("CartPole-v1", policy_kwargs={"action_squash": "tanh_sample"})
 
 
+def test_bound_mean_is_the_identity_inside_and_a_smooth_bound_outside() -> None:
+    from ltc_control.agents.sb3 import bound_mean
+
+    x = torch.linspace(-40.0, 40.0, 8001, dtype=torch.float64, requires_grad=True)
+    y = bound_mean(x, 5.0)
+    inside = x.detach().abs() <= 4.0
+    assert torch.equal(y[inside], x[inside])  # bit for bit where |mean| <= limit - 1
+    assert float(y.detach().abs().max()) <= 5.0 and float(y.detach().abs().max()) > 4.99
+    assert bool((torch.diff(y.detach()) >= 0).all())  # monotonic
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert bool((grad >= 0).all()) and float(grad.max()) <= 1.0
+    assert bool(
+        (grad[x.detach().abs() < 15] > 0).all()
+    )  # a gradient back towards the range, until tanh is flat
+    knee = torch.tensor([4.0 - 1e-6, 4.0 + 1e-6], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(bound_mean(knee, 5.0).sum(), knee)
+    assert torch.allclose(g, torch.ones(2, dtype=torch.float64))  # slope 1 on both sides of the join
+    assert bound_mean(x, None) is x
+
+
+@pytest.mark.parametrize("use_sde", [False, True])
+def test_mean_limit_bounds_the_squashed_gaussians_mean(use_sde: bool, tmp_path: Path) -> None:
+    """``mean_limit`` (``tanh_sample`` only): the distribution's mean and the greedy action use the bounded
+    mean, collection and update agree, it trains, saves and loads; bad values, other squashes and conversion
+    to a ``Policy`` are refused by name."""
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0)
+    kwargs = {"use_sde": use_sde, "sde_sample_freq": 4} if use_sde else {}
+    model = _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": 5.0}, **kwargs)
+    policy = model.policy
+    assert policy.mean_limit == 5.0
+    obs = torch.randn(2 * 6, 2)
+    starts = torch.zeros(2 * 6)
+    hid = policy.lstm_actor.hidden_size
+    zeros = (torch.zeros(1, 2, hid), torch.zeros(1, 2, hid))
+    with torch.no_grad():
+        policy.action_net.bias.fill_(30.0)  # the affine output far past the limit
+        latent, _, _ = policy._actor(obs, zeros, starts, False)
+        _, sde_latent, _ = policy._actor(obs, zeros, starts, True)
+        dist = policy._get_action_dist_from_latent(latent, sde_latent)
+        mean = dist.distribution.mean
+        assert float(mean.max()) <= 5.0 and float(mean.min()) > 4.9
+        greedy = policy.greedy_output(latent)
+        torch.testing.assert_close(greedy, torch.tanh(mean))
+        assert float(greedy.max()) <= float(np.tanh(5.0)) + 1e-7
+        if use_sde:
+            policy.reset_noise(2)
+        actions, _, log_prob, _ = policy(obs, RNNStates(zeros, zeros), starts)
+        _, again, _ = policy.evaluate_actions(obs, actions, RNNStates(zeros, zeros), starts)
+    torch.testing.assert_close(again, log_prob)
+    assert bool(torch.isfinite(log_prob).all())
+    with torch.no_grad():
+        policy.action_net.bias.fill_(0.0)
+    model.learn(64)
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
+    assert loaded.policy.mean_limit == 5.0
+    with pytest.raises(ValueError, match="bounded mean"):
+        to_policy(model)
+    with pytest.raises(ValueError, match="mean_limit must be a finite number > 1"):
+        _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": 1.0})
+    with pytest.raises(ValueError, match="action_squash is 'tanh'"):
+        _tiny_model(env, policy_kwargs={"action_squash": "tanh", "mean_limit": 5.0})
+
+
 def test_export_image_policy_matches_predict(tmp_path: Path) -> None:
     env = make_vec_env(lambda: _ImageEnv(False), n_envs=1, seed=0)
     model = _tiny_model(env, policy=CnnLtcPolicy, policy_kwargs=_small_image_kwargs())

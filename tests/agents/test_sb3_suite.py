@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -1020,3 +1021,69 @@ def test_nan_probe_names_the_first_non_finite_gradient(
     assert all(torch.isfinite(p).all() for p in dump["params_before_step"].values())
     assert dump["optimizer_steps"] == 0 and {"obs", "old_log_prob", "advantages"} <= set(dump["batch"])
     assert name in (out / "first_nonfinite.md").read_text()
+
+
+def test_a_diverged_run_is_recorded_named_and_kept_out_of_the_means(
+    tmp_path: Path, load_bench: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A liquid policy whose parameters go NaN stops with ``TrainingDivergedError`` naming them; the
+    benchmark writes a record of the diverged run (no evaluation, no model) and goes on, and the suite's table
+    counts it (``1 + 1 diverged``), names it, keeps it out of the mean and never gives that model the bar."""
+    import torch
+
+    from ltc_control.agents.sb3 import TrainingDivergedError
+
+    suite = load_bench("rl_suite")
+    bench_cfg = load_bench("rl_bench_config")
+    rl_bench = load_bench("rl_bench")
+    ppo = bench_cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
+    config = suite.SuiteConfig(
+        name="nan_suite",
+        tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=64, ppo=ppo),),
+        seeds=(0, 1),
+        models=("ltc", "lstm"),
+        eval_episodes=1,
+        random_episodes=1,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+        save_models=True,
+    )
+    make_model = rl_bench.make_model
+
+    def poisoned(cfg: Any, model: str, seed: int) -> Any:
+        m = make_model(cfg, model, seed)
+        if model == "ltc" and seed == 1:  # seed 1's circuit goes NaN after its first update
+            sigma = m.policy.controller.cell.sigma
+            sigma.register_hook(lambda g: g * float("nan"))
+        return m
+
+    monkeypatch.setattr(rl_bench, "make_model", poisoned)
+    md = suite.run_suite(config)
+    runs = tmp_path / "runs"
+    rec = json.loads((runs / "PendulumNoVel-v1__ltc__1__64.json").read_text())
+    assert rec["eval_mean"] is None and rec["eval_returns"] == [] and rec["saved"] == {}
+    assert 0 < rec["diverged"]["at_timesteps"] <= 64
+    assert "lstm_actor.controller.cell.sigma" in rec["diverged"]["error"]
+    assert not (runs / "PendulumNoVel-v1__ltc__1__64.zip").exists()
+    good = json.loads((runs / "PendulumNoVel-v1__ltc__0__64.json").read_text())
+    assert good["diverged"] is None and (runs / "PendulumNoVel-v1__ltc__0__64.zip").is_file()
+    text = md.read_text()
+    assert "| PendulumNoVel-v1 | LTC-PPO | 1 + 1 diverged |" in text
+    assert "Runs that diverged" in text and "ltc seed 1 at" in text and "1:diverged@" in text
+    with (tmp_path / "results" / "nan_suite.csv").open() as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert rows["ltc"]["diverged"] == "1" and rows["ltc"]["reaches_0.9_of_lstm"] == "False"
+    assert float(rows["ltc"]["eval_return_mean"]) == pytest.approx(good["eval_mean"])
+    assert rows["lstm"]["diverged"] == "0"
+    # other tools read finished runs only
+    finished = rl_bench._load_records(config.benchmark(config.tasks[0]))
+    assert [r["seed"] for r in finished if r["model"] == "ltc"] == [0]
+
+    # the policy's own error, outside any benchmark: a NaN parameter is named on predict
+    model = rl_bench.make_model(config.benchmark(config.tasks[0]), "ltc", 0)
+    with torch.no_grad():
+        model.policy.action_net.bias.fill_(float("nan"))
+    obs = model.get_env().reset()
+    with pytest.raises(TrainingDivergedError, match=r"non-finite parameters: action_net\.bias"):
+        model.predict(obs, deterministic=True)
