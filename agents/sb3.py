@@ -74,6 +74,7 @@ from ltc_control.agents.sb3_modules import (
 )
 from ltc_control.cells.ltc import LTCCell, check_time_constant_factor
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
+from ltc_control.policy import bound_mean
 from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import VALID_ROLES
 
@@ -106,15 +107,6 @@ class TrainingDivergedError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------------------------- policy
-def bound_mean(mean: Tensor, limit: float | None) -> Tensor:
-    """The squashed Gaussian's pre-tanh mean kept within ``[-limit, limit]`` (``mean_limit``): unchanged where
-    ``|mean| <= limit - 1`` (bit for bit), then ``limit - 1 + tanh(|mean| - limit + 1)`` with the sign (slope
-    1 at the join, so the gradient is continuous). ``None``: unchanged."""
-    if limit is None:
-        return mean
-    knee = limit - 1.0
-    over = mean.abs() - knee
-    return torch.where(over > 0, torch.sign(mean) * (knee + torch.tanh(over.clamp(min=0.0))), mean)
 
 
 def _scale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

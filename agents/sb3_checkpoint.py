@@ -41,7 +41,11 @@ def _policy_config(policy: LtcPolicy) -> PolicyConfig:
     extractor = policy.pi_features_extractor
     ctrl = policy.controller_config
     # "tanh_sample": the greedy action is tanh of the head's affine output, as a "tanh" head computes it
-    head = ActionHeadConfig(squash="none" if policy.action_squash == "none" else "tanh", learnable=True)
+    head = ActionHeadConfig(
+        squash="none" if policy.action_squash == "none" else "tanh",
+        learnable=True,
+        mean_limit=getattr(policy, "mean_limit", None),  # tanh_sample's bounded mean: tanh(bound_mean(...))
+    )
     if isinstance(extractor, ConvHeadExtractor):
         c, h, w = extractor.head.image_shape
         if not policy.normalize_images and not extractor.perception_config.standardize:
@@ -79,12 +83,6 @@ def _check_motor_readout(policy: LtcPolicy, what: str) -> None:
             f"cannot {what}: its action head reads every neuron (action_readout={policy.action_readout!r}), "
             "while ltc_control.policy.Policy's head is element-wise on the motor neurons; only "
             "action_readout='motor' policies convert (export, inspection, fine-tuning from a Policy)"
-        )
-    if getattr(policy, "mean_limit", None) is not None:
-        raise ValueError(
-            f"cannot {what}: its greedy action is tanh of a bounded mean (mean_limit={policy.mean_limit}), "
-            "which ltc_control.policy.Policy's tanh head does not compute; only mean_limit=None policies "
-            "convert (export, inspection, fine-tuning from a Policy)"
         )
     if getattr(policy, "motors_per_output", 1) != 1:
         raise ValueError(
@@ -181,6 +179,8 @@ def policy_kwargs_from_policy(policy: Policy, **overrides: Any) -> dict[str, Any
         "controller": cfg.controller,
         "action_squash": cfg.action_head.squash,
     }
+    if cfg.action_head.mean_limit is not None:  # converted from a tanh_sample policy with a bounded mean
+        kwargs.update(action_squash="tanh_sample", mean_limit=cfg.action_head.mean_limit)
     if cfg.observation == "image":
         kwargs["features_extractor_class"] = ConvHeadExtractor
         kwargs["features_extractor_kwargs"] = {"perception": cfg.perception}

@@ -428,6 +428,7 @@ def _manifest(
         "action": {
             "size": policy.action_size,
             "squash": cfg.action_head.squash,
+            "mean_limit": cfg.action_head.mean_limit,
             "range": [-1.0, 1.0] if cfg.action_head.squash == "tanh" else None,
             "semantics": list(action_semantics) if action_semantics else _action_semantics(policy, env_id),
         },

@@ -38,7 +38,19 @@ from ltc_control.controllers import (
 from ltc_control.perception import Augment, ConvHead, PerceptionConfig, frames_to_float, standardize
 from ltc_control.sequence import SequenceModel
 
-__all__ = ["ActionHeadConfig", "Policy", "PolicyConfig"]
+__all__ = ["ActionHeadConfig", "Policy", "PolicyConfig", "bound_mean"]
+
+
+def bound_mean(mean: Tensor, limit: float | None) -> Tensor:
+    """``mean`` kept within ``[-limit, limit]``: unchanged where ``|mean| <= limit - 1`` (bit for bit), then
+    ``limit - 1 + tanh(|mean| - limit + 1)`` with the sign (slope 1 at the join, so the gradient is
+    continuous). ``None``: unchanged. The pre-tanh bound of :class:`ActionHeadConfig` ``mean_limit`` (and of
+    the sb3 policies' ``mean_limit``)."""
+    if limit is None:
+        return mean
+    knee = limit - 1.0
+    over = mean.abs() - knee
+    return torch.where(over > 0, torch.sign(mean) * (knee + torch.tanh(over.clamp(min=0.0))), mean)
 
 
 @dataclass(frozen=True)
@@ -50,12 +62,26 @@ class ActionHeadConfig:
         init_scale: initial per-action scale.
         init_bias: initial per-action bias.
         learnable: train scale and bias (else they are fixed buffers).
+        mean_limit: with ``squash="tanh"``: the value inside the tanh is bounded first,
+            ``tanh(bound_mean(scale * y + bias, mean_limit))`` (:func:`bound_mean`: unchanged up to
+            ``mean_limit - 1``); what a stable-baselines3 policy trained with ``mean_limit`` converts to.
+            None: no bound.
     """
 
     squash: Literal["tanh", "none"] = "tanh"
     init_scale: float = 1.0
     init_bias: float = 0.0
     learnable: bool = True
+    mean_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mean_limit is not None:
+            if self.squash != "tanh":
+                raise ValueError(f"action_head.mean_limit needs squash 'tanh', got squash {self.squash!r}")
+            if not (math.isfinite(float(self.mean_limit)) and float(self.mean_limit) > 1.0):
+                raise ValueError(
+                    f"action_head.mean_limit must be a finite number > 1, got {self.mean_limit!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -313,7 +339,8 @@ class Policy(nn.Module):
     def action_head(self, y: Tensor) -> Tensor:
         """Motor outputs ``(..., A)`` -> actions ``(..., A)``."""
         a = self.action_scale * y + self.action_bias
-        return torch.tanh(a) if self.config.action_head.squash == "tanh" else a
+        head = self.config.action_head
+        return torch.tanh(bound_mean(a, head.mean_limit)) if head.squash == "tanh" else a
 
     def forward(
         self,

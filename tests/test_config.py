@@ -237,7 +237,7 @@ def test_project_configs_document_every_field() -> None:
                 walk(f.default_factory)  # type: ignore[arg-type]
 
     walk(PolicyConfig)
-    assert len(seen) == 61  # Policy 7 + Perception 7 + Augment 13 + Controller 18 + Wiring 12 + ActionHead 4
+    assert len(seen) == 62  # Policy 7 + Perception 7 + Augment 13 + Controller 18 + Wiring 12 + ActionHead 5
     parser = make_parser(PolicyConfig)
     text = parser.format_help()
     assert "--controller.wiring.preset" in text and "--perception.augment.noise_std" in text

@@ -187,6 +187,34 @@ def test_vector_ncp_exports_with_the_reference_ltc_solver(tmp_path: Path) -> Non
     }
 
 
+def test_bounded_mean_head_exports_with_parity(tmp_path: Path) -> None:
+    """``ActionHeadConfig.mean_limit``: tanh of the bounded affine output (unchanged up to limit - 1), bad
+    values refused by name, and the exported model computes the same actions with the bound active."""
+    from ltc_control.policy import ActionHeadConfig, bound_mean
+
+    with pytest.raises(ValueError, match="mean_limit needs squash 'tanh'"):
+        ActionHeadConfig(squash="none", mean_limit=5.0)
+    with pytest.raises(ValueError, match="finite number > 1"):
+        ActionHeadConfig(mean_limit=0.5)
+    torch.manual_seed(0)
+    probe = LaneKeepingEnv(observation="state")
+    d = int(probe.observation_space.shape[0])
+    probe.close()
+    head = ActionHeadConfig(mean_limit=5.0, init_scale=3.0, init_bias=4.0)
+    policy = Policy(
+        PolicyConfig(observation="vector", vector_size=d, controller=LTC, action_head=head)
+    ).eval()
+    y = torch.tensor([[-3.0], [0.0], [0.5], [2.0]])
+    affine = 3.0 * y + 4.0  # -5, 4, 5.5, 10: below, at and past the knee
+    torch.testing.assert_close(policy.action_head(y), torch.tanh(bound_mean(affine, 5.0)))
+    assert float(policy.action_head(y)[1]) == float(torch.tanh(torch.tensor(4.0)))  # unchanged at the knee
+    assert float(policy.action_head(y)[3]) < float(torch.tanh(torch.tensor(10.0)))
+    trace = closed_loop_trace(policy, STATE_ENV, steps=1000)
+    result = export_policy(policy, tmp_path / "bounded", trace=trace, env=STATE_ENV)
+    _check_manifest_parity(result.manifest)
+    assert result.manifest["action"]["mean_limit"] == 5.0
+
+
 def _driving_policy() -> Policy:
     """A competent lane keeper on state vectors: a feed-forward controller with hand-set weights
     (steer = tanh(-1.0 lateral - 2.0 heading + 5.2 curvature)), so the drive test sees completed roads."""

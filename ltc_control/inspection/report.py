@@ -398,7 +398,10 @@ def output_semantics(policy: Any) -> str:
     else:
         readout = f"readout = {type(cell).__name__}.readout(h)"
     squash = getattr(getattr(getattr(policy, "config", None), "action_head", None), "squash", None)
-    if squash == "tanh":
+    limit = getattr(getattr(getattr(policy, "config", None), "action_head", None), "mean_limit", None)
+    if squash == "tanh" and limit is not None:
+        head = f"action = tanh(bound_mean(action_scale * readout + action_bias, {limit:g}))"
+    elif squash == "tanh":
         head = "action = tanh(action_scale * readout + action_bias)"
     elif squash == "none":
         head = "action = action_scale * readout + action_bias"

@@ -635,8 +635,15 @@ def test_mean_limit_bounds_the_squashed_gaussians_mean(use_sde: bool, tmp_path: 
     model.save(tmp_path / "m.zip")
     loaded = RecurrentPPO.load(tmp_path / "m.zip", device="cpu")
     assert loaded.policy.mean_limit == 5.0
-    with pytest.raises(ValueError, match="bounded mean"):
-        to_policy(model)
+    with torch.no_grad():
+        policy.action_net.bias.fill_(4.5)  # greedy outputs past the knee (4): the bound is active
+    converted = to_policy(model)
+    assert converted.config.action_head.mean_limit == 5.0
+    rng = np.random.default_rng(4)
+    observations = [rng.normal(size=2).astype(np.float32) for _ in range(8)]
+    assert _rollout_pairs(model, converted, observations) < 1e-6
+    back = policy_kwargs_from_policy(converted)
+    assert back["action_squash"] == "tanh_sample" and back["mean_limit"] == 5.0
     with pytest.raises(ValueError, match="mean_limit must be a finite number > 1"):
         _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": 1.0})
     with pytest.raises(ValueError, match="action_squash is 'tanh'"):
