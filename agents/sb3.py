@@ -926,10 +926,16 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             if bad
             else "every parameter is finite: the controller's outputs or its inputs (observations) are not"
         )
+        hint = (
+            "; with action_squash='tanh_sample' an unbounded pre-tanh mean can drift until a float32 tanh is "
+            "exactly 1 and the ratio overflows: policy_kwargs={'mean_limit': 5.0} bounds it"
+            if self.action_squash == "tanh_sample" and self.mean_limit is None
+            else ""
+        )
         return TrainingDivergedError(
             f"{type(self).__name__}: the action head's output is NaN or inf ({where}); training diverged "
             "(usually one optimizer step with NaN gradients, e.g. from an overflowing PPO ratio). "
-            "experiments/bench/rl_nan_probe.py replays a run to find the first non-finite gradient"
+            f"experiments/bench/rl_nan_probe.py replays a run to find the first non-finite gradient{hint}"
         )
 
     def _critic_latent(
