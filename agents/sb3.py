@@ -107,8 +107,6 @@ class TrainingDivergedError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------------------------- policy
-
-
 def _scale_group_lrs(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Step pre-hook: each param group's ``lr`` times its ``lr_scale`` for this step."""
     for group in optimizer.param_groups:

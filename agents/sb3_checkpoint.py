@@ -40,7 +40,8 @@ def _policy_config(policy: LtcPolicy) -> PolicyConfig:
     _check_motor_readout(policy, "convert the sb3 policy to a Policy")
     extractor = policy.pi_features_extractor
     ctrl = policy.controller_config
-    # "tanh_sample": the greedy action is tanh of the head's affine output, as a "tanh" head computes it
+    # "tanh_sample": the greedy action is tanh of the head's affine output (bounded first with mean_limit),
+    # as a "tanh" head computes it
     head = ActionHeadConfig(
         squash="none" if policy.action_squash == "none" else "tanh",
         learnable=True,

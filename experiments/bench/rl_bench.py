@@ -292,9 +292,8 @@ def run_one(config: BenchmarkConfig, spec: RunSpec, out_dir: Path | None = None)
         norm.training = False  # freeze the statistics for evaluation
     returns = [] if diverged else evaluate_model(model, config.env_id, config.eval_episodes)
     saved: dict[str, str] = {}
-    if (
-        out_dir is not None and not diverged
-    ):  # model and statistics first: the record (last) marks a finished run
+    # the model and statistics first: the record (written last) marks a finished run
+    if out_dir is not None and not diverged:
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = out_dir / spec.file_name(config.env_id, config.timesteps).removesuffix(".json")
         if norm is not None:
