@@ -61,6 +61,7 @@ class Probe:
         self.names = {id(p): n for n, p in model.policy.named_parameters()}
         self.last_batch: Any = None
         self.last_targets: dict[str, Any] = {}
+        self.last_call: Any = None
         self.last_params: dict[str, Any] = {}
         self.steps = 0
         self.updates_at_rollout = 0
@@ -88,6 +89,7 @@ class Probe:
 
         def evaluate_actions(obs: Any, actions: Any, lstm_states: Any, episode_starts: Any) -> Any:
             self.last_batch = {"obs": obs, "actions": actions, "episode_starts": episode_starts}
+            self.last_call = (original, lstm_states)
             for part in ("pi", "vf"):  # RNNStates: (hidden, cell) per part
                 for i, t in enumerate(getattr(lstm_states, part, ()) or ()):
                     self.last_batch[f"lstm_states.{part}.{i}"] = t
@@ -189,6 +191,34 @@ class Probe:
                 [timesteps, self.steps, f"{best:.6g}", best_name, f"{lo:.4g}", f"{hi:.4g}", rms]
             )
 
+    def _explain(self) -> list[str]:
+        """The failing minibatch re-evaluated with the parameters before the step: the PPO log-ratios and
+        ratios (a ratio past float range makes the loss, then every actor gradient, non-finite) and the
+        share of stored actions at the bounds. Empty when the batch or its targets are missing."""
+        import torch
+
+        targets, batch = self.last_targets, self.last_batch or {}
+        if self.last_call is None or "old_log_prob" not in targets or "obs" not in batch:
+            return []
+        original, states = self.last_call
+        with torch.no_grad():
+            _, log_prob, _ = original(batch["obs"], batch["actions"], states, batch["episode_starts"])
+        mask = targets["mask"] > 1e-8 if "mask" in targets else torch.ones_like(log_prob, dtype=torch.bool)
+        diff = (log_prob - targets["old_log_prob"])[mask]
+        ratio = torch.exp(diff)
+        actions = batch["actions"][mask]
+        old = targets["old_log_prob"][mask]
+        new, bad = log_prob[mask], int((~torch.isfinite(ratio)).sum())
+        at_bound = float((actions.abs() >= 1 - 1e-6).float().mean())
+        exact = float((actions.abs() == 1).float().mean())
+        return [
+            f"- the minibatch re-evaluated before the step: log-probabilities {float(new.min()):.4g} .. "
+            f"{float(new.max()):.4g} (at collection {float(old.min()):.4g} .. {float(old.max()):.4g}); "
+            f"log-ratio {float(diff.min()):.4g} .. {float(diff.max()):.4g}; ratios not finite: {bad} of "
+            f"{diff.numel()}",
+            f"- stored actions within 1e-6 of +-1: {at_bound:.3f} of the entries (exactly +-1: {exact:.3f})",
+        ]
+
     # ------------------------------------------------------------------------------------------- dump
     def fail(self, what: str, detail: str, tensors: dict[str, Any]) -> None:
         import torch
@@ -221,6 +251,7 @@ class Probe:
             "| tensor | shape | non-finite entries | finite range |",
             "| --- | --- | --- | --- |",
         ]
+        lines[3:3] = self._explain()
         lines += [_tensor_summary(f"bad: {k}", v) for k, v in tensors.items()]
         lines += [_tensor_summary(f"param before step: {k}", v) for k, v in self.last_params.items()]
         lines += [_tensor_summary(f"grad: {k}", v) for k, v in grads.items()]

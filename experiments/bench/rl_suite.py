@@ -469,10 +469,11 @@ def _markdown(
     ]
     for r in rows:
         task = r["env_id"] + (" (held out)" if r["held_out"] else "")
+        trained = f"{r['trained_steps']:,}" if r["seeds"] else "-"  # "-": every run diverged
         lines.append(
             f"| {task} | {_MODEL_NAMES[r['model']]} | {r['seeds']}"
             f"{f' + {d} diverged' if (d := r.get('diverged', 0)) else ''} | {r['timesteps']:,} "
-            f"({r['zoo_fraction']:.2g}); {r['trained_steps']:,} | "
+            f"({r['zoo_fraction']:.2g}); {trained} | "
             f"{_fmt(r['eval_return_mean'])} +- {_fmt(r['eval_return_ci95'])} | "
             f"{_fmt(r['normalized_mean'], 2)} +- {_fmt(r['normalized_ci95'], 2)} | "
             f"{'yes' if r['reaches_0.9_of_lstm'] else 'no'} | {_fmt(r['train_return_last10pct'])} | "

@@ -1020,7 +1020,10 @@ def test_nan_probe_names_the_first_non_finite_gradient(
     assert dump["detail"] == name and set(dump["bad"]) == {name}
     assert all(torch.isfinite(p).all() for p in dump["params_before_step"].values())
     assert dump["optimizer_steps"] == 0 and {"obs", "old_log_prob", "advantages"} <= set(dump["batch"])
-    assert name in (out / "first_nonfinite.md").read_text()
+    report = (out / "first_nonfinite.md").read_text()
+    assert (
+        name in report and "ratios not finite: 0 of 32" in report
+    )  # the NaN was the gradient's, not the loss's
 
 
 def test_a_diverged_run_is_recorded_named_and_kept_out_of_the_means(
