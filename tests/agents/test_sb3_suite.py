@@ -32,6 +32,22 @@ from ltc_control.controllers import ControllerConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _tiny_suite_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """``SuiteConfig`` keyword arguments of a tiny suite (one seed, LTC and LSTM, one evaluation episode)."""
+    kwargs: dict[str, Any] = dict(
+        name="tiny",
+        seeds=(0,),
+        models=("ltc", "lstm"),
+        eval_episodes=1,
+        random_episodes=1,
+        curve_points=2,
+        out_dir=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+        save_models=False,
+    )
+    return {**kwargs, **overrides}
+
+
 def test_novel_suite_config_is_the_documented_one(load_bench: Callable[[str], ModuleType]) -> None:
     """Two tuning tasks and two held-out tasks (named in docs/rl.md as held out), defaults-only policies."""
     suite = load_bench("rl_suite")
@@ -213,18 +229,7 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
         suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),
         suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=32, ppo=ppo, held_out=True),
     )
-    common = dict(
-        name="tiny",
-        tasks=tasks,
-        seeds=(0,),
-        models=("ltc", "lstm"),
-        eval_episodes=1,
-        random_episodes=1,
-        curve_points=2,
-        out_dir=str(tmp_path / "results"),
-        runs_dir=str(tmp_path / "runs"),
-        save_models=False,
-    )
+    common = _tiny_suite_kwargs(tmp_path, tasks=tasks)
     with pytest.raises(ValueError, match="held-out tasks \\['CartPoleNoVel-v1'\\]"):
         suite.SuiteConfig(**common, liquid_policy_kwargs={"action_scale_init": 0.1})
     with pytest.raises(ValueError, match="only_tasks names tasks not in the suite"):
@@ -1041,16 +1046,13 @@ def test_a_diverged_run_is_recorded_named_and_kept_out_of_the_means(
     rl_bench = load_bench("rl_bench")
     ppo = bench_cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
     config = suite.SuiteConfig(
-        name="nan_suite",
-        tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=64, ppo=ppo),),
-        seeds=(0, 1),
-        models=("ltc", "lstm"),
-        eval_episodes=1,
-        random_episodes=1,
-        curve_points=2,
-        out_dir=str(tmp_path / "results"),
-        runs_dir=str(tmp_path / "runs"),
-        save_models=True,
+        **_tiny_suite_kwargs(
+            tmp_path,
+            name="nan_suite",
+            tasks=(suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=64, ppo=ppo),),
+            seeds=(0, 1),
+            save_models=True,
+        )
     )
     make_model = rl_bench.make_model
 
