@@ -180,21 +180,12 @@ def test_suite_smoke_writes_table_csv_and_curves(
     suite = load_bench("rl_suite")
     bench = load_bench("rl_bench_config")
     ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, clip_range="lin_0.2")
+    tasks = (
+        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=3200, ppo=ppo),
+        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
+    )
     config = suite.SuiteConfig(
-        name="tiny_suite",
-        tasks=(
-            suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=3200, ppo=ppo),
-            suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
-        ),
-        seeds=(0,),
-        models=("ltc", "lstm"),
-        budget_fraction=0.01,
-        eval_episodes=1,
-        random_episodes=2,
-        curve_points=2,
-        out_dir=str(tmp_path / "results"),
-        runs_dir=str(tmp_path / "runs"),
-        save_models=False,
+        **_tiny_suite_kwargs(tmp_path, name="tiny_suite", tasks=tasks, budget_fraction=0.01, random_episodes=2)
     )
     assert [config.timesteps(t) for t in config.tasks] == [32, 32]
     md = suite.run_suite(config)
@@ -727,22 +718,21 @@ def _tiny_trained_suite(
 
     suite = load_bench("rl_suite")
     cfg = load_bench("rl_bench_config")
+    task = suite.SuiteTask(
+        "PendulumNoVel-v1",
+        zoo_timesteps=32,
+        ppo=cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, **ppo),
+    )
     config = suite.SuiteConfig(
-        name=name,
-        tasks=(
-            suite.SuiteTask(
-                "PendulumNoVel-v1",
-                zoo_timesteps=32,
-                ppo=cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, **ppo),
-            ),
-        ),
-        seeds=seeds,
-        models=("ltc", "lstm"),
-        eval_episodes=2,
-        random_episodes=2,
-        curve_points=2,
-        out_dir=str(tmp_path / "results"),
-        runs_dir=str(tmp_path / "runs"),
+        **_tiny_suite_kwargs(
+            tmp_path,
+            name=name,
+            tasks=(task,),
+            seeds=seeds,
+            eval_episodes=2,
+            random_episodes=2,
+            save_models=True,
+        )
     )
     suite.run_suite(config)
     path = tmp_path / "suite.yaml"
