@@ -185,7 +185,9 @@ def test_suite_smoke_writes_table_csv_and_curves(
         suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
     )
     config = suite.SuiteConfig(
-        **_tiny_suite_kwargs(tmp_path, name="tiny_suite", tasks=tasks, budget_fraction=0.01, random_episodes=2)
+        **_tiny_suite_kwargs(
+            tmp_path, name="tiny_suite", tasks=tasks, budget_fraction=0.01, random_episodes=2
+        )
     )
     assert [config.timesteps(t) for t in config.tasks] == [32, 32]
     md = suite.run_suite(config)
