@@ -74,7 +74,7 @@ from ltc_control.agents.sb3_modules import (
 )
 from ltc_control.cells.ltc import LTCCell, check_time_constant_factor
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
-from ltc_control.policy import bound_mean
+from ltc_control.policy import bound_mean, check_mean_limit
 from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import VALID_ROLES
 
@@ -576,14 +576,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
                     f"mean_limit bounds the pre-tanh mean of action_squash='tanh_sample'; this policy's "
                     f"action_squash is {self.action_squash!r}"
                 )
-            try:
-                limit_ok = bool(np.isfinite(float(mean_limit))) and float(mean_limit) > 1.0
-            except (TypeError, ValueError):
-                limit_ok = False
-            if not limit_ok:
-                raise ValueError(f"mean_limit must be a finite number > 1 (or None), got {mean_limit!r}")
-            mean_limit = float(mean_limit)
-        self.mean_limit: float | None = mean_limit
+        self.mean_limit: float | None = check_mean_limit(mean_limit)
         # sb3-contrib attributes that callers may read
         self.shared_lstm = critic == "shared"
         self.enable_critic_lstm = critic == "separate"

@@ -38,7 +38,7 @@ from ltc_control.controllers import (
 from ltc_control.perception import Augment, ConvHead, PerceptionConfig, frames_to_float, standardize
 from ltc_control.sequence import SequenceModel
 
-__all__ = ["ActionHeadConfig", "Policy", "PolicyConfig", "bound_mean"]
+__all__ = ["ActionHeadConfig", "Policy", "PolicyConfig", "bound_mean", "check_mean_limit"]
 
 
 def bound_mean(mean: Tensor, limit: float | None) -> Tensor:
@@ -51,6 +51,23 @@ def bound_mean(mean: Tensor, limit: float | None) -> Tensor:
     knee = limit - 1.0
     over = mean.abs() - knee
     return torch.where(over > 0, torch.sign(mean) * (knee + torch.tanh(over.clamp(min=0.0))), mean)
+
+
+def check_mean_limit(value: Any, name: str = "mean_limit") -> float | None:
+    """``value`` as a mean limit (:func:`bound_mean`): None, or a finite number > 1.
+
+    Raises:
+        ValueError: anything else (named by ``name``).
+    """
+    if value is None:
+        return None
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        limit = math.nan
+    if not (math.isfinite(limit) and limit > 1.0) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a finite number > 1 (or None), got {value!r}")
+    return limit
 
 
 @dataclass(frozen=True)
@@ -78,10 +95,7 @@ class ActionHeadConfig:
         if self.mean_limit is not None:
             if self.squash != "tanh":
                 raise ValueError(f"action_head.mean_limit needs squash 'tanh', got squash {self.squash!r}")
-            if not (math.isfinite(float(self.mean_limit)) and float(self.mean_limit) > 1.0):
-                raise ValueError(
-                    f"action_head.mean_limit must be a finite number > 1, got {self.mean_limit!r}"
-                )
+            check_mean_limit(self.mean_limit, "action_head.mean_limit")
 
 
 @dataclass(frozen=True)

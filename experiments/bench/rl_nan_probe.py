@@ -64,7 +64,6 @@ class Probe:
         self.last_call: Any = None
         self.last_params: dict[str, Any] = {}
         self.steps = 0
-        self.updates_at_rollout = 0
         out.mkdir(parents=True, exist_ok=True)
         self.csv_path = out / "rollouts.csv"
         self.csv_fields = [
@@ -95,7 +94,7 @@ class Probe:
                     self.last_batch[f"lstm_states.{part}.{i}"] = t
             try:
                 out = original(obs, actions, lstm_states, episode_starts)
-            except ValueError as exc:
+            except (ValueError, FloatingPointError) as exc:  # torch's check or TrainingDivergedError
                 self.fail("evaluate_actions raised", str(exc).splitlines()[0], {})
             for label, value in zip(("values", "log_prob", "entropy"), out):
                 if value is not None and not _finite(value):
@@ -311,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no non-finite value in {budget:,} steps ({time.perf_counter() - t0:.0f} s)")
     except NonFinite as exc:
         print(f"stopped: {exc}", file=sys.stderr)
+        status = 1
+    except FloatingPointError as exc:  # TrainingDivergedError outside the update (collecting a rollout)
+        try:
+            probe.fail("the policy raised while collecting", str(exc).splitlines()[0], {})
+        except NonFinite as stop:
+            print(f"stopped: {stop}", file=sys.stderr)
         status = 1
     finally:
         bar.close()

@@ -644,8 +644,9 @@ def test_mean_limit_bounds_the_squashed_gaussians_mean(use_sde: bool, tmp_path: 
     assert _rollout_pairs(model, converted, observations) < 1e-6
     back = policy_kwargs_from_policy(converted)
     assert back["action_squash"] == "tanh_sample" and back["mean_limit"] == 5.0
-    with pytest.raises(ValueError, match="mean_limit must be a finite number > 1"):
-        _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": 1.0})
+    for bad in (1.0, float("nan"), "five", True):
+        with pytest.raises(ValueError, match="mean_limit must be a finite number > 1"):
+            _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": bad})
     with pytest.raises(ValueError, match="action_squash is 'tanh'"):
         _tiny_model(env, policy_kwargs={"action_squash": "tanh", "mean_limit": 5.0})
 

@@ -1084,3 +1084,39 @@ def test_a_diverged_run_is_recorded_named_and_kept_out_of_the_means(
     obs = model.get_env().reset()
     with pytest.raises(TrainingDivergedError, match=r"non-finite parameters: action_net\.bias"):
         model.predict(obs, deterministic=True)
+
+
+def test_nan_probe_cli_dumps_a_policy_that_diverges_while_collecting(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's command line on a suite config: a policy whose head goes NaN before the first update
+    (``TrainingDivergedError`` while collecting) exits 1 with its report written and the parameter named."""
+    import yaml
+
+    from ltc_control.config import to_dict
+
+    suite = load_bench("rl_suite")
+    cfg = load_bench("rl_bench_config")
+    rl_bench = load_bench("rl_bench")
+    probe_mod = load_bench("rl_nan_probe")
+    ppo = cfg.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
+    task = suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=64, ppo=ppo)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(to_dict(suite.SuiteConfig(**_tiny_suite_kwargs(tmp_path, tasks=(task,))))))
+    make_model = rl_bench.make_model
+
+    def poisoned(config: Any, model: str, seed: int) -> Any:
+        m = make_model(config, model, seed)
+        with torch.no_grad():
+            m.policy.action_net.bias.fill_(float("nan"))
+        return m
+
+    monkeypatch.setattr(rl_bench, "make_model", poisoned)
+    out = tmp_path / "probe"
+    argv = ["--suite", str(path), "--task", "PendulumNoVel-v1", "--model", "ltc", "--seed", "0"]
+    argv += ["--out", str(out)]
+    assert probe_mod.main(argv) == 1
+    report = (out / "first_nonfinite.md").read_text()
+    assert "the policy raised while collecting" in report and "action_net.bias" in report
+    with pytest.raises(SystemExit):  # an unknown task is refused by name
+        probe_mod.main([*argv[:2], "--task", "Nope-v0", *argv[4:]])
