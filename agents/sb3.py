@@ -82,6 +82,7 @@ __all__ = [
     "CENTER_STEPS",
     "DEFAULT_CONTROLLER_LR_SCALE",
     "DEFAULT_DISCRETE_DT",
+    "DEFAULT_MEAN_LIMIT",
     "CnnLtcPolicy",
     "CriticMode",
     "LtcPolicy",
@@ -92,6 +93,7 @@ __all__ = [
     "default_action_squash",
     "default_controller",
     "default_controller_lr_scale",
+    "default_mean_limit",
 ]
 
 CriticMode = Literal["separate", "shared", "feedforward"]
@@ -283,6 +285,22 @@ def default_action_squash(
     return "tanh" if controller_given else "tanh_sample"
 
 
+#: ``mean_limit`` of ``LtcPolicy(mean_limit="auto")`` whenever the sample is squashed
+#: (``action_squash="tanh_sample"``), since 2026-12-07: the pre-tanh mean is unchanged up to 4 and saturates
+#: smoothly at 5 (:func:`bound_mean`). Unbounded, the default diverged on HalfCheetahNoVel-v5 at the RL Zoo's
+#: 1M steps (both seeds run: the mean drifted to 26-39, a float32 tanh there is exactly 1 and PPO's ratio
+#: overflowed); with 5 the pre-registered checks passed (``docs/rl.md``: 1M steps trained to the end on 4 of 4
+#: seeds, the tuning tasks within their bars, PendulumNoVel's seeds whose mean stayed below 4 bit for bit).
+DEFAULT_MEAN_LIMIT = 5.0
+
+
+def default_mean_limit(action_squash: str) -> float | None:
+    """What ``LtcPolicy(mean_limit="auto")`` resolves to for the policy's resolved ``action_squash``:
+    :data:`DEFAULT_MEAN_LIMIT` with ``"tanh_sample"`` (the only squash with an unbounded pre-tanh mean),
+    None otherwise."""
+    return DEFAULT_MEAN_LIMIT if action_squash == "tanh_sample" else None
+
+
 def _is_unit_box(space: spaces.Space) -> bool:
     return isinstance(space, spaces.Box) and bool(np.all(space.low == -1.0) and np.all(space.high == 1.0))
 
@@ -426,10 +444,17 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         mean_limit: with ``action_squash="tanh_sample"`` only: keeps the Gaussian's pre-tanh mean within
             ``[-mean_limit, mean_limit]`` (:func:`bound_mean`: unchanged up to ``mean_limit - 1``, then a
             smooth saturation), so the greedy action stays within ``tanh(mean_limit)`` and a sampled action's
-            tanh inverts accurately in float32. ``None`` (default): unbounded. Made for the HalfCheetahNoVel
-            divergence at 1M steps (docs/rl.md, "a run that diverged"): the unbounded mean drifted to 26-39,
-            where a float32 tanh is exactly 1, the stored actions' log-probabilities were evaluated at the
-            clamped inverse (8.3) far from the mean, and the PPO ratio overflowed to inf.
+            tanh inverts accurately in float32. ``"auto"`` (default): :func:`default_mean_limit`, i.e.
+            :data:`DEFAULT_MEAN_LIMIT` (5) when the squash is ``"tanh_sample"`` (whether ``action_squash``
+            resolved to it or you named it), None (nothing to bound) otherwise. ``None``: unbounded, the
+            default before 2026-12-07 (a model saved then without ``mean_limit`` in its policy kwargs now
+            loads with the bound: its greedy action moves by at most ``tanh(5) - tanh(4)`` = 6.6e-4 and only
+            where its mean passed 4; for the exact old policy pass ``RecurrentPPO.load`` its policy kwargs
+            plus ``"mean_limit": None`` as ``custom_objects={"policy_kwargs": ...}``, which replace the saved
+            ones). Made for the HalfCheetahNoVel divergence at 1M steps (docs/rl.md, "a run that diverged"):
+            the unbounded mean drifted to 26-39, where a float32 tanh is exactly 1, the stored actions'
+            log-probabilities were evaluated at the clamped inverse (8.3) far from the mean, and the PPO
+            ratio overflowed to inf.
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
             algorithm's rate. None: :func:`default_controller_lr_scale`, i.e.
@@ -476,7 +501,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         input_bias_init: float | None = None,
         tau_scale: Mapping[str, float] | None = None,
         controller_lr_scale: float | None = None,
-        mean_limit: float | None = None,
+        mean_limit: float | Literal["auto"] | None = "auto",
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = True,
@@ -570,7 +595,9 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         if not (float(controller_lr_scale) > 0 and np.isfinite(controller_lr_scale)):
             raise ValueError(f"controller_lr_scale must be a finite number > 0, got {controller_lr_scale}")
         self.controller_lr_scale = float(controller_lr_scale)
-        if mean_limit is not None:
+        if isinstance(mean_limit, str) and mean_limit == "auto":
+            mean_limit = default_mean_limit(self.action_squash)
+        elif mean_limit is not None:
             if self.action_squash != "tanh_sample":
                 raise ValueError(
                     f"mean_limit bounds the pre-tanh mean of action_squash='tanh_sample'; this policy's "
@@ -919,7 +946,8 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         )
         hint = (
             "; with action_squash='tanh_sample' an unbounded pre-tanh mean can drift until a float32 tanh is "
-            "exactly 1 and the ratio overflows: policy_kwargs={'mean_limit': 5.0} bounds it"
+            "exactly 1 and the ratio overflows: this policy has mean_limit=None; the default ('auto', 5.0) "
+            "bounds it"
             if self.action_squash == "tanh_sample" and self.mean_limit is None
             else ""
         )

@@ -340,14 +340,14 @@ _DEFAULTS_BEFORE_THE_FIELD = "82d32867850aaf004e96b863f7b212d361a2f13e95fa87a88a
 
 #: ``LtcPolicy`` options added after the defaults digest, with the value that reproduces the earlier policies
 #: (``action_readout="motor"``: the element-wise motor head every earlier run had; ``tau_scale=None``: the
-#: cell's own time-constant init; ``action_bias_init=0.0``: the head's zero bias at init; ``mean_limit=None``:
-#: the unbounded pre-tanh mean)
+#: cell's own time-constant init; ``action_bias_init=0.0``: the head's zero bias at init). ``mean_limit`` was
+#: one (None, the unbounded pre-tanh mean) from 2026-12-07 until its default became ``"auto"`` the same day (a
+#: defaults change: the digest moved, ``experiments/bench/rl_relabel.py`` change 5).
 _NEUTRAL_NEW_OPTIONS: dict[str, Any] = {
     "action_readout": "motor",
     "motors_per_output": 1,
     "tau_scale": None,
     "action_bias_init": 0.0,
-    "mean_limit": None,
 }
 
 
@@ -363,6 +363,7 @@ def liquid_defaults() -> dict[str, Any]:
         default_action_squash,
         default_controller,
         default_controller_lr_scale,
+        default_mean_limit,
     )
     from ltc_control.config import to_dict
 
@@ -391,6 +392,8 @@ def liquid_defaults() -> dict[str, Any]:
         "default controller": default_action_squash(box, False),
         "given controller": default_action_squash(box, True),
     }
+    # what mean_limit="auto" resolves to per squash (the bound of tanh_sample since 2026-12-07)
+    out["mean_limit, per action_squash"] = {m: default_mean_limit(m) for m in ("tanh", "tanh_sample", "none")}
     return dict(json.loads(json.dumps(out, default=str, sort_keys=True)))
 
 

@@ -29,6 +29,15 @@ The defaults changes so far (issue #16), each an entry of ``OLD_DEFAULTS`` (the 
    mean); every earlier era squashed the mean (``"tanh"``) for ``Box(-1, 1)`` whatever the controller.
    Records of such tasks get ``action_squash: tanh`` unless the kwargs they end with give a controller
    (today's rule squashes the mean then too) or name a squash.
+5. 2026-12-07, later: ``mean_limit`` (None, an unbounded pre-tanh mean) became ``"auto"``
+   (:func:`~ltc_control.agents.sb3.default_mean_limit`: 5 whenever the sample is squashed, ``tanh_sample``).
+   Every earlier era was unbounded: a record whose policy squashes the sample gets ``mean_limit: null``
+   unless its kwargs name a limit (the candidate's ``mean_limit: 5.0`` records become records of today's
+   defaults); records of other squashes (the mean's ``tanh``, discrete actions) keep their kwargs.
+
+Records with no saved weights (a run that diverged keeps none; the compact copies committed under
+``experiments/results/records`` hold only the JSON) are checked by their parameter and synapse counts alone,
+and their label says so.
 
 Usage::
 
@@ -69,6 +78,8 @@ _DEFAULTS_LR5_EVERYWHERE = "8efd2db87ea6fb35d8e305a4805a900cb0a5db5f6c81ae7ea66c
 _DEFAULTS_DT1_EVERYWHERE = "e1385ab34f7e43352c84bb5a07fd77b247fd0a7ad865264bbbc6b300e9abb5a3"
 #: The digest of the defaults that change 4 replaced (the Gaussian mean squashed for every ``Box(-1, 1)``).
 _DEFAULTS_TANH_MEAN = "945bb971ca1145503cdb9fea31b76453d4282e3d058a4a281790fcc8860e8655"
+#: The digest of the defaults that change 5 replaced (``tanh_sample`` with an unbounded pre-tanh mean).
+_DEFAULTS_UNBOUNDED_MEAN = "dd9fc97e4fa0c8b0bd382ef9afdbd9ee581c9c6d69b32e3dd08774ec06b82ee2"
 
 
 def _ncp_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
@@ -107,14 +118,45 @@ def _tanh_mean_defaults(model: str, run_kwargs: dict[str, Any], action_space: An
     return {"action_squash": "tanh"}
 
 
+#: files kept beside a record, same stem (weights, VecNormalize statistics, rl_stochastic_eval's cache)
+_SIBLINGS = (".zip", ".vecnormalize.pkl", ".sampled_eval.json")
+
+
+def _unbounded_mean_defaults(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
+    return {}  # only the bound changed: written out by _unbounded (below) for every era
+
+
+def _unbounded(
+    era: Callable[[str, dict[str, Any], Any], dict[str, Any]],
+) -> Callable[[str, dict[str, Any], Any], dict[str, Any]]:
+    """``era`` with change 5 written out too: every era before it left the pre-tanh mean unbounded, so a run
+    whose policy squashed the sample (its own ``action_squash`` or its era's, else today's rule) gets
+    ``mean_limit: None`` unless its kwargs name a limit."""
+    from ltc_control.agents.sb3 import default_action_squash
+
+    @functools.wraps(era)
+    def written_out(model: str, run_kwargs: dict[str, Any], action_space: Any) -> dict[str, Any]:
+        out = era(model, run_kwargs, action_space)
+        merged = {**out, **run_kwargs}
+        squash = merged.get("action_squash", "auto")
+        if squash == "auto":
+            squash = default_action_squash(action_space, "controller" in merged or model == "cfc")
+        if squash == "tanh_sample" and "mean_limit" not in run_kwargs:
+            out["mean_limit"] = None
+        return out
+
+    return written_out
+
+
 #: digest of old defaults -> ``(model, the run's kwargs, the task's action space) -> those defaults written
 #: out as policy kwargs`` (records made before the digest field existed read as the first digest, as in
 #: rl_bench)
 OLD_DEFAULTS: dict[str, Callable[[str, dict[str, Any], Any], dict[str, Any]]] = {
-    _DEFAULTS_BEFORE_THE_FIELD: _ncp_defaults,
-    _DEFAULTS_LR5_EVERYWHERE: _lr5_everywhere_defaults,
-    _DEFAULTS_DT1_EVERYWHERE: _dt1_everywhere_defaults,
-    _DEFAULTS_TANH_MEAN: _tanh_mean_defaults,
+    _DEFAULTS_BEFORE_THE_FIELD: _unbounded(_ncp_defaults),
+    _DEFAULTS_LR5_EVERYWHERE: _unbounded(_lr5_everywhere_defaults),
+    _DEFAULTS_DT1_EVERYWHERE: _unbounded(_dt1_everywhere_defaults),
+    _DEFAULTS_TANH_MEAN: _unbounded(_tanh_mean_defaults),
+    _DEFAULTS_UNBOUNDED_MEAN: _unbounded(_unbounded_mean_defaults),
 }
 
 
@@ -129,7 +171,12 @@ def new_kwargs(
     """
     from gymnasium import spaces
 
-    from ltc_control.agents.sb3 import default_action_squash, default_controller, default_controller_lr_scale
+    from ltc_control.agents.sb3 import (
+        default_action_squash,
+        default_controller,
+        default_controller_lr_scale,
+        default_mean_limit,
+    )
     from ltc_control.agents.sb3_modules import as_config
 
     motor = _motor_size(action_space)
@@ -159,10 +206,17 @@ def new_kwargs(
     # the squash the run had: its own, else its era's written out (None: today's rule was its rule)
     squash = old_kwargs.get("action_squash", "auto")
     squash = old_defaults.get("action_squash") if squash == "auto" else squash
-    if squash is None or squash == default_action_squash(action_space, "controller" in out or model == "cfc"):
+    today_squash = default_action_squash(action_space, "controller" in out or model == "cfc")
+    if squash is None or squash == today_squash:
         out.pop("action_squash", None)
     else:
         out["action_squash"] = squash
+    # the bound the run had: its own, else its era's written out (absent: none to bound, as today)
+    limit = old_kwargs.get("mean_limit", old_defaults.get("mean_limit"))
+    if limit == default_mean_limit(out.get("action_squash", today_squash)):
+        out.pop("mean_limit", None)
+    else:
+        out["mean_limit"] = limit
     return out
 
 
@@ -177,8 +231,9 @@ def _spaces(env_id: str) -> tuple[Any, Any]:
         env.close()
 
 
-def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> None:
-    """Raise ``ValueError`` unless the policy ``kwargs`` build (today's defaults) is the record's policy."""
+def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> str:
+    """Raise ``ValueError`` unless the policy ``kwargs`` build (today's defaults) is the record's policy;
+    return what was checked (the weights too where ``zip_path`` exists, else the counts alone)."""
     from stable_baselines3.common.save_util import load_from_zip_file
 
     from ltc_control.agents.sb3 import LtcPolicy
@@ -194,6 +249,9 @@ def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> No
     synapses = int(count_synapses(policy.controller) or 0)
     if "actor_synapses" in record and synapses != record["actor_synapses"]:
         raise ValueError(f"{synapses} actor synapses, the record has {record['actor_synapses']}")
+    if not zip_path.exists():
+        why = "the run diverged" if record.get("diverged") else "only the record was kept"
+        return f"no saved weights ({why}): today's defaults + these kwargs give the record's parameter count"
     _, params, _ = load_from_zip_file(zip_path, device="cpu", load_data=False)
     if params is None or "policy" not in params:
         raise ValueError(f"{zip_path} holds no policy weights")
@@ -201,6 +259,7 @@ def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> No
         policy.load_state_dict(cast(dict[str, Any], params["policy"]), strict=True)
     except RuntimeError as exc:  # missing / unexpected keys, other shapes
         raise ValueError(f"the saved weights do not fit: {exc}") from None
+    return "today's defaults + these kwargs load the run's weights strictly; counts match"
 
 
 def plan_digest_check(digest: str) -> Callable[[str, dict[str, Any], Any], dict[str, Any]]:
@@ -249,17 +308,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuning = tuple(t.env_id for t in suite.tasks if not t.held_out)
     suite = dataclasses.replace(suite, runs_dir=str(args.runs_dir), only_tasks=tuning)
     moves = plan(args.runs_dir, suite)
+    checks: dict[Path, str] = {}
     for src, kwargs, dst in moves:
         rec = json.loads(src.read_text())
         zip_path = src.with_suffix(".zip")
         try:
-            verify(rec, kwargs, zip_path)
+            checks[src] = verify(rec, kwargs, zip_path)
         except ValueError as exc:
             raise SystemExit(f"{src}: not re-labelled: {exc}") from None
-        print(
-            f"{src.relative_to(args.runs_dir)} -> {dst.relative_to(args.runs_dir)}  kwargs {kwargs}  "
-            "(verified)"
-        )
+        what = "verified" if zip_path.exists() else "counts only: no saved weights"
+        where = f"{src.relative_to(args.runs_dir)} -> {dst.relative_to(args.runs_dir)}"
+        print(f"{where}  kwargs {kwargs}  ({what})")
     if args.dry_run or not moves:
         print(f"{len(moves)} records to re-label" + (" (dry run: nothing changed)" if args.dry_run else ""))
         return 0
@@ -268,16 +327,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 1. every original file (record, weights, VecNormalize statistics) to the archive
     staged = []
     for src, kwargs, dst in moves:
-        siblings = [src, src.with_suffix(".zip"), src.with_suffix(".vecnormalize.pkl")]
+        siblings = [src, *(src.with_suffix(suffix) for suffix in _SIBLINGS)]
         for f in siblings:
             if f.exists():
                 target = args.archive / f.relative_to(args.runs_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(f), target)
-        staged.append((args.archive / src.relative_to(args.runs_dir), kwargs, dst))
+        staged.append((args.archive / src.relative_to(args.runs_dir), kwargs, dst, checks[src]))
     # 2. the re-labelled copies in their new folders
     today = liquid_defaults_digest()
-    for old, kwargs, dst in staged:
+    for old, kwargs, dst, check in staged:
         if dst.exists():
             raise SystemExit(f"{dst} exists (a record of today's defaults): move it aside and run again")
         rec = json.loads(old.read_text())
@@ -288,12 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if src_file.exists():
                 shutil.copy2(src_file, dst.with_suffix(suffix))
                 saved[key] = str(dst.with_suffix(suffix))
+        cache = old.with_suffix(".sampled_eval.json")  # rl_stochastic_eval's cache of this run's weights
+        if cache.exists():
+            shutil.copy2(cache, dst.with_suffix(".sampled_eval.json"))
         label = {
             "from": str(old),
             "from_liquid_defaults_sha256": rec.get("liquid_defaults_sha256", _DEFAULTS_BEFORE_THE_FIELD),
             "from_liquid_policy_kwargs": rec["config"].get("liquid_policy_kwargs", {}),
             "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-            "check": "today's defaults + these kwargs load the run's weights strictly; counts match",
+            "check": check,
         }
         if "relabelled" in rec:  # re-labelled before, under a defaults change of its own: keep that too
             label["previous"] = rec["relabelled"]

@@ -521,9 +521,11 @@ def test_tanh_sample_squashes_the_sample_and_keeps_the_gradient(use_sde: bool, t
     ``Policy``."""
     env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0)
     kwargs = {"use_sde": use_sde, "sde_sample_freq": 4} if use_sde else {}
+    # the squash's own mechanics, unbounded (the default bound, mean_limit "auto", has a test of its own)
+    bounds = {"tanh_sample": {"mean_limit": None}, "tanh": {}}
     models = {
-        squash: _tiny_model(env, ent_coef=0.01, policy_kwargs={"action_squash": squash}, **kwargs)
-        for squash in ("tanh_sample", "tanh")
+        squash: _tiny_model(env, ent_coef=0.01, policy_kwargs={"action_squash": squash, **bound}, **kwargs)
+        for squash, bound in bounds.items()
     }
     model, policy = models["tanh_sample"], models["tanh_sample"].policy
     assert policy.action_squash == "tanh_sample" and policy.action_net.squash == "none"
@@ -649,6 +651,18 @@ def test_mean_limit_bounds_the_squashed_gaussians_mean(use_sde: bool, tmp_path: 
             _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": bad})
     with pytest.raises(ValueError, match="action_squash is 'tanh'"):
         _tiny_model(env, policy_kwargs={"action_squash": "tanh", "mean_limit": 5.0})
+    # the default ("auto") bounds tanh_sample at 5; a model saved with no mean_limit (as before 2026-12-07)
+    # loads bounded, and the documented custom_objects load it unbounded, as it was made
+    plain = _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample"}, **kwargs)
+    assert plain.policy.mean_limit == 5.0
+    plain.save(tmp_path / "plain.zip")
+    assert RecurrentPPO.load(tmp_path / "plain.zip", device="cpu").policy.mean_limit == 5.0
+    saved_kwargs = {**plain.policy_kwargs, "mean_limit": None}  # custom_objects replaces them all
+    old = RecurrentPPO.load(
+        tmp_path / "plain.zip", device="cpu", custom_objects={"policy_kwargs": saved_kwargs}
+    )
+    assert old.policy.mean_limit is None
+    torch.testing.assert_close(old.policy.state_dict(), plain.policy.state_dict())
 
 
 def test_export_image_policy_matches_predict(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from gymnasium import spaces
 from ltc_control.agents.sb3 import (
     DEFAULT_CONTROLLER_LR_SCALE,
     DEFAULT_DISCRETE_DT,
+    DEFAULT_MEAN_LIMIT,
     CnnLtcPolicy,
     LtcPolicy,
     default_controller,
@@ -106,6 +107,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
         "motors_per_output": 1,
         "tau_scale": None,
         "action_bias_init": 0.0,
+        "mean_limit": "auto",  # DEFAULT_MEAN_LIMIT (5) with action_squash "tanh_sample", else None
     }
     for name, default in expected.items():
         assert params[name].default == default, name
@@ -116,6 +118,7 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     assert table["motors_per_output"] == "1"
     assert table["tau_scale"] == "None"
     assert table["action_bias_init"] == "0.0"
+    assert table["mean_limit"] == '"auto"' and DEFAULT_MEAN_LIMIT == 5.0
     for motor, units in ((1, 16), (6, 16), (8, 16), (9, 17), (20, 28)):
         config = default_controller(motor)
         assert config.kind == "ltc" and config.wiring.preset == "fully_connected", motor
@@ -132,6 +135,19 @@ def test_liquid_policy_defaults_are_the_documented_ones() -> None:
     box = spaces.Box(-1.0, 1.0, (3,), np.float32)
     policy = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3)
     assert policy.controller.cell.num_neurons == 16 and policy.controller_lr_scale == 5.0
+    assert policy.action_squash == "tanh_sample" and policy.mean_limit == DEFAULT_MEAN_LIMIT
+    # the bound goes with the sampled squash, whatever chose it; nothing to bound for the others
+    ncp = {"controller": {"kind": "ltc"}}
+    given = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, **ncp)
+    assert given.action_squash == "tanh" and given.mean_limit is None
+    named = LtcPolicy(
+        spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, action_squash="tanh_sample", **ncp
+    )
+    assert named.mean_limit == DEFAULT_MEAN_LIMIT
+    unbounded = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), box, lambda _: 1e-3, mean_limit=None)
+    assert unbounded.action_squash == "tanh_sample" and unbounded.mean_limit is None
+    discrete = LtcPolicy(spaces.Box(-np.inf, np.inf, (5,), np.float32), spaces.Discrete(3), lambda _: 1e-3)
+    assert discrete.action_squash == "none" and discrete.mean_limit is None
     assert policy.critic_controller is not None and policy.critic_controller.cell.num_neurons == 16
     assert sorted(g["lr_scale"] for g in policy.optimizer.param_groups) == [1.0, 5.0]
     # Box(-1, 1) with the default controller: the sample is squashed (SAC's squashed Gaussian), with a given
@@ -323,6 +339,7 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
     lr5_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_LR5_EVERYWHERE]
     dt1_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_DT1_EVERYWHERE]
     tanh_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_TANH_MEAN]
+    unbounded_era = relabel.OLD_DEFAULTS[relabel._DEFAULTS_UNBOUNDED_MEAN]
     dt1 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 1.0}
     dt01 = {"kind": "ltc", "wiring": {"preset": "fully_connected", "units": 16}, "dt": 0.1}
     dense = {"controller": {"wiring": {"preset": "fully_connected", "units": 16}}, "controller_lr_scale": 5.0}
@@ -384,13 +401,29 @@ def test_relabel_maps_old_records_to_the_same_policy(load_bench: Callable[[str],
         (dt1_era, discrete, "ltc", {"controller": {"kind": "ltc"}}, {"controller": {"kind": "ltc"}}),
         (dt1_era, discrete, "cfc", {}, {}),
         (tanh_era, box, "ltc", {}, {"action_squash": "tanh"}),
-        (tanh_era, box, "ltc", {"action_squash": "tanh_sample"}, {}),  # the candidate is today's default
+        # the sample-squash candidate of that era: today's squash, then unbounded
+        (tanh_era, box, "ltc", {"action_squash": "tanh_sample"}, {"mean_limit": None}),
         (tanh_era, box, "ltc", {"action_squash": "none"}, {"action_squash": "none"}),
         # the default controller written out: dropped, and the rate and squash it then had written instead
         (tanh_era, box, "ltc", {"controller": dt1}, {"controller_lr_scale": 1.0, "action_squash": "tanh"}),
         (tanh_era, box, "cfc", {}, {}),
         (tanh_era, discrete, "ltc", {}, {}),
         (tanh_era, spaces.Box(-2.0, 2.0, (1,), np.float32), "ltc", {}, {}),
+        # change 5: the sample squashed with an unbounded mean; the candidate bound is today's default
+        (unbounded_era, box, "ltc", {}, {"mean_limit": None}),
+        (unbounded_era, box, "ltc", {"mean_limit": 5.0}, {}),
+        (unbounded_era, box, "ltc", {"mean_limit": 3.0}, {"mean_limit": 3.0}),
+        (unbounded_era, box, "ltc", {"action_squash": "tanh"}, {"action_squash": "tanh"}),
+        (
+            unbounded_era,
+            box,
+            "ltc",
+            {"controller": {"kind": "ltc"}, "action_squash": "tanh_sample"},
+            {"controller": {"kind": "ltc"}, "action_squash": "tanh_sample", "mean_limit": None},
+        ),
+        (unbounded_era, box, "cfc", {}, {}),  # a given controller squashes the mean: nothing to bound
+        (unbounded_era, discrete, "ltc", {}, {}),
+        (dt1_era, box, "ltc", {"action_squash": "tanh_sample"}, {"mean_limit": None}),
     ]
 
     def built(
@@ -621,6 +654,71 @@ def test_relabel_moves_a_discrete_5x_record_and_keeps_its_history(
     # a second run has nothing left to do
     assert relabel.main(["--runs-dir", str(runs), "--archive", str(tmp_path / "archive2")]) == 0
     assert not (tmp_path / "archive2").exists()
+
+
+def test_relabel_bounds_the_mean_of_sample_squash_records(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """rl_relabel, change 5 (``mean_limit`` "auto"): a record of the unbounded default becomes one of
+    ``mean_limit: null`` (weights and rl_stochastic_eval's cache go with it), a diverged record with no
+    weights moves too, checked by its parameter count and saying so, and a record of the candidate
+    ``mean_limit: 5.0`` becomes a record of today's defaults in the suite's own folder."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    relabel = load_bench("rl_relabel")
+    runs = tmp_path / "runs"
+    candidate_dir = runs / "ablation" / "mean_limit=5.0"
+    candidate_dir.mkdir(parents=True)
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=1, seed=0)
+    model = RecurrentPPO(LtcPolicy, env, n_steps=16, batch_size=16, seed=0, device="cpu")
+    count = sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
+
+    def record(seed: int, kwargs: dict[str, Any], folder: Path, **extra: Any) -> Path:
+        path = folder / f"PendulumNoVel-v1__ltc__{seed}__16.json"
+        rec = {
+            "env_id": "PendulumNoVel-v1",
+            "model": "ltc",
+            "seed": seed,
+            "policy_parameters": count,
+            "liquid_defaults_sha256": relabel._DEFAULTS_UNBOUNDED_MEAN,
+            "config": {"liquid_policy_kwargs": kwargs, "ppo": {"use_sde": False}, "runs_dir": str(folder)},
+            **extra,
+        }
+        path.write_text(json.dumps(rec))
+        return path
+
+    default = record(0, {}, runs)
+    model.save(str(default.with_suffix(".zip")))
+    default.with_suffix(".sampled_eval.json").write_text('{"returns": [1.0]}')
+    record(1, {}, runs, diverged={"at_timesteps": 8, "error": "nan"})
+    candidate = record(0, {"mean_limit": 5.0}, candidate_dir)
+    model.save(str(candidate.with_suffix(".zip")))
+    assert relabel.main(["--runs-dir", str(runs), "--archive", str(tmp_path / "archive")]) == 0
+    unbounded = runs / "ablation" / "mean_limit=null"
+    kept = json.loads((unbounded / default.name).read_text())
+    assert kept["config"]["liquid_policy_kwargs"] == {"mean_limit": None}
+    assert "load the run's weights strictly" in kept["relabelled"]["check"]
+    assert (unbounded / default.with_suffix(".zip").name).is_file()
+    assert (unbounded / default.with_suffix(".sampled_eval.json").name).read_text() == '{"returns": [1.0]}'
+    diverged = json.loads((unbounded / "PendulumNoVel-v1__ltc__1__16.json").read_text())
+    assert diverged["relabelled"]["check"].startswith("no saved weights (the run diverged)")
+    today = json.loads(default.read_text())  # the candidate, now in the suite's folder
+    assert today["config"]["liquid_policy_kwargs"] == {} and today["seed"] == 0
+    assert today["relabelled"]["from_liquid_policy_kwargs"] == {"mean_limit": 5.0}
+    assert today["liquid_defaults_sha256"] == relabel.liquid_defaults_digest()
+    assert not default.with_suffix(".sampled_eval.json").exists()  # the cache was the other run's
+    assert default.with_suffix(".zip").is_file() and not candidate.exists()
+    # a record whose parameter count does not fit is refused by name, nothing moved
+    bad = record(2, {}, runs)
+    rec = json.loads(bad.read_text())
+    rec["policy_parameters"] = count + 1
+    bad.write_text(json.dumps(rec))
+    with pytest.raises(SystemExit, match="not re-labelled"):
+        relabel.main(["--runs-dir", str(runs), "--archive", str(tmp_path / "archive2")])
+    assert bad.is_file() and not (tmp_path / "archive2").exists()
 
 
 def test_discrete_models_saved_at_5x_name_their_rate_on_load(tmp_path: Path) -> None:
