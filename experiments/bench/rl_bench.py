@@ -740,12 +740,21 @@ def _provenance(records: list[dict[str, Any]]) -> str:
     relabelled = [r for r in records if "relabelled" in r]
     if relabelled:
         when = sorted(r["relabelled"].get("utc", "") for r in relabelled)
+        # rl_relabel checks the saved weights where it had them, else the parameter counts alone
+        by_count = sum("no saved weights" in str(r["relabelled"].get("check", "")) for r in relabelled)
+        check = (
+            "the policy those build loads each run's saved weights strictly"
+            if not by_count
+            else f"{by_count} of them, whose weights were not kept, by their parameter counts alone; the "
+            "rest by loading their saved weights strictly"
+            if by_count < len(relabelled)
+            else "by their parameter counts alone: their weights were not kept"
+        )
         text += (
             f" {len(relabelled)} of these {len(records)} records were made under earlier defaults and "
             f"re-labelled ({when[-1]} UTC, `experiments/bench/rl_relabel.py`) as runs of today's defaults "
-            "plus "
-            "the kwargs that give the same policy (the policy those build loads each run's saved weights "
-            "strictly; re-runs that reproduced records exactly: docs/rl.md)."
+            f"plus the kwargs that give the same policy (checked: {check}; re-runs that reproduced records "
+            "exactly: docs/rl.md)."
         )
     return text
 

@@ -1218,3 +1218,19 @@ def test_nan_probe_cli_dumps_a_policy_that_diverges_while_collecting(
     assert "the policy raised while collecting" in report and "action_net.bias" in report
     with pytest.raises(SystemExit):  # an unknown task is refused by name
         probe_mod.main([*argv[:2], "--task", "Nope-v0", *argv[4:]])
+
+
+def test_provenance_says_how_relabelled_records_were_checked(load_bench: Callable[[str], ModuleType]) -> None:
+    """The tables' provenance line says which re-labelled records were checked by their weights and which,
+    whose weights were not kept, by their parameter counts alone."""
+    bench = load_bench("rl_bench")
+    weights = {"relabelled": {"utc": "2026-12-07 20:00:00", "check": "... load the run's weights strictly"}}
+    counts = {
+        "relabelled": {"utc": "2026-12-07 20:01:00", "check": "no saved weights (the run diverged): ..."}
+    }
+    plain: dict[str, Any] = {}
+    assert "loads each run's saved weights strictly;" in bench._provenance([weights, plain])
+    mixed = bench._provenance([weights, counts, plain])
+    assert "2 of these 3 records" in mixed and "1 of them, whose weights were not kept" in mixed
+    assert "20:01:00 UTC" in mixed
+    assert "by their parameter counts alone: their weights were not kept" in bench._provenance([counts])
