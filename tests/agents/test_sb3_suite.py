@@ -1234,3 +1234,33 @@ def test_provenance_says_how_relabelled_records_were_checked(load_bench: Callabl
     assert "2 of these 3 records" in mixed and "1 of them, whose weights were not kept" in mixed
     assert "20:01:00 UTC" in mixed
     assert "by their parameter counts alone: their weights were not kept" in bench._provenance([counts])
+
+
+def test_pretanh_mean_replay_reports_where_the_bound_acts(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rl_pretanh_mean: the share of pre-tanh means past the knee and the bound's slope there, from a saved
+    run's replayed episode (the head's bias pushed past the knee is seen); a policy that does not squash its
+    sample is refused by name."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from ltc_control.agents.sb3_envs import make_novel_env
+
+    probe = load_bench("rl_pretanh_mean")
+    row = probe.summary_row(np.array([[0.0], [4.5], [-6.0], [3.0]]), 5.0)
+    assert row["past_knee"] == 0.5 and row["max_abs"] == 6.0 and row["per_dim_mean"] == [0.38]
+    slopes = [1.0, 1 - np.tanh(0.5) ** 2, 1 - np.tanh(2.0) ** 2, 1.0]
+    assert row["mean_slope"] == pytest.approx(float(np.mean(slopes)))
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=1, seed=0)
+    for squash, seed in (("auto", 0), ("tanh", 1)):
+        model = RecurrentPPO(LtcPolicy, env, n_steps=16, seed=0, policy_kwargs={"action_squash": squash})
+        with torch.no_grad():
+            model.policy.action_net.bias.fill_(30.0)  # far past the knee whatever the state
+        model.save(tmp_path / f"PendulumNoVel-v1__ltc__{seed}__16.zip")
+    args = ["--runs-dir", str(tmp_path), "--env-id", "PendulumNoVel-v1", "--timesteps", "16"]
+    assert probe.main([*args, "--seeds", "0"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("| 0 | 200 | 1.00 |"), line
+    assert probe.main([*args, "--seeds", "1"]) == 2
+    assert "not a tanh_sample liquid policy" in capsys.readouterr().err
