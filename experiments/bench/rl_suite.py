@@ -556,10 +556,32 @@ def _plot_suite(config: SuiteConfig, curves: dict[str, list[dict[str, Any]]], pa
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+def summary_aside_for_partial_runs(config: SuiteConfig, file_config: SuiteConfig) -> SuiteConfig:
+    """``config`` with its end-of-run summary moved beside its records when it trains only part of its suite
+    file's runs (tasks, models or seeds narrowed) under the file's own ``name`` and ``out_dir``: such a table
+    would replace the whole suite's table in ``out_dir`` with part of it. A partial run that names its own
+    table (``name``) or folder (``out_dir``), and ``--summary-only``, write where they are told."""
+    partial = (
+        tuple(config.selected_tasks) != tuple(file_config.selected_tasks)
+        or tuple(config.models) != tuple(file_config.models)
+        or tuple(config.seeds) != tuple(file_config.seeds)
+    )
+    if not partial or config.liquid_policy_kwargs:  # an ablation's summary already stays beside its records
+        return config
+    if config.name != file_config.name or config.out_dir != file_config.out_dir:
+        return config
+    print(
+        f"part of the suite (tasks, models or seeds narrowed): its summary goes to {config.records_dir}, not "
+        f"{config.out_dir} (the whole suite's table); re-write that with --summary-only",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(config, out_dir=config.records_dir)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "rl_benchmark.py") -> int:
     """``--suite NAME`` (``experiments/configs/rl_<NAME>_suite.yaml``) or ``--config FILE``; runs the missing
     runs (or only re-writes the summary with ``--summary-only``) and prints the summary."""
-    from ltc_control.config import make_parser, parse_args_and_config
+    from ltc_control.config import load_yaml, make_parser, parse_args_and_config
 
     parser = make_parser(SuiteConfig, description=(__doc__ or "").split("\n\n")[0], prog=prog)
     parser.add_argument("--suite", help="a suite name: experiments/configs/rl_<NAME>_suite.yaml (e.g. novel)")
@@ -575,6 +597,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "rl_benchmark.py") -> in
     config, ns = parse_args_and_config(SuiteConfig, args, parser)
     if ns.budget_fraction_flag is not None:
         config = dataclasses.replace(config, budget_fraction=ns.budget_fraction_flag)
+    if not ns.summary_only and ns.config is not None:
+        config = summary_aside_for_partial_runs(config, load_yaml(SuiteConfig, ns.config))
     path = summarize_suite(config) if ns.summary_only else run_suite(config, resume=not ns.no_resume)
     print(path.read_text())
     return 0

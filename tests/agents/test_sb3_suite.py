@@ -1264,3 +1264,37 @@ def test_pretanh_mean_replay_reports_where_the_bound_acts(
     assert line.startswith("| 0 | 200 | 1.00 |"), line
     assert probe.main([*args, "--seeds", "1"]) == 2
     assert "not a tanh_sample liquid policy" in capsys.readouterr().err
+
+
+def test_partial_suite_runs_write_their_summary_beside_their_records(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """A training run of part of a suite (tasks, models or seeds narrowed) under the suite file's own name and
+    folder writes its end-of-run table beside its records, never over the whole suite's table; the whole
+    suite, a partial run with its own name or folder, and an ablation write where they did."""
+    suite = load_bench("rl_suite")
+    bench = load_bench("rl_bench_config")
+    ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
+    tasks = (
+        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=3200, ppo=ppo),
+        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
+    )
+    whole = suite.SuiteConfig(**_tiny_suite_kwargs(tmp_path, tasks=tasks))
+    aside = suite.summary_aside_for_partial_runs
+    assert aside(whole, whole) == whole
+    for narrowed in (
+        dataclasses.replace(whole, only_tasks=("CartPoleNoVel-v1",)),
+        dataclasses.replace(whole, models=("ltc",)),
+        dataclasses.replace(whole, seeds=(1,)),
+    ):
+        moved = aside(narrowed, whole)
+        assert moved.out_dir == narrowed.runs_dir == str(tmp_path / "runs")
+        assert dataclasses.replace(moved, out_dir=whole.out_dir) == narrowed  # nothing else changed
+    named = dataclasses.replace(whole, models=("ltc",), name="tiny_ltc_only")
+    assert aside(named, whole) == named
+    elsewhere = dataclasses.replace(whole, models=("ltc",), out_dir=str(tmp_path / "mine"))
+    assert aside(elsewhere, whole) == elsewhere
+    ablation = dataclasses.replace(
+        whole, models=("ltc",), only_tasks=("PendulumNoVel-v1",), liquid_policy_kwargs={"mean_limit": 3.0}
+    )
+    assert aside(ablation, whole) == ablation
