@@ -49,6 +49,14 @@ def _tiny_suite_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return {**kwargs, **overrides}
 
 
+def _two_tasks(suite: ModuleType, ppo: Any, zoo_timesteps: int) -> tuple[Any, Any]:
+    """A tuning task (PendulumNoVel) and a held-out one (CartPoleNoVel) of a tiny suite."""
+    return (
+        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=zoo_timesteps, ppo=ppo),
+        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=zoo_timesteps, ppo=ppo, held_out=True),
+    )
+
+
 def test_novel_suite_config_is_the_documented_one(load_bench: Callable[[str], ModuleType]) -> None:
     """Two tuning tasks and two held-out tasks (named in docs/rl.md as held out), defaults-only policies."""
     suite = load_bench("rl_suite")
@@ -196,10 +204,7 @@ def test_suite_smoke_writes_table_csv_and_curves(
     suite = load_bench("rl_suite")
     bench = load_bench("rl_bench_config")
     ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, clip_range="lin_0.2")
-    tasks = (
-        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=3200, ppo=ppo),
-        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
-    )
+    tasks = _two_tasks(suite, ppo, 3200)
     config = suite.SuiteConfig(
         **_tiny_suite_kwargs(
             tmp_path, name="tiny_suite", tasks=tasks, budget_fraction=0.01, random_episodes=2
@@ -234,10 +239,7 @@ def test_ablation_refuses_held_out_tasks_and_keeps_its_own_records(
     suite = load_bench("rl_suite")
     bench = load_bench("rl_bench_config")
     ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
-    tasks = (
-        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=32, ppo=ppo),
-        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=32, ppo=ppo, held_out=True),
-    )
+    tasks = _two_tasks(suite, ppo, 32)
     common = _tiny_suite_kwargs(tmp_path, tasks=tasks)
     with pytest.raises(ValueError, match="held-out tasks \\['CartPoleNoVel-v1'\\]"):
         suite.SuiteConfig(**common, liquid_policy_kwargs={"action_scale_init": 0.1})
@@ -1275,10 +1277,7 @@ def test_partial_suite_runs_write_their_summary_beside_their_records(
     suite = load_bench("rl_suite")
     bench = load_bench("rl_bench_config")
     ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1)
-    tasks = (
-        suite.SuiteTask("PendulumNoVel-v1", zoo_timesteps=3200, ppo=ppo),
-        suite.SuiteTask("CartPoleNoVel-v1", zoo_timesteps=3200, ppo=ppo, held_out=True),
-    )
+    tasks = _two_tasks(suite, ppo, 3200)
     whole = suite.SuiteConfig(**_tiny_suite_kwargs(tmp_path, tasks=tasks))
     aside = suite.summary_aside_for_partial_runs
     assert aside(whole, whole) == whole
