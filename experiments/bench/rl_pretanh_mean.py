@@ -26,15 +26,18 @@ import numpy as np
 
 def pretanh_means(
     stem: Path, env_id: str, episodes: int, deterministic: bool, seed0: int = 10_000
-) -> tuple[np.ndarray, float | None]:
+) -> tuple[np.ndarray, float | None, list[float]]:
     """The action head's affine outputs (``(steps, action dims)``) along ``episodes`` episodes of the run
-    saved at ``stem`` (``.zip``, ``.vecnormalize.pkl`` if present), and the policy's ``mean_limit``.
+    saved at ``stem`` (``.zip``, ``.vecnormalize.pkl`` if present), the policy's ``mean_limit`` and the
+    episodes' returns. The episodes are the suite's evaluation (:func:`rl_bench.evaluate_model`: the same
+    reset seeds, greedy or sampled), so greedy returns equal the run's record.
 
     Raises:
         FileNotFoundError: no saved model at ``stem``.
         ValueError: the policy does not squash its sample (``action_squash`` other than ``tanh_sample``).
     """
     import torch
+    from rl_bench import evaluate_model
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -46,6 +49,11 @@ def pretanh_means(
     model = RecurrentPPO.load(zip_path, device="cpu")
     if getattr(model.policy, "action_squash", None) != "tanh_sample":
         raise ValueError(f"{zip_path}: not a tanh_sample liquid policy (nothing to bound)")
+    norm = None
+    norm_path = stem.with_suffix(".vecnormalize.pkl")
+    if norm_path.is_file():
+        norm = VecNormalize.load(str(norm_path), DummyVecEnv([lambda: make_novel_env(env_id)]))
+        norm.training, norm.norm_reward = False, False
     outputs: list[np.ndarray] = []
 
     def grab(_module: Any, _inputs: Any, out: torch.Tensor) -> None:
@@ -53,26 +61,13 @@ def pretanh_means(
 
     hook = model.policy.action_net.register_forward_hook(grab)
     try:
-        for episode in range(episodes):
-            venv: Any = DummyVecEnv([lambda: make_novel_env(env_id)])
-            norm_path = stem.with_suffix(".vecnormalize.pkl")
-            if norm_path.is_file():
-                venv = VecNormalize.load(str(norm_path), venv)
-                venv.training, venv.norm_reward = False, False
-            venv.seed(seed0 + episode)
-            torch.manual_seed(seed0 + episode)
-            obs, state, start, done = venv.reset(), None, np.ones(1, dtype=bool), False
-            while not done:
-                action, state = model.predict(
-                    obs, state=state, episode_start=start, deterministic=deterministic
-                )
-                obs, _, dones, _ = venv.step(action)
-                start, done = dones, bool(dones[0])
-            venv.close()
+        returns = evaluate_model(
+            model, env_id, episodes, seed0, vec_normalize=norm, deterministic=deterministic
+        )
     finally:
         hook.remove()
     limit = cast(float | None, model.policy.mean_limit)
-    return np.concatenate(outputs), None if limit is None else float(limit)
+    return np.concatenate(outputs), None if limit is None else float(limit), returns
 
 
 def summary_row(x: np.ndarray, limit: float) -> dict[str, Any]:
@@ -108,19 +103,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "sampled" if args.sampled else "greedy"
     episodes = f"{args.episodes} episode(s) per run from reset seed 10000"
     print(f"{args.env_id}, {args.model}, {mode} actions, {episodes}")
-    print("| seed | steps | past the knee | median abs | max abs | mean bound slope | mean per dimension |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    columns = ("seed", "steps", "return", "past the knee", "median abs", "max abs", "mean bound slope")
+    print("| " + " | ".join((*columns, "mean per dimension")) + " |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for seed in args.seeds:
         stem = args.runs_dir / f"{args.env_id}__{args.model}__{seed}__{args.timesteps}"
         try:
-            x, limit = pretanh_means(stem, args.env_id, args.episodes, deterministic=not args.sampled)
+            x, limit, returns = pretanh_means(stem, args.env_id, args.episodes, not args.sampled)
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # an unbounded run (mean_limit None): where the default bound would act
         r = summary_row(x, DEFAULT_MEAN_LIMIT if limit is None else float(limit))
         print(
-            f"| {seed} | {r['steps']} | {r['past_knee']:.2f} | {r['median_abs']:.2f} | {r['max_abs']:.1f} | "
+            f"| {seed} | {r['steps']} | {np.mean(returns):.1f} | {r['past_knee']:.2f} | "
+            f"{r['median_abs']:.2f} | {r['max_abs']:.1f} | "
             f"{r['mean_slope']:.2f} | {r['per_dim_mean']} |"
         )
     return 0

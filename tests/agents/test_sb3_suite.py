@@ -1263,7 +1263,14 @@ def test_pretanh_mean_replay_reports_where_the_bound_acts(
     args = ["--runs-dir", str(tmp_path), "--env-id", "PendulumNoVel-v1", "--timesteps", "16"]
     assert probe.main([*args, "--seeds", "0"]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
-    assert line.startswith("| 0 | 200 | 1.00 |"), line
+    assert line.startswith("| 0 | 200 | ") and line.split(" | ")[3] == "1.00", line
+    # the episodes are the suite's evaluation: the same returns as rl_bench.evaluate_model's
+    x, limit, returns = probe.pretanh_means(
+        tmp_path / "PendulumNoVel-v1__ltc__0__16", "PendulumNoVel-v1", 1, True
+    )
+    saved = RecurrentPPO.load(tmp_path / "PendulumNoVel-v1__ltc__0__16.zip", device="cpu")
+    assert returns == load_bench("rl_bench").evaluate_model(saved, "PendulumNoVel-v1", 1)
+    assert x.shape == (200, 1) and limit == 5.0
     assert probe.main([*args, "--seeds", "1"]) == 2
     assert "not a tanh_sample liquid policy" in capsys.readouterr().err
 
