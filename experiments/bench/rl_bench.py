@@ -721,6 +721,10 @@ def _controller_text(ctrl: ControllerConfig) -> str:
     return wiring + (f", {ctrl.ode_unfolds} ODE unfolds" if ctrl.kind == "ltc" else "")
 
 
+#: how ``rl_relabel`` labels a record it could check only by its parameter counts (no saved weights)
+COUNTS_ONLY = "no saved weights"
+
+
 def _provenance(records: list[dict[str, Any]]) -> str:
     """A line with when, where and with which versions the runs were recorded."""
     loads = [float(r["load_average_at_end"]) for r in records if "load_average_at_end" in r]
@@ -741,7 +745,7 @@ def _provenance(records: list[dict[str, Any]]) -> str:
     if relabelled:
         when = sorted(r["relabelled"].get("utc", "") for r in relabelled)
         # rl_relabel checks the saved weights where it had them, else the parameter counts alone
-        by_count = sum("no saved weights" in str(r["relabelled"].get("check", "")) for r in relabelled)
+        by_count = sum(str(r["relabelled"].get("check", "")).startswith(COUNTS_ONLY) for r in relabelled)
         check = (
             "the policy those build loads each run's saved weights strictly"
             if not by_count

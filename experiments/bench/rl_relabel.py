@@ -61,6 +61,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_bench import (  # noqa: E402
     _DEFAULTS_BEFORE_THE_FIELD,
+    COUNTS_ONLY,
     _jsonable,
     defaults_policy_kwargs,
     liquid_defaults_digest,
@@ -251,7 +252,7 @@ def verify(record: dict[str, Any], kwargs: dict[str, Any], zip_path: Path) -> st
         raise ValueError(f"{synapses} actor synapses, the record has {record['actor_synapses']}")
     if not zip_path.exists():
         why = "the run diverged" if record.get("diverged") else "only the record was kept"
-        return f"no saved weights ({why}): today's defaults + these kwargs give the record's parameter count"
+        return f"{COUNTS_ONLY} ({why}): today's defaults + these kwargs give the record's parameter count"
     _, params, _ = load_from_zip_file(zip_path, device="cpu", load_data=False)
     if params is None or "policy" not in params:
         raise ValueError(f"{zip_path} holds no policy weights")
