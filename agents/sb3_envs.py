@@ -26,6 +26,8 @@ __all__ = ["NOVEL_MASKS", "CueMemoryEnv", "HalfCheetahV5", "MaskVelocity", "make
 #: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. Acrobot-v1: the cos / sin of both joint angles.
 #: InvertedPendulum-v5: [cart x, pole angle, their velocities] -> [cart x, pole angle]. Reacher-v5: the two
 #: joint velocities (entries 6, 7) dropped; cos / sin of the joints, the target and fingertip - target kept.
+#: InvertedDoublePendulum-v5: [cart x, sin of both hinges, cos of both hinges] kept; the 3 velocities and the
+#: cart's constraint force (entry 8) dropped.
 #: MuJoCo v5 envs (default observation, x excluded):
 #: ``qpos[1:]`` first, then ``qvel``: the kept entries are the ``nq - 1`` positions (``nq - 2`` for Swimmer /
 #: HalfCheetah-like planar bodies is not needed: their ``qpos`` excludes only x).
@@ -42,6 +44,7 @@ NOVEL_MASKS: dict[str, tuple[int, ...]] = {
     "Hopper-v5": tuple(range(5)),
     "Walker2d-v5": tuple(range(8)),
     "Swimmer-v5": tuple(range(3)),
+    "InvertedDoublePendulum-v5": (0, 1, 2, 3, 4),
     "Ant-v5": tuple(range(13)),
 }
 

@@ -816,6 +816,29 @@ def test_mask_velocity_reacher_drops_the_joint_velocities() -> None:
     assert masked.observation_space.shape == (8,)
 
 
+def test_mask_velocity_swimmer_and_inverted_double_pendulum() -> None:
+    """Held-out suite tasks added in session 18: Swimmer keeps its 3 angles (qpos[2:]), InvertedDoublePendulum
+    the cart's x and the sin / cos of both hinges; every velocity (and IDP's constraint force) is dropped."""
+    full, masked = gym.make("Swimmer-v5"), make_novel_env("SwimmerNoVel-v5")
+    o_full, _ = full.reset(seed=5)
+    o_mask, _ = masked.reset(seed=5)
+    np.testing.assert_array_equal(o_mask, full.unwrapped.data.qpos[2:])
+    np.testing.assert_array_equal(o_full[3:], full.unwrapped.data.qvel)  # what was dropped
+    assert masked.observation_space.shape == (3,)
+    full, masked = gym.make("InvertedDoublePendulum-v5"), make_novel_env("InvertedDoublePendulumNoVel-v5")
+    o_full, _ = full.reset(seed=5)
+    o_mask, _ = masked.reset(seed=5)
+    qpos = full.unwrapped.data.qpos
+    np.testing.assert_allclose(o_mask, [qpos[0], *np.sin(qpos[1:]), *np.cos(qpos[1:])], rtol=1e-6)
+    np.testing.assert_array_equal(o_full[5:8], full.unwrapped.data.qvel)  # what was dropped
+    assert masked.observation_space.shape == (5,)
+    assert np.all(masked.action_space.low == -1.0) and np.all(masked.action_space.high == 1.0)
+    action = np.full(masked.action_space.shape, 0.3, dtype=np.float32)
+    a, b = full.step(action), masked.step(action)  # IDP's actions are [-1, 1] already: no rescaling
+    np.testing.assert_array_equal(b[0], a[0][:5])
+    assert b[1] == a[1] and b[2] == a[2]
+
+
 @pytest.mark.parametrize(("base", "n_pos"), [("Hopper-v5", 5), ("Walker2d-v5", 8)])
 def test_mask_velocity_hopper_walker_keep_the_positions_only(base: str, n_pos: int) -> None:
     """Held-out suite tasks: the kept entries are qpos[1:] (torso height, torso angle, joint angles), every
