@@ -74,7 +74,7 @@ from ltc_control.agents.sb3_modules import (
 )
 from ltc_control.cells.ltc import LTCCell, check_time_constant_factor
 from ltc_control.controllers import ControllerConfig, WiringConfig, build_controller, controller_summary
-from ltc_control.policy import bound_mean, check_mean_limit
+from ltc_control.policy import bound_mean, check_mean_limit, check_mean_pull
 from ltc_control.sequence import SequenceModel
 from ltc_control.wirings import VALID_ROLES
 
@@ -456,6 +456,10 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             the unbounded mean drifted to 26-39, where a float32 tanh is exactly 1, the stored actions'
             log-probabilities were evaluated at the clamped inverse (8.3) far from the mean, and the PPO
             ratio overflowed to inf.
+        mean_pull: with a ``mean_limit``: the weight of a quadratic penalty on the pre-tanh mean's affine
+            output beyond the limit, applied through the gradient only (:func:`bound_mean` ``pull``; the
+            policy's actions are unchanged): a mean dimension that drifted past the limit, where the bound's
+            slope vanishes, is drawn back to where PPO can still move it. 0 (default): no pull.
         controller_lr_scale: learning-rate multiplier of the controllers' parameters (the actor's and a
             separate critic's), the rest (heads, value MLP, ``log_std``, features extractor) trains with the
             algorithm's rate. None: :func:`default_controller_lr_scale`, i.e.
@@ -503,6 +507,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         tau_scale: Mapping[str, float] | None = None,
         controller_lr_scale: float | None = None,
         mean_limit: float | Literal["auto"] | None = "auto",
+        mean_pull: float = 0.0,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = True,
@@ -608,6 +613,13 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             self.mean_limit: float | None = check_mean_limit(mean_limit)
         except ValueError as exc:
             raise ValueError(f"{exc}; or 'auto' (the default: 5 with action_squash 'tanh_sample')") from None
+        self.mean_pull = check_mean_pull(mean_pull)
+        if self.mean_pull > 0.0 and self.mean_limit is None:
+            raise ValueError(
+                f"mean_pull={self.mean_pull:g} draws the pre-tanh mean back within mean_limit, but this "
+                "policy has no mean_limit (it needs action_squash='tanh_sample' and mean_limit 'auto' or a "
+                "number)"
+            )
         # sb3-contrib attributes that callers may read
         self.shared_lstm = critic == "shared"
         self.enable_critic_lstm = critic == "separate"
@@ -859,6 +871,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
             tau_scale=None if self.tau_scale is None else dict(self.tau_scale),
             controller_lr_scale=self.controller_lr_scale,
             mean_limit=self.mean_limit,
+            mean_pull=self.mean_pull,
         )
         return data
 
@@ -930,7 +943,7 @@ class LtcPolicy(RecurrentActorCriticPolicy):
         # one reduction (a few microseconds): any NaN or inf entry, or a sum past float range, is not finite
         if not math.isfinite(float(mean.detach().sum())):
             raise self._diverged()
-        mean = bound_mean(mean, self.mean_limit)
+        mean = bound_mean(mean, self.mean_limit, self.mean_pull)
         dist = self.action_dist
         if isinstance(dist, StateDependentNoiseDistribution):
             if latent_sde is None:

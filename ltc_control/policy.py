@@ -38,19 +38,63 @@ from ltc_control.controllers import (
 from ltc_control.perception import Augment, ConvHead, PerceptionConfig, frames_to_float, standardize
 from ltc_control.sequence import SequenceModel
 
-__all__ = ["ActionHeadConfig", "Policy", "PolicyConfig", "bound_mean", "check_mean_limit"]
+__all__ = ["ActionHeadConfig", "Policy", "PolicyConfig", "bound_mean", "check_mean_limit", "check_mean_pull"]
 
 
-def bound_mean(mean: Tensor, limit: float | None) -> Tensor:
+class _BoundMeanPull(torch.autograd.Function):
+    """:func:`bound_mean`'s value; its gradient plus a pull back towards ``[-limit, limit]``."""
+
+    @staticmethod
+    def forward(ctx: Any, mean: Tensor, limit: float, pull: float) -> Tensor:
+        ctx.save_for_backward(mean)
+        ctx.limit, ctx.pull = limit, pull
+        return bound_mean(mean.detach(), limit)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (mean,) = ctx.saved_tensors
+        limit, pull = ctx.limit, ctx.pull
+        over = mean.abs() - (limit - 1.0)
+        t = torch.tanh(over.clamp(min=0.0))
+        slope = torch.where(over > 0, 1.0 - t * t, torch.ones_like(mean))
+        rows = max(1, mean.numel() // max(1, mean.shape[-1]))
+        excess = mean - mean.clamp(-limit, limit)
+        return grad * slope + excess * (pull / rows), None, None
+
+
+def bound_mean(mean: Tensor, limit: float | None, pull: float = 0.0) -> Tensor:
     """``mean`` kept within ``[-limit, limit]``: unchanged where ``|mean| <= limit - 1`` (bit for bit), then
     ``limit - 1 + tanh(|mean| - limit + 1)`` with the sign (slope 1 at the join, so the gradient is
     continuous). ``None``: unchanged. The pre-tanh bound of :class:`ActionHeadConfig` ``mean_limit`` (and of
-    the sb3 policies' ``mean_limit``)."""
+    the sb3 policies' ``mean_limit``).
+
+    ``pull`` (> 0, training only: the value is the same) adds to the gradient that of a quadratic penalty on
+    the input beyond the limit, ``pull / 2 * sum(relu(|mean| - limit) ** 2) / rows`` (``rows``: the entries
+    per action dimension, e.g. a minibatch's steps), so a mean that drifted past the limit, where the bound's
+    own slope vanishes (below 0.01 past ``limit + 2``), is drawn back to where it can still learn. Without a
+    limit the pull is ignored."""
     if limit is None:
         return mean
+    if pull > 0.0 and mean.requires_grad:
+        return cast(Tensor, _BoundMeanPull.apply(mean, float(limit), float(pull)))
     knee = limit - 1.0
     over = mean.abs() - knee
     return torch.where(over > 0, torch.sign(mean) * (knee + torch.tanh(over.clamp(min=0.0))), mean)
+
+
+def check_mean_pull(value: Any, name: str = "mean_pull") -> float:
+    """``value`` as a mean pull (:func:`bound_mean`): a finite number >= 0.
+
+    Raises:
+        ValueError: anything else (named by ``name``).
+    """
+    try:
+        pull = float(value)
+    except (TypeError, ValueError):
+        pull = math.nan
+    if not (math.isfinite(pull) and pull >= 0.0) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return pull
 
 
 def check_mean_limit(value: Any, name: str = "mean_limit") -> float | None:

@@ -348,6 +348,7 @@ _NEUTRAL_NEW_OPTIONS: dict[str, Any] = {
     "motors_per_output": 1,
     "tau_scale": None,
     "action_bias_init": 0.0,
+    "mean_pull": 0.0,
 }
 
 

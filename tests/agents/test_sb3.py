@@ -601,6 +601,78 @@ def test_bound_mean_is_the_identity_inside_and_a_smooth_bound_outside() -> None:
     assert bound_mean(x, None) is x
 
 
+def test_bound_mean_pull_keeps_the_value_and_adds_a_penalty_gradient_past_the_limit() -> None:
+    """``pull``: the same values as the bound; the gradient is the bound's plus ``pull * excess / rows``
+    (the gradient of ``pull / 2 * sum(relu(|x| - limit) ** 2) / rows``), zero within the limit; no limit:
+    no pull."""
+    from ltc_control.policy import bound_mean, check_mean_pull
+
+    x = torch.tensor(
+        [[0.5, -3.9, 4.5], [-6.0, 9.0, 30.0], [4.99, -5.0, -12.0], [1.0, 2.0, 3.0]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    upstream = torch.randn(4, 3, dtype=torch.float64)
+    (plain,) = torch.autograd.grad((bound_mean(x, 5.0) * upstream).sum(), x)
+    pulled_value = bound_mean(x, 5.0, 2.0)
+    assert torch.equal(pulled_value, bound_mean(x, 5.0))
+    (pulled,) = torch.autograd.grad((pulled_value * upstream).sum(), x)
+    excess = (x - x.clamp(-5.0, 5.0)).detach()
+    torch.testing.assert_close(pulled, plain + 2.0 * excess / 4)  # 4 rows per action dimension
+    inside = x.detach().abs() <= 5.0
+    assert torch.equal(pulled[inside], plain[inside])  # bit for bit within the limit
+    # the penalty's own gradient, by autograd, is what the pull adds
+    xp = x.detach().clone().requires_grad_(True)
+    (penalty_grad,) = torch.autograd.grad(((xp.abs() - 5.0).clamp(min=0) ** 2).sum() * 2.0 / 2 / 4, xp)
+    torch.testing.assert_close(pulled - plain, penalty_grad)
+    assert bound_mean(x, None, 1.0) is x
+    for bad in (-1.0, float("nan"), float("inf"), "one", True):
+        with pytest.raises(ValueError, match="mean_pull must be a finite number >= 0"):
+            check_mean_pull(bad)
+
+
+def test_mean_pull_draws_a_drifted_mean_back(tmp_path: Path) -> None:
+    """``LtcPolicy(mean_pull=...)``: the distribution is unchanged; the action head's bias gets the penalty's
+    gradient where its affine output passed the limit; it trains, saves and loads; without a limit it is
+    refused by name."""
+    env = make_vec_env(lambda: make_novel_env("PendulumNoVel-v1"), n_envs=2, seed=0)
+    models = {
+        pull: _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_pull": pull})
+        for pull in (0.0, 1.5)
+    }
+    models[1.5].policy.load_state_dict(models[0.0].policy.state_dict())
+    obs = torch.randn(2 * 6, 2)
+    starts = torch.zeros(2 * 6)
+    grads, means = {}, {}
+    for pull, model in models.items():
+        policy = model.policy
+        assert policy.mean_pull == pull and policy.mean_limit == 5.0
+        hid = policy.lstm_actor.hidden_size
+        zeros = (torch.zeros(1, 2, hid), torch.zeros(1, 2, hid))
+        with torch.no_grad():
+            policy.action_net.bias.fill_(30.0)  # far past the limit, where the bound's slope is ~0
+        latent, _, _ = policy._actor(obs, zeros, starts, False)
+        dist = policy._get_action_dist_from_latent(latent)
+        means[pull] = dist.distribution.mean.detach()
+        policy.zero_grad()
+        dist.log_prob(torch.zeros(12, 1)).mean().backward()
+        grads[pull] = policy.action_net.bias.grad.detach().clone()
+        affine = policy.action_net(latent).detach()
+    torch.testing.assert_close(means[1.5], means[0.0])
+    assert float(grads[0.0].abs().max()) < 1e-6  # the bound's slope at 30 is ~0: no way back without the pull
+    torch.testing.assert_close(grads[1.5] - grads[0.0], 1.5 * (affine - 5.0).mean(0), rtol=1e-4, atol=1e-4)
+    model = models[1.5]
+    with torch.no_grad():
+        model.policy.action_net.bias.fill_(0.0)
+    model.learn(64)
+    model.save(tmp_path / "pull.zip")
+    assert RecurrentPPO.load(tmp_path / "pull.zip", device="cpu").policy.mean_pull == 1.5
+    with pytest.raises(ValueError, match="mean_pull=1 draws the pre-tanh mean back within mean_limit"):
+        _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_limit": None, "mean_pull": 1.0})
+    with pytest.raises(ValueError, match="mean_pull must be a finite number >= 0"):
+        _tiny_model(env, policy_kwargs={"action_squash": "tanh_sample", "mean_pull": -0.5})
+
+
 @pytest.mark.parametrize("use_sde", [False, True])
 def test_mean_limit_bounds_the_squashed_gaussians_mean(use_sde: bool, tmp_path: Path) -> None:
     """``mean_limit`` (``tanh_sample`` only): the distribution's mean and the greedy action use the bounded
