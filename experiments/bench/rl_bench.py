@@ -472,6 +472,9 @@ def run_benchmark(config: BenchmarkConfig, resume: bool = True) -> Path:
 def run_missing(config: BenchmarkConfig, resume: bool = True) -> None:
     """Trains every (model, seed) run of ``config`` that has no record yet (all of them if not ``resume``),
     ``config.workers`` at a time; writes no summary."""
+    # the digest imports the policy code; do it now, with this module's constants, not first at summary time
+    # (after a long run, from files edited meanwhile, which would refuse this run's own records)
+    liquid_defaults_digest()
     out = Path(config.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = [
