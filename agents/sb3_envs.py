@@ -3,6 +3,8 @@
 - :class:`MaskVelocity`: a Gymnasium ``ObservationWrapper`` that keeps only the position-like entries of the
   observation (velocities removed), so a policy must infer velocities from the history: a memory task.
 - :func:`make_novel_env`: ``"PendulumNoVel-v1"`` -> ``Pendulum-v1`` with ``thetadot`` removed, etc.
+- :class:`PendulumPixels`: ``Pendulum-v1`` seen as a small grayscale frame (``"PendulumPixels-v1"``): one
+  frame shows the angle, not the angular velocity, so the image task is partially observed too.
 - :class:`CueMemoryEnv`: a seconds-fast memory task for tests (a cue shown only at the first step decides
   which action pays at the last step).
 
@@ -20,7 +22,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["NOVEL_MASKS", "CueMemoryEnv", "HalfCheetahV5", "MaskVelocity", "make_novel_env", "novel_base_id"]
+__all__ = [
+    "NOVEL_MASKS",
+    "PIXEL_TASKS",
+    "CueMemoryEnv",
+    "HalfCheetahV5",
+    "MaskVelocity",
+    "PendulumPixels",
+    "make_novel_env",
+    "novel_base_id",
+]
 
 #: Observation entries kept for each base env (positions / angles only; velocities dropped).
 #: Pendulum-v1: [cos, sin, thetadot] -> [cos, sin]. Acrobot-v1: the cos / sin of both joint angles.
@@ -47,6 +58,10 @@ NOVEL_MASKS: dict[str, tuple[int, ...]] = {
     "InvertedDoublePendulum-v5": (0, 1, 2, 3, 4),
     "Ant-v5": tuple(range(13)),
 }
+
+#: Image tasks: id -> (base env id, frame side in pixels). 40 px: a small side that RecurrentPPO's default
+#: CNN (sb3's NatureCNN: 8x8 stride 4, 4x4 stride 2, 3x3) accepts with a margin (it needs >= 36).
+PIXEL_TASKS: dict[str, tuple[str, int]] = {"PendulumPixels-v1": ("Pendulum-v1", 40)}
 
 
 class MaskVelocity(gym.ObservationWrapper):  # type: ignore[type-arg]
@@ -93,13 +108,63 @@ class MaskVelocity(gym.ObservationWrapper):  # type: ignore[type-arg]
         return np.asarray(observation)[self.keep]
 
 
+class PendulumPixels(gym.ObservationWrapper):  # type: ignore[type-arg]
+    """``Pendulum-v1`` observed as a grayscale frame ``(size, size, 1)`` uint8 of the rod (from the state).
+
+    The pivot is at the frame's centre, the rod (white on black, anti-aliased, sub-pixel end points) points up
+    at angle 0 and turns counter-clockwise with the env's ``theta``, as Gymnasium's own renderer shows it. The
+    frame is drawn from the state with OpenCV (no window, no OpenGL), so it costs microseconds; a single frame
+    fixes the angle but not the angular velocity, which the policy must infer from the sequence (a memory
+    task, like ``PendulumNoVel-v1``).
+
+    Args:
+        env: a ``Pendulum-v1`` env (its unwrapped env has ``state = [theta, thetadot]``).
+        size: frame side in pixels (>= 16).
+    """
+
+    def __init__(self, env: gym.Env, size: int = 40) -> None:  # type: ignore[type-arg]
+        if int(size) != size or size < 16:
+            raise ValueError(f"size must be an integer >= 16 pixels, got {size!r}")
+        state = getattr(env.unwrapped, "state", None)
+        if not hasattr(env.unwrapped, "max_torque") or (state is not None and np.size(state) != 2):
+            spec = getattr(env, "spec", None)
+            raise ValueError(
+                f"PendulumPixels wraps a Pendulum-v1 env (state = [theta, thetadot]), got "
+                f"{spec.id if spec is not None else type(env.unwrapped).__name__}"
+            )
+        super().__init__(env)
+        self.size = int(size)
+        self.observation_space = spaces.Box(0, 255, shape=(self.size, self.size, 1), dtype=np.uint8)
+
+    def frame(self, theta: float) -> np.ndarray:
+        """The frame ``(size, size, 1)`` uint8 for angle ``theta`` (radians, 0 = up)."""
+        import cv2
+
+        s = self.size
+        img = np.zeros((s, s), dtype=np.uint8)
+        centre = s / 2.0
+        length = 0.4 * s
+        scale = 16  # cv2's shift=4: end points in 1/16 pixel
+        x = centre - length * np.sin(theta)  # theta grows counter-clockwise, as in Gymnasium's renderer
+        y = centre - length * np.cos(theta)
+        p0 = (int(round(centre * scale)), int(round(centre * scale)))
+        p1 = (int(round(x * scale)), int(round(y * scale)))
+        cv2.line(img, p0, p1, 255, max(2, s // 12), cv2.LINE_AA, shift=4)
+        return img[..., None]
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        theta = float(np.asarray(self.env.unwrapped.state).reshape(-1)[0])  # type: ignore[attr-defined]
+        return self.frame(theta)
+
+
 def novel_base_id(env_id: str) -> str:
     """``"PendulumNoVel-v1"`` -> ``"Pendulum-v1"`` (ids without ``NoVel`` are returned unchanged)."""
     return env_id.replace("NoVel", "")
 
 
 def make_novel_env(env_id: str, rescale_actions: bool = True, **kwargs: Any) -> gym.Env:  # type: ignore[type-arg]
-    """Make a partially observed env: ``"<Base>NoVel-vN"`` masks velocities of ``"<Base>-vN"``.
+    """Make a partially observed env: ``"<Base>NoVel-vN"`` masks velocities of ``"<Base>-vN"``; an id of
+    :data:`PIXEL_TASKS` (``"PendulumPixels-v1"``) shows its base env as a grayscale frame.
 
     Args:
         env_id: e.g. ``"PendulumNoVel-v1"``, ``"HalfCheetahNoVel-v5"``; an id without ``NoVel`` is made
@@ -111,8 +176,12 @@ def make_novel_env(env_id: str, rescale_actions: bool = True, **kwargs: Any) -> 
     Returns:
         The env.
     """
+    if env_id in PIXEL_TASKS:
+        pixel_base, size = PIXEL_TASKS[env_id]
+        env: gym.Env = PendulumPixels(_make_base(pixel_base, **kwargs), size=size)  # type: ignore[type-arg]
+    else:
+        env = _make_base(novel_base_id(env_id), **kwargs)
     base = novel_base_id(env_id)
-    env = _make_base(base, **kwargs)
     if "NoVel" in env_id:
         env = MaskVelocity(env, keep=NOVEL_MASKS.get(base))
     if rescale_actions and isinstance(env.action_space, spaces.Box):

@@ -37,6 +37,7 @@ __all__ = [
     "PPOConfig",
     "RunSpec",
     "evaluate_model",
+    "is_image_space",
     "make_model",
     "parse_schedule",
     "run_benchmark",
@@ -67,6 +68,13 @@ def _schedule(value: float | str, kind: str, name: str) -> Any:
     return LinearSchedule(rate, 0.0, 1.0)
 
 
+def is_image_space(space: Any) -> bool:
+    """Whether ``space`` is an image ``Box`` the way sb3 sees one (uint8, 2-D frames with channels)."""
+    from stable_baselines3.common.preprocessing import is_image_space as sb3_is_image_space
+
+    return bool(sb3_is_image_space(space, check_channels=False))
+
+
 def defaults_policy_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The ``LtcPolicy`` kwargs of a liquid ``model`` under the suite's protocol: ``kwargs`` (an ablation's,
     or none) on top of the defaults, and for ``"cfc"`` the CfC kind in the controller (a ``controller``
@@ -95,10 +103,19 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     from stable_baselines3.common.vec_env import VecNormalize
     from torch import nn
 
-    from ltc_control.agents.sb3 import LtcPolicy
+    from ltc_control.agents.sb3 import CnnLtcPolicy, LtcPolicy
 
     ppo = config.ppo
     env = make_vec_env(_make_env_fn(config.env_id), n_envs=ppo.n_envs, seed=seed)
+    # image observations: each model's CNN variant (sb3's own convention: "CnnLstmPolicy" for the LSTM)
+    image = is_image_space(env.observation_space)
+    if image and ppo.normalize_observations:
+        raise ValueError(
+            f"{config.env_id}: normalize_observations must be false for image observations (VecNormalize "
+            "would standardise every pixel; the policies scale images to [0, 1] themselves)"
+        )
+    lstm_policy = "CnnLstmPolicy" if image else "MlpLstmPolicy"
+    liquid_policy = CnnLtcPolicy if image else LtcPolicy
     if ppo.normalize_observations or ppo.normalize_rewards:
         env = VecNormalize(
             env, norm_obs=ppo.normalize_observations, norm_reward=ppo.normalize_rewards, gamma=ppo.gamma
@@ -123,12 +140,12 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
     )
     if config.policies == "defaults":  # no policy kwargs at all (issue #16's protocol)
         if model == "lstm":
-            return RecurrentPPO("MlpLstmPolicy", env, **common)
+            return RecurrentPPO(lstm_policy, env, **common)
         if model not in ("ltc", "cfc"):
             raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
         # an ablation adds its liquid policy kwargs on top of the defaults (none in the suite itself)
         kwargs = defaults_policy_kwargs(model, config.liquid_policy_kwargs) or None
-        return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
+        return RecurrentPPO(liquid_policy, env, policy_kwargs=kwargs, **common)
     shared_kwargs: dict[str, Any] = {
         "log_std_init": ppo.log_std_init,
         "ortho_init": ppo.ortho_init,
@@ -142,7 +159,7 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
             "enable_critic_lstm": config.lstm_critic,
             **shared_kwargs,
         }
-        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=kwargs, **common)
+        return RecurrentPPO(lstm_policy, env, policy_kwargs=kwargs, **common)
     if model not in ("ltc", "cfc"):
         raise ValueError(f"unknown model {model!r}; valid: ltc, cfc, lstm")
     kwargs = {
@@ -153,7 +170,7 @@ def make_model(config: BenchmarkConfig, model: str, seed: int) -> Any:
         **shared_kwargs,
         **dict(config.liquid_policy_kwargs),
     }
-    return RecurrentPPO(LtcPolicy, env, policy_kwargs=kwargs, **common)
+    return RecurrentPPO(liquid_policy, env, policy_kwargs=kwargs, **common)
 
 
 def evaluate_model(

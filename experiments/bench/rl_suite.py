@@ -35,6 +35,7 @@ import numpy as np
 from rl_bench import _MODEL_NAMES, _binned_curve, _fmt, _load_records, _provenance, run_missing
 from rl_bench_config import BenchmarkConfig, PPOConfig
 
+from ltc_control.agents.sb3_envs import PIXEL_TASKS
 from ltc_control.runs import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -453,10 +454,18 @@ def _markdown(
             "",
         ]
     held = [t.env_id for t in config.tasks if t.held_out]
+    pixel = [t.env_id for t in config.selected_tasks if t.env_id in PIXEL_TASKS]
     lines += [
         "Every model with **no policy kwargs** (apart from an ablation's): LTC-PPO `LtcPolicy()`, CfC-PPO "
-        "`LtcPolicy(controller={'kind': 'cfc'})`, LSTM-PPO `MlpLstmPolicy`; per task the same PPO settings, "
-        "budget and seeds for all. "
+        "`LtcPolicy(controller={'kind': 'cfc'})`, LSTM-PPO `MlpLstmPolicy`"
+        + (
+            " (on image tasks, "
+            + ", ".join(pixel)
+            + ": `CnnLtcPolicy()`, `CnnLtcPolicy(controller={'kind': 'cfc'})`, `CnnLstmPolicy`)"
+            if pixel
+            else ""
+        )
+        + "; per task the same PPO settings, budget and seeds for all. "
         f"Held out from every tuning run: {', '.join(held) or 'none'}. Eval: deterministic, "
         f"{config.eval_episodes} episodes on unseen seeds per run; mean +- 95% t-interval over seeds. "
         f"Normalised return: random policy ({config.random_episodes} episodes, same seeds) = 0, LSTM-PPO's "
