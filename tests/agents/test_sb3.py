@@ -23,7 +23,7 @@ from ltc_control.agents.sb3_checkpoint import (
     sb3_to_checkpoint,
     to_policy,
 )
-from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, make_novel_env
+from ltc_control.agents.sb3_envs import CueMemoryEnv, MaskVelocity, PendulumPixels, make_novel_env
 from ltc_control.agents.sb3_modules import MotorHead, StateReadoutHead
 from ltc_control.checkpoint import load_checkpoint
 from ltc_control.policy import Policy, PolicyConfig
@@ -933,6 +933,52 @@ def test_mask_velocity_errors() -> None:
         MaskVelocity(gym.make("BipedalWalker-v3"))
     with pytest.raises(ValueError, match="distinct indices"):
         MaskVelocity(gym.make("Pendulum-v1"), keep=[0, 0])
+
+
+def _rod_centroid(frame: np.ndarray) -> tuple[float, float]:
+    """Brightness-weighted (x, y) of a frame relative to the pivot (y grows downwards, as in images; OpenCV's
+    pixel i is centred at coordinate i, and the pivot is at size / 2)."""
+    img = frame[..., 0].astype(np.float64)
+    ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    c = img.shape[0] / 2.0
+    return float((img * xs).sum() / img.sum() - c), float((img * ys).sum() / img.sum() - c)
+
+
+def test_pendulum_pixels_draws_the_angle_and_hides_the_velocity() -> None:
+    """The image task: a (40, 40, 1) uint8 frame of the rod drawn from theta (0 up, counter-clockwise as in
+    Gymnasium's renderer), the same frame for the same angle whatever the velocity; actions rescaled to
+    [-1, 1] and the env's dynamics and rewards untouched."""
+    env = make_novel_env("PendulumPixels-v1")
+    assert env.observation_space == spaces.Box(0, 255, (40, 40, 1), np.uint8)
+    assert np.all(env.action_space.low == -1.0) and np.all(env.action_space.high == 1.0)
+    pix = env.unwrapped  # Pendulum-v1 itself
+    wrapper = env
+    while not isinstance(wrapper, PendulumPixels):
+        wrapper = wrapper.env
+    up, down, left = (_rod_centroid(wrapper.frame(t)) for t in (0.0, np.pi, np.pi / 2))
+    assert up[1] < -5 and abs(up[0]) < 0.3  # above the pivot
+    assert down[1] > 5 and abs(down[0]) < 0.3
+    assert left[0] < -5 and abs(left[1]) < 0.3  # theta = +pi/2: counter-clockwise from up = left
+    # a frame tells nearby angles apart (sub-pixel end points) and repeats exactly for the same angle
+    assert np.abs(wrapper.frame(0.3).astype(int) - wrapper.frame(0.32).astype(int)).sum() > 0
+    np.testing.assert_array_equal(wrapper.frame(1.0), wrapper.frame(1.0 + 2 * np.pi))
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.uint8 and obs.shape == (40, 40, 1) and obs.max() == 255 and obs.min() == 0
+    np.testing.assert_array_equal(obs, wrapper.frame(pix.state[0]))
+    full = gym.make("Pendulum-v1")
+    full.reset(seed=0)
+    for a in (0.5, -1.0, 1.0):
+        obs, r, term, trunc, _ = env.step(np.array([a], np.float32))
+        _, r_full, *_ = full.step(np.array([2.0 * a], np.float32))  # Pendulum's torque range is [-2, 2]
+        assert r == pytest.approx(r_full) and not term
+        np.testing.assert_array_equal(obs, wrapper.frame(pix.state[0]))
+    theta, thetadot = pix.state
+    pix.state = np.array([theta, thetadot + 3.0])  # another velocity, the same angle: the same frame
+    np.testing.assert_array_equal(wrapper.observation(None), obs)
+    with pytest.raises(ValueError, match="Pendulum-v1"):
+        PendulumPixels(gym.make("CartPole-v1"))
+    with pytest.raises(ValueError, match="size must be an integer >= 16"):
+        PendulumPixels(gym.make("Pendulum-v1"), size=8)
 
 
 def test_cue_memory_env_rewards() -> None:

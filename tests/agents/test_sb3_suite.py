@@ -1304,3 +1304,41 @@ def test_partial_suite_runs_write_their_summary_beside_their_records(
         whole, models=("ltc",), only_tasks=("PendulumNoVel-v1",), liquid_policy_kwargs={"mean_limit": 3.0}
     )
     assert aside(ablation, whole) == ablation
+
+
+def test_image_task_runs_each_models_cnn_variant(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """On an image task (PendulumPixels-v1) the suite trains CnnLtcPolicy (LTC and CfC kinds) against
+    RecurrentPPO's CnnLstmPolicy, with no policy kwargs; the table says so; VecNormalize on pixels is
+    refused."""
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    from ltc_control.agents.sb3_modules import ConvHeadExtractor
+
+    suite = load_bench("rl_suite")
+    rl_bench = load_bench("rl_bench")
+    bench = load_bench("rl_bench_config")
+    ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, normalize_rewards=True)
+    task = suite.SuiteTask("PendulumPixels-v1", zoo_timesteps=3200, ppo=ppo, held_out=True)
+    config = suite.SuiteConfig(
+        **_tiny_suite_kwargs(tmp_path, tasks=(task,), models=("ltc", "cfc", "lstm"), budget_fraction=0.01)
+    )
+    one = config.benchmark(task)
+    ltc, cfc, lstm = (rl_bench.make_model(one, m, 0) for m in ("ltc", "cfc", "lstm"))
+    assert type(ltc.policy) is CnnLtcPolicy and type(cfc.policy) is CnnLtcPolicy
+    assert isinstance(ltc.policy.features_extractor, ConvHeadExtractor)
+    assert ltc.policy.controller_config.kind == "ltc" and cfc.policy.controller_config.kind == "cfc"
+    assert type(lstm.policy).__name__ == "RecurrentActorCriticCnnPolicy"
+    assert isinstance(lstm.policy.features_extractor, NatureCNN)
+    assert ltc.observation_space.shape == (1, 40, 40)  # sb3 transposed the frames channel-first
+    md = suite.run_suite(config)
+    text = md.read_text()
+    assert "PendulumPixels-v1 (held out)" in text and "`CnnLstmPolicy`" in text and "`CnnLtcPolicy()`" in text
+    with (tmp_path / "results" / "tiny_frac0.01.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["ltc", "cfc", "lstm"]
+    assert all(np.isfinite(float(r["eval_return_mean"])) and float(r["eval_return_mean"]) < 0 for r in rows)
+    bad = dataclasses.replace(one, ppo=dataclasses.replace(ppo, normalize_observations=True))
+    with pytest.raises(ValueError, match="normalize_observations must be false for image observations"):
+        rl_bench.make_model(bad, "ltc", 0)
