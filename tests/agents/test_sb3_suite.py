@@ -1322,7 +1322,9 @@ def test_image_task_runs_each_models_cnn_variant(
     ppo = bench.PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, normalize_rewards=True)
     task = suite.SuiteTask("PendulumPixels-v1", zoo_timesteps=3200, ppo=ppo, held_out=True)
     config = suite.SuiteConfig(
-        **_tiny_suite_kwargs(tmp_path, tasks=(task,), models=("ltc", "cfc", "lstm"), budget_fraction=0.01)
+        **_tiny_suite_kwargs(
+            tmp_path, tasks=(task,), models=("ltc", "cfc", "lstm"), budget_fraction=0.01, save_models=True
+        )
     )
     one = config.benchmark(task)
     ltc, cfc, lstm = (rl_bench.make_model(one, m, 0) for m in ("ltc", "cfc", "lstm"))
@@ -1342,3 +1344,31 @@ def test_image_task_runs_each_models_cnn_variant(
     bad = dataclasses.replace(one, ppo=dataclasses.replace(ppo, normalize_observations=True))
     with pytest.raises(ValueError, match="normalize_observations must be false for image observations"):
         rl_bench.make_model(bad, "ltc", 0)
+    # the perception probe of the saved runs: init rebuilt from the seed (small moves after 32 steps, not the
+    # ~1.4 of an unrelated init), features that decode the angle, every group accounted for
+    probe = load_bench("rl_pixels_probe")
+    for rec in rl_bench._load_records(one):
+        row = probe.probe_run(one, rec, 16)
+        assert row["extractor"] == ("NatureCNN" if rec["model"] == "lstm" else "ConvHeadExtractor")
+        assert 0 < row["moved"]["features_extractor"] < 0.5
+        assert -1.0 < row["r2_init"] <= 1.0 and -1.0 < row["r2_trained"] <= 1.0
+        assert row["feature_std_trained"] > 0
+
+
+def test_pixels_probe_r2_tells_decodable_features_from_noise(load_bench: Callable[[str], ModuleType]) -> None:
+    probe = load_bench("rl_pixels_probe")
+    theta = np.linspace(-np.pi, np.pi, 64, endpoint=False)
+    rng = np.random.default_rng(0)
+    mixed = np.stack([np.cos(theta), np.sin(theta)], 1) @ rng.normal(size=(2, 5)) + 3.0
+    assert probe.probe_r2(mixed, theta) == pytest.approx(1.0)
+    assert probe.probe_r2(rng.normal(size=(64, 5)), theta) < 0.3
+    assert probe.feature_stats(np.c_[np.cos(theta), np.zeros(64)]) == (
+        pytest.approx(np.std(np.cos(theta)) / 2),
+        0.5,
+    )
+    with pytest.raises(ValueError, match="N = len"):
+        probe.probe_r2(mixed[:10], theta)
+    with pytest.raises(ValueError, match="NaN"):
+        probe.probe_r2(np.full((64, 2), np.nan), theta)
+    with pytest.raises(ValueError, match="not an image task"):
+        probe.frames_for("PendulumNoVel-v1", 16)
